@@ -1,0 +1,20 @@
+"""ckpt-convert: pickled PyTorch checkpoints → safetensors + a JSON sidecar, without running them.
+
+    >>> from convert import convert_checkpoint, load_checkpoint           # doctest: +SKIP
+    >>> convert_checkpoint("old/checkpoint.pth", "new/checkpoint")         # doctest: +SKIP
+    >>> ck = load_checkpoint("new/checkpoint", map_location="cpu")         # doctest: +SKIP
+"""
+
+__version__ = "0.1.0"
+
+from .api import ConversionReport, ScanReport, convert_checkpoint, read_checkpoint, scan_checkpoint, verify_checkpoint
+from .compare import compare_trees
+from .errors import ConvertError, MalformedCheckpoint, OutputExists, UnsafeCheckpoint, UnsupportedValue
+from .load import load_checkpoint
+from .read.records import GlobalRef, ObjectRecord
+
+__all__ = [
+    "ConversionReport", "ConvertError", "GlobalRef", "MalformedCheckpoint", "ObjectRecord", "OutputExists",
+    "ScanReport", "UnsafeCheckpoint", "UnsupportedValue", "compare_trees", "convert_checkpoint", "load_checkpoint",
+    "read_checkpoint", "scan_checkpoint", "verify_checkpoint",
+]

@@ -1,0 +1,127 @@
+"""The public operations: convert, read safely, scan, verify."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .compare import compare_trees
+from .errors import ConvertError, UnsafeCheckpoint
+from .load import load_checkpoint, read_sidecar
+from .read import Input, read_tree
+from .read.materialize import materialize
+from .read.vm import Finding
+from .write.folder import write_folder
+from .write.plan import make_plan
+
+
+@dataclass
+class ConversionReport:
+    """What `convert_checkpoint` wrote."""
+
+    source: Path
+    destination: Path
+    source_format: str
+    files: dict[str, dict]
+    tensors: int
+    bytes: int
+    modules: list[str]
+
+
+@dataclass
+class ScanReport:
+    """What a file would do if unpickled: the globals it names and the known gadgets among them."""
+
+    path: Path
+    format: str | None
+    globals: list[str] = field(default_factory=list)
+    unsafe: list[Finding] = field(default_factory=list)
+
+    @property
+    def safe(self) -> bool:
+        return not self.unsafe
+
+
+def _sha256(buf: Any) -> str:
+    return hashlib.sha256(buf).hexdigest()
+
+
+def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool = False) -> ConversionReport:
+    """Convert a pickled checkpoint file to a folder of safetensors files plus `checkpoint.json`.
+
+    Nothing in `src` is executed. The folder appears atomically, complete or not at all.
+    Raises UnsafeCheckpoint (the file names code-execution gadgets), MalformedCheckpoint or
+    UnsupportedValue, or OutputExists if `dst` exists and `overwrite` is False.
+
+    Example:
+        >>> convert_checkpoint("old/checkpoint.pth", "new/checkpoint")   # doctest: +SKIP
+    """
+    src, dst = Path(src), Path(dst)
+    if dst.exists() and not overwrite:
+        from .errors import OutputExists
+
+        raise OutputExists(f"{dst} already exists; pass --overwrite (overwrite=True) to replace it")
+    with Input(src) as inp:
+        result = read_tree(inp)
+        provenance = {
+            "converter": {"name": "ckpt-convert", "version": __version__},
+            "name": src.name, "size": inp.size, "sha256": _sha256(inp.buf),
+            "format": result.format, "pickle_protocol": result.protocol,
+        }
+        plan = make_plan(result.root, provenance)
+        from .schema import validate
+
+        validate(plan.sidecar, "generated sidecar")  # a writer bug must never produce an unloadable folder
+        write_folder(plan, dst, overwrite=overwrite)
+        del result
+    sidecar = plan.sidecar
+    return ConversionReport(src, dst, sidecar["source"]["format"], sidecar["files"], len(sidecar["tensors"]),
+                            sum(f["bytes"] for f in sidecar["files"].values()),
+                            [m["class"] for m in sidecar["modules"]])
+
+
+def read_checkpoint(path: str | os.PathLike) -> Any:
+    """A safe stand-in for `torch.load(path)`: the same tree, without running anything from the file.
+
+    nn.Modules come back as their state_dict; unknown classes as inert `ObjectRecord`s.
+
+    Example:
+        >>> sd = read_checkpoint("model.pth")   # doctest: +SKIP
+    """
+    with Input(path) as inp:
+        return materialize(read_tree(inp).root)
+
+
+def scan_checkpoint(path: str | os.PathLike) -> ScanReport:
+    """List the globals a checkpoint names and the known code-execution gadgets among them.
+
+    Raises MalformedCheckpoint/UnsupportedValue for files that cannot be read at all.
+    """
+    path = Path(path)
+    with Input(path) as inp:
+        try:
+            result = read_tree(inp)
+        except UnsafeCheckpoint as exc:
+            return ScanReport(path, getattr(exc, "format", None), sorted(getattr(exc, "globals_used", {})), exc.findings)
+    return ScanReport(path, result.format, sorted(result.globals_used))
+
+
+def verify_checkpoint(src: str | os.PathLike, folder: str | os.PathLike) -> list[str]:
+    """Differences between `src` (read safely) and the converted `folder`; empty means equivalent."""
+    sidecar = read_sidecar(Path(folder))
+    with Input(src) as inp:
+        digest = _sha256(inp.buf)
+    diffs = []
+    if sidecar["source"]["sha256"] != digest:
+        diffs.append(f"<source>: {folder} was converted from a different file (sha256 differs)")
+    original = read_checkpoint(src)
+    converted = load_checkpoint(folder)
+    return diffs + compare_trees(original, converted)
+
+
+__all__ = ["ConversionReport", "ConvertError", "ScanReport", "convert_checkpoint", "read_checkpoint",
+           "scan_checkpoint", "verify_checkpoint"]

@@ -1,0 +1,42 @@
+"""The errors users see. Each maps to one CLI exit code and prints as one line."""
+
+from __future__ import annotations
+
+
+class ConvertError(Exception):
+    """Base class: a problem with the input or the request, reported as one clear line."""
+
+    exit_code = 2
+    label = "error"
+
+    def __str__(self) -> str:  # one line, always
+        return " ".join(super().__str__().split())
+
+
+class UnsafeCheckpoint(ConvertError):
+    """The file names code that would run when unpickled; it is refused, never executed."""
+
+    exit_code = 1
+    label = "refused"
+
+    def __init__(self, message: str, findings: list | None = None) -> None:
+        super().__init__(message)
+        self.findings = list(findings or [])
+
+
+class MalformedCheckpoint(ConvertError):
+    """Corrupt, truncated or inconsistent input (or output folder, on the load path)."""
+
+    label = "malformed"
+
+
+class UnsupportedValue(ConvertError):
+    """A well-formed value this tool cannot store losslessly (quantized, sparse, ...)."""
+
+    label = "unsupported"
+
+
+class OutputExists(ConvertError):
+    """The destination exists and --overwrite was not given."""
+
+    label = "error"

@@ -1,0 +1,130 @@
+"""A safetensors reader that treats the file as hostile: every header field is checked first.
+
+The file is mapped copy-on-write (private): tensors are zero-copy views the user may modify
+without touching the file. Entries must lie inside the data area, must not overlap, and must
+hold exactly dtype-size × numel bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..dtypes import ITEMSIZE_BY_CODE, TORCH_BY_CODE
+from ..errors import MalformedCheckpoint
+
+MAX_HEADER = 100 * 1024 * 1024  # the limit safetensors itself applies
+
+
+@dataclass(frozen=True)
+class EntryInfo:
+    code: str
+    shape: tuple[int, ...]
+    start: int  # absolute file offset
+    nbytes: int
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise MalformedCheckpoint(f"duplicate key {key!r:.80} in JSON")
+        out[key] = value
+    return out
+
+
+def strict_json(raw: bytes, where: str) -> Any:
+    """Parse UTF-8 JSON, refusing duplicate keys, NaN/Infinity literals and invalid UTF-8."""
+    def no_constants(name: str) -> Any:
+        raise MalformedCheckpoint(f"{where}: JSON literal {name} is not allowed")
+    try:
+        return json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=no_constants)
+    except UnicodeDecodeError as exc:
+        raise MalformedCheckpoint(f"{where}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise MalformedCheckpoint(f"{where}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:
+        raise MalformedCheckpoint(f"{where}: JSON nested too deeply") from None
+    except MalformedCheckpoint as exc:
+        raise MalformedCheckpoint(f"{where}: {exc}") from None
+
+
+class SafetensorsFile:
+    """One validated safetensors file, mapped privately."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        name = path.name
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < 8:
+                raise MalformedCheckpoint(f"{name}: too short to be a safetensors file")
+            header_len = int.from_bytes(f.read(8), "little")
+            if header_len > MAX_HEADER or 8 + header_len > size:
+                raise MalformedCheckpoint(f"{name}: header claims {header_len} bytes, file has {size}")
+            header = strict_json(f.read(header_len), name)
+            self.map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size > 0 else None
+        if not isinstance(header, dict):
+            raise MalformedCheckpoint(f"{name}: header is not a JSON object")
+        self.metadata = header.pop("__metadata__", None)
+        if self.metadata is not None and not (isinstance(self.metadata, dict)
+                                              and all(isinstance(v, str) for v in self.metadata.values())):
+            raise MalformedCheckpoint(f"{name}: __metadata__ must map strings to strings")
+        data_start, data_len = 8 + header_len, size - 8 - header_len
+        self.entries: dict[str, EntryInfo] = {}
+        spans = []
+        for key, info in header.items():
+            entry = self._entry(name, key, info, data_start, data_len)
+            self.entries[key] = entry
+            spans.append((entry.start, entry.start + entry.nbytes, key))
+        spans.sort()
+        for (_, end, a), (start, _, b) in zip(spans, spans[1:]):
+            if start < end:
+                raise MalformedCheckpoint(f"{name}: entries {a!r:.60} and {b!r:.60} overlap")
+
+    @staticmethod
+    def _entry(name: str, key: str, info: Any, data_start: int, data_len: int) -> EntryInfo:
+        where = f"{name}: entry {key!r:.80}"
+        if not (isinstance(info, dict) and set(info) == {"dtype", "shape", "data_offsets"}):
+            raise MalformedCheckpoint(f"{where} must have exactly dtype, shape and data_offsets")
+        code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if code not in TORCH_BY_CODE:
+            raise MalformedCheckpoint(f"{where} has unknown dtype {code!r:.20}")
+        if not (isinstance(shape, list) and len(shape) <= 64 and all(type(s) is int and 0 <= s < 1 << 62 for s in shape)):
+            raise MalformedCheckpoint(f"{where} has an invalid shape")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
+                and 0 <= offsets[0] <= offsets[1] <= data_len):
+            raise MalformedCheckpoint(f"{where} has data_offsets {offsets!r:.60} outside the {data_len}-byte data area")
+        numel = 1
+        for s in shape:
+            numel *= s
+        nbytes = offsets[1] - offsets[0]
+        if numel * ITEMSIZE_BY_CODE[code] != nbytes:
+            raise MalformedCheckpoint(f"{where}: {code} of shape {shape} needs {numel * ITEMSIZE_BY_CODE[code]} bytes, "
+                                      f"data_offsets give {nbytes}")
+        return EntryInfo(code, tuple(shape), data_start + offsets[0], nbytes)
+
+    def raw(self, key: str) -> torch.Tensor:
+        """The entry's bytes as a flat uint8 tensor sharing the private mapping (no copy)."""
+        entry = self.entries.get(key)
+        if entry is None:
+            raise MalformedCheckpoint(f"{self.path.name} has no entry {key!r:.80}")
+        if entry.nbytes == 0:
+            return torch.empty(0, dtype=torch.uint8)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.frombuffer(self.map, dtype=torch.uint8, offset=entry.start, count=entry.nbytes)
+
+    def tensor(self, key: str) -> torch.Tensor:
+        """The entry as safetensors describes it (its stored dtype and shape)."""
+        entry = self.entries[key]
+        raw = self.raw(key)
+        dtype = TORCH_BY_CODE[entry.code]
+        return (raw.view(dtype) if entry.nbytes else torch.empty(0, dtype=dtype)).reshape(entry.shape)

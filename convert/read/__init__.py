@@ -1,0 +1,29 @@
+"""Reading side: container → pickle VM → checkpoint tree. Nothing the file names is executed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..tree import transform
+from .containers import Input, ReadResult, read_container
+from .modules import module_state, to_module_record
+from .records import ObjectRecord
+
+__all__ = ["Input", "ReadResult", "read_tree"]
+
+
+def read_tree(inp: Input) -> ReadResult:
+    """Interpret `inp` and replace every pickled nn.Module by a ModuleRecord (its state_dict)."""
+    result = read_container(inp)
+
+    def record(value: Any, recurse: Any) -> Any:
+        if isinstance(value, ObjectRecord) and module_state(value) is not None:
+            module = to_module_record(value)
+            module.state_dict = recurse(module.state_dict)
+            return module
+        return ObjectRecord(value.qualname, recurse(value.args), recurse(value.state),
+                            [(recurse(k), recurse(v)) for k, v in value.dictitems],
+                            [recurse(v) for v in value.listitems], value.via)
+
+    result.root = transform(result.root, lambda v: v, record)
+    return result

@@ -1,0 +1,311 @@
+"""Recognise the container and run the pickle VM over it: torch zip, legacy torch, plain pickle.
+
+Every storage the pickle refers to is matched to real bytes of the input here: a zip member whose
+local header agrees with the central directory and whose size is what the pickle declares, or a
+legacy storage record whose length prefix agrees. The input is mmapped and never modified.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConvertError, MalformedCheckpoint, UnsafeCheckpoint, UnsupportedValue
+from .records import GlobalRef, StorageRef
+from .torch_types import QUANTIZED_STORAGES, STORAGE_DTYPES, STORAGE_MODULES
+from .vm import Finding, PickleVM
+
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+LEGACY_PROTOCOL = 1001
+MAX_PICKLE_MEMBER = 1 << 34  # a data.pkl beyond 16 GiB is not a checkpoint
+MAX_DEFLATE_RATIO = 1100  # deflate cannot expand more than ~1032x: more is a zip bomb
+
+_SIGNATURES: list[tuple[bytes, int, str]] = [
+    (b"\x1f\x8b", 0, "a gzip-compressed file: decompress it first (gunzip)"),
+    (b"7z\xbc\xaf\x27\x1c", 0, "a 7z archive: extract it first"),
+    (b"BZh", 0, "a bzip2-compressed file: decompress it first"),
+    (b"\xfd7zXZ\x00", 0, "an xz-compressed file: decompress it first"),
+    (b"\x28\xb5\x2f\xfd", 0, "a zstd-compressed file: decompress it first"),
+    (b"\x93NUMPY", 0, "a numpy .npy file, not a pickled checkpoint"),
+    (b"ustar", 257, "a tar archive (the pre-2017 torch.save format, or a tarball): not supported"),
+]
+
+
+@dataclass
+class ReadResult:
+    """What the container and VM produced: the raw tree (with TensorRef/ObjectRecord/...)."""
+
+    root: Any
+    format: str  # "torch-zip" | "torch-legacy" | "pickle"
+    protocol: int
+    storages: list[StorageRef]
+    globals_used: dict[str, int]
+    findings: list[Finding] = field(default_factory=list)
+
+
+class Input:
+    """The input file, opened read-only and mmapped. Use as a context manager."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        try:
+            self._file = open(self.path, "rb")  # noqa: SIM115 - closed in close()
+        except FileNotFoundError:
+            raise ConvertError(f"{self.path}: no such file") from None
+        except IsADirectoryError:
+            raise ConvertError(f"{self.path}: is a directory, not a checkpoint file") from None
+        except OSError as exc:
+            raise ConvertError(f"{self.path}: cannot open ({exc.strerror})") from None
+        self.size = os.fstat(self._file.fileno()).st_size
+        if self.size == 0:
+            self._file.close()
+            raise MalformedCheckpoint(f"{self.path.name}: empty file")
+        self.buf = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def close(self) -> None:
+        try:
+            self.buf.close()
+        except BufferError:  # a caller still holds a view; the mapping goes when they release it
+            pass
+        self._file.close()
+
+    def __enter__(self) -> Input:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_container(inp: Input) -> ReadResult:
+    """Detect the format of `inp` and interpret it. Raises a ConvertError subclass on any problem."""
+    head = bytes(inp.buf[:300])
+    for magic, offset, what in _SIGNATURES:
+        if head[offset:offset + len(magic)] == magic:
+            raise UnsupportedValue(f"{inp.name} is {what}")
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+        return _tag_format(_read_zip, inp, "torch-zip")
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < inp.size:
+        raise UnsupportedValue(f"{inp.name} looks like a safetensors file already; nothing to convert")
+    return _tag_format(_read_pickle_or_legacy, inp, "pickle")
+
+
+def _tag_format(reader: Any, inp: Input, fmt: str) -> ReadResult:
+    try:
+        return reader(inp)
+    except UnsafeCheckpoint as exc:  # `scan` reports the container format even for refused files
+        exc.format = getattr(exc, "format", None) or fmt
+        raise
+
+
+# ----------------------------------------------------------------------------------- torch zip
+
+def _storage_dtype(storage_type: Any, source: str) -> Any:
+    if not isinstance(storage_type, GlobalRef) or storage_type.module not in STORAGE_MODULES:
+        raise MalformedCheckpoint(f"{source}: storage type {storage_type!r:.60} is not a torch storage class")
+    if storage_type.name in QUANTIZED_STORAGES:
+        raise UnsupportedValue(f"quantized storage {storage_type.name} has no lossless safetensors encoding")
+    if storage_type.name not in STORAGE_DTYPES:
+        raise MalformedCheckpoint(f"{source}: unknown storage type {storage_type.qualname}")
+    return STORAGE_DTYPES[storage_type.name]
+
+
+def _location(value: Any) -> str:
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    if type(value) is not str or len(value) > 64:
+        raise MalformedCheckpoint("storage location must be a short string")
+    return value
+
+
+def _numel(value: Any) -> int:
+    if type(value) is not int or not 0 <= value < 1 << 62:
+        raise MalformedCheckpoint(f"storage size {value!r:.40} is not a valid element count")
+    return value
+
+
+class _ZipArchive:
+    """A torch zip checkpoint: checked central directory, one `<prefix>/data.pkl`, stored members."""
+
+    def __init__(self, inp: Input) -> None:
+        self.inp = inp
+        try:
+            self.zf = zipfile.ZipFile(inp._file)
+            infos = self.zf.infolist()
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
+            raise MalformedCheckpoint(f"{inp.name}: corrupt zip archive ({exc})") from None
+        names = [i.filename for i in infos]
+        if len(set(names)) != len(names):
+            dup = sorted({n for n in names if names.count(n) > 1})[0]
+            raise MalformedCheckpoint(f"{inp.name}: zip archive holds two members named {dup!r}")
+        self.infos = {i.filename: i for i in infos}
+        pickles = [n for n in names if n.endswith("data.pkl") and n.count("/") == 1]
+        if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+            raise UnsafeCheckpoint(f"{inp.name} is a TorchScript archive: it holds compiled code that torch.jit.load "
+                                   "would run; it is not converted (export its state_dict instead)")
+        if len(pickles) != 1:
+            what = "no" if not pickles else "several"
+            raise MalformedCheckpoint(f"{inp.name}: zip archive with {what} '<archive>/data.pkl' member; not a torch checkpoint")
+        self.prefix = pickles[0][: -len("data.pkl")]
+        order = self.infos.get(self.prefix + "byteorder")
+        if order is not None and self._read_member(order, 16).strip() not in (b"little", b""):
+            raise UnsupportedValue(f"{inp.name} was saved on a big-endian machine; not supported")
+        self.storages: dict[str, StorageRef] = {}
+
+    def _data_offset(self, info: zipfile.ZipInfo) -> int:
+        """Where the member's bytes start, from its local header, checked against the central directory."""
+        buf, at = self.inp.buf, info.header_offset
+        if at + 30 > self.inp.size or buf[at:at + 4] != b"PK\x03\x04":
+            raise MalformedCheckpoint(f"{self.inp.name}: zip member {info.filename!r} has no local header")
+        name_len, extra_len = struct.unpack("<HH", buf[at + 26:at + 30])
+        name = bytes(buf[at + 30:at + 30 + name_len])
+        if name.decode("utf-8", "replace") != info.filename and name.decode("cp437", "replace") != info.filename:
+            raise MalformedCheckpoint(f"{self.inp.name}: zip member {info.filename!r} is named {name!r:.80} in its local header")
+        start = at + 30 + name_len + extra_len
+        if start + info.compress_size > self.inp.size:
+            raise MalformedCheckpoint(f"{self.inp.name}: zip member {info.filename!r} runs past the end of the file (truncated?)")
+        return start
+
+    def _read_member(self, info: zipfile.ZipInfo, limit: int) -> bytes:
+        """Read a (possibly compressed) member fully, CRC-checked, refusing declared sizes over `limit`."""
+        self._data_offset(info)
+        ratio_cap = info.compress_size * MAX_DEFLATE_RATIO + 1024
+        if info.file_size > limit or info.file_size > ratio_cap:
+            raise MalformedCheckpoint(f"{self.inp.name}: zip member {info.filename!r} declares {info.file_size} bytes; refusing")
+        try:
+            with self.zf.open(info) as member:
+                data = member.read(info.file_size + 1)
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError) as exc:
+            raise MalformedCheckpoint(f"{self.inp.name}: zip member {info.filename!r} is corrupt ({exc})") from None
+        if len(data) != info.file_size:
+            raise MalformedCheckpoint(f"{self.inp.name}: zip member {info.filename!r} size does not match its header")
+        return data
+
+    def pickle_bytes(self) -> bytes:
+        return self._read_member(self.infos[self.prefix + "data.pkl"], MAX_PICKLE_MEMBER)
+
+    def persistent_load(self, pid: Any) -> StorageRef:
+        if type(pid) is not tuple or len(pid) != 5 or pid[0] not in ("storage", b"storage"):
+            raise MalformedCheckpoint(f"{self.inp.name}: unknown persistent id {pid!r:.80}")
+        _, storage_type, key, location, numel = pid
+        if type(key) is not str or not key or "/" in key or ".." in key:
+            raise MalformedCheckpoint(f"{self.inp.name}: bad storage key {key!r:.40}")
+        dtype = _storage_dtype(storage_type, self.inp.name)
+        if key in self.storages:
+            return self.storages[key]
+        nbytes = _numel(numel) * dtype.itemsize
+        info = self.infos.get(f"{self.prefix}data/{key}")
+        if info is None:
+            raise MalformedCheckpoint(f"{self.inp.name}: storage {key!r} has no record in the archive")
+        if info.file_size != nbytes:
+            raise MalformedCheckpoint(f"{self.inp.name}: storage {key!r} declares {nbytes} bytes but the archive "
+                                      f"holds {info.file_size}")
+        storage = StorageRef(key, dtype, nbytes, _location(location))
+        if info.compress_type == zipfile.ZIP_STORED:
+            if info.compress_size != nbytes:
+                raise MalformedCheckpoint(f"{self.inp.name}: storage {key!r} sizes disagree in the zip directory")
+            storage.buffer, storage.offset = self.inp.buf, self._data_offset(info)
+        else:
+            storage.buffer = self._read_member(info, nbytes)
+        self.storages[key] = storage
+        return storage
+
+
+def _read_zip(inp: Input) -> ReadResult:
+    archive = _ZipArchive(inp)
+    data = archive.pickle_bytes()
+    vm = PickleVM(data, source=f"{inp.name}:{archive.prefix}data.pkl", persistent_load=archive.persistent_load)
+    root = vm.run()
+    return ReadResult(root, "torch-zip", vm.protocol, list(archive.storages.values()), vm.globals_used)
+
+
+# ----------------------------------------------------------------------------- legacy and pickle
+
+def _read_pickle_or_legacy(inp: Input) -> ReadResult:
+    first = PickleVM(inp.buf, source=inp.name)
+    try:
+        value = first.run()
+    except MalformedCheckpoint as exc:
+        raise MalformedCheckpoint(f"not a checkpoint (neither a torch zip nor a pickle): {exc}") from None
+    if type(value) is int and value == LEGACY_MAGIC:
+        try:
+            return _read_legacy(inp, first.pos)
+        except UnsafeCheckpoint as exc:
+            exc.format = "torch-legacy"
+            raise
+    if first.pos != inp.size:
+        raise MalformedCheckpoint(f"{inp.name}: {inp.size - first.pos} bytes of trailing data after the pickle "
+                                  f"ends at byte {first.pos}")
+    return ReadResult(value, "pickle", first.protocol, [], first.globals_used)
+
+
+def _read_legacy(inp: Input, pos: int) -> ReadResult:
+    def small_pickle(what: str) -> tuple[Any, int]:
+        vm = PickleVM(inp.buf, source=f"{inp.name} ({what})", start=pos)
+        return vm.run(), vm.pos
+
+    version, pos = small_pickle("protocol version")
+    if version != LEGACY_PROTOCOL:
+        raise MalformedCheckpoint(f"{inp.name}: legacy torch file with protocol version {version!r:.20}, expected 1001")
+    sys_info, pos = small_pickle("system info")
+    if isinstance(sys_info, dict) and sys_info.get("little_endian") is False:
+        raise UnsupportedValue(f"{inp.name} was saved on a big-endian machine; not supported")
+
+    storages: dict[str, StorageRef] = {}
+
+    def persistent_load(pid: Any) -> Any:
+        if type(pid) is tuple and len(pid) == 4 and pid[0] in ("module", b"module"):
+            return pid[1]  # the module's class, as a GlobalRef; its saved source is ignored
+        if type(pid) is not tuple or len(pid) != 6 or pid[0] not in ("storage", b"storage"):
+            raise MalformedCheckpoint(f"{inp.name}: unknown persistent id {pid!r:.80}")
+        _, storage_type, key, location, numel, view = pid
+        if type(key) is not str:
+            raise MalformedCheckpoint(f"{inp.name}: bad storage key {key!r:.40}")
+        dtype = _storage_dtype(storage_type, inp.name)
+        root = storages.get(key)
+        if root is None:
+            root = storages[key] = StorageRef(key, dtype, _numel(numel) * dtype.itemsize, _location(location))
+        if view is None:
+            return root
+        if type(view) is not tuple or len(view) != 3:
+            raise MalformedCheckpoint(f"{inp.name}: bad storage view {view!r:.60}")
+        view_key, offset, size = view
+        if (_numel(offset) + _numel(size)) * dtype.itemsize > root.nbytes:
+            raise MalformedCheckpoint(f"{inp.name}: storage view {view_key!r:.20} reaches outside storage {key!r}")
+        return StorageRef(str(view_key), dtype, size * dtype.itemsize, root.location, base=root, base_offset=offset)
+
+    vm = PickleVM(inp.buf, source=f"{inp.name} (main pickle)", start=pos, persistent_load=persistent_load)
+    root_value = vm.run()
+    keys, pos = small_pickle_at(inp, vm.pos)
+    if type(keys) is not list or any(type(k) is not str for k in keys) or set(keys) != set(storages):
+        raise MalformedCheckpoint(f"{inp.name}: legacy storage key list does not match the storages the pickle uses")
+    for key in keys:
+        storage = storages[key]
+        if pos + 8 > inp.size:
+            raise MalformedCheckpoint(f"{inp.name}: truncated before storage {key!r}")
+        count = int.from_bytes(inp.buf[pos:pos + 8], "little", signed=True)
+        if count < 0 or count * storage.dtype.itemsize != storage.nbytes:
+            raise MalformedCheckpoint(f"{inp.name}: storage {key!r} record says {count} elements, the pickle "
+                                      f"says {storage.nbytes // storage.dtype.itemsize}")
+        pos += 8
+        if pos + storage.nbytes > inp.size:
+            raise MalformedCheckpoint(f"{inp.name}: truncated inside storage {key!r} (needs {storage.nbytes} bytes "
+                                      f"at byte {pos}, file has {inp.size})")
+        storage.buffer, storage.offset = inp.buf, pos
+        pos += storage.nbytes
+    if pos != inp.size:
+        raise MalformedCheckpoint(f"{inp.name}: {inp.size - pos} bytes of trailing data after the last storage")
+    return ReadResult(root_value, "torch-legacy", vm.protocol, list(storages.values()), vm.globals_used)
+
+
+def small_pickle_at(inp: Input, pos: int) -> tuple[Any, int]:
+    vm = PickleVM(inp.buf, source=f"{inp.name} (storage keys)", start=pos)
+    return vm.run(), vm.pos

@@ -1,0 +1,127 @@
+"""Inert values the reader produces in place of anything it will not construct.
+
+Nothing here is ever called on behalf of the input file: these are plain data holders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(eq=False)
+class GlobalRef:
+    """A `module.name` the pickle referred to. Never imported."""
+
+    module: str
+    name: str
+
+    @property
+    def qualname(self) -> str:
+        return f"{self.module}.{self.name}"
+
+    def __repr__(self) -> str:
+        return f"<global {self.qualname}>"
+
+
+@dataclass(eq=False)
+class ObjectRecord:
+    """An object of a class the converter does not construct, kept as inert data.
+
+    `qualname` is the class (or callable) path, `args` what it would have been called with,
+    `state` what `__setstate__`/`__dict__` would have received, `dictitems`/`listitems` the
+    items a dict or list subclass would have held.
+    """
+
+    qualname: str
+    args: tuple = ()
+    state: Any = None
+    dictitems: list = field(default_factory=list)
+    listitems: list = field(default_factory=list)
+    via: str = "reduce"
+
+    def __repr__(self) -> str:
+        return f"ObjectRecord({self.qualname!r})"
+
+
+@dataclass(eq=False)
+class StorageRef:
+    """A typed storage inside the container: where its bytes are and what they hold.
+
+    Its bytes are `buffer[offset:offset + nbytes]`; `buffer` is the mmapped input (or, for a
+    compressed zip member, the decompressed bytes). The container fills these in once it has
+    checked them against the real file.
+    """
+
+    key: str
+    dtype: Any  # torch.dtype
+    nbytes: int
+    location: str
+    buffer: Any = field(default=None, repr=False)
+    offset: int = 0
+    # Pre-1.0 legacy files: a storage that is a window of `base`, starting `base_offset` elements in.
+    base: StorageRef | None = None
+    base_offset: int = 0
+
+    def data(self) -> memoryview:
+        """The storage's bytes, zero-copy. Release the view (`with`) before the input is closed."""
+        if self.buffer is None:
+            raise ValueError(f"storage {self.key!r} has no data")
+        return memoryview(self.buffer)[self.offset:self.offset + self.nbytes]
+
+
+@dataclass(eq=False)
+class TensorRef:
+    """A tensor the file describes: a strided view of a storage, not yet materialised."""
+
+    storage: StorageRef
+    dtype: Any  # torch.dtype
+    offset: int
+    shape: tuple
+    stride: tuple
+    requires_grad: bool = False
+    is_parameter: bool = False
+    conj: bool = False
+    neg: bool = False
+    attrs: dict = field(default_factory=dict)
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+
+@dataclass(eq=False)
+class NdArrayRef:
+    """A numpy array from the pickle: dtype string (with byte order), shape, order and raw bytes."""
+
+    dtype: str  # numpy dtype.str, e.g. "<f4", "|b1"
+    shape: tuple
+    fortran: bool
+    data: Any = field(repr=False)  # bytes-like, exactly prod(shape) * itemsize
+
+
+@dataclass(eq=False)
+class NpDType:
+    """A numpy dtype value (numeric kinds only)."""
+
+    str: str
+
+
+@dataclass(eq=False)
+class NpScalar:
+    """A numpy scalar: dtype string and its raw bytes."""
+
+    dtype: str
+    data: bytes
+
+
+@dataclass(eq=False)
+class ModuleRecord:
+    """An nn.Module found in the pickle, turned into what `module.state_dict()` returns."""
+
+    qualname: str
+    state_dict: Any  # OrderedDict with _metadata
+    tree: dict  # {"class": ..., "training": ..., "attributes": {...}, "children": {name: tree}}

@@ -1,0 +1,548 @@
+"""The pickle interpreter: one loop, one handler per opcode, every operand checked.
+
+It never imports or calls anything the pickle names. `GLOBAL`/`STACK_GLOBAL` produce `GlobalRef`
+markers; calls (`REDUCE`, `NEWOBJ`, `INST`, `OBJ`) on them are looked up in `allowlist.py` and
+either rebuilt by our own reconstructors or recorded as inert `ObjectRecord`s. Known gadgets
+(`gadgets.py`) are noted with their position, and the file is refused once the stream is read.
+Lengths in the stream are checked against the bytes that are really there before anything is
+allocated, so memory stays proportional to the input.
+"""
+
+from __future__ import annotations
+
+import codecs
+import collections
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ConvertError, MalformedCheckpoint, UnsafeCheckpoint
+from . import allowlist, gadgets
+from .numpy_types import build_ndarray, build_npdtype
+from .records import GlobalRef, NdArrayRef, NpDType, ObjectRecord, TensorRef
+
+HIGHEST_PROTOCOL = 5
+MAX_LINE = 1 << 16  # text operands (protocol 0) longer than this are not from a real checkpoint
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One use of a known code-execution gadget: what and where."""
+
+    name: str
+    where: str
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.where})"
+
+
+class _Mark:
+    """Placeholder used only to make error messages precise; marks live on `metastack`."""
+
+
+class PickleVM:
+    """Interprets one pickle stream from `buf[start:end]`.
+
+    `persistent_load` maps a persistent id (torch storages) to a value; without it a persistent
+    id is malformed input. After `run`, `findings` lists the gadgets seen and `globals_used` every
+    global named (for `scan`).
+    """
+
+    def __init__(self, buf: Any, *, source: str, start: int = 0, end: int | None = None,
+                 persistent_load: Callable[[Any], Any] | None = None) -> None:
+        self.buf = buf
+        self.pos = start
+        self.end = len(buf) if end is None else end
+        self.source = source
+        self.persistent_load = persistent_load
+        self.findings: list[Finding] = []
+        self.globals_used: dict[str, int] = {}
+        self.protocol = 0
+        self._dispatch = {op: getattr(self, "op_" + name) for op, name in _OPCODES.items()}
+
+    # ------------------------------------------------------------------ driving
+
+    def run(self) -> Any:
+        """Interpret until STOP; returns the value. Raises UnsafeCheckpoint or MalformedCheckpoint."""
+        self.stack: list[Any] = []
+        self.metastack: list[list[Any]] = []
+        self.memo: dict[int, Any] = {}
+        self._op_pos = self.pos
+        self._op_name = "start"
+        try:
+            while True:
+                self._op_pos = self.pos
+                code = self._read(1)[0]
+                handler = self._dispatch.get(code)
+                if handler is None:
+                    raise MalformedCheckpoint(f"unknown pickle opcode 0x{code:02x}")
+                self._op_name = _OPCODES[code]
+                if handler():  # only STOP returns True
+                    break
+        except ConvertError as exc:
+            if self.findings and not isinstance(exc, UnsafeCheckpoint):
+                raise self._unsafe() from None
+            if isinstance(exc, MalformedCheckpoint) and not getattr(exc, "located", False):
+                located = MalformedCheckpoint(f"{self.source}: {exc} (byte {self._op_pos}, {self._op_name})")
+                located.located = True
+                raise located from None
+            raise
+        except (RecursionError, MemoryError):
+            raise MalformedCheckpoint(f"{self.source}: structure too large or too deep (byte {self._op_pos})") from None
+        except Exception as exc:  # any other failure on hostile input is malformed input, reported in one line
+            if self.findings:
+                raise self._unsafe() from None
+            raise MalformedCheckpoint(f"{self.source}: invalid pickle at byte {self._op_pos} ({self._op_name}): "
+                                      f"{type(exc).__name__}: {exc}") from None
+        if self.findings:
+            raise self._unsafe()
+        return self._result
+
+    def _unsafe(self) -> UnsafeCheckpoint:
+        names = ", ".join(str(f) for f in self.findings[:20])
+        more = f" and {len(self.findings) - 20} more" if len(self.findings) > 20 else ""
+        exc = UnsafeCheckpoint(f"{self.source} uses {names}{more}; this file tries to run code when loaded",
+                               self.findings)
+        exc.globals_used = dict(self.globals_used)
+        return exc
+
+    # ------------------------------------------------------------------ reading operands
+
+    def _read(self, n: int) -> Any:
+        if n < 0 or self.pos + n > self.end:
+            raise MalformedCheckpoint(f"truncated: needs {n} more bytes at byte {self.pos}, stream ends at {self.end}")
+        chunk = self.buf[self.pos:self.pos + n]
+        self.pos += n
+        return chunk
+
+    def _readline(self) -> bytes:
+        nl = self.buf.find(b"\n", self.pos, min(self.end, self.pos + MAX_LINE))
+        if nl < 0:
+            raise MalformedCheckpoint("truncated or overlong text operand")
+        line = bytes(self.buf[self.pos:nl])
+        self.pos = nl + 1
+        return line
+
+    def _uint(self, n: int) -> int:
+        return int.from_bytes(self._read(n), "little")
+
+    def _pop(self) -> Any:
+        if not self.stack:
+            raise MalformedCheckpoint("stack underflow")
+        return self.stack.pop()
+
+    def _top(self) -> Any:
+        if not self.stack:
+            raise MalformedCheckpoint("stack underflow")
+        return self.stack[-1]
+
+    def _pop_mark(self) -> list[Any]:
+        if not self.metastack:
+            raise MalformedCheckpoint("MARK expected")
+        items = self.stack
+        self.stack = self.metastack.pop()
+        return items
+
+    def _text(self, raw: Any) -> str:
+        return bytes(raw).decode("utf-8", "surrogatepass")
+
+    def _py2_string(self, raw: bytes) -> Any:
+        # pickle's default for protocol-0..2 STRING opcodes is ASCII text; anything else stays bytes.
+        try:
+            return raw.decode("ascii")
+        except UnicodeDecodeError:
+            return raw
+
+    # ------------------------------------------------------------------ globals and calls
+
+    def _global(self, module: Any, name: Any) -> Any:
+        if type(module) is not str or type(name) is not str or not module or not name:
+            raise MalformedCheckpoint("global name must be two non-empty strings")
+        qual = f"{module}.{name}"
+        self.globals_used.setdefault(qual, self._op_pos)
+        if qual in allowlist.VALUE_GLOBALS:
+            return allowlist.VALUE_GLOBALS[qual]
+        if qual not in allowlist.RECONSTRUCTORS and gadgets.is_dangerous(module, name):
+            self.findings.append(Finding(qual, f"{self.source}, byte {self._op_pos}, {self._op_name}"))
+        return GlobalRef(module, name)
+
+    def _call(self, func: Any, args: Any) -> Any:
+        if type(args) is not tuple:
+            raise MalformedCheckpoint(f"call arguments must be a tuple, got {type(args).__name__}")
+        if not isinstance(func, GlobalRef):
+            raise MalformedCheckpoint(f"calls a {type(func).__name__}, not a global")
+        reconstructor = allowlist.RECONSTRUCTORS.get(func.qualname)
+        if reconstructor is None:
+            return ObjectRecord(func.qualname, args=args)
+        return reconstructor(*args)
+
+    def _instantiate(self, cls: Any, args: tuple, via: str) -> Any:
+        if not isinstance(cls, GlobalRef):
+            raise MalformedCheckpoint(f"instantiates a {type(cls).__name__}, not a class")
+        return allowlist.instantiate(cls, args, via)
+
+    # ------------------------------------------------------------------ opcodes
+
+    def op_PROTO(self) -> None:
+        self.protocol = self._read(1)[0]
+        if self.protocol > HIGHEST_PROTOCOL:
+            raise MalformedCheckpoint(f"unsupported pickle protocol {self.protocol}")
+
+    def op_FRAME(self) -> None:
+        size = self._uint(8)
+        if size > self.end - self.pos:
+            raise MalformedCheckpoint(f"frame of {size} bytes exceeds the {self.end - self.pos} bytes left")
+
+    def op_STOP(self) -> bool:
+        if len(self.stack) != 1 or self.metastack:
+            raise MalformedCheckpoint("STOP with an unbalanced stack")
+        self._result = self.stack.pop()
+        return True
+
+    def op_MARK(self) -> None:
+        self.metastack.append(self.stack)
+        self.stack = []
+
+    def op_POP(self) -> None:
+        if self.stack:
+            self.stack.pop()
+        else:
+            self._pop_mark()
+
+    def op_POP_MARK(self) -> None:
+        self._pop_mark()
+
+    def op_DUP(self) -> None:
+        self.stack.append(self._top())
+
+    # numbers
+    def op_INT(self) -> None:
+        line = self._readline().strip()
+        if line == b"00":
+            self.stack.append(False)
+        elif line == b"01":
+            self.stack.append(True)
+        else:
+            self.stack.append(int(line.decode("ascii")))
+
+    def op_LONG(self) -> None:
+        line = self._readline().strip()
+        self.stack.append(int(line.removesuffix(b"L").decode("ascii")))
+
+    def op_BININT(self) -> None:
+        self.stack.append(int.from_bytes(self._read(4), "little", signed=True))
+
+    def op_BININT1(self) -> None:
+        self.stack.append(self._uint(1))
+
+    def op_BININT2(self) -> None:
+        self.stack.append(self._uint(2))
+
+    def op_LONG1(self) -> None:
+        self.stack.append(int.from_bytes(self._read(self._uint(1)), "little", signed=True))
+
+    def op_LONG4(self) -> None:
+        n = int.from_bytes(self._read(4), "little", signed=True)
+        if n < 0:
+            raise MalformedCheckpoint("negative LONG4 length")
+        self.stack.append(int.from_bytes(self._read(n), "little", signed=True))
+
+    def op_FLOAT(self) -> None:
+        self.stack.append(float(self._readline().decode("ascii")))
+
+    def op_BINFLOAT(self) -> None:
+        self.stack.append(struct.unpack(">d", self._read(8))[0])
+
+    def op_NONE(self) -> None:
+        self.stack.append(None)
+
+    def op_NEWTRUE(self) -> None:
+        self.stack.append(True)
+
+    def op_NEWFALSE(self) -> None:
+        self.stack.append(False)
+
+    # strings and bytes
+    def op_STRING(self) -> None:
+        line = self._readline().rstrip(b"\r")
+        if len(line) < 2 or line[0] != line[-1] or line[:1] not in (b"'", b'"'):
+            raise MalformedCheckpoint("STRING operand is not quoted")
+        self.stack.append(self._py2_string(codecs.escape_decode(line[1:-1])[0]))
+
+    def op_BINSTRING(self) -> None:
+        n = int.from_bytes(self._read(4), "little", signed=True)
+        if n < 0:
+            raise MalformedCheckpoint("negative BINSTRING length")
+        self.stack.append(self._py2_string(bytes(self._read(n))))
+
+    def op_SHORT_BINSTRING(self) -> None:
+        self.stack.append(self._py2_string(bytes(self._read(self._uint(1)))))
+
+    def op_UNICODE(self) -> None:
+        self.stack.append(self._readline().decode("raw-unicode-escape"))
+
+    def op_BINUNICODE(self) -> None:
+        self.stack.append(self._text(self._read(self._uint(4))))
+
+    def op_SHORT_BINUNICODE(self) -> None:
+        self.stack.append(self._text(self._read(self._uint(1))))
+
+    def op_BINUNICODE8(self) -> None:
+        self.stack.append(self._text(self._read(self._uint(8))))
+
+    def op_BINBYTES(self) -> None:
+        self.stack.append(bytes(self._read(self._uint(4))))
+
+    def op_SHORT_BINBYTES(self) -> None:
+        self.stack.append(bytes(self._read(self._uint(1))))
+
+    def op_BINBYTES8(self) -> None:
+        self.stack.append(bytes(self._read(self._uint(8))))
+
+    def op_BYTEARRAY8(self) -> None:
+        self.stack.append(bytearray(self._read(self._uint(8))))
+
+    def op_NEXT_BUFFER(self) -> None:
+        raise MalformedCheckpoint("uses an out-of-band buffer (pickle protocol 5) that a file cannot carry")
+
+    def op_READONLY_BUFFER(self) -> None:
+        self._top()
+
+    # containers
+    def op_EMPTY_TUPLE(self) -> None:
+        self.stack.append(())
+
+    def op_TUPLE(self) -> None:
+        items = self._pop_mark()  # before touching self.stack: _pop_mark replaces it
+        self.stack.append(tuple(items))
+
+    def op_TUPLE1(self) -> None:
+        self.stack.append((self._pop(),))
+
+    def op_TUPLE2(self) -> None:
+        b = self._pop()
+        self.stack.append((self._pop(), b))
+
+    def op_TUPLE3(self) -> None:
+        c = self._pop()
+        b = self._pop()
+        self.stack.append((self._pop(), b, c))
+
+    def op_EMPTY_LIST(self) -> None:
+        self.stack.append([])
+
+    def op_LIST(self) -> None:
+        items = self._pop_mark()
+        self.stack.append(items)
+
+    def op_EMPTY_DICT(self) -> None:
+        self.stack.append({})
+
+    def op_DICT(self) -> None:
+        items = self._pop_mark()
+        if len(items) % 2:
+            raise MalformedCheckpoint("DICT with an odd number of items")
+        self.stack.append(dict(zip(items[::2], items[1::2])))
+
+    def op_EMPTY_SET(self) -> None:
+        self.stack.append(set())
+
+    def op_FROZENSET(self) -> None:
+        items = self._pop_mark()
+        self.stack.append(frozenset(items))
+
+    def op_ADDITEMS(self) -> None:
+        items = self._pop_mark()
+        target = self._top()
+        if type(target) is not set:
+            raise MalformedCheckpoint(f"ADDITEMS on a {type(target).__name__}")
+        target.update(items)
+
+    def _append(self, items: list[Any]) -> None:
+        target = self._top()
+        if type(target) is list:
+            target.extend(items)
+        elif isinstance(target, ObjectRecord):
+            target.listitems.extend(items)
+        else:
+            raise MalformedCheckpoint(f"APPEND on a {type(target).__name__}")
+
+    def op_APPEND(self) -> None:
+        self._append([self._pop()])
+
+    def op_APPENDS(self) -> None:
+        self._append(self._pop_mark())
+
+    def _setitems(self, items: list[Any]) -> None:
+        if len(items) % 2:
+            raise MalformedCheckpoint("SETITEMS with an odd number of items")
+        target = self._top()
+        pairs = zip(items[::2], items[1::2])
+        if type(target) in (dict, collections.OrderedDict):
+            for key, value in pairs:
+                target[key] = value
+        elif isinstance(target, ObjectRecord):
+            target.dictitems.extend(pairs)
+        else:
+            raise MalformedCheckpoint(f"SETITEM on a {type(target).__name__}")
+
+    def op_SETITEM(self) -> None:
+        value = self._pop()
+        key = self._pop()
+        self._setitems([key, value])
+
+    def op_SETITEMS(self) -> None:
+        self._setitems(self._pop_mark())
+
+    # memo
+    def _get(self, index: int) -> None:
+        if index not in self.memo:
+            raise MalformedCheckpoint(f"memo entry {index} was never stored")
+        self.stack.append(self.memo[index])
+
+    def op_GET(self) -> None:
+        self._get(int(self._readline().decode("ascii")))
+
+    def op_BINGET(self) -> None:
+        self._get(self._uint(1))
+
+    def op_LONG_BINGET(self) -> None:
+        self._get(self._uint(4))
+
+    def op_PUT(self) -> None:
+        index = int(self._readline().decode("ascii"))
+        if index < 0:
+            raise MalformedCheckpoint("negative memo index")
+        self.memo[index] = self._top()
+
+    def op_BINPUT(self) -> None:
+        self.memo[self._uint(1)] = self._top()
+
+    def op_LONG_BINPUT(self) -> None:
+        self.memo[self._uint(4)] = self._top()
+
+    def op_MEMOIZE(self) -> None:
+        self.memo[len(self.memo)] = self._top()
+
+    # globals, calls, objects
+    def op_GLOBAL(self) -> None:
+        module = self._readline().decode("utf-8")
+        name = self._readline().decode("utf-8")
+        self.stack.append(self._global(module, name))
+
+    def op_STACK_GLOBAL(self) -> None:
+        name = self._pop()
+        module = self._pop()
+        self.stack.append(self._global(module, name))
+
+    def op_REDUCE(self) -> None:
+        args = self._pop()
+        func = self._pop()
+        self.stack.append(self._call(func, args))
+
+    def op_NEWOBJ(self) -> None:
+        args = self._pop()
+        cls = self._pop()
+        if type(args) is not tuple:
+            raise MalformedCheckpoint("NEWOBJ arguments must be a tuple")
+        self.stack.append(self._instantiate(cls, args, "newobj"))
+
+    def op_NEWOBJ_EX(self) -> None:
+        kwargs = self._pop()
+        args = self._pop()
+        cls = self._pop()
+        if type(args) is not tuple or type(kwargs) is not dict:
+            raise MalformedCheckpoint("NEWOBJ_EX arguments are malformed")
+        if kwargs:
+            if not isinstance(cls, GlobalRef):
+                raise MalformedCheckpoint("NEWOBJ_EX on a value that is not a class")
+            self.stack.append(ObjectRecord(cls.qualname, args=(args, kwargs), via="newobj_ex"))
+        else:
+            self.stack.append(self._instantiate(cls, args, "newobj"))
+
+    def op_INST(self) -> None:
+        module = self._readline().decode("utf-8")
+        name = self._readline().decode("utf-8")
+        cls = self._global(module, name)
+        args = tuple(self._pop_mark())
+        self.stack.append(self._instantiate(cls, args, "inst"))
+
+    def op_OBJ(self) -> None:
+        items = self._pop_mark()
+        if not items:
+            raise MalformedCheckpoint("OBJ without a class")
+        self.stack.append(self._instantiate(items[0], tuple(items[1:]), "obj"))
+
+    def op_BUILD(self) -> None:
+        state = self._pop()
+        target = self._top()
+        if isinstance(target, ObjectRecord):
+            target.state = state if target.state is None else (target.state, state)
+        elif isinstance(target, NdArrayRef):
+            build_ndarray(target, state)
+        elif isinstance(target, NpDType):
+            build_npdtype(target, state)
+        elif type(target) is collections.OrderedDict:
+            _set_attributes(target, state)
+        elif isinstance(target, TensorRef) and isinstance(state, dict):
+            target.attrs.update(allowlist._tensor_attrs(state))
+        else:
+            raise MalformedCheckpoint(f"BUILD on a {type(target).__name__}")
+
+    def _ext(self, code: int) -> None:
+        self.findings.append(Finding(f"copyreg extension code {code}",
+                                     f"{self.source}, byte {self._op_pos}, {self._op_name}"))
+        self.stack.append(ObjectRecord(f"copyreg.extension.{code}", via="ext"))
+
+    def op_EXT1(self) -> None:
+        self._ext(self._uint(1))
+
+    def op_EXT2(self) -> None:
+        self._ext(self._uint(2))
+
+    def op_EXT4(self) -> None:
+        self._ext(self._uint(4))
+
+    def _persistent(self, pid: Any) -> None:
+        if self.persistent_load is None:
+            raise MalformedCheckpoint("persistent id in a plain pickle (no storages to refer to)")
+        self.stack.append(self.persistent_load(pid))
+
+    def op_PERSID(self) -> None:
+        self._persistent(self._readline().decode("ascii"))
+
+    def op_BINPERSID(self) -> None:
+        self._persistent(self._pop())
+
+
+def _set_attributes(target: collections.OrderedDict, state: Any) -> None:
+    """BUILD on an OrderedDict sets attributes: `_metadata` on a state_dict. Only plain names."""
+    if type(state) is tuple and len(state) == 2 and state[1] is None:
+        state = state[0]
+    if not isinstance(state, dict):
+        raise MalformedCheckpoint("OrderedDict state must be a dict of attributes")
+    for name, value in state.items():
+        if type(name) is not str or not name.isidentifier() or name.startswith("__"):
+            raise MalformedCheckpoint(f"OrderedDict attribute name {name!r:.40} is not allowed")
+        target.__dict__[name] = value
+
+
+_OPCODES: dict[int, str] = {
+    ord(code): name for name, code in {
+        "MARK": "(", "STOP": ".", "POP": "0", "POP_MARK": "1", "DUP": "2", "FLOAT": "F", "INT": "I",
+        "BININT": "J", "BININT1": "K", "LONG": "L", "BININT2": "M", "NONE": "N", "PERSID": "P",
+        "BINPERSID": "Q", "REDUCE": "R", "STRING": "S", "BINSTRING": "T", "SHORT_BINSTRING": "U",
+        "UNICODE": "V", "BINUNICODE": "X", "APPEND": "a", "BUILD": "b", "GLOBAL": "c", "DICT": "d",
+        "EMPTY_DICT": "}", "APPENDS": "e", "GET": "g", "BINGET": "h", "INST": "i", "LONG_BINGET": "j",
+        "LIST": "l", "EMPTY_LIST": "]", "OBJ": "o", "PUT": "p", "BINPUT": "q", "LONG_BINPUT": "r",
+        "SETITEM": "s", "TUPLE": "t", "EMPTY_TUPLE": ")", "SETITEMS": "u", "BINFLOAT": "G",
+        "PROTO": "\x80", "NEWOBJ": "\x81", "EXT1": "\x82", "EXT2": "\x83", "EXT4": "\x84",
+        "TUPLE1": "\x85", "TUPLE2": "\x86", "TUPLE3": "\x87", "NEWTRUE": "\x88", "NEWFALSE": "\x89",
+        "LONG1": "\x8a", "LONG4": "\x8b", "BINBYTES": "B", "SHORT_BINBYTES": "C",
+        "SHORT_BINUNICODE": "\x8c", "BINUNICODE8": "\x8d", "BINBYTES8": "\x8e", "EMPTY_SET": "\x8f",
+        "ADDITEMS": "\x90", "FROZENSET": "\x91", "NEWOBJ_EX": "\x92", "STACK_GLOBAL": "\x93",
+        "MEMOIZE": "\x94", "FRAME": "\x95", "BYTEARRAY8": "\x96", "NEXT_BUFFER": "\x97",
+        "READONLY_BUFFER": "\x98",
+    }.items()
+}

@@ -1,0 +1,75 @@
+"""Write a plan to a folder atomically: a hidden temp folder beside the destination, then rename.
+
+A failure at any point removes the temp folder; the destination is either absent, the old one
+untouched, or complete. The source is only ever read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from ..errors import ConvertError, OutputExists
+from ..schema import SIDECAR_NAME
+from .plan import Plan
+from .safetensors_io import write_safetensors
+
+PT_METADATA = {"format": "pt"}
+
+
+def sidecar_bytes(sidecar: dict) -> bytes:
+    return (json.dumps(sidecar, indent=1, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+
+
+def write_folder(plan: Plan, dst: Path, *, overwrite: bool = False) -> None:
+    if dst.exists() and not overwrite:
+        raise OutputExists(f"{dst} already exists; pass --overwrite (overwrite=True) to replace it")
+    if dst.exists() and not dst.is_dir():
+        raise ConvertError(f"{dst} exists and is not a folder")
+    created = _make_parents(dst.parent)
+    tmp = dst.parent / f".{dst.name}.tmp-{uuid.uuid4().hex[:12]}"
+    try:
+        tmp.mkdir()
+        for name, entries in plan.files.items():
+            with open(tmp / name, "wb") as out:
+                write_safetensors(out, entries, PT_METADATA)
+        (tmp / SIDECAR_NAME).write_bytes(sidecar_bytes(plan.sidecar))
+        _replace(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for folder in reversed(created):
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for path in reversed(missing):
+        try:
+            path.mkdir()
+        except OSError as exc:
+            raise ConvertError(f"cannot create {path}: {exc.strerror}") from None
+    return list(reversed(missing))
+
+
+def _replace(tmp: Path, dst: Path) -> None:
+    if not dst.exists():
+        os.rename(tmp, dst)
+        return
+    old = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:12]}"
+    os.rename(dst, old)
+    try:
+        os.rename(tmp, dst)
+    except BaseException:
+        os.rename(old, dst)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,80 @@
+"""The contiguous bytes of a tensor or numpy array described by the reader, bit-exact.
+
+Contiguous tensors are zero-copy slices of the mmapped input. Strided views are gathered with
+torch on an integer dtype of the same width, so NaN payloads and odd bit patterns never pass
+through float arithmetic.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+from ..dtypes import NUMPY_TO_TORCH
+from ..read.records import NdArrayRef, TensorRef
+
+_SAME_WIDTH_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def contiguous_strides(shape: tuple | list) -> tuple:
+    strides, acc = [], 1
+    for size in reversed(shape):
+        strides.append(acc)
+        acc *= max(size, 1)
+    return tuple(reversed(strides))
+
+
+def is_contiguous(shape: tuple, stride: tuple) -> bool:
+    return all(size == 1 or st == want for size, st, want in zip(shape, stride, contiguous_strides(shape)))
+
+
+def covers_storage(ref: TensorRef) -> bool:
+    """True if the tensor is exactly its storage's bytes, in order: it can stand for the storage."""
+    return ref.offset == 0 and is_contiguous(ref.shape, ref.stride) and ref.numel * ref.dtype.itemsize == ref.storage.nbytes
+
+
+def nbytes(ref: TensorRef) -> int:
+    return ref.numel * ref.dtype.itemsize
+
+
+def tensor_bytes(ref: TensorRef) -> memoryview:
+    """The tensor's elements in row-major order, as raw bytes."""
+    size = ref.dtype.itemsize
+    if ref.numel == 0:
+        return memoryview(b"")
+    data = ref.storage.data()
+    if is_contiguous(ref.shape, ref.stride):
+        start = ref.offset * size
+        return data[start:start + ref.numel * size]
+    usable = len(data) - len(data) % size
+    with warnings.catch_warnings():  # the mmap is read-only; we only read through this tensor
+        warnings.simplefilter("ignore", UserWarning)
+        raw = torch.frombuffer(data, dtype=torch.uint8, count=usable)
+    shape, stride, offset = list(ref.shape), list(ref.stride), ref.offset
+    if size == 16:  # complex128: two int64 words per element
+        words = raw.view(torch.int64)
+        shape, stride, offset = shape + [2], [s * 2 for s in stride] + [1], offset * 2
+    else:
+        words = raw.view(_SAME_WIDTH_INT[size])
+    gathered = words.as_strided(shape, stride, offset).contiguous()
+    return memoryview(gathered.numpy()).cast("B")
+
+
+def ndarray_little_endian(ref: NdArrayRef) -> np.ndarray:
+    """The array in C order and little-endian byte order (what safetensors stores)."""
+    dtype = np.dtype(ref.dtype)
+    array = np.frombuffer(ref.data, dtype=dtype) if len(ref.data) else np.empty(0, dtype=dtype)
+    array = array.reshape(ref.shape, order="F" if ref.fortran else "C")
+    if dtype.byteorder == ">":
+        array = array.astype(dtype.newbyteorder("<"))
+    return np.ascontiguousarray(array)
+
+
+def ndarray_bytes(ref: NdArrayRef) -> memoryview:
+    return memoryview(ndarray_little_endian(ref).reshape(-1)).cast("B")
+
+
+def ndarray_torch_dtype(ref: NdArrayRef) -> torch.dtype:
+    return NUMPY_TO_TORCH[ref.dtype[1:]]

@@ -1,0 +1,66 @@
+"""Fixtures for the ckpt-convert tests; helpers live in tests/helpers.py."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from tests.helpers import Net, make_net, save, trained  # noqa: E402
+
+warnings.filterwarnings("ignore", category=FutureWarning)
+warnings.filterwarnings("ignore", category=UserWarning)
+
+
+@pytest.fixture
+def src_dir(tmp_path: Path) -> Path:
+    """A folder for source checkpoints, separate from where outputs go."""
+    d = tmp_path / "src"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def out_parent(tmp_path: Path) -> Path:
+    """An empty folder that only ever holds conversion outputs (to spot leftovers)."""
+    d = tmp_path / "outputs"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def small_state_dict():
+    torch.manual_seed(1)
+    m = torch.nn.Sequential(torch.nn.Linear(7, 11), torch.nn.ReLU(), torch.nn.Linear(11, 3))
+    return m.state_dict()
+
+
+@pytest.fixture
+def net() -> Net:
+    return make_net()
+
+
+@pytest.fixture
+def general_checkpoint():
+    """The tutorial's general checkpoint after two real SGD-with-momentum steps."""
+    model = make_net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    loss = trained(model, opt)
+    return {
+        "epoch": 5,
+        "model_state_dict": model.state_dict(),
+        "optimizer_state_dict": opt.state_dict(),
+        "loss": loss.item(),
+    }
+
+
+@pytest.fixture
+def general_checkpoint_file(src_dir, general_checkpoint) -> Path:
+    return save(general_checkpoint, src_dir / "general.tar", "zip")
