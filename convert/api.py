@@ -28,6 +28,7 @@ class ConversionReport:
     source_format: str
     files: dict[str, dict]
     tensors: int
+    arrays: int
     bytes: int
     modules: list[str]
 
@@ -67,12 +68,7 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, overwr
         raise OutputExists(f"{dst} already exists; pass --overwrite (overwrite=True) to replace it")
     with Input(src) as inp:
         result = read_tree(inp)
-        provenance = {
-            "converter": {"name": "ckpt-convert", "version": __version__},
-            "name": src.name, "size": inp.size, "sha256": _sha256(inp.buf),
-            "format": result.format, "pickle_protocol": result.protocol,
-        }
-        plan = make_plan(result.root, provenance)
+        plan = make_plan(result.root, _provenance(src, inp, result))
         from .schema import validate
 
         validate(plan.sidecar, "generated sidecar")  # a writer bug must never produce an unloadable folder
@@ -80,8 +76,24 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, overwr
         del result
     sidecar = plan.sidecar
     return ConversionReport(src, dst, sidecar["source"]["format"], sidecar["files"], len(sidecar["tensors"]),
-                            sum(f["bytes"] for f in sidecar["files"].values()),
+                            len(sidecar["arrays"]), sum(f["bytes"] for f in sidecar["files"].values()),
                             [m["class"] for m in sidecar["modules"]])
+
+
+def plan_in_memory(src: str | os.PathLike) -> Any:
+    """The conversion plan (sidecar and entries) for `src`, without writing anything."""
+    src = Path(src)
+    with Input(src) as inp:
+        result = read_tree(inp)
+        return make_plan(result.root, _provenance(src, inp, result))
+
+
+def _provenance(src: Path, inp: Input, result: Any) -> dict:
+    return {
+        "converter": {"name": "ckpt-convert", "version": __version__},
+        "name": src.name, "size": inp.size, "sha256": _sha256(inp.buf),
+        "format": result.format, "pickle_protocol": result.protocol,
+    }
 
 
 def read_checkpoint(path: str | os.PathLike) -> Any:

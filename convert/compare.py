@@ -31,7 +31,7 @@ class _Comparer:
         if len(self.diffs) < MAX_DIFFS:
             self.diffs.append(f"{path or '<root>'}: {message}")
 
-    def compare(self, a: Any, b: Any, path: str) -> None:  # noqa: C901 - one dispatch by type
+    def compare(self, a: Any, b: Any, path: str) -> None:
         if type(a) is not type(b):
             self.diff(path, f"type {type(a).__name__} != {type(b).__name__}")
             return

@@ -30,6 +30,10 @@ class MalformedCheckpoint(ConvertError):
     label = "malformed"
 
 
+class NotACheckpoint(MalformedCheckpoint):
+    """The file is not in any format a checkpoint comes in (neither zip nor pickle)."""
+
+
 class UnsupportedValue(ConvertError):
     """A well-formed value this tool cannot store losslessly (quantized, sparse, ...)."""
 

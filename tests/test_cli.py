@@ -8,8 +8,14 @@ import re
 
 import torch
 
-from tests.helpers import (SIDECAR, EvilSystem, assert_one_line_error, pickled_name, read_sidecar, run_cli, save,
-                           sha256_file)
+from tests.helpers import (
+    SIDECAR,
+    assert_one_line_error,
+    read_sidecar,
+    run_cli,
+    save,
+    sha256_file,
+)
 
 
 def _odd_state_dict():
@@ -98,12 +104,7 @@ def test_scan_exit_codes(tmp_path, src_dir):
     proc = run_cli("scan", clean)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
-    canary = tmp_path / "CANARY"
-    evil = save({"x": EvilSystem(canary)}, src_dir / "evil.pt", "zip")
-    proc = run_cli("scan", evil, cwd=tmp_path)
-    assert proc.returncode == 1
-    assert pickled_name(os.system) in proc.stdout + proc.stderr
-    assert not canary.exists()
+    # (scan of an unsafe file, exit 1: tests/test_errors.py::test_several_unsafe_globals_are_all_named)
 
     bad = src_dir / "bad.pt"
     bad.write_bytes(clean.read_bytes()[:100])

@@ -9,8 +9,16 @@ import torch
 import torch.nn as nn
 
 from convert import convert_checkpoint, load_checkpoint, read_checkpoint
-from tests.helpers import (LEGACY_UNSUPPORTED_DTYPES, TORCH_FORMATS, assert_equivalent, bits, load_reference,
-                           roundtrip, same_storage, save)
+from tests.helpers import (
+    LEGACY_UNSUPPORTED_DTYPES,
+    TORCH_FORMATS,
+    assert_equivalent,
+    bits,
+    load_reference,
+    roundtrip,
+    same_storage,
+    save,
+)
 
 FLOAT_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2]
 INT_DTYPES = [torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8]
@@ -43,7 +51,8 @@ def dtypes_for(fmt):
 def test_every_dtype(tmp_path, fmt):
     originals = {str(d).replace("torch.", ""): sample(d) for d in dtypes_for(fmt)}
     # a NaN with a payload must keep its bits
-    originals["float32_nan_payload"] = torch.tensor([0x7FC01234, 0xFFC00001 - 2**32], dtype=torch.int32).view(torch.float32)
+    nan32 = torch.tensor([0x7FC01234, 0xFFC00001 - 2**32], dtype=torch.int32)
+    originals["float32_nan_payload"] = nan32.view(torch.float32)
     originals["float64_nan_payload"] = torch.tensor([0x7FF8000000001234], dtype=torch.int64).view(torch.float64)
     loaded, ref = roundtrip(originals, tmp_path, fmt)
     assert_equivalent(loaded, ref)
@@ -148,11 +157,16 @@ def test_parameters_and_requires_grad(tmp_path, fmt):
 def test_complex_views_conj_and_neg_bits(tmp_path):
     # conj() is a lazy view; torch.save materialises it, and the result must equal torch.load.
     z = torch.tensor([1 + 2j, 3 - 4j], dtype=torch.complex64)
-    obj = {"z": z, "zc": z.conj(), "real": torch.view_as_real(z).clone()}
+    z2 = torch.tensor([5 + 6j, -7 - 8j], dtype=torch.complex64)
+    obj = {"z": z, "zc": z.conj(), "real": torch.view_as_real(z).clone(),
+           "neg_imag": z2.conj().imag}  # a negative-bit view: [-6., 8.]
     loaded, ref = roundtrip(obj, tmp_path, "zip")
     assert_equivalent(loaded, ref)
+    assert loaded["zc"].is_conj() == ref["zc"].is_conj()
     assert torch.equal(loaded["zc"].resolve_conj(), z.conj().resolve_conj())
     assert torch.equal(loaded["real"], torch.view_as_real(z))
+    assert loaded["neg_imag"].is_neg() == ref["neg_imag"].is_neg()
+    assert loaded["neg_imag"].resolve_neg().tolist() == [-6.0, 8.0]
 
 
 def test_read_checkpoint_returns_real_tensors_with_views(tmp_path):

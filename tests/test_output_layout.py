@@ -15,8 +15,19 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from convert import ConvertError, convert_checkpoint, load_checkpoint, verify_checkpoint
-from tests.helpers import (SIDECAR, EvilSystem, assert_equivalent, folder_snapshot, load_reference, make_net, read_sidecar,
-                           save, sha256_file, trained, validate_sidecar)
+from tests.helpers import (
+    SIDECAR,
+    EvilSystem,
+    assert_equivalent,
+    folder_snapshot,
+    load_reference,
+    make_net,
+    read_sidecar,
+    save,
+    sha256_file,
+    trained,
+    validate_sidecar,
+)
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]+\.safetensors$")
 

@@ -14,11 +14,29 @@ import torch.nn as nn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from convert import (ObjectRecord, convert_checkpoint, load_checkpoint, read_checkpoint, scan_checkpoint,
-                     verify_checkpoint)
-from tests.helpers import (ALL_FORMATS, NAN_WITH_PAYLOAD, PICKLE_FORMATS, TORCH_FORMATS, assert_equivalent,
-                           float_bits, load_reference, make_net, numpy_payload, roundtrip, same_storage, save,
-                           trained)
+from convert import (
+    ObjectRecord,
+    convert_checkpoint,
+    load_checkpoint,
+    read_checkpoint,
+    scan_checkpoint,
+    verify_checkpoint,
+)
+from tests.helpers import (
+    ALL_FORMATS,
+    NAN_WITH_PAYLOAD,
+    PICKLE_FORMATS,
+    TORCH_FORMATS,
+    assert_equivalent,
+    float_bits,
+    load_reference,
+    make_net,
+    numpy_payload,
+    roundtrip,
+    same_storage,
+    save,
+    trained,
+)
 
 # ------------------------------------------------------------------------------ containers / names
 

@@ -52,7 +52,8 @@ def _device(map_location: MapLocation) -> torch.device:
     try:
         return torch.device(map_location)
     except (RuntimeError, TypeError):
-        raise ConvertError(f"map_location {map_location!r} is not a device (use 'cpu', 'cuda', 'cuda:0' or a torch.device)") from None
+        raise ConvertError(f"map_location {map_location!r} is not a device "
+                           "(use 'cpu', 'cuda', 'cuda:0' or a torch.device)") from None
 
 
 class _Loader:
@@ -107,7 +108,8 @@ class _Loader:
         try:
             t = torch.empty(0, dtype=dtype, device=self.device).set_(storage, info["offset"], info["shape"], info["stride"])
             if info.get("conj") or info.get("neg"):
-                torch._C._set_tensor_metadata(t, {"conj": info.get("conj", False), "neg": info.get("neg", False)})
+                # only the bits that are set: torch treats a present key as "set", whatever its value
+                torch._C._set_tensor_metadata(t, {k: True for k in ("conj", "neg") if info.get(k)})
             if info["parameter"]:
                 t = torch.nn.Parameter(t, requires_grad=info["requires_grad"])
             elif info["requires_grad"]:

@@ -27,7 +27,7 @@ class Decoder:
         self.tensor = tensor
         self.array = array
 
-    def value(self, v: Any, depth: int = 0) -> Any:  # noqa: C901 - one dispatch on tags
+    def value(self, v: Any, depth: int = 0) -> Any:
         if depth > MAX_DEPTH:
             raise MalformedCheckpoint("sidecar nests too deeply")
         if v is None or isinstance(v, (bool, int, float, str)):

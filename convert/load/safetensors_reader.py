@@ -7,6 +7,7 @@ hold exactly dtype-size × numel bytes.
 
 from __future__ import annotations
 
+import itertools
 import json
 import mmap
 import os
@@ -85,7 +86,7 @@ class SafetensorsFile:
             self.entries[key] = entry
             spans.append((entry.start, entry.start + entry.nbytes, key))
         spans.sort()
-        for (_, end, a), (start, _, b) in zip(spans, spans[1:]):
+        for (_, end, a), (start, _, b) in itertools.pairwise(spans):
             if start < end:
                 raise MalformedCheckpoint(f"{name}: entries {a!r:.60} and {b!r:.60} overlap")
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from ..errors import MalformedCheckpoint, UnsupportedValue
+from ..errors import MalformedCheckpoint
 from ..views import view_end
-from .numpy_types import make_npdtype, make_ndarray_from_buffer, make_npscalar, new_ndarray
-from .records import GlobalRef, ObjectRecord, StorageRef, TensorRef
+from .numpy_types import make_ndarray_from_buffer, make_npdtype, make_npscalar, new_ndarray
+from .records import GlobalRef, ObjectRecord, StorageRef, TensorRef, Unsupported
 from .torch_types import DTYPES_BY_NAME, QUANTIZED_DTYPES
 
 MAX_NDIM = 64
@@ -46,7 +46,8 @@ def _int_tuple(value: Any, what: str) -> tuple:
 
 
 def _args(args: tuple, name: str, lo: int, hi: int) -> tuple:
-    _expect(type(args) is tuple and lo <= len(args) <= hi, f"{name} takes {lo}..{hi} arguments, got {len(args) if type(args) is tuple else type(args).__name__}")
+    got = len(args) if type(args) is tuple else type(args).__name__
+    _expect(type(args) is tuple and lo <= len(args) <= hi, f"{name} takes {lo}..{hi} arguments, got {got}")
     return args
 
 
@@ -61,12 +62,13 @@ def check_view_in_storage(storage: StorageRef, dtype: torch.dtype, offset: int, 
 
 
 def _tensor(storage: Any, offset: Any, size: Any, stride: Any, dtype: torch.dtype | None, requires_grad: Any = False,
-            metadata: Any = None) -> TensorRef:
+            metadata: Any = None) -> TensorRef | Unsupported:
     _expect(isinstance(storage, StorageRef), f"tensor rebuild expects a storage, got {type(storage).__name__}")
     dtype = storage.dtype if dtype is None else dtype
     _expect(isinstance(dtype, torch.dtype), "tensor rebuild expects a torch dtype")
     if dtype in QUANTIZED_DTYPES:
-        raise UnsupportedValue(f"quantized tensors ({dtype}) have no lossless safetensors encoding")
+        name = str(dtype).removeprefix("torch.")
+        return Unsupported(f"a quantized tensor ({name}), which has no lossless safetensors encoding")
     offset = _int(offset, "storage offset")
     shape, stride = _int_tuple(size, "tensor size"), _int_tuple(stride, "tensor stride")
     check_view_in_storage(storage, dtype, offset, shape, stride)
@@ -106,8 +108,10 @@ def _tensor_attrs(state: Any) -> dict:
     return dict(state)
 
 
-def rebuild_parameter(*args: Any) -> TensorRef:
+def rebuild_parameter(*args: Any) -> TensorRef | Unsupported:
     data, requires_grad, _hooks, *rest = _args(args, "_rebuild_parameter", 3, 4)
+    if isinstance(data, Unsupported):
+        return data
     _expect(isinstance(data, TensorRef), "parameter rebuild expects a tensor")
     _expect(type(requires_grad) is bool, "requires_grad must be a bool")
     attrs = {**data.attrs, **_tensor_attrs(rest[0] if rest else None)}
@@ -124,23 +128,25 @@ TENSOR_REBUILDERS: dict[str, Reconstructor] = {
 TENSOR_TYPES = {"torch.Tensor", "torch._tensor.Tensor", "torch.nn.parameter.Parameter", "torch.nn.Parameter"}
 
 
-def rebuild_from_type_v2(*args: Any) -> TensorRef:
+def rebuild_from_type_v2(*args: Any) -> TensorRef | Unsupported:
     func, new_type, func_args, state = _args(args, "_rebuild_from_type_v2", 4, 4)
     _expect(isinstance(func, GlobalRef) and func.qualname in TENSOR_REBUILDERS,
             f"_rebuild_from_type_v2 asks to call {getattr(func, 'qualname', type(func).__name__)}, which is not a tensor rebuild")
     _expect(type(func_args) is tuple, "_rebuild_from_type_v2 arguments must be a tuple")
     tensor = TENSOR_REBUILDERS[func.qualname](*func_args)
+    if isinstance(tensor, Unsupported):
+        return tensor
     if not (isinstance(new_type, GlobalRef) and new_type.qualname in TENSOR_TYPES):
         name = getattr(new_type, "qualname", type(new_type).__name__)
-        raise UnsupportedValue(f"tensor subclass {name} cannot be stored losslessly")
+        return Unsupported(f"a tensor subclass ({name}), which cannot be stored losslessly")
     is_param = tensor.is_parameter or new_type.qualname.endswith("Parameter")
     return dataclasses.replace(tensor, is_parameter=is_param, attrs={**tensor.attrs, **_tensor_attrs(state)})
 
 
 def _unsupported(what: str) -> Reconstructor:
-    def refuse(*_args: Any) -> Any:
-        raise UnsupportedValue(f"{what} have no lossless safetensors encoding")
-    return refuse
+    def record(*_args: Any) -> Unsupported:
+        return Unsupported(f"{what}, which have no lossless safetensors encoding")
+    return record
 
 
 # ------------------------------------------------------------------------------- plain containers
@@ -191,7 +197,7 @@ def make_complex(*args: Any) -> complex:
 
 
 def codecs_encode(*args: Any) -> bytes:
-    text, encoding = (_args(args, "_codecs.encode", 1, 2) + ("utf-8",))[:2]
+    text, encoding = ((*_args(args, "_codecs.encode", 1, 2), "utf-8"))[:2]
     _expect(type(text) is str and encoding in ("latin1", "latin-1"), "_codecs.encode is only accepted as (str, 'latin1')")
     return text.encode("latin-1")
 
@@ -237,13 +243,13 @@ _NUMPY_CORE = ("numpy.core", "numpy._core")
 RECONSTRUCTORS: dict[str, Reconstructor] = {
     **TENSOR_REBUILDERS,
     "torch._tensor._rebuild_from_type_v2": rebuild_from_type_v2,
-    "torch._utils._rebuild_sparse_tensor": _unsupported("sparse tensors"),
-    "torch._utils._rebuild_sparse_csr_tensor": _unsupported("sparse tensors"),
-    "torch._utils._rebuild_qtensor": _unsupported("quantized tensors"),
-    "torch._utils._rebuild_nested_tensor": _unsupported("nested tensors"),
-    "torch._utils._rebuild_meta_tensor_no_storage": _unsupported("meta tensors (no data)"),
-    "torch._utils._rebuild_wrapper_subclass": _unsupported("tensor subclasses"),
-    "torch._utils._rebuild_device_tensor_from_numpy": _unsupported("device tensors pickled through numpy"),
+    "torch._utils._rebuild_sparse_tensor": _unsupported("a sparse tensor"),
+    "torch._utils._rebuild_sparse_csr_tensor": _unsupported("a sparse tensor"),
+    "torch._utils._rebuild_qtensor": _unsupported("a quantized tensor"),
+    "torch._utils._rebuild_nested_tensor": _unsupported("a nested tensor"),
+    "torch._utils._rebuild_meta_tensor_no_storage": _unsupported("a meta tensor (no data)"),
+    "torch._utils._rebuild_wrapper_subclass": _unsupported("a tensor subclass"),
+    "torch._utils._rebuild_device_tensor_from_numpy": _unsupported("a device tensor pickled through numpy"),
     "torch.Size": make_size,
     "torch.device": make_device,
     "collections.OrderedDict": make_ordered_dict,

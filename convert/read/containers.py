@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConvertError, MalformedCheckpoint, UnsafeCheckpoint, UnsupportedValue
+from ..errors import ConvertError, MalformedCheckpoint, NotACheckpoint, UnsafeCheckpoint, UnsupportedValue
 from .records import GlobalRef, StorageRef
 from .torch_types import QUANTIZED_STORAGES, STORAGE_DTYPES, STORAGE_MODULES
 from .vm import Finding, PickleVM
@@ -111,8 +111,8 @@ def _tag_format(reader: Any, inp: Input, fmt: str) -> ReadResult:
 def _storage_dtype(storage_type: Any, source: str) -> Any:
     if not isinstance(storage_type, GlobalRef) or storage_type.module not in STORAGE_MODULES:
         raise MalformedCheckpoint(f"{source}: storage type {storage_type!r:.60} is not a torch storage class")
-    if storage_type.name in QUANTIZED_STORAGES:
-        raise UnsupportedValue(f"quantized storage {storage_type.name} has no lossless safetensors encoding")
+    if storage_type.name in QUANTIZED_STORAGES:  # the tensor on it is reported, by key, as unsupported
+        return QUANTIZED_STORAGES[storage_type.name]
     if storage_type.name not in STORAGE_DTYPES:
         raise MalformedCheckpoint(f"{source}: unknown storage type {storage_type.qualname}")
     return STORAGE_DTYPES[storage_type.name]
@@ -234,7 +234,9 @@ def _read_pickle_or_legacy(inp: Input) -> ReadResult:
     try:
         value = first.run()
     except MalformedCheckpoint as exc:
-        raise MalformedCheckpoint(f"not a checkpoint (neither a torch zip nor a pickle): {exc}") from None
+        if inp.buf[0] == 0x80:  # starts with PROTO: a pickle, but a broken one
+            raise
+        raise NotACheckpoint(f"{inp.name} is not a checkpoint (neither a torch zip nor a pickle): {exc}") from None
     if type(value) is int and value == LEGACY_MAGIC:
         try:
             return _read_legacy(inp, first.pos)

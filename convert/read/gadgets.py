@@ -20,7 +20,7 @@ DANGEROUS_MODULES: frozenset[str] = frozenset({
     "dill", "cloudpickle", "joblib", "torch.hub", "torch.jit", "torch.package", "torch.utils.collect_env",
     "torch._inductor", "torch._dynamo", "torch.fx", "torch.cuda._utils", "torch.distributed",
     "torch.multiprocessing", "torch.utils.cpp_extension", "numpy.f2py", "numpy.testing",
-    "numpy.distutils", "numpy.lib.utils", "numpy.load", "numpy.ctypeslib", "nt", "posix", "__builtin__",
+    "numpy.distutils", "numpy.lib.utils", "numpy.load", "numpy.ctypeslib", "__builtin__",
 })
 
 # Single members that are dangerous in modules that are otherwise fine to name.

@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import MalformedCheckpoint
+from ..errors import MalformedCheckpoint, UnsupportedValue
 from ..tree import transform
-from .records import ModuleRecord, NdArrayRef, NpDType, NpScalar, ObjectRecord, StorageRef, TensorRef
+from .records import ModuleRecord, NdArrayRef, NpDType, NpScalar, ObjectRecord, StorageRef, TensorRef, Unsupported
 
 
 def materialize(root: Any) -> Any:
@@ -33,7 +33,7 @@ def materialize(root: Any) -> Any:
             try:
                 t = torch.empty(0, dtype=value.dtype).set_(storage(value.storage), value.offset, value.shape, value.stride)
                 if value.conj or value.neg:
-                    torch._C._set_tensor_metadata(t, {"conj": value.conj, "neg": value.neg})
+                    torch._C._set_tensor_metadata(t, {k: True for k, on in (("conj", value.conj), ("neg", value.neg)) if on})
                 if value.is_parameter:
                     t = torch.nn.Parameter(t, requires_grad=value.requires_grad)
                 elif value.requires_grad:
@@ -50,6 +50,8 @@ def materialize(root: Any) -> Any:
             return np.frombuffer(value.data, dtype=np.dtype(value.dtype))[0]
         if isinstance(value, NpDType):
             return np.dtype(value.str)
+        if isinstance(value, Unsupported):
+            raise UnsupportedValue(f"the checkpoint holds {value.reason}")
         return value
 
     def record(value: Any, recurse: Any) -> Any:

@@ -119,6 +119,14 @@ class NpScalar:
 
 
 @dataclass(eq=False)
+class Unsupported:
+    """A well-formed value with no lossless encoding (quantized, sparse, ...). Reported with its
+    tree path when the converter reaches it, so the error names the key."""
+
+    reason: str
+
+
+@dataclass(eq=False)
 class ModuleRecord:
     """An nn.Module found in the pickle, turned into what `module.state_dict()` returns."""
 

@@ -20,7 +20,10 @@ STORAGE_DTYPES: dict[str, torch.dtype] = {
     "ComplexFloatStorage": torch.complex64,
     "UntypedStorage": torch.uint8,
 }
-QUANTIZED_STORAGES = {"QInt8Storage", "QInt32Storage", "QUInt8Storage", "QUInt4x2Storage", "QUInt2x4Storage"}
+QUANTIZED_STORAGES: dict[str, torch.dtype] = {
+    "QInt8Storage": torch.qint8, "QInt32Storage": torch.qint32, "QUInt8Storage": torch.quint8,
+    "QUInt4x2Storage": torch.quint4x2, "QUInt2x4Storage": torch.quint2x4,
+}
 STORAGE_MODULES = {"torch", "torch.storage", "torch.cuda"}
 
 # Every dtype a pickle can name as `torch.<name>`, by that name.

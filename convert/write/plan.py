@@ -22,7 +22,17 @@ import torch
 
 from ..dtypes import Encoding, encoding_for
 from ..errors import MalformedCheckpoint, UnsupportedValue
-from ..read.records import GlobalRef, ModuleRecord, NdArrayRef, NpDType, NpScalar, ObjectRecord, StorageRef, TensorRef
+from ..read.records import (
+    GlobalRef,
+    ModuleRecord,
+    NdArrayRef,
+    NpDType,
+    NpScalar,
+    ObjectRecord,
+    StorageRef,
+    TensorRef,
+    Unsupported,
+)
 from ..read.torch_types import dtype_name
 from ..schema import BARE_FILE, EXTRA_FILE, FORMAT_NAME, FORMAT_VERSION
 from .tensor_bytes import covers_storage, ndarray_bytes, ndarray_torch_dtype, tensor_bytes
@@ -53,7 +63,7 @@ def is_state_dict(value: Any) -> bool:
     """A non-empty dict of str → tensor, storable as one safetensors file with its own keys."""
     return (type(value) in (dict, collections.OrderedDict) and len(value) > 0
             and all(type(k) is str and k != "__metadata__" for k in value)
-            and all(isinstance(v, TensorRef) for v in value.values()))
+            and all(isinstance(v, (TensorRef, Unsupported)) for v in value.values()))
 
 
 def _file_name(key: str, taken: set[str]) -> str:
@@ -143,7 +153,8 @@ class Planner:
 
     def state_dict(self, value: Any, path: list, file: str) -> dict:
         """A top-level state dict: each tensor becomes an entry of `file` under its own key."""
-        items = [[k, self.tensor(v, [*path, k], file, k)] for k, v in value.items()]
+        items = [[k, self.value(v, [*path, k], 1) if type(v) is Unsupported else self.tensor(v, [*path, k], file, k)]
+                 for k, v in value.items()]
         self.state_dict_files.append({"path": [str(p) for p in path], "file": file})
         return self._mapping(value, items, path, 0)
 
@@ -158,7 +169,7 @@ class Planner:
             return {k: v for k, v in items}
         return {"$dict": items}
 
-    def value(self, v: Any, path: list, depth: int) -> Any:  # noqa: C901 - one dispatch table, by type
+    def value(self, v: Any, path: list, depth: int) -> Any:
         self.nodes += 1
         if self.nodes > MAX_NODES:
             raise MalformedCheckpoint(f"checkpoint expands to more than {MAX_NODES} values (shared containers "
@@ -206,6 +217,8 @@ class Planner:
             return {"$device": str(v)}
         if kind is GlobalRef:
             return {"$global": v.qualname}
+        if kind is Unsupported:
+            raise UnsupportedValue(f"{'/'.join(map(str, path)) or '<root>'} is {v.reason}")
         if kind is ModuleRecord:
             return self.module(v, path, None, depth)
         if kind is ObjectRecord:
@@ -225,10 +238,7 @@ class Planner:
         index = len(self.modules)
         self.modules.append({"path": [str(p) for p in path], "class": m.qualname,
                              "tree": self.value(m.tree, [*path, "<module>"], depth + 1)})
-        if file is not None:
-            sd = self.state_dict(m.state_dict, path, file)
-        else:
-            sd = self.value(m.state_dict, path, depth + 1)
+        sd = self.state_dict(m.state_dict, path, file) if file is not None else self.value(m.state_dict, path, depth + 1)
         return {"$module": {"index": index, "state_dict": sd}}
 
     # --------------------------------------------------------------- storages

@@ -55,7 +55,7 @@ def tensor_bytes(ref: TensorRef) -> memoryview:
     shape, stride, offset = list(ref.shape), list(ref.stride), ref.offset
     if size == 16:  # complex128: two int64 words per element
         words = raw.view(torch.int64)
-        shape, stride, offset = shape + [2], [s * 2 for s in stride] + [1], offset * 2
+        shape, stride, offset = [*shape, 2], [s * 2 for s in stride] + [1], offset * 2
     else:
         words = raw.view(_SAME_WIDTH_INT[size])
     gathered = words.as_strided(shape, stride, offset).contiguous()
