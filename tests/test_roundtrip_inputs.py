@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from convert import (
@@ -450,8 +450,11 @@ _tree = st.recursive(
 )
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(tree=_tree, fmt=st.sampled_from(["zip", "legacy", "pickle0", "pickle2", "pickle4", "pickle5"]))
+@example(tree={"": None}, fmt="zip")  # empty-string key
+@example(tree={"": {"": [b"", "", ()]}}, fmt="pickle0")
+@example(tree=[{0: 1, -1: 2, 2**70: 3}], fmt="legacy")
 def test_property_plain_data_roundtrips(tmp_path_factory, tree, fmt):
     tmp = tmp_path_factory.mktemp("prop")
     loaded, ref = roundtrip({"tree": tree}, tmp, fmt)
