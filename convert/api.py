@@ -17,6 +17,7 @@ from .read.materialize import materialize
 from .read.vm import Finding
 from .write.folder import write_folder
 from .write.plan import make_plan
+from .write.shards import parse_size
 
 
 @dataclass
@@ -51,12 +52,15 @@ def _sha256(buf: Any) -> str:
     return hashlib.sha256(buf).hexdigest()
 
 
-def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool = False) -> ConversionReport:
+def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool = False,
+                       max_shard_size: int | str | None = None) -> ConversionReport:
     """Convert a pickled checkpoint file to a folder of safetensors files plus `checkpoint.json`.
 
     Nothing in `src` is executed. The folder appears atomically, complete or not at all.
     Raises UnsafeCheckpoint (the file names code-execution gadgets), MalformedCheckpoint or
     UnsupportedValue, or OutputExists if `dst` exists and `overwrite` is False.
+    `max_shard_size` ("5GB", "500MiB" or bytes) splits larger state dicts into
+    `NAME-00001-of-0000N.safetensors` shards with a `NAME.safetensors.index.json`.
 
     Example:
         >>> convert_checkpoint("old/checkpoint.pth", "new/checkpoint")   # doctest: +SKIP
@@ -68,7 +72,7 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, overwr
         raise OutputExists(f"{dst} already exists; pass --overwrite (overwrite=True) to replace it")
     with Input(src) as inp:
         result = read_tree(inp)
-        plan = make_plan(result.root, _provenance(src, inp, result))
+        plan = make_plan(result.root, _provenance(src, inp, result), max_shard_size=_shard_bytes(max_shard_size))
         from .schema import validate
 
         validate(plan.sidecar, "generated sidecar")  # a writer bug must never produce an unloadable folder
@@ -78,6 +82,15 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, overwr
     return ConversionReport(src, dst, sidecar["source"]["format"], sidecar["files"], len(sidecar["tensors"]),
                             len(sidecar["arrays"]), sum(f["bytes"] for f in sidecar["files"].values()),
                             [m["class"] for m in sidecar["modules"]])
+
+
+def _shard_bytes(size: int | str | None) -> int | None:
+    if size is None:
+        return None
+    try:
+        return parse_size(size)
+    except ValueError as exc:
+        raise ConvertError(str(exc)) from None
 
 
 def plan_in_memory(src: str | os.PathLike) -> Any:

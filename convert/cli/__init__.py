@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="checkpoint file (.pt .pth .bin .pkl .tar .ckpt, any name)")
     p.add_argument("dst", help="output folder (must not exist unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    p.add_argument("--max-shard-size", metavar="SIZE", help="split state dicts larger than SIZE (e.g. 5GB, 500MiB) into "
+                   "NAME-00001-of-0000N.safetensors shards with a NAME.safetensors.index.json")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     p.set_defaults(run=commands.convert)
 
@@ -60,6 +62,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+")
     p.add_argument("--verbose", "-v", action="store_true", help="list every global, not only the unsafe ones")
     p.set_defaults(run=commands.scan)
+
+    p = sub.add_parser("migrate", help="convert and verify every checkpoint under a folder (parallel, resumable)",
+                       description="Find every checkpoint under SRC_DIR by content (torch zip, legacy, pickle; "
+                       "Hugging Face model folders as a whole), convert each into the mirrored place under DST_DIR, "
+                       "verify it against its source, and write DST_DIR/ckpt-convert-report.json. SRC_DIR is never "
+                       "modified. Re-running skips what is done and verified and retries what failed (the manifest "
+                       "is DST_DIR/.ckpt-convert-manifest.json). Exit 1 if any file was refused as unsafe, 2 if any failed.")
+    p.add_argument("src", metavar="SRC_DIR")
+    p.add_argument("dst", metavar="DST_DIR")
+    p.add_argument("--jobs", "-j", type=int, default=None, help="worker processes (default: number of cores)")
+    p.add_argument("--max-shard-size", metavar="SIZE", help="shard state dicts larger than SIZE (e.g. 5GB)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar; print only the summary")
+    p.add_argument("--json", action="store_true", help="print the JSON report instead of the summary table")
+    p.set_defaults(run=commands.migrate)
 
     p = sub.add_parser("demo", help="run the built-in example: tutorial checkpoints → convert → load → verify",
                        description="Write the PyTorch tutorial's checkpoint patterns (state_dict, general checkpoint, "

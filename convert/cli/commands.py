@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ EXIT_DIFFERENT = 3
 
 
 def convert(args: argparse.Namespace) -> int:
-    report = convert_checkpoint(args.src, args.dst, overwrite=args.overwrite)
+    report = convert_checkpoint(args.src, args.dst, overwrite=args.overwrite, max_shard_size=args.max_shard_size)
     if not args.quiet:
         files = ", ".join(f"{name} ({info['tensors']})" for name, info in report.files.items()) or "no tensors"
         print(f"converted {report.source} ({report.source_format}) → {report.destination}: {report.tensors} tensors, "
@@ -62,10 +63,34 @@ def _files(paths: list[str]) -> list[tuple[Path, bool]]:
     return out
 
 
+def migrate(args: argparse.Namespace) -> int:
+    from ..migrate import migrate as run_migrate
+
+    if args.jobs is not None and args.jobs < 1:
+        raise ConvertError("--jobs must be at least 1")
+    report = run_migrate(args.src, args.dst, jobs=args.jobs, quiet=args.quiet or args.json,
+                         max_shard_size=args.max_shard_size)
+    print(json.dumps(report.to_json(), indent=1) if args.json else report.table())
+    return report.exit_code
+
+
 def scan(args: argparse.Namespace) -> int:
-    """Exit 1 if any file is unsafe, else 2 if any could not be read, else 0."""
+    """Exit 1 if any file is unsafe, else 2 if any could not be read, else 0.
+
+    A folder is scanned with the migration walker and reported in the migration report's format.
+    """
+    from ..migrate import scan_folder
+
     codes = {0}
-    for path, from_folder in _files(args.paths):
+    folders = [p for p in args.paths if Path(p).is_dir()]
+    for folder in folders:
+        report = scan_folder(folder)
+        print(report.table())
+        if args.verbose:
+            for rel, entry in sorted(report.files.items()):
+                print(f"  {entry['status']:8} {rel}")
+        codes.add(report.exit_code)
+    for path, from_folder in _files([p for p in args.paths if not Path(p).is_dir()]):
         try:
             report = scan_checkpoint(path)
         except NotACheckpoint as exc:

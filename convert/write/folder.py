@@ -24,7 +24,8 @@ def sidecar_bytes(sidecar: dict) -> bytes:
     return (json.dumps(sidecar, indent=1, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
 
 
-def write_folder(plan: Plan, dst: Path, *, overwrite: bool = False) -> None:
+def write_folder(plan: Plan, dst: Path, *, overwrite: bool = False, copy_files: list[Path] = ()) -> None:
+    """Write `plan` (and copies of `copy_files`, e.g. a model's config.json) as the folder `dst`."""
     if dst.exists() and not overwrite:
         raise OutputExists(f"{dst} already exists; pass --overwrite (overwrite=True) to replace it")
     if dst.exists() and not dst.is_dir():
@@ -36,6 +37,10 @@ def write_folder(plan: Plan, dst: Path, *, overwrite: bool = False) -> None:
         for name, entries in plan.files.items():
             with open(tmp / name, "wb") as out:
                 write_safetensors(out, entries, PT_METADATA)
+        for name, data in plan.indexes.items():
+            (tmp / name).write_bytes(data)
+        for path in copy_files:
+            shutil.copyfile(path, tmp / path.name)
         (tmp / SIDECAR_NAME).write_bytes(sidecar_bytes(plan.sidecar))
         _replace(tmp, dst)
     except BaseException:

@@ -35,6 +35,7 @@ from ..read.records import (
 )
 from ..read.torch_types import dtype_name
 from ..schema import BARE_FILE, EXTRA_FILE, FORMAT_NAME, FORMAT_VERSION
+from .shards import assign_shards, index_bytes
 from .tensor_bytes import covers_storage, ndarray_bytes, ndarray_torch_dtype, tensor_bytes
 
 MAX_DEPTH = 400
@@ -57,6 +58,7 @@ class Entry:
 class Plan:
     files: dict[str, list[Entry]] = field(default_factory=dict)
     sidecar: dict[str, Any] = field(default_factory=dict)
+    indexes: dict[str, bytes] = field(default_factory=dict)  # NAME.safetensors.index.json of sharded state dicts
 
 
 def is_state_dict(value: Any) -> bool:
@@ -77,7 +79,8 @@ def _file_name(key: str, taken: set[str]) -> str:
 
 
 class Planner:
-    def __init__(self) -> None:
+    def __init__(self, max_shard_size: int | None = None) -> None:
+        self.max_shard_size = max_shard_size
         self.plan = Plan()
         self.tensors: dict[str, dict] = {}
         self.arrays: dict[str, dict] = {}
@@ -135,6 +138,13 @@ class Planner:
                                               lambda r=ref: tensor_bytes(r))
             self.tensors[tid] = info
             self.tensor_refs[tid] = ref
+        elif key is not None and file is not None and self.tensors[tid].get("key") != key:
+            # The same tensor object under a second key of a state dict (`sd["b"] = sd["a"]`): the file
+            # still needs the key for `load_file`; the loader keeps using the one tensor object.
+            info = self.tensors[tid]
+            extra = self._add_entry(file, key, encoding_for(ref.dtype, key), list(ref.shape),
+                                    ref.numel * ref.dtype.itemsize, lambda r=ref: tensor_bytes(r))
+            info.setdefault("also_keys", []).append(extra)
         return {"$tensor": tid}
 
     def array(self, ref: NdArrayRef, path: list) -> dict:
@@ -151,11 +161,26 @@ class Planner:
                                 "file": EXTRA_FILE, "key": key}
         return {"$ndarray": aid}
 
-    def state_dict(self, value: Any, path: list, file: str) -> dict:
-        """A top-level state dict: each tensor becomes an entry of `file` under its own key."""
-        items = [[k, self.value(v, [*path, k], 1) if type(v) is Unsupported else self.tensor(v, [*path, k], file, k)]
+    def state_dict(self, value: Any, path: list, file: str, shards: dict[str, str] | None = None) -> dict:
+        """A top-level state dict: each tensor becomes an entry of `file` (or of its shard) under its own key."""
+        stem = file.removesuffix(".safetensors")
+        if shards is None and self.max_shard_size is not None:
+            shards = assign_shards(value, stem, self.max_shard_size)
+        items = [[k, self.value(v, [*path, k], 1) if type(v) is Unsupported
+                  else self.tensor(v, [*path, k], shards[k] if shards else file, k)]
                  for k, v in value.items()]
-        self.state_dict_files.append({"path": [str(p) for p in path], "file": file})
+        record: dict[str, Any] = {"path": [str(p) for p in path], "file": file}
+        if shards:
+            weight_map = {}
+            for item in items:
+                info = self.tensors.get(item[1].get("$tensor", ""), {})
+                for entry_key in [info["key"], *info.get("also_keys", [])] if "key" in info else []:
+                    weight_map[entry_key] = info["file"]
+            total = sum(e.nbytes for name in set(weight_map.values()) for e in self.plan.files.get(name, []))
+            record["file"] = f"{file}.index.json"
+            record["shards"] = sorted(set(weight_map.values()))
+            self.plan.indexes[record["file"]] = index_bytes(weight_map, total)
+        self.state_dict_files.append(record)
         return self._mapping(value, items, path, 0)
 
     def _mapping(self, value: Any, items: list, path: list, depth: int) -> dict:
@@ -273,15 +298,20 @@ class Planner:
         return out
 
 
-def make_plan(root: Any, provenance: dict) -> Plan:
-    """Build the plan for a read checkpoint tree."""
-    planner = Planner()
+def make_plan(root: Any, provenance: dict, *, max_shard_size: int | None = None,
+              root_shards: dict[str, str] | None = None) -> Plan:
+    """Build the plan for a read checkpoint tree.
+
+    `max_shard_size` splits state dicts larger than that many bytes into shards;
+    `root_shards` fixes the shard of each key of a root state dict (a Hugging Face sharded input).
+    """
+    planner = Planner(max_shard_size)
     taken = {EXTRA_FILE.lower(), "checkpoint.safetensors"}
 
     if is_state_dict(root) or (type(root) is ModuleRecord and is_state_dict(root.state_dict)):
         taken.add(BARE_FILE)
         encoded = (planner.module(root, [], BARE_FILE, 0) if type(root) is ModuleRecord
-                   else planner.state_dict(root, [], BARE_FILE))
+                   else planner.state_dict(root, [], BARE_FILE, root_shards))
     elif type(root) in (dict, collections.OrderedDict):
         items = []
         for k, v in root.items():
