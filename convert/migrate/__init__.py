@@ -56,7 +56,6 @@ def _progress(quiet: bool, total_files: int, total_bytes: int) -> Any:
         from rich.progress import (
             BarColumn,
             DownloadColumn,
-            MofNCompleteColumn,
             Progress,
             TextColumn,
             TimeElapsedColumn,
@@ -64,7 +63,7 @@ def _progress(quiet: bool, total_files: int, total_bytes: int) -> Any:
         )
     except ImportError:
         return None
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), DownloadColumn(),
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                         TransferSpeedColumn(), TimeElapsedColumn(), transient=False)
     progress.start()
     progress.task = progress.add_task(f"0/{total_files} files", total=total_bytes or 1)  # type: ignore[attr-defined]
