@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,9 @@ from .read.materialize import materialize
 from .read.vm import Finding
 from .write.folder import write_folder
 from .write.plan import make_plan
+from .write.safetensors_io import kernel_copy_from
 from .write.shards import parse_size
+from .write.source_hash import PENDING_SHA256, BackgroundSha256, sha256_fd
 
 
 @dataclass
@@ -48,10 +49,6 @@ class ScanReport:
         return not self.unsafe
 
 
-def _sha256(buf: Any) -> str:
-    return hashlib.sha256(buf).hexdigest()
-
-
 def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool = False,
                        max_shard_size: int | str | None = None) -> ConversionReport:
     """Convert a pickled checkpoint file to a folder of safetensors files plus `checkpoint.json`.
@@ -70,13 +67,16 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, overwr
         from .errors import OutputExists
 
         raise OutputExists(f"{dst} already exists; pass --overwrite (overwrite=True) to replace it")
-    with Input(src) as inp:
+    with Input(src) as inp, BackgroundSha256(inp._file.fileno(), inp.size) as source_hash:
         result = read_tree(inp)
-        plan = make_plan(result.root, _provenance(src, inp, result), max_shard_size=_shard_bytes(max_shard_size))
+        provenance = _provenance(src, inp, result, sha256=PENDING_SHA256)  # the real one is filled in below
+        plan = make_plan(result.root, provenance, max_shard_size=_shard_bytes(max_shard_size))
         from .schema import validate
 
         validate(plan.sidecar, "generated sidecar")  # a writer bug must never produce an unloadable folder
-        write_folder(plan, dst, overwrite=overwrite)
+        with kernel_copy_from(inp.buf, inp._file.fileno()):  # stored tensors: file-to-file, not through memory
+            write_folder(plan, dst, overwrite=overwrite,
+                         before_sidecar=lambda: provenance.update(sha256=source_hash.hexdigest()))
         del result
     sidecar = plan.sidecar
     return ConversionReport(src, dst, sidecar["source"]["format"], sidecar["files"], len(sidecar["tensors"]),
@@ -101,10 +101,10 @@ def plan_in_memory(src: str | os.PathLike) -> Any:
         return make_plan(result.root, _provenance(src, inp, result))
 
 
-def _provenance(src: Path, inp: Input, result: Any) -> dict:
+def _provenance(src: Path, inp: Input, result: Any, sha256: str | None = None) -> dict:
     return {
         "converter": {"name": "ckpt-convert", "version": __version__},
-        "name": src.name, "size": inp.size, "sha256": _sha256(inp.buf),
+        "name": src.name, "size": inp.size, "sha256": sha256 or sha256_fd(inp._file.fileno(), inp.size),
         "format": result.format, "pickle_protocol": result.protocol,
     }
 
@@ -139,7 +139,7 @@ def verify_checkpoint(src: str | os.PathLike, folder: str | os.PathLike) -> list
     """Differences between `src` (read safely) and the converted `folder`; empty means equivalent."""
     sidecar = read_sidecar(Path(folder))
     with Input(src) as inp:
-        digest = _sha256(inp.buf)
+        digest = sha256_fd(inp._file.fileno(), inp.size)  # pread, not the mmap: RSS stays flat
     diffs = []
     if sidecar["source"]["sha256"] != digest:
         diffs.append(f"<source>: {folder} was converted from a different file (sha256 differs)")

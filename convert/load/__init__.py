@@ -19,6 +19,7 @@ from ..errors import ConvertError, MalformedCheckpoint
 from ..schema import MAX_SIDECAR_BYTES, SIDECAR_NAME, validate
 from ..views import view_end
 from .decode import Decoder
+from .materialize import jobs_for, read_to_host
 from .safetensors_reader import SafetensorsFile, strict_json
 
 MapLocation = str | torch.device | None
@@ -63,6 +64,24 @@ class _Loader:
         self.storages: dict[str, torch.UntypedStorage] = {}
         self.tensors: dict[str, torch.Tensor] = {}
         self.arrays: dict[str, np.ndarray] = {}
+        self.lazy = True
+        self.preloaded: dict[tuple[int, str], torch.Tensor] = {}  # (id(file), key) → bytes read by preload()
+
+    def preload(self) -> None:
+        """Read every storage's entry now (full materialisation): fresh host memory, or the CUDA stager."""
+        self.lazy = False
+        jobs = jobs_for((self.file(info["file"]), info["key"]) for info in self.sidecar["storages"].values())
+        if self.device.type == "cuda" and torch.cuda.is_available():
+            from .cuda import load_to_cuda
+
+            self.preloaded = load_to_cuda(jobs, self.device)
+        else:
+            self.preloaded = read_to_host(jobs)
+
+    def _raw(self, name: str, key: str) -> torch.Tensor:
+        file = self.file(name)
+        found = self.preloaded.get((id(file), key))
+        return found if found is not None else file.raw(key)
 
     def file(self, name: str) -> SafetensorsFile:
         if name not in self.files:
@@ -79,7 +98,7 @@ class _Loader:
             info = self.sidecar["storages"].get(sid)
             if info is None:
                 raise MalformedCheckpoint(f"{SIDECAR_NAME} refers to storage {sid}, which it does not define")
-            raw = self.file(info["file"]).raw(info["key"])
+            raw = self._raw(info["file"], info["key"])
             if raw.numel() != info["nbytes"]:
                 raise MalformedCheckpoint(f"storage {sid} should be {info['nbytes']} bytes; "
                                           f"{info['file']}:{info['key']} holds {raw.numel()}")
@@ -125,7 +144,8 @@ class _Loader:
             info = self.sidecar["arrays"].get(aid)
             if info is None:
                 raise MalformedCheckpoint(f"{SIDECAR_NAME} refers to array {aid}, which it does not define")
-            self.arrays[aid] = self._build_array(aid, info)
+            array = self._build_array(aid, info)
+            self.arrays[aid] = array if self.lazy else array.copy(order="K")  # full: nothing left mapped
         return self.arrays[aid]
 
     def _build_array(self, aid: str, info: dict) -> np.ndarray:
@@ -142,12 +162,18 @@ class _Loader:
         return np.asfortranarray(array) if info["fortran"] else array
 
 
-def load_checkpoint(folder: str | os.PathLike, map_location: MapLocation = None) -> Any:
+def load_checkpoint(folder: str | os.PathLike, map_location: MapLocation = None, *, mmap: bool = True) -> Any:
     """Load a folder written by `convert_checkpoint`, equivalent to `torch.load` of the original.
 
     Reads only `checkpoint.json` and the safetensors files: no pickle is involved. Tensors are
     placed on `map_location` ("cpu" by default; "cuda", "cuda:0" or a torch.device). Tied and
     aliased tensors share storage again; nn.Modules come back as their state_dict.
+
+    On the CPU, `mmap=True` (the default) is lazy: the files are mapped copy-on-write and only the
+    headers are read; tensors page in on first touch and may be modified without touching the files.
+    `mmap=False` materialises everything now into ordinary memory (like torch.load), reading with
+    several threads straight into each storage. On CUDA every storage is read through a reusable
+    pinned staging buffer with reads overlapped with host-to-device copies; `mmap` is ignored there.
 
     Example:
         >>> ck = load_checkpoint("new/checkpoint")            # doctest: +SKIP
@@ -158,6 +184,8 @@ def load_checkpoint(folder: str | os.PathLike, map_location: MapLocation = None)
     sidecar = read_sidecar(folder)
     loader = _Loader(folder, sidecar, device)
     loader.decoder = Decoder(loader.tensor, loader.array)
+    if not mmap or device.type != "cpu":
+        loader.preload()
     try:
         return loader.decoder.value(sidecar["root"])
     except (KeyError, ValueError, TypeError, OverflowError) as exc:

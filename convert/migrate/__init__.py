@@ -107,11 +107,8 @@ def migrate(src: str | os.PathLike, dst: str | os.PathLike, *, jobs: int | None 
         for job, entry in results:
             size, mtime = prints[job.rel]
             entry.update(size=size, mtime_ns=mtime)
-            if entry["status"] != "not_a_checkpoint":
-                manifest.record(job.rel, entry)
-                report.files[job.rel] = entry
-            else:
-                report.other_files += 1
+            manifest.record(job.rel, entry)
+            report.files[job.rel] = entry
             if progress is not None:
                 progress.counts[0] += 1
                 progress.update(progress.task, advance=job.size, description=f"{progress.counts[0]}/{progress.counts[1]} files")
@@ -123,7 +120,9 @@ def migrate(src: str | os.PathLike, dst: str | os.PathLike, *, jobs: int | None 
 
 
 def _run_local(todo: list[Job], dst: str, max_shard_size: str | None, n: int) -> Iterable[tuple[Job, dict]]:
-    if not todo:
+    if n == 1 or len(todo) == 1:  # a worker's start-up (importing torch) costs more than it saves
+        for job in todo:
+            yield job, run_job(job, dst, max_shard_size)
         return
     with _local_pool(n) as pool:
         futures = {pool.submit(run_job, job, dst, max_shard_size): job for job in todo}
@@ -150,10 +149,7 @@ def scan_folder(src: str | os.PathLike, *, jobs: int | None = None) -> Report:
     # a pool's start-up costs more than a few small scans
     results = ((job, scan_job(job)) for job in found) if n == 1 or len(found) < 8 else _scan_pool(found, n)
     for job, entry in results:
-        if entry["status"] == "not_a_checkpoint":
-            report.other_files += 1
-        else:
-            report.files[job.rel] = entry
+        report.files[job.rel] = entry
     return report
 
 

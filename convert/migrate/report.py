@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 REPORT_NAME = "ckpt-convert-report.json"
-STATUSES = ("converted", "skipped", "clean", "unsafe", "failed", "not_a_checkpoint")
+STATUSES = ("converted", "skipped", "clean", "unsafe", "failed")
 
 
 @dataclass

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from .hf import hf_checkpoint_files, is_hf_folder
 
-PICKLE_START = frozenset(b"(}]cI\x80")  # first opcodes of pickles people save (MARK, EMPTY_DICT, ..., PROTO)
 CHECKPOINT_SUFFIXES = frozenset({".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt", ".tar", ".model", ".pk"})
 
 
@@ -27,7 +26,12 @@ class Job:
 
 
 def looks_like_checkpoint(path: Path) -> bool:
-    """Cheap content sniff: a torch zip (has */data.pkl) or a pickle stream."""
+    """A file named like a checkpoint, or whose first bytes are a torch zip's or a pickle's.
+
+    A file named like a checkpoint that turns out unreadable is reported as failed, not ignored.
+    """
+    if path.suffix.lower() in CHECKPOINT_SUFFIXES:
+        return True
     try:
         with open(path, "rb") as f:
             head = f.read(2)
@@ -36,14 +40,10 @@ def looks_like_checkpoint(path: Path) -> bool:
                     with zipfile.ZipFile(path) as zf:
                         return any(n.endswith("/data.pkl") for n in zf.namelist())
                 except (zipfile.BadZipFile, OSError, ValueError):
-                    return path.suffix.lower() in CHECKPOINT_SUFFIXES  # broken zip named like a checkpoint: report it
+                    return False
     except OSError:
         return False
-    if not head:
-        return path.suffix.lower() in CHECKPOINT_SUFFIXES
-    if head[0] == 0x80:
-        return len(head) == 2 and head[1] <= 5
-    return head[0] in PICKLE_START and path.suffix.lower() in CHECKPOINT_SUFFIXES
+    return len(head) == 2 and head[0] == 0x80 and head[1] <= 5  # PROTO 0..5: a binary pickle
 
 
 def find_jobs(src: Path, skip: Path | None = None) -> tuple[list[Job], int]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..api import convert_checkpoint, scan_checkpoint, verify_checkpoint
-from ..errors import ConvertError, NotACheckpoint, UnsafeCheckpoint
+from ..errors import ConvertError, UnsafeCheckpoint
 from .hf import convert_hf_folder, hf_checkpoint_files, verify_hf_folder
 from .walker import Job
 
@@ -36,8 +36,6 @@ def run_job(job: Job, dst_root: str, max_shard_size: str | None = None) -> dict[
             entry["reason"] = "verification failed: " + "; ".join(diffs[:3])
     except UnsafeCheckpoint as exc:
         entry.update(status="unsafe", reason=str(exc), findings=[f.name for f in exc.findings])
-    except NotACheckpoint as exc:
-        entry.update(status="not_a_checkpoint", reason=str(exc))
     except ConvertError as exc:
         entry.update(status="failed", reason=f"{exc.label}: {exc}")
     except Exception as exc:  # a converter bug must not stop the whole migration
@@ -59,8 +57,6 @@ def scan_job(job: Job) -> dict[str, Any]:
         entry.update(status="unsafe" if findings else "clean")
         if findings:
             entry.update(findings=findings, reason="uses " + ", ".join(findings[:10]))
-    except NotACheckpoint as exc:
-        entry.update(status="not_a_checkpoint", reason=str(exc))
     except ConvertError as exc:
         entry.update(status="failed", reason=f"{exc.label}: {exc}")
     except Exception as exc:

@@ -56,6 +56,11 @@ def _args(args: tuple, name: str, lo: int, hi: int) -> tuple:
 def check_view_in_storage(storage: StorageRef, dtype: torch.dtype, offset: int, shape: tuple, stride: tuple) -> None:
     """Every element the view can reach must lie inside the storage's real bytes."""
     _expect(len(shape) == len(stride), f"tensor shape {shape} and stride {stride} differ in rank")
+    numel = 1
+    for s in shape:
+        numel *= s
+    # stride-0 views reach few bytes with any shape; torch itself cannot hold more than 2**63 elements
+    _expect(numel < 1 << 63, f"tensor of shape {list(shape)} has more elements than torch can index")
     end = view_end(offset, shape, stride, dtype.itemsize)
     _expect(end <= storage.nbytes, f"tensor of shape {list(shape)} at offset {offset} reaches byte {end} of storage "
             f"{storage.key!r}, which holds {storage.nbytes} bytes")

@@ -185,6 +185,9 @@ class _ZipArchive:
                 data = member.read(info.file_size + 1)
         except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError) as exc:
             raise MalformedCheckpoint(f"{self.inp.name}: zip member {info.filename!r} is corrupt ({exc})") from None
+        except MemoryError:
+            raise MalformedCheckpoint(f"{self.inp.name}: zip member {info.filename!r} ({info.file_size} bytes) does "
+                                      "not fit in memory") from None
         if len(data) != info.file_size:
             raise MalformedCheckpoint(f"{self.inp.name}: zip member {info.filename!r} size does not match its header")
         return data
@@ -244,9 +247,32 @@ def _read_pickle_or_legacy(inp: Input) -> ReadResult:
             exc.format = "torch-legacy"
             raise
     if first.pos != inp.size:
+        _scan_trailing_pickles(inp, first.pos)
         raise MalformedCheckpoint(f"{inp.name}: {inp.size - first.pos} bytes of trailing data after the pickle "
                                   f"ends at byte {first.pos}")
     return ReadResult(value, "pickle", first.protocol, [], first.globals_used)
+
+
+MAX_TRAILING_PICKLES = 1000
+
+
+def _scan_trailing_pickles(inp: Input, pos: int) -> None:
+    """Pickles concatenated after the first one are what a loader calling pickle.load in a loop would run:
+    interpret them (inertly, like the first) and raise UnsafeCheckpoint if one uses a gadget."""
+    for _ in range(MAX_TRAILING_PICKLES):
+        if pos >= inp.size:
+            return
+        vm = PickleVM(inp.buf, source=f"{inp.name} (pickle after byte {pos})", start=pos)
+        try:
+            vm.run()
+        except UnsafeCheckpoint as exc:
+            exc.format = "pickle"
+            raise
+        except MalformedCheckpoint:
+            return
+        if vm.pos <= pos:
+            return
+        pos = vm.pos
 
 
 def _read_legacy(inp: Input, pos: int) -> ReadResult:

@@ -21,6 +21,11 @@ DANGEROUS_MODULES: frozenset[str] = frozenset({
     "torch._inductor", "torch._dynamo", "torch.fx", "torch.cuda._utils", "torch.distributed",
     "torch.multiprocessing", "torch.utils.cpp_extension", "numpy.f2py", "numpy.testing",
     "numpy.distutils", "numpy.lib.utils", "numpy.load", "numpy.ctypeslib", "__builtin__",
+    # more ways to run code, write files or reach the network (see tests/security/corpus.py)
+    "trace", "doctest", "rlcompleter", "xmlrpc", "antigravity", "_osx_support", "logging.config", "logging.handlers",
+    "torch.testing", "torch._ops", "torch.library", "torch.backends.cudnn.rnn", "torch.utils.benchmark",
+    "numpy.lib.npyio", "numpy.lib.format", "_ctypes", "_socket", "ssl", "select", "selectors", "mmap", "resource",
+    "builtins.__loader__", "_frozen_importlib", "_frozen_importlib_external", "_imp", "zipapp",
 })
 
 # Single members that are dangerous in modules that are otherwise fine to name.
@@ -41,6 +46,9 @@ DANGEROUS_MEMBERS: frozenset[str] = frozenset({
     "types.CodeType", "types.FunctionType", "types.MethodType", "types.ModuleType", "types.LambdaType",
     "types.BuiltinFunctionType", "uuid._get_command_stdout", "uuid._popen", "uuid._find_mac",
     "uuid._ifconfig_getnode", "uuid._ip_getnode", "uuid._arp_getnode", "uuid._netstat_getnode",
+    "logging.FileHandler", "logging.basicConfig", "logging.StreamHandler", "logging.config",
+    "torch.serialization._load", "torch.serialization._legacy_load", "torch.serialization.pickle",
+    "torch.compile", "torch.utils.checkpoint", "builtins.print", "builtins.dir",
 })
 
 # Attribute names that, reached through a dotted member name, are a way out (`pathlib` + `os.system`).
@@ -72,6 +80,9 @@ def is_dangerous(module: str, name: str) -> bool:
     for i in range(1, len(parts)):
         if ".".join(parts[:i]) in DANGEROUS_MODULES or ".".join(parts[: i + 1]) in DANGEROUS_MEMBERS:
             return True
+    # A member that is itself a dangerous module, reached as an attribute: `pathlib.os`, `torch.sys`.
+    if name.split(".")[0] in _DANGEROUS_ROOTS:
+        return True
     # A dotted member name is an attribute chain: `pathlib` + `os.system` reaches os.system.
     if "." in name:
         chain = name.split(".")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConvertError, MalformedCheckpoint, UnsafeCheckpoint
-from . import allowlist, gadgets
+from . import allowlist, gadgets, limits
 from .numpy_types import build_ndarray, build_npdtype
 from .records import GlobalRef, NdArrayRef, NpDType, ObjectRecord, TensorRef
 
@@ -97,6 +97,7 @@ class PickleVM:
                                       f"{type(exc).__name__}: {exc}") from None
         if self.findings:
             raise self._unsafe()
+        limits.check_structure(self._result)
         return self._result
 
     def _unsafe(self) -> UnsafeCheckpoint:
@@ -171,7 +172,11 @@ class PickleVM:
         if type(args) is not tuple:
             raise MalformedCheckpoint(f"call arguments must be a tuple, got {type(args).__name__}")
         if not isinstance(func, GlobalRef):
-            raise MalformedCheckpoint(f"calls a {type(func).__name__}, not a global")
+            # Calling a computed value (the result of another call) is how gadget chains work:
+            # `resolve_name(...)(cmd)`, `attrgetter(...)(module)`. No checkpoint does it.
+            what = func.qualname if isinstance(func, ObjectRecord) else type(func).__name__
+            self.findings.append(Finding(f"a call of the result of {what}", f"{self.source}, byte {self._op_pos}, REDUCE"))
+            return ObjectRecord("<computed callable>", args=args)
         reconstructor = allowlist.RECONSTRUCTORS.get(func.qualname)
         if reconstructor is None:
             return ObjectRecord(func.qualname, args=args)
@@ -410,17 +415,21 @@ class PickleVM:
     def op_LONG_BINGET(self) -> None:
         self._get(self._uint(4))
 
+    def _memo_index(self, index: int) -> int:
+        # Picklers number memo entries 0, 1, 2, ...: each takes at least one byte of the stream before it.
+        if not 0 <= index <= self.pos:
+            raise MalformedCheckpoint(f"memo index {index} at byte {self.pos} is out of range")
+        return index
+
     def op_PUT(self) -> None:
-        index = int(self._readline().decode("ascii"))
-        if index < 0:
-            raise MalformedCheckpoint("negative memo index")
+        index = self._memo_index(int(self._readline().decode("ascii")))
         self.memo[index] = self._top()
 
     def op_BINPUT(self) -> None:
         self.memo[self._uint(1)] = self._top()
 
     def op_LONG_BINPUT(self) -> None:
-        self.memo[self._uint(4)] = self._top()
+        self.memo[self._memo_index(self._uint(4))] = self._top()
 
     def op_MEMOIZE(self) -> None:
         self.memo[len(self.memo)] = self._top()

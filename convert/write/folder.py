@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import ConvertError, OutputExists
@@ -24,8 +25,13 @@ def sidecar_bytes(sidecar: dict) -> bytes:
     return (json.dumps(sidecar, indent=1, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
 
 
-def write_folder(plan: Plan, dst: Path, *, overwrite: bool = False, copy_files: list[Path] = ()) -> None:
-    """Write `plan` (and copies of `copy_files`, e.g. a model's config.json) as the folder `dst`."""
+def write_folder(plan: Plan, dst: Path, *, overwrite: bool = False, copy_files: list[Path] = (),
+                 before_sidecar: Callable[[], None] | None = None) -> None:
+    """Write `plan` (and copies of `copy_files`, e.g. a model's config.json) as the folder `dst`.
+
+    `before_sidecar` runs after the data files are written and before checkpoint.json is (the
+    source hash, computed meanwhile on a thread, is filled in there).
+    """
     if dst.exists() and not overwrite:
         raise OutputExists(f"{dst} already exists; pass --overwrite (overwrite=True) to replace it")
     if dst.exists() and not dst.is_dir():
@@ -41,6 +47,8 @@ def write_folder(plan: Plan, dst: Path, *, overwrite: bool = False, copy_files: 
             (tmp / name).write_bytes(data)
         for path in copy_files:
             shutil.copyfile(path, tmp / path.name)
+        if before_sidecar is not None:
+            before_sidecar()
         (tmp / SIDECAR_NAME).write_bytes(sidecar_bytes(plan.sidecar))
         _replace(tmp, dst)
     except BaseException:

@@ -36,7 +36,14 @@ from ..read.records import (
 from ..read.torch_types import dtype_name
 from ..schema import BARE_FILE, EXTRA_FILE, FORMAT_NAME, FORMAT_VERSION
 from .shards import assign_shards, index_bytes
-from .tensor_bytes import covers_storage, ndarray_bytes, ndarray_torch_dtype, tensor_bytes
+from .tensor_bytes import (
+    contiguous_source,
+    covers_storage,
+    ndarray_bytes,
+    ndarray_torch_dtype,
+    storage_source,
+    tensor_bytes,
+)
 
 MAX_DEPTH = 400
 MAX_NODES = 5_000_000  # shared containers are written out once per use: this bounds "billion laughs"
@@ -52,6 +59,9 @@ class Entry:
     shape: list[int]
     nbytes: int
     data: Callable[[], Any]
+    # (buffer, byte offset) when the bytes are buffer[offset:offset + nbytes] of the input as they are:
+    # the writer can then copy them file-to-file in the kernel (see safetensors_io.kernel_copy_from).
+    source: tuple[Any, int] | None = None
 
 
 @dataclass
@@ -96,13 +106,15 @@ class Planner:
         self._keep: list[Any] = []
 
     # --------------------------------------------------------------- entries
-    def _add_entry(self, file: str, key: str, enc: Encoding, shape: list[int], nbytes: int, data: Callable) -> str:
+    def _add_entry(self, file: str, key: str, enc: Encoding, shape: list[int], nbytes: int, data: Callable,
+                   source: tuple[Any, int] | None = None) -> str:
         base, n = key, 1
         while key in self.keys_used[file] or key == "__metadata__":
             n += 1
             key = f"{base}#{n}"
         self.keys_used[file].add(key)
-        self.plan.files.setdefault(file, []).append(Entry(key, enc.code, enc.stored_shape(shape), nbytes, data))
+        entry = Entry(key, enc.code, enc.stored_shape(shape), nbytes, data, source)
+        self.plan.files.setdefault(file, []).append(entry)
         return key
 
     def _storage_id(self, storage: StorageRef) -> str:
@@ -135,7 +147,7 @@ class Planner:
             if key is not None and file is not None:
                 info["file"] = file
                 info["key"] = self._add_entry(file, key, enc, list(ref.shape), ref.numel * ref.dtype.itemsize,
-                                              lambda r=ref: tensor_bytes(r))
+                                              lambda r=ref: tensor_bytes(r), contiguous_source(ref))
             self.tensors[tid] = info
             self.tensor_refs[tid] = ref
         elif key is not None and file is not None and self.tensors[tid].get("key") != key:
@@ -143,7 +155,7 @@ class Planner:
             # still needs the key for `load_file`; the loader keeps using the one tensor object.
             info = self.tensors[tid]
             extra = self._add_entry(file, key, encoding_for(ref.dtype, key), list(ref.shape),
-                                    ref.numel * ref.dtype.itemsize, lambda r=ref: tensor_bytes(r))
+                                    ref.numel * ref.dtype.itemsize, lambda r=ref: tensor_bytes(r), contiguous_source(ref))
             info.setdefault("also_keys", []).append(extra)
         return {"$tensor": tid}
 
@@ -287,13 +299,13 @@ class Planner:
                 enc = encoding_for(ref.dtype, f"tensor {tid}")
                 info["file"] = EXTRA_FILE
                 info["key"] = self._add_entry(EXTRA_FILE, self.tensor_paths[tid], enc, list(ref.shape),
-                                              storage.nbytes, lambda r=ref: tensor_bytes(r))
+                                              storage.nbytes, lambda r=ref: tensor_bytes(r), contiguous_source(ref))
             else:
                 enc = encoding_for(storage.dtype, f"storage {sid}")
                 numel = storage.nbytes // storage.dtype.itemsize
                 info["file"] = EXTRA_FILE
                 info["key"] = self._add_entry(EXTRA_FILE, f"__storage__/{sid}", enc, [numel], storage.nbytes,
-                                              lambda s=storage: s.data())
+                                              lambda s=storage: s.data(), storage_source(storage))
             out[sid] = info
         return out
 

@@ -2,15 +2,44 @@
 
 Entries are laid out widest dtype first (as safetensors itself does) so every tensor starts on
 a multiple of its element size; the header is padded with spaces to 8 bytes.
+
+Memory stays flat whatever the checkpoint size: an entry whose bytes sit as they are in an input
+registered with `kernel_copy_from` is copied file-to-file by the kernel (copy_file_range, else
+sendfile), never entering this process; other entries come from `entry.data()` (one tensor at a
+time) and pages of the input mapping touched on the way are handed back with MADV_DONTNEED.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
-from typing import BinaryIO
+import mmap
+import os
+from collections.abc import Iterator
+from typing import Any, BinaryIO
 
 from ..dtypes import ITEMSIZE_BY_CODE
+from ..errors import ConvertError
 from .plan import Entry
+
+CHUNK = 32 << 20  # bytes per write/copy call: bounds the pages of the input mapping held at once
+_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF, errno.EPERM, errno.ETXTBSY}
+
+_sources: dict[int, tuple[Any, int]] = {}  # id(input buffer) → (buffer, fd), while a conversion writes
+
+
+@contextlib.contextmanager
+def kernel_copy_from(buffer: Any, fd: int) -> Iterator[None]:
+    """While active, entries whose `source` is `buffer` are copied from the file `fd` in the kernel.
+
+    `buffer` must be a mapping of the whole file `fd` (offsets in `Entry.source` are file offsets).
+    """
+    _sources[id(buffer)] = (buffer, fd)
+    try:
+        yield
+    finally:
+        _sources.pop(id(buffer), None)
 
 
 def layout(entries: list[Entry]) -> list[Entry]:
@@ -29,13 +58,93 @@ def header_bytes(entries: list[Entry], metadata: dict[str, str]) -> bytes:
 
 
 def write_safetensors(out: BinaryIO, entries: list[Entry], metadata: dict[str, str]) -> None:
-    """Write `entries` as one safetensors file to the open binary file `out`."""
+    """Write `entries` as one safetensors file to the open binary file `out` (left positioned at its end)."""
     ordered = layout(entries)
     out.write(header_bytes(ordered, metadata))
+    out.flush()  # from here on everything goes to the descriptor directly
+    fd = out.fileno()
     for entry in ordered:
+        if entry.nbytes and entry.source is not None:
+            buffer, offset = entry.source
+            registered = _sources.get(id(buffer))
+            if registered is not None and registered[0] is buffer:
+                _copy_file_range(registered[1], offset, fd, entry.nbytes)
+            else:
+                _write_mapped(fd, buffer, offset, entry.nbytes)
+            continue
         data = entry.data()
-        if len(data) != entry.nbytes:  # a planning bug, never input-dependent: fail loudly
-            raise AssertionError(f"entry {entry.key!r}: produced {len(data)} bytes, planned {entry.nbytes}")
-        out.write(data)
-        if isinstance(data, memoryview):
-            data.release()
+        try:
+            if len(data) != entry.nbytes:  # a planning bug, never input-dependent: fail loudly
+                raise AssertionError(f"entry {entry.key!r}: produced {len(data)} bytes, planned {entry.nbytes}")
+            _write_all(fd, data)
+        finally:
+            if isinstance(data, memoryview):
+                data.release()
+        _release_inputs()  # a strided gather may have read a whole storage through the mapping
+
+
+def _write_all(fd: int, data: Any) -> None:
+    view = memoryview(data).cast("B")
+    try:
+        done = 0
+        while done < len(view):
+            done += os.write(fd, view[done:done + CHUNK])
+    finally:
+        view.release()
+
+
+def _write_mapped(fd: int, buffer: Any, offset: int, nbytes: int) -> None:
+    """Write buffer[offset:offset + nbytes] in chunks, dropping the mapping's pages after each chunk."""
+    view = memoryview(buffer)
+    try:
+        for start in range(offset, offset + nbytes, CHUNK):
+            end = min(start + CHUNK, offset + nbytes)
+            _write_all(fd, view[start:end])
+            _drop_pages(buffer, start, end)
+    finally:
+        view.release()
+
+
+def _drop_pages(buffer: Any, start: int, end: int) -> None:
+    if isinstance(buffer, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+        first = start - start % mmap.PAGESIZE
+        with contextlib.suppress(OSError, ValueError):
+            buffer.madvise(mmap.MADV_DONTNEED, first, min(end, len(buffer)) - first)
+
+
+def _release_inputs() -> None:
+    for buffer, _ in list(_sources.values()):
+        _drop_pages(buffer, 0, len(buffer))
+
+
+def _copy_file_range(src: int, offset: int, dst: int, nbytes: int) -> None:
+    """Copy nbytes of `src` from `offset` to the current position of `dst`, in the kernel when possible."""
+    end = offset + nbytes
+    try:
+        while offset < end:
+            n = os.copy_file_range(src, dst, min(CHUNK, end - offset), offset)
+            if n == 0:
+                raise ConvertError("the input file shrank while it was being converted")
+            offset += n
+        return
+    except (AttributeError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno not in _NO_KERNEL_COPY:
+            raise
+    try:  # e.g. across file systems on older kernels: sendfile still stays in the kernel
+        while offset < end:
+            n = os.sendfile(dst, src, offset, min(CHUNK, end - offset))
+            if n == 0:
+                raise ConvertError("the input file shrank while it was being converted")
+            offset += n
+        return
+    except (AttributeError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno not in _NO_KERNEL_COPY:
+            raise
+    buf = bytearray(min(CHUNK, end - offset))
+    view = memoryview(buf)
+    while offset < end:
+        n = os.preadv(src, [view[:min(len(buf), end - offset)]], offset)
+        if n == 0:
+            raise ConvertError("the input file shrank while it was being converted")
+        _write_all(dst, view[:n])
+        offset += n

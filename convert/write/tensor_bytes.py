@@ -8,12 +8,13 @@ through float arithmetic.
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..dtypes import NUMPY_TO_TORCH
-from ..read.records import NdArrayRef, TensorRef
+from ..read.records import NdArrayRef, StorageRef, TensorRef
 
 _SAME_WIDTH_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
@@ -37,6 +38,21 @@ def covers_storage(ref: TensorRef) -> bool:
 
 def nbytes(ref: TensorRef) -> int:
     return ref.numel * ref.dtype.itemsize
+
+
+def contiguous_source(ref: TensorRef) -> tuple[Any, int] | None:
+    """(buffer, byte offset) of the tensor's bytes in the input when it is contiguous there, else None."""
+    storage = ref.storage
+    if ref.numel == 0 or storage.buffer is None or not is_contiguous(ref.shape, ref.stride):
+        return None
+    return storage.buffer, storage.offset + ref.offset * ref.dtype.itemsize
+
+
+def storage_source(storage: StorageRef) -> tuple[Any, int] | None:
+    """(buffer, byte offset) of a whole storage's bytes in the input, else None."""
+    if storage.nbytes == 0 or storage.buffer is None:
+        return None
+    return storage.buffer, storage.offset
 
 
 def tensor_bytes(ref: TensorRef) -> memoryview:

@@ -1,0 +1,290 @@
+"""`migrate` and folder `scan`: a folder of ≥ 200 mixed checkpoints, resumability, kill safety,
+sharding, and Hugging Face folders that transformers loads."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import pickle
+import random
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from convert import convert_checkpoint, load_checkpoint
+from convert.migrate import migrate, scan_folder
+from convert.migrate.hf import convert_hf_folder
+from convert.migrate.manifest import MANIFEST_NAME
+from convert.migrate.report import REPORT_NAME
+from tests.helpers import REPO_ROOT, EvilEval, EvilSystem, Net, assert_equivalent, make_net, numpy_payload, trained
+
+N_GOOD = 200
+MALICIOUS = ("evil_system.pkl", "evil_eval.pt", "nested/evil.bin")
+CORRUPT = ("truncated.pt", "garbage.pth", "truncated_legacy.pt")
+
+
+def _save_kind(i: int, path: Path, model: Net, optimizer: torch.optim.Optimizer) -> None:
+    """One of the core issue's input kinds, chosen by i."""
+    kind = i % 8
+    if kind == 0:
+        torch.save(model.state_dict(), path)
+    elif kind == 1:
+        torch.save({"epoch": i, "model_state_dict": model.state_dict(), "optimizer_state_dict": optimizer.state_dict(),
+                    "loss": 0.5 + i}, path)
+    elif kind == 2:
+        torch.save(model.state_dict(), path, _use_new_zipfile_serialization=False)
+    elif kind == 3:
+        with open(path, "wb") as f:
+            pickle.dump(numpy_payload(), f, protocol=i % 6)
+    elif kind == 4:
+        torch.save(model, path)
+    elif kind == 5:
+        torch.save({"state_dict": model.state_dict(), "optimizer_states": [optimizer.state_dict()], "epoch": i,
+                    "global_step": 10 * i, "pytorch-lightning_version": "2.4.0"}, path)
+    elif kind == 6:
+        torch.save({"rng": torch.get_rng_state(), "np_rng": np.random.get_state(), "py_rng": random.getstate()}, path)
+    else:
+        torch.save({"modelA_state_dict": model.state_dict(), "modelB_state_dict": model.state_dict(),
+                    "loss": torch.nn.CrossEntropyLoss()}, path)
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory) -> Path:
+    """≥ 200 checkpoints of every input kind in nested folders, plus malicious, corrupt and other files."""
+    root = tmp_path_factory.mktemp("zoo") / "src"
+    model = make_net(seed=1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    trained(model, optimizer)
+    suffixes = (".pt", ".pth", ".bin", ".pkl", ".ckpt", ".tar")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i in range(N_GOOD):
+            folder = root / f"group{i % 7}" / (f"sub{i % 3}" if i % 2 else "")
+            folder.mkdir(parents=True, exist_ok=True)
+            _save_kind(i, folder / f"ckpt_{i:03d}{suffixes[i % len(suffixes)]}", model, optimizer)
+    (root / "nested").mkdir(exist_ok=True)
+    canary = root.parent / "CANARY"
+    for name, evil in zip(MALICIOUS, (EvilSystem(canary), EvilEval(canary), EvilSystem(canary)), strict=True):
+        with open(root / name, "wb") as f:
+            pickle.dump({"weights": [1.0], "payload": evil}, f, protocol=2)
+    good = (root / "group0" / "ckpt_000.pt").read_bytes()
+    (root / "truncated.pt").write_bytes(good[: len(good) // 2])
+    (root / "garbage.pth").write_bytes(bytes(random.Random(0).randrange(256) for _ in range(4096)))
+    legacy = (root / "group2" / "ckpt_002.bin").read_bytes()  # kind 2: legacy format
+    (root / "truncated_legacy.pt").write_bytes(legacy[: len(legacy) - 100])
+    (root / "README.md").write_text("not a checkpoint")
+    (root / "group1" / "config.yaml").write_text("lr: 0.1")
+    return root
+
+
+def _hashes(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _outputs(dst: Path) -> dict[str, bytes]:
+    """Every output file except the manifest and report (which hold timings)."""
+    return {k: v for k, v in _hashes(dst).items() if k not in (MANIFEST_NAME, REPORT_NAME)}
+
+
+@pytest.fixture(scope="module")
+def first_run(zoo, tmp_path_factory):
+    before = _hashes(zoo)
+    dst = tmp_path_factory.mktemp("migrated") / "dst"
+    report = migrate(zoo, dst, jobs=2)
+    assert _hashes(zoo) == before, "migrate must never modify the source folder"
+    return dst, report
+
+
+def test_first_run_converts_every_checkpoint_and_reports_the_rest(zoo, first_run):
+    dst, report = first_run
+    statuses = collections.Counter(e["status"] for e in report.files.values())
+    assert statuses == {"converted": N_GOOD, "unsafe": len(MALICIOUS), "failed": len(CORRUPT)}, statuses
+    assert report.other_files == 2
+    assert report.exit_code == 1
+    assert not (zoo.parent / "CANARY").exists()
+    for rel in MALICIOUS:
+        assert report.files[rel]["findings"], rel
+        assert not (dst / Path(rel).parent / Path(rel).stem).exists()
+    for rel in CORRUPT:
+        assert report.files[rel]["reason"].startswith("malformed"), report.files[rel]
+    for entry in report.files.values():
+        if entry["status"] == "converted":
+            assert entry["verified"] is True
+            assert (dst / entry["output"] / "checkpoint.json").is_file()
+    # the folder structure is mirrored: group3/sub1/ckpt_003.pkl → group3/sub1/ckpt_003/
+    assert report.files["group3/sub0/ckpt_003.pkl"]["output"] == "group3/sub0/ckpt_003"
+    on_disk = json.loads((dst / REPORT_NAME).read_text())
+    assert on_disk["summary"]["converted"] == N_GOOD and on_disk["exit_code"] == 1
+
+
+def test_converted_outputs_load_equivalent_to_the_sources(zoo, first_run):
+    dst, report = first_run
+    from convert import read_checkpoint
+
+    for rel in ("group0/ckpt_000.pt", "group1/sub1/ckpt_001.pth", "group2/ckpt_002.bin", "group3/sub0/ckpt_003.pkl",
+                "group4/ckpt_004.ckpt", "group5/sub2/ckpt_005.tar", "group6/ckpt_006.pt", "group0/sub1/ckpt_007.pth"):
+        entry = report.files[rel]
+        assert_equivalent(read_checkpoint(zoo / rel), load_checkpoint(dst / entry["output"]))
+
+
+def test_second_run_does_nothing(zoo, first_run):
+    dst, _ = first_run
+    outputs = _outputs(dst)
+    again = migrate(zoo, dst, jobs=2)
+    statuses = collections.Counter(e["status"] for e in again.files.values())
+    assert statuses == {"skipped": N_GOOD, "unsafe": len(MALICIOUS), "failed": len(CORRUPT)}, statuses
+    assert _outputs(dst) == outputs
+
+
+def test_killed_run_resumes_to_the_same_result(zoo, first_run, tmp_path):
+    dst_full, report = first_run
+    dst = tmp_path / "dst"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen([sys.executable, "-m", "convert", "migrate", str(zoo), str(dst), "-q", "-j", "2"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    manifest = dst / MANIFEST_NAME
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if len(json.loads(manifest.read_text())["files"]) >= 40:
+                break
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.05)
+    assert proc.poll() is None, "the migration finished before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = {k for k, e in json.loads(manifest.read_text())["files"].items() if e["status"] == "converted"}
+    assert 40 <= len(finished) < N_GOOD
+
+    resumed = migrate(zoo, dst, jobs=2)
+    # what the killed run finished is skipped, the rest converted now; refusals and failures are the same
+    expected = {k: ("skipped" if k in finished else e["status"]) for k, e in report.files.items()}
+    assert {k: e["status"] for k, e in resumed.files.items()} == expected
+    assert _outputs(dst) == _outputs(dst_full)
+    assert not [p for p in dst.rglob(".*") if ".tmp-" in p.name or ".old-" in p.name]
+
+
+def test_scan_folder_uses_the_same_walker_and_report(zoo):
+    report = scan_folder(zoo, jobs=2)
+    statuses = collections.Counter(e["status"] for e in report.files.values())
+    assert statuses == {"clean": N_GOOD, "unsafe": len(MALICIOUS), "failed": len(CORRUPT)}, statuses
+    assert report.exit_code == 1
+    assert set(report.to_json()) >= {"summary", "files", "exit_code", "other_files"}
+
+
+def test_migrate_cli_exit_code_and_summary(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    torch.save({"w": torch.ones(2)}, src / "a.pt")
+    ok = subprocess.run([sys.executable, "-m", "convert", "migrate", str(src), str(tmp_path / "dst"), "-q"],
+                        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert "converted" in ok.stdout and "Traceback" not in ok.stderr
+    with open(src / "evil.pkl", "wb") as f:
+        pickle.dump(EvilSystem(tmp_path / "CANARY"), f)
+    bad = subprocess.run([sys.executable, "-m", "convert", "migrate", str(src), str(tmp_path / "dst"), "--json"],
+                         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1
+    doc = json.loads(bad.stdout)
+    assert doc["files"]["evil.pkl"]["status"] == "unsafe" and doc["files"]["a.pt"]["status"] == "skipped"
+    assert not (tmp_path / "CANARY").exists()
+
+
+# ------------------------------------------------------------------------------------------- shards
+
+def test_max_shard_size_shards_and_loads_transparently(tmp_path):
+    sd = collections.OrderedDict((f"layer{i}.weight", torch.randn(64, 64)) for i in range(8))
+    sd["tied.weight"] = sd["layer0.weight"]  # one object under two keys: both in the same shard
+    sd["view.weight"] = sd["layer3.weight"].t()
+    src = tmp_path / "big.pt"
+    torch.save({"model": sd, "step": 3}, src)
+    out = tmp_path / "out"
+    convert_checkpoint(src, out, max_shard_size="40KB")
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 1 and all(s.startswith("model-0000") and s.endswith(f"-of-{len(shards):05d}.safetensors")
+                                   for s in shards)
+    assert set(index["weight_map"]) == set(sd)
+    assert index["weight_map"]["tied.weight"] == index["weight_map"]["layer0.weight"]
+    assert index["weight_map"]["view.weight"] == index["weight_map"]["layer3.weight"]
+    assert index["metadata"]["total_size"] == sum(t.numel() * 4 for t in sd.values())
+    merged = {}
+    for shard in shards:
+        merged.update(load_file(out / shard))
+    assert merged.keys() == sd.keys() and all(torch.equal(merged[k], sd[k]) for k in sd)
+    loaded = load_checkpoint(out)
+    assert_equivalent(torch.load(src, weights_only=True), loaded)
+    assert loaded["model"]["tied.weight"] is loaded["model"]["layer0.weight"]
+
+
+def test_migrate_passes_the_shard_size(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    torch.save({f"w{i}": torch.randn(32, 32) for i in range(6)}, src / "m.pt")
+    report = migrate(src, tmp_path / "dst", jobs=1, max_shard_size="10KB")
+    assert report.files["m.pt"]["status"] == "converted"
+    assert (tmp_path / "dst" / "m" / "model.safetensors.index.json").is_file()
+
+
+# ------------------------------------------------------------------------------------- Hugging Face
+
+def _tiny_gpt2():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64, n_positions=16,
+                                     bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    return transformers, transformers.GPT2LMHeadModel(config).eval()
+
+
+def _assert_same_model(transformers, original, folder):
+    loaded = transformers.GPT2LMHeadModel.from_pretrained(folder).eval()
+    ids = torch.arange(8).unsqueeze(0)
+    with torch.no_grad():
+        assert torch.equal(original(ids).logits, loaded(ids).logits)
+    assert loaded.lm_head.weight.data_ptr() == loaded.transformer.wte.weight.data_ptr()  # still tied
+
+
+def test_hf_folder_single_file_loads_in_transformers(tmp_path):
+    transformers, model = _tiny_gpt2()
+    src = tmp_path / "gpt2"
+    model.config.save_pretrained(src)
+    torch.save(model.state_dict(), src / "pytorch_model.bin")
+    (src / "tokenizer_config.json").write_text("{}")
+    dst = tmp_path / "gpt2-safe"
+    convert_hf_folder(src, dst)
+    assert (dst / "model.safetensors").is_file() and (dst / "config.json").is_file()
+    assert (dst / "tokenizer_config.json").is_file() and not (dst / "pytorch_model.bin").exists()
+    _assert_same_model(transformers, model, dst)
+
+
+def test_hf_sharded_folder_migrates_and_loads_in_transformers(tmp_path):
+    transformers, model = _tiny_gpt2()
+    src = tmp_path / "zoo" / "gpt2-sharded"
+    model.config.save_pretrained(src)
+    sd = model.state_dict()
+    keys = list(sd)
+    halves = [keys[: len(keys) // 2], keys[len(keys) // 2:]]
+    weight_map = {}
+    for i, part in enumerate(halves):
+        name = f"pytorch_model-{i + 1:05d}-of-00002.bin"
+        torch.save(collections.OrderedDict((k, sd[k]) for k in part), src / name)
+        weight_map.update(dict.fromkeys(part, name))
+    (src / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {"total_size": 0},
+                                                                  "weight_map": weight_map}))
+    report = migrate(tmp_path / "zoo", tmp_path / "out", jobs=1)
+    assert report.files["gpt2-sharded"]["status"] == "converted", report.files
+    dst = tmp_path / "out" / "gpt2-sharded"
+    index = json.loads((dst / "model.safetensors.index.json").read_text())
+    assert sorted(set(index["weight_map"].values())) == ["model-00001-of-00002.safetensors",
+                                                         "model-00002-of-00002.safetensors"]
+    _assert_same_model(transformers, model, dst)
