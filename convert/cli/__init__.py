@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-shard-size", metavar="SIZE", help="shard state dicts larger than SIZE (e.g. 5GB)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar; print only the summary")
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the summary table")
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run the conversions as Ray tasks: on a new local Ray instance, or on the cluster at ADDRESS "
+                   "(e.g. ray://head:10001 or auto); needs pip install -e '.[ray]' and SRC/DST on shared storage")
     p.set_defaults(run=commands.migrate)
 
     p = sub.add_parser("demo", help="run the built-in example: tutorial checkpoints → convert → load → verify",

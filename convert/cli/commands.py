@@ -68,8 +68,13 @@ def migrate(args: argparse.Namespace) -> int:
 
     if args.jobs is not None and args.jobs < 1:
         raise ConvertError("--jobs must be at least 1")
+    submit = None
+    if args.ray:
+        from ..migrate.ray_runner import ray_submit
+
+        submit = ray_submit(None if args.ray == "local" else args.ray)
     report = run_migrate(args.src, args.dst, jobs=args.jobs, quiet=args.quiet or args.json,
-                         max_shard_size=args.max_shard_size)
+                         max_shard_size=args.max_shard_size, submit=submit)
     print(json.dumps(report.to_json(), indent=1) if args.json else report.table())
     return report.exit_code
 

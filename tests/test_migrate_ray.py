@@ -1,0 +1,96 @@
+"""`migrate --ray`: the same migration on a local Ray instance, and a worker killed mid-file."""
+
+from __future__ import annotations
+
+import collections
+import os
+import pickle
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from convert.errors import ConvertError
+from convert.migrate import migrate
+from convert.migrate.manifest import Manifest
+from convert.migrate.ray_runner import FAULT_ENV, ray_submit, task_memory
+from convert.migrate.walker import Job
+from tests.helpers import EvilSystem, make_net
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture
+def small_zoo(tmp_path) -> Path:
+    src = tmp_path / "src"
+    (src / "a" / "b").mkdir(parents=True)
+    model = make_net(seed=2)
+    for i in range(6):
+        torch.save({"epoch": i, "model_state_dict": model.state_dict()}, src / "a" / f"ck{i}.pt")
+    torch.save(model, src / "a" / "b" / "whole.pth", _use_new_zipfile_serialization=False)
+    with open(src / "evil.pkl", "wb") as f:
+        pickle.dump(EvilSystem(tmp_path / "CANARY"), f)
+    (src / "broken.pt").write_bytes(b"PK\x03\x04 not really a zip")
+    return src
+
+
+def _ray_migrate(src: Path, dst: Path):
+    try:
+        return migrate(src, dst, submit=ray_submit(None))
+    except ConvertError as exc:
+        if "cannot start or reach Ray" in str(exc):
+            pytest.skip(f"Ray cannot start here: {exc}")
+        raise
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    skip = {".ckpt-convert-manifest.json", "ckpt-convert-report.json"}
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name not in skip}
+
+
+def test_ray_migration_matches_the_process_pool(small_zoo, tmp_path):
+    pool = migrate(small_zoo, tmp_path / "pool", jobs=2)
+    on_ray = _ray_migrate(small_zoo, tmp_path / "ray")
+    assert {k: e["status"] for k, e in on_ray.files.items()} == {k: e["status"] for k, e in pool.files.items()}
+    assert collections.Counter(e["status"] for e in on_ray.files.values()) == {"converted": 7, "unsafe": 1, "failed": 1}
+    assert on_ray.exit_code == pool.exit_code == 1
+    assert _files(tmp_path / "ray") == _files(tmp_path / "pool")
+    assert not (tmp_path / "CANARY").exists()
+
+
+def test_killed_ray_worker_is_retried_and_the_manifest_stays_consistent(small_zoo, tmp_path, monkeypatch):
+    marker = tmp_path / "worker.pid"
+    monkeypatch.setenv(FAULT_ENV, f"a/ck3.pt:{marker}")
+    killed = []
+
+    def kill_when_started() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if marker.exists() and marker.read_text().strip():
+                pid = int(marker.read_text())
+                dst_manifest = Manifest(tmp_path / "dst")  # while the worker hangs, ck3 is not in the manifest
+                killed.append("a/ck3.pt" not in dst_manifest.entries)
+                os.kill(pid, signal.SIGKILL)
+                return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_when_started, daemon=True)
+    killer.start()
+    report = _ray_migrate(small_zoo, tmp_path / "dst")
+    killer.join(timeout=5)
+    assert killed == [True], "the hanging first attempt was never seen and killed"
+    assert report.files["a/ck3.pt"]["status"] == "converted" and report.files["a/ck3.pt"]["verified"]
+    manifest = Manifest(tmp_path / "dst")
+    assert manifest.entries["a/ck3.pt"]["status"] == "converted"
+    assert {k: e["status"] for k, e in manifest.entries.items()} == {k: e["status"] for k, e in report.files.items()}
+    assert not [p for p in (tmp_path / "dst").rglob(".*") if ".tmp-" in p.name]
+
+
+def test_tasks_declare_memory_growing_with_the_file():
+    small = Job("file", Path("a.pt"), "a.pt", "a", 10 << 20)
+    big = Job("file", Path("b.pt"), "b.pt", "b", 10 << 30)
+    assert task_memory(big) - task_memory(small) == 2 * ((10 << 30) - (10 << 20))
