@@ -51,10 +51,15 @@ def _device(map_location: MapLocation) -> torch.device:
     if map_location is None:
         return torch.device("cpu")
     try:
-        return torch.device(map_location)
+        device = torch.device(map_location)
     except (RuntimeError, TypeError):
         raise ConvertError(f"map_location {map_location!r} is not a device "
                            "(use 'cpu', 'cuda', 'cuda:0' or a torch.device)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConvertError(f"map_location {map_location!r}: CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConvertError(f"map_location {map_location!r}: this machine has {torch.cuda.device_count()} CUDA devices")
+    return device
 
 
 class _Loader:
