@@ -61,6 +61,4 @@ def _rebuild(value: Any, recurse: Callable[[Any], Any], record: Callable | None)
         return record(value, recurse)
     if isinstance(value, ModuleRecord):
         return ModuleRecord(value.qualname, recurse(value.state_dict), value.tree)
-    return ObjectRecord(value.qualname, recurse(value.args), recurse(value.state),
-                        [(recurse(k), recurse(v)) for k, v in value.dictitems],
-                        [recurse(v) for v in value.listitems], value.via)
+    return value.map(recurse)

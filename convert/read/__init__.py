@@ -21,9 +21,7 @@ def read_tree(inp: Input) -> ReadResult:
             module = to_module_record(value)
             module.state_dict = recurse(module.state_dict)
             return module
-        return ObjectRecord(value.qualname, recurse(value.args), recurse(value.state),
-                            [(recurse(k), recurse(v)) for k, v in value.dictitems],
-                            [recurse(v) for v in value.listitems], value.via)
+        return value.map(recurse)
 
     result.root = transform(result.root, lambda v: v, record)
     return result

@@ -13,7 +13,7 @@ import torch
 
 from ..errors import MalformedCheckpoint, UnsupportedValue
 from ..tree import transform
-from .records import ModuleRecord, NdArrayRef, NpDType, NpScalar, ObjectRecord, StorageRef, TensorRef, Unsupported
+from .records import ModuleRecord, NdArrayRef, NpDType, NpScalar, StorageRef, TensorRef, Unsupported
 
 
 def materialize(root: Any) -> Any:
@@ -57,8 +57,6 @@ def materialize(root: Any) -> Any:
     def record(value: Any, recurse: Any) -> Any:
         if isinstance(value, ModuleRecord):
             return recurse(value.state_dict)
-        return ObjectRecord(value.qualname, recurse(value.args), recurse(value.state),
-                            [(recurse(k), recurse(v)) for k, v in value.dictitems],
-                            [recurse(v) for v in value.listitems], value.via)
+        return value.map(recurse)
 
     return transform(root, leaf, record)

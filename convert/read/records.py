@@ -5,6 +5,7 @@ Nothing here is ever called on behalf of the input file: these are plain data ho
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +43,11 @@ class ObjectRecord:
 
     def __repr__(self) -> str:
         return f"ObjectRecord({self.qualname!r})"
+
+    def map(self, fn: Callable[[Any], Any]) -> ObjectRecord:
+        """A copy with `fn` applied to everything the record holds (args, state, items)."""
+        return ObjectRecord(self.qualname, fn(self.args), fn(self.state), [(fn(k), fn(v)) for k, v in self.dictitems],
+                            [fn(v) for v in self.listitems], self.via)
 
 
 @dataclass(eq=False)
