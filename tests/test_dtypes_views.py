@@ -23,7 +23,7 @@ from tests.helpers import (
 FLOAT_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2]
 INT_DTYPES = [torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8]
 WIDE_UINT = {torch.uint16: torch.int16, torch.uint32: torch.int32, torch.uint64: torch.int64}
-ALL_DTYPES = FLOAT_DTYPES + [torch.bool, torch.complex64, torch.complex128] + INT_DTYPES + list(WIDE_UINT)
+ALL_DTYPES = [*FLOAT_DTYPES, torch.bool, torch.complex64, torch.complex128, *INT_DTYPES, *list(WIDE_UINT)]
 
 
 def sample(dtype: torch.dtype) -> torch.Tensor:

@@ -243,10 +243,9 @@ def test_checkpoint_saved_on_gpu_loads_on_cpu(tmp_path, fmt):
     with unittest.mock.patch("torch.serialization.location_tag", return_value="cuda:0"):
         save(ckpt, src, fmt)
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError):  # the emulation worked: plain torch.load wants a GPU
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                torch.load(src, weights_only=False)
+        with pytest.raises(RuntimeError), warnings.catch_warnings():  # the emulation worked: torch.load wants a GPU
+            warnings.simplefilter("ignore")
+            torch.load(src, weights_only=False)
     dst = tmp_path / f"gpu_{fmt}_out"
     convert_checkpoint(src, dst)
     loaded = load_checkpoint(dst)
@@ -398,7 +397,7 @@ def test_read_checkpoint_is_safe_torch_load(tmp_path):
 
 def test_read_checkpoint_records_unknown_classes(tmp_path):
     obj = {"hp": Hyper(), "w": torch.ones(2)}
-    for fmt in TORCH_FORMATS + ("pickle2", "pickle0"):
+    for fmt in (*TORCH_FORMATS, "pickle2", "pickle0"):
         if fmt.startswith("pickle"):
             obj = {"hp": Hyper()}
         src = save(obj, tmp_path / f"hp_{fmt}.pt", fmt)
