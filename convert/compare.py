@@ -119,8 +119,11 @@ class _Comparer:
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
-    t = t.detach().cpu().resolve_conj().resolve_neg().contiguous().reshape(-1)
-    return t.view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8)
+    t = t.detach().cpu().resolve_conj().resolve_neg()
+    if not t.numel():
+        return torch.empty(0, dtype=torch.uint8)
+    # a fresh row-major copy: `contiguous()` keeps a one-element view's stride (e.g. 2), which `view` refuses
+    return torch.empty(t.shape, dtype=t.dtype).copy_(t).reshape(-1).view(torch.uint8)
 
 
 def compare_trees(a: Any, b: Any) -> list[str]:

@@ -89,6 +89,15 @@ class SafetensorsFile:
         for (_, end, a), (start, _, b) in itertools.pairwise(spans):
             if start < end:
                 raise MalformedCheckpoint(f"{name}: entries {a!r:.60} and {b!r:.60} overlap")
+        # As in safetensors itself: the entries tile the data area exactly (no holes, no trailing bytes).
+        covered = data_start
+        for start, end, key in spans:
+            if start > covered:
+                raise MalformedCheckpoint(f"{name}: {start - covered} bytes before entry {key!r:.60} belong to no entry")
+            covered = max(covered, end)
+        if covered != data_start + data_len:
+            raise MalformedCheckpoint(f"{name}: {data_start + data_len - covered} bytes after the last entry belong to "
+                                      "no entry")
 
     @staticmethod
     def _entry(name: str, key: str, info: Any, data_start: int, data_len: int) -> EntryInfo:

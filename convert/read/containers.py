@@ -140,7 +140,7 @@ class _ZipArchive:
         try:
             self.zf = zipfile.ZipFile(inp._file)
             infos = self.zf.infolist()
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
             raise MalformedCheckpoint(f"{inp.name}: corrupt zip archive ({exc})") from None
         names = [i.filename for i in infos]
         if len(set(names)) != len(names):
@@ -149,8 +149,10 @@ class _ZipArchive:
         self.infos = {i.filename: i for i in infos}
         pickles = [n for n in names if n.endswith("data.pkl") and n.count("/") == 1]
         if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+            code = next(n for n in names if n.endswith("/constants.pkl") or "/code/" in n)
             raise UnsafeCheckpoint(f"{inp.name} is a TorchScript archive: it holds compiled code that torch.jit.load "
-                                   "would run; it is not converted (export its state_dict instead)")
+                                   "would run; it is not converted (export its state_dict instead)",
+                                   [Finding("TorchScript code", f"{inp.name}: {code}")])
         if len(pickles) != 1:
             what = "no" if not pickles else "several"
             raise MalformedCheckpoint(f"{inp.name}: zip archive with {what} '<archive>/data.pkl' member; not a torch checkpoint")

@@ -24,6 +24,10 @@ from .records import GlobalRef, NdArrayRef, NpDType, ObjectRecord, TensorRef
 
 HIGHEST_PROTOCOL = 5
 MAX_LINE = 1 << 16  # text operands (protocol 0) longer than this are not from a real checkpoint
+# Codecs the opcodes (and zipfile's member names) use, looked up once here so that reading a file never
+# imports anything, not even a codec module.
+for _codec in ("raw-unicode-escape", "unicode-escape", "latin-1", "ascii", "utf-8", "cp437"):
+    codecs.lookup(_codec)
 
 
 @dataclass(frozen=True)
