@@ -125,7 +125,7 @@ def test_all_other_tensors_go_to_tensors_file(tmp_path, src_dir):
     assert safetensors_files(dst) == ["tensors.safetensors"]
     with safe_open(str(dst / "tensors.safetensors"), framework="pt") as f:
         assert f.metadata().get("format") == "pt"
-        payload = sorted(bytes(f.get_tensor(k).contiguous().view(torch.uint8).numpy()) for k in f)
+        payload = sorted(bytes(f.get_tensor(k).contiguous().view(torch.uint8).numpy()) for k in f.keys())  # noqa: SIM118 - safe_open is not iterable
     expected = sorted(bytes(t.view(torch.uint8).numpy()) for t in (obj["a"], obj["nested"][0]))
     assert payload == expected
 

@@ -107,6 +107,10 @@ class _Loader:
             if raw.numel() != info["nbytes"]:
                 raise MalformedCheckpoint(f"storage {sid} should be {info['nbytes']} bytes; "
                                           f"{info['file']}:{info['key']} holds {raw.numel()}")
+            itemsize = torch_dtype(info["dtype"]).itemsize
+            if raw.numel() and raw.data_ptr() % (16 if itemsize >= 8 else itemsize):
+                # complex128 faults on misaligned data (and may view a float64 storage): an aligned copy
+                raw = raw.clone()
             if self.device.type != "cpu":
                 raw = raw.to(self.device)
             self.storages[sid] = raw.untyped_storage()
@@ -129,6 +133,8 @@ class _Loader:
             raise MalformedCheckpoint(f"tensor {tid}: {exc}") from None
         if end > storage.nbytes():
             raise MalformedCheckpoint(f"tensor {tid} reaches byte {end} of a {storage.nbytes()}-byte storage")
+        if end and (storage.data_ptr() + info["offset"] * dtype.itemsize) % min(16, dtype.itemsize):
+            raise MalformedCheckpoint(f"tensor {tid} ({info['dtype']}) is not aligned in its storage")
         try:
             t = torch.empty(0, dtype=dtype, device=self.device).set_(storage, info["offset"], info["shape"], info["stride"])
             if info.get("conj") or info.get("neg"):

@@ -1,7 +1,7 @@
 """Streaming safetensors writer: header first, then each entry's bytes straight from the source.
 
 Entries are laid out widest dtype first (as safetensors itself does) so every tensor starts on
-a multiple of its element size; the header is padded with spaces to 8 bytes.
+a multiple of its element size (complex128 pairs on 16); the header is padded with spaces to 16 bytes.
 
 Memory stays flat whatever the checkpoint size: an entry whose bytes sit as they are in an input
 registered with `kernel_copy_from` is copied file-to-file by the kernel (copy_file_range, else
@@ -23,7 +23,8 @@ from ..dtypes import ITEMSIZE_BY_CODE
 from ..errors import ConvertError
 from .plan import Entry
 
-CHUNK = 32 << 20  # bytes per write/copy call: bounds the pages of the input mapping held at once
+CHUNK = 32 << 20  # bytes per write() from the input mapping: bounds the pages of it held at once
+KERNEL_CHUNK = 1 << 30  # bytes per copy_file_range/sendfile: small calls cost far more than their bytes
 _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF, errno.EPERM, errno.ETXTBSY}
 
 _sources: dict[int, tuple[Any, int]] = {}  # id(input buffer) → (buffer, fd), while a conversion writes
@@ -43,7 +44,10 @@ def kernel_copy_from(buffer: Any, fd: int) -> Iterator[None]:
 
 
 def layout(entries: list[Entry]) -> list[Entry]:
-    return sorted(entries, key=lambda e: -ITEMSIZE_BY_CODE[e.code])  # stable: plan order within a width
+    # Widest first; among 8-byte entries those of a multiple of 16 bytes first, so complex128 storages
+    # (stored as F64 pairs) start 16-aligned: complex<double> code faults on misaligned data.
+    # Stable: plan order within a group.
+    return sorted(entries, key=lambda e: (-ITEMSIZE_BY_CODE[e.code], e.nbytes % 16 != 0))
 
 
 def header_bytes(entries: list[Entry], metadata: dict[str, str]) -> bytes:
@@ -53,7 +57,7 @@ def header_bytes(entries: list[Entry], metadata: dict[str, str]) -> bytes:
         header[entry.key] = {"dtype": entry.code, "shape": entry.shape, "data_offsets": [offset, offset + entry.nbytes]}
         offset += entry.nbytes
     raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    raw += b" " * (-(len(raw) + 8) % 8)
+    raw += b" " * (-(len(raw) + 8) % 16)  # data starts 16-aligned (see layout)
     return len(raw).to_bytes(8, "little") + raw
 
 
@@ -122,7 +126,7 @@ def _copy_file_range(src: int, offset: int, dst: int, nbytes: int) -> None:
     end = offset + nbytes
     try:
         while offset < end:
-            n = os.copy_file_range(src, dst, min(CHUNK, end - offset), offset)
+            n = os.copy_file_range(src, dst, min(KERNEL_CHUNK, end - offset), offset)
             if n == 0:
                 raise ConvertError("the input file shrank while it was being converted")
             offset += n
@@ -132,7 +136,7 @@ def _copy_file_range(src: int, offset: int, dst: int, nbytes: int) -> None:
             raise
     try:  # e.g. across file systems on older kernels: sendfile still stays in the kernel
         while offset < end:
-            n = os.sendfile(dst, src, offset, min(CHUNK, end - offset))
+            n = os.sendfile(dst, src, offset, min(KERNEL_CHUNK, end - offset))
             if n == 0:
                 raise ConvertError("the input file shrank while it was being converted")
             offset += n
