@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
@@ -17,6 +19,12 @@ from tests.helpers import Net, make_net, save, trained  # noqa: E402
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", category=UserWarning)
+
+# Hypothesis profiles: "ci" (default, fast) and "thorough" (20x the examples). Pick one with
+# `pytest --hypothesis-profile=thorough` or CKPT_HYPOTHESIS_PROFILE=thorough (the flag wins).
+settings.register_profile("ci", max_examples=100, print_blob=True)
+settings.register_profile("thorough", max_examples=2000, print_blob=True)
+settings.load_profile(os.environ.get("CKPT_HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture

@@ -288,3 +288,11 @@ def test_hf_sharded_folder_migrates_and_loads_in_transformers(tmp_path):
     assert sorted(set(index["weight_map"].values())) == ["model-00001-of-00002.safetensors",
                                                          "model-00002-of-00002.safetensors"]
     _assert_same_model(transformers, model, dst)
+
+
+def test_long_state_dict_key_still_shards(tmp_path):
+    key = "k" * 300  # file names are shortened, leaving room for the -00001-of-0000N suffix
+    torch.save({key: {f"w{i}": torch.randn(50, 50) for i in range(4)}}, tmp_path / "long.pt")
+    report = convert_checkpoint(tmp_path / "long.pt", tmp_path / "out", max_shard_size="15KB")
+    assert sum(name.endswith("-of-00004.safetensors") for name in report.files) == 4
+    assert list(load_checkpoint(tmp_path / "out")[key]) == [f"w{i}" for i in range(4)]

@@ -79,7 +79,8 @@ def is_state_dict(value: Any) -> bool:
 
 
 def _file_name(key: str, taken: set[str]) -> str:
-    stem = _NAME_OK.sub("_", key).lstrip(".")[:100] or "state_dict"
+    # no leading "-" (it looks like an option); 80 characters leave room for a -00001-of-0000N shard suffix
+    stem = _NAME_OK.sub("_", key).lstrip(".-")[:80] or "state_dict"
     name, n = f"{stem}.safetensors", 1
     while name.lower() in taken:
         n += 1
