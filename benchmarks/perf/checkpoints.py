@@ -14,18 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-
-class TutorialNet(nn.Module):
-    """The CNN of PyTorch's "saving and loading models" tutorial."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 6, 5)
-        self.pool = nn.MaxPool2d(2, 2)
-        self.conv2 = nn.Conv2d(6, 16, 5)
-        self.fc1 = nn.Linear(16 * 5 * 5, 120)
-        self.fc2 = nn.Linear(120, 84)
-        self.fc3 = nn.Linear(84, 10)
+from convert.cli.demo import TheModelClass as TutorialNet  # the tutorial CNN, shared with the demo
 
 
 class Block(nn.Module):

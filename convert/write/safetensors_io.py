@@ -124,26 +124,19 @@ def _release_inputs() -> None:
 def _copy_file_range(src: int, offset: int, dst: int, nbytes: int) -> None:
     """Copy nbytes of `src` from `offset` to the current position of `dst`, in the kernel when possible."""
     end = offset + nbytes
-    try:
-        while offset < end:
-            n = os.copy_file_range(src, dst, min(KERNEL_CHUNK, end - offset), offset)
-            if n == 0:
-                raise ConvertError("the input file shrank while it was being converted")
-            offset += n
-        return
-    except (AttributeError, OSError) as exc:
-        if isinstance(exc, OSError) and exc.errno not in _NO_KERNEL_COPY:
-            raise
-    try:  # e.g. across file systems on older kernels: sendfile still stays in the kernel
-        while offset < end:
-            n = os.sendfile(dst, src, offset, min(KERNEL_CHUNK, end - offset))
-            if n == 0:
-                raise ConvertError("the input file shrank while it was being converted")
-            offset += n
-        return
-    except (AttributeError, OSError) as exc:
-        if isinstance(exc, OSError) and exc.errno not in _NO_KERNEL_COPY:
-            raise
+    # copy_file_range first; sendfile where it is refused (across file systems on older kernels): both stay
+    # in the kernel. Either advances dst's position, so a fallback continues where the previous one stopped.
+    for kernel_copy in (lambda at, n: os.copy_file_range(src, dst, n, at), lambda at, n: os.sendfile(dst, src, at, n)):
+        try:
+            while offset < end:
+                n = kernel_copy(offset, min(KERNEL_CHUNK, end - offset))
+                if n == 0:
+                    raise ConvertError("the input file shrank while it was being converted")
+                offset += n
+            return
+        except (AttributeError, OSError) as exc:
+            if isinstance(exc, OSError) and exc.errno not in _NO_KERNEL_COPY:
+                raise
     buf = bytearray(min(CHUNK, end - offset))
     view = memoryview(buf)
     while offset < end:
