@@ -175,6 +175,8 @@ class _Loader:
         if raw.numel() != numel * dtype.itemsize:
             raise MalformedCheckpoint(f"array {aid} of shape {list(shape)} needs {numel * dtype.itemsize} bytes; "
                                       f"{info['file']}:{info['key']} holds {raw.numel()}")
+        if not self.lazy:  # mmap=False: arrays too live in ordinary memory, not in the mapped file
+            raw = raw.clone()
         array = raw.numpy().view(dtype.newbyteorder("<")).reshape(shape)
         if dtype.byteorder == ">":
             array = array.astype(dtype)
