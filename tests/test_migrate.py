@@ -169,7 +169,9 @@ def test_killed_run_resumes_to_the_same_result(zoo, first_run, tmp_path):
     resumed = migrate(zoo, dst, jobs=2)
     # what the killed run finished is skipped, the rest converted now; refusals and failures are the same
     expected = {k: ("skipped" if k in finished else e["status"]) for k, e in report.files.items()}
-    assert {k: e["status"] for k, e in resumed.files.items()} == expected
+    got = {k: e["status"] for k, e in resumed.files.items()}
+    differing = {k: (expected.get(k), v, resumed.files[k].get("reason")) for k, v in got.items() if v != expected.get(k)}
+    assert got == expected, differing
     assert _outputs(dst) == _outputs(dst_full)
     assert not [p for p in dst.rglob(".*") if ".tmp-" in p.name or ".old-" in p.name]
 
@@ -296,3 +298,24 @@ def test_long_state_dict_key_still_shards(tmp_path):
     report = convert_checkpoint(tmp_path / "long.pt", tmp_path / "out", max_shard_size="15KB")
     assert sum(name.endswith("-of-00004.safetensors") for name in report.files) == 4
     assert list(load_checkpoint(tmp_path / "out")[key]) == [f"w{i}" for i in range(4)]
+
+
+def test_parent_folder_made_by_a_parallel_worker_is_not_an_error(tmp_path, monkeypatch):
+    """Two migrate workers may both see a missing parent and both create it (a race found by the kill test)."""
+    from convert.write import folder as folder_module
+
+    torch.save({"w": torch.ones(2)}, tmp_path / "a.pt")
+    parent = tmp_path / "out" / "group"
+    real_exists = Path.exists
+
+    def exists_but_lagging(self):  # the other worker creates `parent` right after our check
+        if self == parent and not real_exists(self):
+            self.mkdir(parents=True)
+            return False
+        return real_exists(self)
+
+    monkeypatch.setattr(Path, "exists", exists_but_lagging)
+    convert_checkpoint(tmp_path / "a.pt", parent / "a")
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(parent / "a")["w"], torch.ones(2))
+    assert folder_module._make_parents(parent) == []

@@ -39,7 +39,11 @@ def write_folder(plan: Plan, dst: Path, *, overwrite: bool = False, copy_files: 
     created = _make_parents(dst.parent)
     tmp = dst.parent / f".{dst.name}.tmp-{uuid.uuid4().hex[:12]}"
     try:
-        tmp.mkdir()
+        try:
+            tmp.mkdir()
+        except FileNotFoundError:  # a parallel conversion that failed removed the parent it had made: remake it
+            created += _make_parents(dst.parent)
+            tmp.mkdir()
         for name, entries in plan.files.items():
             with open(tmp / name, "wb") as out:
                 write_safetensors(out, entries, PT_METADATA)
@@ -62,16 +66,22 @@ def write_folder(plan: Plan, dst: Path, *, overwrite: bool = False, copy_files: 
 
 
 def _make_parents(folder: Path) -> list[Path]:
+    """Create the missing parents of the destination; returns those this call created, top first."""
     missing = []
     while not folder.exists():
         missing.append(folder)
         folder = folder.parent
+    created = []
     for path in reversed(missing):
         try:
             path.mkdir()
+            created.append(path)
+        except FileExistsError:  # another conversion (a parallel migrate worker) made it first: fine
+            if not path.is_dir():
+                raise ConvertError(f"cannot create {path}: a file of that name exists") from None
         except OSError as exc:
             raise ConvertError(f"cannot create {path}: {exc.strerror}") from None
-    return list(reversed(missing))
+    return created
 
 
 def _replace(tmp: Path, dst: Path) -> None:
