@@ -22,7 +22,6 @@ import gzip
 import io
 import marshal
 import pathlib
-import pickle
 import random
 import struct
 import sys
@@ -36,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from tests.helpers import save as save_checkpoint
 
 from . import pk
 
@@ -584,15 +585,8 @@ def build_legit(folder: Path) -> list[LegitSample]:
     out: list[LegitSample] = []
 
     def save(name: str, kind: str, obj: object, how: str = "zip") -> None:
-        path = folder / name
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if how == "zip":
-                torch.save(obj, path)
-            elif how == "legacy":
-                torch.save(obj, path, _use_new_zipfile_serialization=False)
-            else:
-                path.write_bytes(pickle.dumps(obj, protocol=int(how)))
+        """`how`: "zip", "legacy" or a pickle protocol number."""
+        path = save_checkpoint(obj, folder / name, how if how in ("zip", "legacy") else f"pickle{how}")
         out.append(LegitSample(name.split(".")[0], path, kind))
 
     save("bare_state_dict.pt", "bare", model.state_dict())
