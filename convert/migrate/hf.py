@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import hashlib
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from ..schema import validate
 from ..write.folder import write_folder
 from ..write.plan import is_state_dict, make_plan
 from ..write.shards import shard_name
+from ..write.source_hash import sha256_fd
 
 SINGLE = "pytorch_model.bin"
 INDEX = "pytorch_model.bin.index.json"
@@ -58,11 +59,8 @@ def copied_files(folder: Path) -> list[Path]:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return sha256_fd(f.fileno(), os.fstat(f.fileno()).st_size)
 
 
 def convert_hf_folder(src: str | Path, dst: str | Path, *, overwrite: bool = False) -> dict:
@@ -94,7 +92,7 @@ def convert_hf_folder(src: str | Path, dst: str | Path, *, overwrite: bool = Fal
             "format": first.format, "pickle_protocol": first.protocol,
         }
         if len(files) > 1:
-            provenance["parts"] = [{"name": p.name, "size": i.size, "sha256": hashlib.sha256(i.buf).hexdigest()}
+            provenance["parts"] = [{"name": p.name, "size": i.size, "sha256": sha256_fd(i._file.fileno(), i.size)}
                                    for p, i, _ in results]
         plan = make_plan(merged, provenance, root_shards=shards or None)
         validate(plan.sidecar, "generated sidecar")
