@@ -9,11 +9,12 @@ from typing import Any
 
 from . import __version__
 from .compare import compare_trees
-from .errors import ConvertError, UnsafeCheckpoint
+from .errors import ConvertError, OutputExists, UnsafeCheckpoint
 from .load import load_checkpoint, read_sidecar
 from .read import Input, read_tree
 from .read.materialize import materialize
 from .read.vm import Finding
+from .schema import validate
 from .write.folder import write_folder
 from .write.plan import make_plan
 from .write.safetensors_io import kernel_copy_from
@@ -63,16 +64,12 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, overwr
         >>> convert_checkpoint("old/checkpoint.pth", "new/checkpoint")   # doctest: +SKIP
     """
     src, dst = Path(src), Path(dst)
-    if dst.exists() and not overwrite:
-        from .errors import OutputExists
-
+    if dst.exists() and not overwrite:  # before reading a possibly large source (write_folder checks again)
         raise OutputExists(f"{dst} already exists; pass --overwrite (overwrite=True) to replace it")
     with Input(src) as inp, BackgroundSha256(inp._file.fileno(), inp.size) as source_hash:
         result = read_tree(inp)
         provenance = _provenance(src, inp, result, sha256=PENDING_SHA256)  # the real one is filled in below
         plan = make_plan(result.root, provenance, max_shard_size=_shard_bytes(max_shard_size))
-        from .schema import validate
-
         validate(plan.sidecar, "generated sidecar")  # a writer bug must never produce an unloadable folder
         with kernel_copy_from(inp.buf, inp._file.fileno()):  # stored tensors: file-to-file, not through memory
             write_folder(plan, dst, overwrite=overwrite,
