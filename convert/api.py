@@ -135,12 +135,12 @@ def scan_checkpoint(path: str | os.PathLike) -> ScanReport:
 def verify_checkpoint(src: str | os.PathLike, folder: str | os.PathLike) -> list[str]:
     """Differences between `src` (read safely) and the converted `folder`; empty means equivalent."""
     sidecar = read_sidecar(Path(folder))
-    with Input(src) as inp:
+    with Input(src) as inp:  # one open: the hash and the tree are of the same file
         digest = sha256_fd(inp._file.fileno(), inp.size)  # pread, not the mmap: RSS stays flat
+        original = materialize(read_tree(inp).root)
     diffs = []
     if sidecar["source"]["sha256"] != digest:
         diffs.append(f"<source>: {folder} was converted from a different file (sha256 differs)")
-    original = read_checkpoint(src)
     converted = load_checkpoint(folder)
     return diffs + compare_trees(original, converted)
 
