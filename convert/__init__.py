@@ -5,8 +5,7 @@
     >>> ck = load_checkpoint("new/checkpoint", map_location="cpu")         # doctest: +SKIP
 """
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .api import ConversionReport, ScanReport, convert_checkpoint, read_checkpoint, scan_checkpoint, verify_checkpoint
 from .compare import compare_trees
 from .errors import ConvertError, MalformedCheckpoint, OutputExists, UnsafeCheckpoint, UnsupportedValue
@@ -14,7 +13,20 @@ from .load import load_checkpoint
 from .read.records import GlobalRef, ObjectRecord
 
 __all__ = [
-    "ConversionReport", "ConvertError", "GlobalRef", "MalformedCheckpoint", "ObjectRecord", "OutputExists",
-    "ScanReport", "UnsafeCheckpoint", "UnsupportedValue", "compare_trees", "convert_checkpoint", "load_checkpoint",
-    "read_checkpoint", "scan_checkpoint", "verify_checkpoint",
+    "ConversionReport",
+    "ConvertError",
+    "GlobalRef",
+    "MalformedCheckpoint",
+    "ObjectRecord",
+    "OutputExists",
+    "ScanReport",
+    "UnsafeCheckpoint",
+    "UnsupportedValue",
+    "__version__",
+    "compare_trees",
+    "convert_checkpoint",
+    "load_checkpoint",
+    "read_checkpoint",
+    "scan_checkpoint",
+    "verify_checkpoint",
 ]

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from ._version import __version__
 from .compare import compare_trees
 from .errors import ConvertError, OutputExists, UnsafeCheckpoint
 from .load import load_checkpoint, read_sidecar

@@ -1,4 +1,4 @@
-"""The sidecar format: defined once, in schemas/checkpoint.schema.json, used by writer and loader."""
+"""The sidecar format: defined once, in convert/schemas/checkpoint.schema.json, used by writer and loader."""
 
 from __future__ import annotations
 
@@ -24,10 +24,8 @@ TAGS = ("$tuple", "$dict", "$odict", "$set", "$frozenset", "$int", "$float", "$c
 
 
 def _schema_path() -> Path:
-    here = Path(__file__).resolve().parent.parent / "schemas" / "checkpoint.schema.json"
-    if here.is_file():  # source checkout / editable install
-        return here
-    return Path(str(resources.files("convert") / "schemas" / "checkpoint.schema.json"))  # installed wheel
+    # package data next to this module: the same path in a checkout, an editable install and a wheel
+    return Path(str(resources.files("convert") / "schemas" / "checkpoint.schema.json"))
 
 
 @functools.cache

@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F  # noqa: N812 - the tutorial's spelling
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SCHEMA_PATH = REPO_ROOT / "schemas" / "checkpoint.schema.json"
+SCHEMA_PATH = REPO_ROOT / "convert" / "schemas" / "checkpoint.schema.json"
 
 TORCH_FORMATS = ("zip", "legacy")
 PICKLE_FORMATS = tuple(f"pickle{n}" for n in range(6))

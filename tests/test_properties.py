@@ -5,7 +5,7 @@ plain pickle (protocols 0-5, tensor-free trees):
 - `load_checkpoint(convert(x))` is equivalent (compare_trees: types, order, key types, dtypes,
   shapes, strides, offsets, bits, aliasing) to what torch.load / pickle.load give for the file,
   and so is `read_checkpoint(x)`;
-- the sidecar validates against schemas/checkpoint.schema.json (checked with jsonschema directly);
+- the sidecar validates against convert/schemas/checkpoint.schema.json (checked with jsonschema directly);
 - converting twice gives byte-identical folders;
 - `verify_checkpoint` reports exactly what compare_trees reports, also for a tampered folder.
 """

@@ -2,7 +2,7 @@
 
 jsonschema interprets the schema node by node and builds error objects for every failed `anyOf`
 branch; on a GPT-2 training checkpoint's sidecar that takes seconds. This module turns the same
-schema (schemas/checkpoint.schema.json, still the single definition) into nested closures once.
+schema (convert/schemas/checkpoint.schema.json, still the single definition) into nested closures once.
 
 It only answers "valid?", and only ever says yes when jsonschema would: every keyword is
 implemented with jsonschema's Draft 2020-12 semantics (its type checker, `re.search` for patterns,

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from .._version import __version__
 from ..errors import ConvertError, MalformedCheckpoint
 from ..load.safetensors_reader import strict_json
 from ..read import Input, read_tree

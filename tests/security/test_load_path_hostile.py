@@ -289,7 +289,7 @@ def _inside(folder: str, path: str) -> bool:
 
 def _code(path: str) -> bool:
     """Python's own files (a lazily imported module, the schema): not data from the checkpoint."""
-    roots = {sys.prefix, sys.base_prefix, str(harness.REPO_ROOT / "convert"), str(harness.REPO_ROOT / "schemas")}
+    roots = {sys.prefix, sys.base_prefix, str(harness.REPO_ROOT / "convert")}
     return any(_inside(os.path.realpath(r), path) for r in roots)
 
 
