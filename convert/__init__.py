@@ -3,6 +3,7 @@
     >>> from convert import convert_checkpoint, load_checkpoint           # doctest: +SKIP
     >>> convert_checkpoint("old/checkpoint.pth", "new/checkpoint")         # doctest: +SKIP
     >>> ck = load_checkpoint("new/checkpoint", map_location="cpu")         # doctest: +SKIP
+    >>> save_checkpoint({"model": model.state_dict()}, "ckpts/step100")    # doctest: +SKIP
 """
 
 __version__ = "0.1.0"
@@ -12,9 +13,10 @@ from .compare import compare_trees
 from .errors import ConvertError, MalformedCheckpoint, OutputExists, UnsafeCheckpoint, UnsupportedValue
 from .load import load_checkpoint
 from .read.records import GlobalRef, ObjectRecord
+from .save import SaveReport, save_checkpoint
 
 __all__ = [
     "ConversionReport", "ConvertError", "GlobalRef", "MalformedCheckpoint", "ObjectRecord", "OutputExists",
-    "ScanReport", "UnsafeCheckpoint", "UnsupportedValue", "compare_trees", "convert_checkpoint", "load_checkpoint",
-    "read_checkpoint", "scan_checkpoint", "verify_checkpoint",
+    "SaveReport", "ScanReport", "UnsafeCheckpoint", "UnsupportedValue", "compare_trees", "convert_checkpoint",
+    "load_checkpoint", "read_checkpoint", "save_checkpoint", "scan_checkpoint", "verify_checkpoint",
 ]
