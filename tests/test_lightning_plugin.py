@@ -17,9 +17,10 @@ from tests.helpers import bits  # noqa: E402
 
 
 class TinyModule(L.LightningModule):
-    def __init__(self) -> None:
+    def __init__(self, hidden: int = 8) -> None:
         super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+        self.save_hyperparameters()
+        self.net = torch.nn.Sequential(torch.nn.Linear(6, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, 1))
 
     def training_step(self, batch, batch_idx):
         x, y = batch
@@ -93,6 +94,9 @@ def test_checkpoints_are_folders_without_pickles_and_top_k_removes_old_ones(unin
     best = trainer.checkpoint_callback.best_model_path
     ck = load_checkpoint(best)
     assert {"state_dict", "optimizer_states", "lr_schedulers", "loops", "callbacks", "epoch", "global_step"} <= set(ck)
+    assert ck["hyper_parameters"] == {"hidden": 8}
+    fresh = TinyModule()  # instead of load_from_checkpoint (which calls torch.load): load the state dict
+    fresh.load_state_dict(ck["state_dict"])
 
 
 def test_resume_from_a_folder_is_bitwise_an_uninterrupted_run(uninterrupted, tmp_path):
