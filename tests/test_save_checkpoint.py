@@ -299,3 +299,24 @@ def test_pickle_bytes_never_reach_the_folder(tmp_path):
     save_checkpoint({"raw": payload, "buf": buf.getvalue()}, tmp_path / "ck")
     assert_no_pickle(tmp_path / "ck")  # the bytes are base64 in the JSON sidecar, not a file
     assert load_checkpoint(tmp_path / "ck")["raw"] == payload
+
+
+def test_tensor_flags_attributes_and_dict_subclasses(tmp_path):
+    p = torch.nn.Parameter(torch.ones(2))
+    p.tag = 3
+    a = torch.ones(3)
+    a.note = "kept"
+    tree = {"conj": torch.randn(3, dtype=torch.complex64).conj(), "neg": torch.randn(2, dtype=torch.complex64).conj().imag,
+            "attr": a, "param": p, "dd": collections.defaultdict(list, {"a": [1]}), "counter": collections.Counter("aab")}
+    saved, converted = save_and_convert(tree, tmp_path)
+    same_but_source(saved, converted)
+    ck = load_checkpoint(saved)
+    assert ck["conj"].is_conj() and ck["neg"].is_neg() and ck["attr"].note == "kept" and ck["param"].tag == 3
+    assert ck["dd"].qualname == "collections.defaultdict" and ck["dd"].dictitems == [("a", [1])]
+
+
+def test_views_of_one_storage_as_two_dtypes_are_refused_like_torch_save(tmp_path):
+    base = torch.zeros(4)
+    with pytest.raises(UnsupportedValue, match="same storage"):
+        save_checkpoint({"f": base, "i": base.view(torch.int32)}, tmp_path / "ck")
+    assert not (tmp_path / "ck").exists()
