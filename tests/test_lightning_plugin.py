@@ -46,10 +46,11 @@ def _trainer(epochs: int, callbacks: list, plugins: list) -> L.Trainer:
 
 
 def _fit(epochs: int, ckpt_dir: Path | None = None, ckpt_path: str | None = None, plugin: bool = True,
-         top_k: int = -1):
+         top_k: int = -1, save_last: bool = False):
     L.seed_everything(0, verbose=False)
     model = TinyModule()
-    callbacks = [ModelCheckpoint(dirpath=ckpt_dir, save_top_k=top_k, monitor="train_loss", mode="min")] if ckpt_dir else []
+    callbacks = [ModelCheckpoint(dirpath=ckpt_dir, save_top_k=top_k, monitor="train_loss", mode="min",
+                                 save_last=save_last)] if ckpt_dir else []
     trainer = _trainer(epochs, callbacks, [SafetensorsCheckpointIO()] if plugin else [])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -81,14 +82,15 @@ def _assert_same_training_state(a: L.Trainer, b: L.Trainer, model_a, model_b) ->
 def uninterrupted(tmp_path_factory):
     """4 epochs in one go, checkpointing every epoch with save_top_k=2."""
     ckpt_dir = tmp_path_factory.mktemp("full")
-    model, trainer = _fit(4, ckpt_dir, top_k=2)
+    model, trainer = _fit(4, ckpt_dir, top_k=2, save_last=True)
     return model, trainer, ckpt_dir
 
 
 def test_checkpoints_are_folders_without_pickles_and_top_k_removes_old_ones(uninterrupted):
     _, trainer, ckpt_dir = uninterrupted
     kept = sorted(p.name for p in ckpt_dir.iterdir())
-    assert len(kept) == 2 and all(n.endswith(".ckpt") for n in kept), kept  # epochs 0 and 1 were removed
+    assert kept == ["epoch=2-step=15.ckpt", "epoch=3-step=20.ckpt", "last.ckpt"], kept  # epochs 0, 1 removed
+    assert load_checkpoint(ckpt_dir / "last.ckpt")["global_step"] == 20  # replaced in place every epoch
     assert all((ckpt_dir / n).is_dir() and (ckpt_dir / n / "checkpoint.json").is_file() for n in kept)
     _assert_no_pickle(ckpt_dir)
     best = trainer.checkpoint_callback.best_model_path

@@ -168,3 +168,21 @@ def test_rerun_skips_framework_folders(runs):
     src, dst, _, _ = runs
     again = migrate(src, dst, jobs=1)
     assert {e["status"] for e in again.files.values()} == {"skipped"}
+
+
+def test_a_broken_pickle_fails_the_whole_folder_and_leaves_nothing(runs, tmp_path):
+    import shutil
+
+    from convert import ConvertError
+    from convert.migrate.frameworks import convert_framework_folder
+
+    src, _, _, _ = runs
+    broken = tmp_path / "checkpoint-2"
+    shutil.copytree(src / "bert" / "checkpoint-2", broken)
+    data = (broken / "scheduler.pt").read_bytes()
+    (broken / "scheduler.pt").write_bytes(data[: len(data) // 2])
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(ConvertError):
+        convert_framework_folder(broken, out / "checkpoint-2")
+    assert list(out.iterdir()) == []
