@@ -2,7 +2,9 @@
 
 The writer asks for the bytes when it writes the file; they come over in chunks of at most
 `chunk_bytes` through one pinned host buffer (for CUDA), so saving a model on the GPU never needs a
-host copy of the whole model, nor of one whole storage.
+host copy of the whole model, nor of one whole storage. The one exception is a strided (non-contiguous)
+view stored under a state-dict key, whose gather needs its storage on the host at once (`to_host`);
+state dicts and optimizer states hold contiguous tensors.
 """
 
 from __future__ import annotations
