@@ -139,3 +139,11 @@ def test_remove_leaves_foreign_folders_alone(tmp_path):
     with pytest.raises(ConvertError):
         SafetensorsCheckpointIO().save_checkpoint({"a": 1}, foreign)
     assert (foreign / "keep.txt").read_text() == "x"
+
+
+def test_ckpt_path_last_finds_the_last_folder(uninterrupted, tmp_path):
+    model_full, trainer_full, _ = uninterrupted
+    _fit(2, tmp_path / "ck", top_k=1, save_last=True)
+    assert (tmp_path / "ck" / "last.ckpt" / "checkpoint.json").is_file()
+    model, trainer = _fit(4, tmp_path / "ck", ckpt_path="last", top_k=1, save_last=True)
+    _assert_same_training_state(trainer_full, trainer, model_full, model)
