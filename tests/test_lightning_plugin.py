@@ -41,8 +41,10 @@ def _data() -> torch.utils.data.DataLoader:
 
 
 def _trainer(epochs: int, callbacks: list, plugins: list) -> L.Trainer:
+    # no ModelCheckpoint given: none at all (Lightning's default one would write into the working directory)
     return L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, deterministic=True, logger=False,
-                     enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks, plugins=plugins)
+                     enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks, plugins=plugins,
+                     enable_checkpointing=bool(callbacks))
 
 
 def _fit(epochs: int, ckpt_dir: Path | None = None, ckpt_path: str | None = None, plugin: bool = True,
