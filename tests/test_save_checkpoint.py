@@ -195,9 +195,8 @@ def test_whole_module_rng_states_and_plain_objects(tmp_path):
 
 def test_omegaconf_config_is_handled_as_convert_handles_it(tmp_path):
     """An omegaconf config is an object graph with parent links (cycles): save and convert agree on it."""
-    from omegaconf import OmegaConf
-
-    tree = {"cfg": OmegaConf.create({"a": 1, "b": {"c": [1, 2]}})}
+    omegaconf = pytest.importorskip("omegaconf")
+    tree = {"cfg": omegaconf.OmegaConf.create({"a": 1, "b": {"c": [1, 2]}})}
     outcomes = []
     for write in (lambda: save_checkpoint(tree, tmp_path / "saved"),
                   lambda: convert_checkpoint(save(tree, tmp_path / "src.pt", "zip"), tmp_path / "converted")):
