@@ -3,6 +3,7 @@
     >>> from convert import convert_checkpoint, load_checkpoint           # doctest: +SKIP
     >>> convert_checkpoint("old/checkpoint.pth", "new/checkpoint")         # doctest: +SKIP
     >>> ck = load_checkpoint("new/checkpoint", map_location="cpu")         # doctest: +SKIP
+    >>> save_checkpoint({"model": model.state_dict()}, "ckpts/step100")    # doctest: +SKIP
 """
 
 from ._version import __version__
@@ -11,6 +12,7 @@ from .compare import compare_trees
 from .errors import ConvertError, MalformedCheckpoint, OutputExists, UnsafeCheckpoint, UnsupportedValue
 from .load import load_checkpoint
 from .read.records import GlobalRef, ObjectRecord
+from .save import SaveReport, save_checkpoint
 
 __all__ = [
     "ConversionReport",
@@ -19,6 +21,7 @@ __all__ = [
     "MalformedCheckpoint",
     "ObjectRecord",
     "OutputExists",
+    "SaveReport",
     "ScanReport",
     "UnsafeCheckpoint",
     "UnsupportedValue",
@@ -27,6 +30,7 @@ __all__ = [
     "convert_checkpoint",
     "load_checkpoint",
     "read_checkpoint",
+    "save_checkpoint",
     "scan_checkpoint",
     "verify_checkpoint",
 ]

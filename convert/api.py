@@ -7,19 +7,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._version import __version__
 from .compare import compare_trees
 from .errors import ConvertError, OutputExists, UnsafeCheckpoint
 from .load import load_checkpoint, read_sidecar
+from .pipeline import file_source, provenance, write_checkpoint_folder
 from .read import Input, read_tree
 from .read.materialize import materialize
 from .read.vm import Finding
-from .schema import validate
-from .write.folder import write_folder
 from .write.plan import make_plan
-from .write.safetensors_io import kernel_copy_from
-from .write.shards import parse_size
-from .write.source_hash import PENDING_SHA256, BackgroundSha256, sha256_fd
+from .write.safetensors_io import KernelCopySource
+from .write.source_hash import BackgroundSha256, sha256_fd
 
 
 @dataclass
@@ -66,28 +63,17 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, overwr
     src, dst = Path(src), Path(dst)
     if dst.exists() and not overwrite:  # before reading a possibly large source (write_folder checks again)
         raise OutputExists(f"{dst} already exists; pass --overwrite (overwrite=True) to replace it")
-    with Input(src) as inp, BackgroundSha256(inp._file.fileno(), inp.size) as source_hash:
+    with Input(src) as inp, BackgroundSha256(inp._file.fileno(), inp.size) as hasher:
         result = read_tree(inp)
-        provenance = _provenance(src, inp, result, sha256=PENDING_SHA256)  # the real one is filled in below
-        plan = make_plan(result.root, provenance, max_shard_size=_shard_bytes(max_shard_size))
-        validate(plan.sidecar, "generated sidecar")  # a writer bug must never produce an unloadable folder
-        with kernel_copy_from(inp.buf, inp._file.fileno()):  # stored tensors: file-to-file, not through memory
-            write_folder(plan, dst, overwrite=overwrite,
-                         before_sidecar=lambda: provenance.update(sha256=source_hash.hexdigest()))
+        sidecar = write_checkpoint_folder(
+            result.root, dst, provenance=provenance(file_source(src.name, inp.size, result.format, result.protocol)),
+            overwrite=overwrite, max_shard_size=max_shard_size,
+            kernel_copy_source=KernelCopySource(inp.buf, inp._file.fileno()),  # stored tensors: file-to-file
+            source_hash=hasher.hexdigest)
         del result
-    sidecar = plan.sidecar
     return ConversionReport(src, dst, sidecar["source"]["format"], sidecar["files"], len(sidecar["tensors"]),
                             len(sidecar["arrays"]), sum(f["bytes"] for f in sidecar["files"].values()),
                             [m["class"] for m in sidecar["modules"]])
-
-
-def _shard_bytes(size: int | str | None) -> int | None:
-    if size is None:
-        return None
-    try:
-        return parse_size(size)
-    except ValueError as exc:
-        raise ConvertError(str(exc)) from None
 
 
 def plan_in_memory(src: str | os.PathLike) -> Any:
@@ -98,12 +84,9 @@ def plan_in_memory(src: str | os.PathLike) -> Any:
         return make_plan(result.root, _provenance(src, inp, result))
 
 
-def _provenance(src: Path, inp: Input, result: Any, sha256: str | None = None) -> dict:
-    return {
-        "converter": {"name": "ckpt-convert", "version": __version__},
-        "name": src.name, "size": inp.size, "sha256": sha256 or sha256_fd(inp._file.fileno(), inp.size),
-        "format": result.format, "pickle_protocol": result.protocol,
-    }
+def _provenance(src: Path, inp: Input, result: Any) -> dict:
+    return provenance(file_source(src.name, inp.size, result.format, result.protocol,
+                                  sha256_fd(inp._file.fileno(), inp.size)))
 
 
 def read_checkpoint(path: str | os.PathLike) -> Any:

@@ -26,9 +26,12 @@ class TreeRenderer:
     def render(self) -> str:
         sc = self.sidecar
         src = sc["source"]
-        self.lines += [f"source: {src['name']} ({src['format']}, pickle protocol {src['pickle_protocol']}, "
-                       f"{human_bytes(src['size'])}, sha256 {src['sha256'][:16]}…)",
-                       f"converted by {sc['converter']['name']} {sc['converter']['version']}", "files:"]
+        if src["format"] == "live":  # written by save_checkpoint: no source file
+            self.lines.append(f"source: live objects saved with save_checkpoint (torch {src.get('torch', '?')})")
+        else:
+            self.lines.append(f"source: {src['name']} ({src['format']}, pickle protocol {src['pickle_protocol']}, "
+                              f"{human_bytes(src['size'])}, sha256 {src['sha256'][:16]}…)")
+        self.lines += [f"converted by {sc['converter']['name']} {sc['converter']['version']}", "files:"]
         for name, info in sc["files"].items():
             self.lines.append(f"  {name}: {info['tensors']} tensors, {human_bytes(info['bytes'])}")
         for module in sc["modules"]:

@@ -29,6 +29,10 @@ def _fingerprint(job: Job) -> tuple[int, int]:
     if job.kind == "file":
         st = job.source.stat()
         return st.st_size, st.st_mtime_ns
+    if job.kind == "framework":
+        from .frameworks import fingerprint
+
+        return fingerprint(job.source)
     from .hf import INDEX, hf_checkpoint_files
 
     paths = [*hf_checkpoint_files(job.source), *([job.source / INDEX] if (job.source / INDEX).exists() else [])]

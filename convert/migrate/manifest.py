@@ -35,7 +35,10 @@ class Manifest:
             return None
         if entry.get("size") != size or entry.get("mtime_ns") != mtime_ns:
             return None
-        if not (dst / entry["output"] / "checkpoint.json").is_file():
+        # a framework folder (frameworks.py) is renamed into place whole: its existence means complete
+        complete = (dst / entry["output"]).is_dir() if entry.get("kind") == "framework" else \
+            (dst / entry["output"] / "checkpoint.json").is_file()
+        if not complete:
             return None
         return entry
 

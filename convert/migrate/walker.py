@@ -11,6 +11,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .frameworks import fingerprint, framework_of
 from .hf import hf_checkpoint_files, is_hf_folder
 
 CHECKPOINT_SUFFIXES = frozenset({".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt", ".tar", ".model", ".pk"})
@@ -18,7 +19,7 @@ CHECKPOINT_SUFFIXES = frozenset({".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckp
 
 @dataclass(frozen=True)
 class Job:
-    kind: str  # "file" or "hf"
+    kind: str  # "file", "hf" or "framework" (a Trainer/Accelerate checkpoint folder: frameworks.py)
     source: Path
     rel: str  # source path relative to the migration root (posix)
     output_rel: str  # output folder relative to the destination root (posix)
@@ -60,6 +61,10 @@ def find_jobs(src: Path, skip: Path | None = None) -> tuple[list[Job], int]:
                          and os.path.realpath(folder / d) != skip_real and not d.startswith(".ckpt-convert"))
         rel_folder = folder.relative_to(src).as_posix()
         taken: set[str] = set()
+        if framework_of(folder, names):  # converted as one unit, its safe files copied
+            jobs.append(Job("framework", folder, rel_folder, rel_folder if rel_folder != "." else
+                            folder.resolve().name or "checkpoint", fingerprint(folder)[0]))
+            continue
         if is_hf_folder(folder):
             weights = {p.name for p in hf_checkpoint_files(folder)} | {"pytorch_model.bin.index.json"}
             size = sum((folder / n).stat().st_size for n in weights if (folder / n).is_file())

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..api import convert_checkpoint, scan_checkpoint, verify_checkpoint
 from ..errors import ConvertError, UnsafeCheckpoint
+from .frameworks import convert_framework_folder, folder_files, verify_framework_folder
 from .hf import convert_hf_folder, hf_checkpoint_files, verify_hf_folder
 from .walker import Job
 
@@ -20,7 +21,10 @@ def run_job(job: Job, dst_root: str, max_shard_size: str | None = None) -> dict[
     out = Path(dst_root) / job.output_rel
     entry: dict[str, Any] = {"kind": job.kind, "output": job.output_rel, "bytes": job.size}
     try:
-        if job.kind == "hf":
+        if job.kind == "framework":
+            entry["sha256"] = convert_framework_folder(job.source, out, overwrite=True)["sha256"]
+            diffs = verify_framework_folder(job.source, out)
+        elif job.kind == "hf":
             sidecar = convert_hf_folder(job.source, out, overwrite=True)
             entry["sha256"] = sidecar["source"]["sha256"]
             diffs = verify_hf_folder(job.source, out)
@@ -48,7 +52,8 @@ def scan_job(job: Job) -> dict[str, Any]:
     """The scan counterpart: what the file would import or call, nothing written."""
     warnings.simplefilter("ignore")
     entry: dict[str, Any] = {"kind": job.kind, "bytes": job.size}
-    paths = [job.source] if job.kind == "file" else hf_checkpoint_files(job.source)
+    paths = ([job.source] if job.kind == "file" else folder_files(job.source)[0] if job.kind == "framework"
+             else hf_checkpoint_files(job.source))
     findings: list[str] = []
     try:
         for path in paths:

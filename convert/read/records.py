@@ -73,6 +73,9 @@ class StorageRef:
         """The storage's bytes, zero-copy. Release the view (`with`) before the input is closed."""
         if self.buffer is None:
             raise ValueError(f"storage {self.key!r} has no data")
+        to_host = getattr(self.buffer, "to_host", None)
+        if to_host is not None:  # a live device storage (save_checkpoint, write/chunked.py): copied for a gather
+            return to_host(self.offset, self.nbytes)
         return memoryview(self.buffer)[self.offset:self.offset + self.nbytes]
 
 

@@ -369,13 +369,7 @@ class PickleVM:
         target.update(items)
 
     def _append(self, items: list[Any]) -> None:
-        target = self._top()
-        if type(target) is list:
-            target.extend(items)
-        elif isinstance(target, ObjectRecord):
-            target.listitems.extend(items)
-        else:
-            raise MalformedCheckpoint(f"APPEND on a {type(target).__name__}")
+        append_items(self._top(), items)
 
     def op_APPEND(self) -> None:
         self._append([self._pop()])
@@ -386,15 +380,7 @@ class PickleVM:
     def _setitems(self, items: list[Any]) -> None:
         if len(items) % 2:
             raise MalformedCheckpoint("SETITEMS with an odd number of items")
-        target = self._top()
-        pairs = zip(items[::2], items[1::2])
-        if type(target) in (dict, collections.OrderedDict):
-            for key, value in pairs:
-                target[key] = value
-        elif isinstance(target, ObjectRecord):
-            target.dictitems.extend(pairs)
-        else:
-            raise MalformedCheckpoint(f"SETITEM on a {type(target).__name__}")
+        set_items(self._top(), list(zip(items[::2], items[1::2])))
 
     def op_SETITEM(self) -> None:
         value = self._pop()
@@ -489,19 +475,7 @@ class PickleVM:
 
     def op_BUILD(self) -> None:
         state = self._pop()
-        target = self._top()
-        if isinstance(target, ObjectRecord):
-            target.state = state if target.state is None else (target.state, state)
-        elif isinstance(target, NdArrayRef):
-            build_ndarray(target, state)
-        elif isinstance(target, NpDType):
-            build_npdtype(target, state)
-        elif type(target) is collections.OrderedDict:
-            _set_attributes(target, state)
-        elif isinstance(target, TensorRef) and isinstance(state, dict):
-            target.attrs.update(allowlist._tensor_attrs(state))
-        else:
-            raise MalformedCheckpoint(f"BUILD on a {type(target).__name__}")
+        build(self._top(), state)
 
     def _ext(self, code: int) -> None:
         self.findings.append(Finding(f"copyreg extension code {code}",
@@ -527,6 +501,46 @@ class PickleVM:
 
     def op_BINPERSID(self) -> None:
         self._persistent(self._pop())
+
+
+# What APPEND(S), SETITEM(S) and BUILD do to the value they apply to; also used by save_checkpoint,
+# which records live objects exactly as this VM records their pickles.
+
+def append_items(target: Any, items: list[Any]) -> None:
+    """APPEND(S): items of a list, or of a list subclass recorded as an ObjectRecord."""
+    if type(target) is list:
+        target.extend(items)
+    elif isinstance(target, ObjectRecord):
+        target.listitems.extend(items)
+    else:
+        raise MalformedCheckpoint(f"APPEND on a {type(target).__name__}")
+
+
+def set_items(target: Any, pairs: list[tuple[Any, Any]]) -> None:
+    """SETITEM(S): items of a dict, or of a dict subclass recorded as an ObjectRecord."""
+    if type(target) in (dict, collections.OrderedDict):
+        for key, value in pairs:
+            target[key] = value
+    elif isinstance(target, ObjectRecord):
+        target.dictitems.extend(pairs)
+    else:
+        raise MalformedCheckpoint(f"SETITEM on a {type(target).__name__}")
+
+
+def build(target: Any, state: Any) -> None:
+    """BUILD: `state` applied to the object just made (recorded, never passed to a __setstate__)."""
+    if isinstance(target, ObjectRecord):
+        target.state = state if target.state is None else (target.state, state)
+    elif isinstance(target, NdArrayRef):
+        build_ndarray(target, state)
+    elif isinstance(target, NpDType):
+        build_npdtype(target, state)
+    elif type(target) is collections.OrderedDict:
+        _set_attributes(target, state)
+    elif isinstance(target, TensorRef) and isinstance(state, dict):
+        target.attrs.update(allowlist._tensor_attrs(state))
+    else:
+        raise MalformedCheckpoint(f"BUILD on a {type(target).__name__}")
 
 
 def _set_attributes(target: collections.OrderedDict, state: Any) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..errors import ConvertError, OutputExists
 from ..schema import SIDECAR_NAME
 from .plan import Plan
-from .safetensors_io import write_safetensors
+from .safetensors_io import KernelCopySource, write_safetensors
 
 PT_METADATA = {"format": "pt"}
 
@@ -26,11 +26,13 @@ def sidecar_bytes(sidecar: dict) -> bytes:
 
 
 def write_folder(plan: Plan, dst: Path, *, overwrite: bool = False, copy_files: list[Path] = (),
-                 before_sidecar: Callable[[], None] | None = None) -> None:
+                 before_sidecar: Callable[[], None] | None = None,
+                 kernel_copy_source: KernelCopySource | None = None) -> None:
     """Write `plan` (and copies of `copy_files`, e.g. a model's config.json) as the folder `dst`.
 
     `before_sidecar` runs after the data files are written and before checkpoint.json is (the
-    source hash, computed meanwhile on a thread, is filled in there).
+    source hash, computed meanwhile on a thread, is filled in there). `kernel_copy_source` is the
+    input file the plan's entry sources point into, if any (their bytes are copied in the kernel).
     """
     if dst.exists() and not overwrite:
         raise OutputExists(f"{dst} already exists; pass --overwrite (overwrite=True) to replace it")
@@ -46,7 +48,7 @@ def write_folder(plan: Plan, dst: Path, *, overwrite: bool = False, copy_files: 
             tmp.mkdir()
         for name, entries in plan.files.items():
             with open(tmp / name, "wb") as out:
-                write_safetensors(out, entries, PT_METADATA)
+                write_safetensors(out, entries, PT_METADATA, kernel_copy_source=kernel_copy_source)
         for name, data in plan.indexes.items():
             (tmp / name).write_bytes(data)
         for path in copy_files:

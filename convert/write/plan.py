@@ -60,7 +60,7 @@ class Entry:
     nbytes: int
     data: Callable[[], Any]
     # (buffer, byte offset) when the bytes are buffer[offset:offset + nbytes] of the input as they are:
-    # the writer can then copy them file-to-file in the kernel (see safetensors_io.kernel_copy_from).
+    # the writer can then copy them file-to-file in the kernel (see safetensors_io.KernelCopySource).
     source: tuple[Any, int] | None = None
 
 

@@ -4,9 +4,11 @@ Entries are laid out widest dtype first (as safetensors itself does) so every te
 a multiple of its element size (complex128 pairs on 16); the header is padded with spaces to 16 bytes.
 
 Memory stays flat whatever the checkpoint size: an entry whose bytes sit as they are in an input
-registered with `kernel_copy_from` is copied file-to-file by the kernel (copy_file_range, else
-sendfile), never entering this process; other entries come from `entry.data()` (one tensor at a
-time) and pages of the input mapping touched on the way are handed back with MADV_DONTNEED.
+passed as `kernel_copy_source` is copied file-to-file by the kernel (copy_file_range, else
+sendfile), never entering this process; an entry whose source is a `ChunkedSource` (a live CUDA
+storage) is staged through its bounded host buffer chunk by chunk; other entries come from
+`entry.data()` (one tensor at a time) and pages of the input mapping touched on the way are handed
+back with MADV_DONTNEED.
 """
 
 from __future__ import annotations
@@ -16,31 +18,29 @@ import errno
 import json
 import mmap
 import os
-from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from ..dtypes import ITEMSIZE_BY_CODE
 from ..errors import ConvertError
+from .chunked import ChunkedSource
 from .plan import Entry
 
 CHUNK = 32 << 20  # bytes per write() from the input mapping: bounds the pages of it held at once
 KERNEL_CHUNK = 1 << 30  # bytes per copy_file_range/sendfile: small calls cost far more than their bytes
 _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF, errno.EPERM, errno.ETXTBSY}
 
-_sources: dict[int, tuple[Any, int]] = {}  # id(input buffer) → (buffer, fd), while a conversion writes
 
 
-@contextlib.contextmanager
-def kernel_copy_from(buffer: Any, fd: int) -> Iterator[None]:
-    """While active, entries whose `source` is `buffer` are copied from the file `fd` in the kernel.
+@dataclass(frozen=True)
+class KernelCopySource:
+    """The input file that `Entry.source` offsets refer to: `buffer` is a mapping of the whole file `fd`.
 
-    `buffer` must be a mapping of the whole file `fd` (offsets in `Entry.source` are file offsets).
+    Entries whose `source` buffer is this `buffer` are copied from `fd` in the kernel.
     """
-    _sources[id(buffer)] = (buffer, fd)
-    try:
-        yield
-    finally:
-        _sources.pop(id(buffer), None)
+
+    buffer: Any
+    fd: int
 
 
 def layout(entries: list[Entry]) -> list[Entry]:
@@ -61,8 +61,16 @@ def header_bytes(entries: list[Entry], metadata: dict[str, str]) -> bytes:
     return len(raw).to_bytes(8, "little") + raw
 
 
-def write_safetensors(out: BinaryIO, entries: list[Entry], metadata: dict[str, str]) -> None:
-    """Write `entries` as one safetensors file to the open binary file `out` (left positioned at its end)."""
+def write_safetensors(out: BinaryIO, entries: list[Entry], metadata: dict[str, str], *,
+                      kernel_copy_source: KernelCopySource | None = None) -> None:
+    """Write `entries` as one safetensors file to the open binary file `out` (left positioned at its end).
+
+    Args:
+        out: the file being written.
+        entries: what goes in it, in plan order (laid out widest dtype first).
+        metadata: the header's `__metadata__`.
+        kernel_copy_source: the input file, if entries refer to it: their bytes are copied in the kernel.
+    """
     ordered = layout(entries)
     out.write(header_bytes(ordered, metadata))
     out.flush()  # from here on everything goes to the descriptor directly
@@ -70,9 +78,10 @@ def write_safetensors(out: BinaryIO, entries: list[Entry], metadata: dict[str, s
     for entry in ordered:
         if entry.nbytes and entry.source is not None:
             buffer, offset = entry.source
-            registered = _sources.get(id(buffer))
-            if registered is not None and registered[0] is buffer:
-                _copy_file_range(registered[1], offset, fd, entry.nbytes)
+            if kernel_copy_source is not None and buffer is kernel_copy_source.buffer:
+                _copy_file_range(kernel_copy_source.fd, offset, fd, entry.nbytes)
+            elif isinstance(buffer, ChunkedSource):
+                _write_chunks(fd, buffer, offset, entry.nbytes)
             else:
                 _write_mapped(fd, buffer, offset, entry.nbytes)
             continue
@@ -84,7 +93,8 @@ def write_safetensors(out: BinaryIO, entries: list[Entry], metadata: dict[str, s
         finally:
             if isinstance(data, memoryview):
                 data.release()
-        _release_inputs()  # a strided gather may have read a whole storage through the mapping
+        if kernel_copy_source is not None:  # a strided gather may have read a whole storage through the mapping
+            _drop_pages(kernel_copy_source.buffer, 0, len(kernel_copy_source.buffer))
 
 
 def _write_all(fd: int, data: Any) -> None:
@@ -116,9 +126,13 @@ def _drop_pages(buffer: Any, start: int, end: int) -> None:
             buffer.madvise(mmap.MADV_DONTNEED, first, min(end, len(buffer)) - first)
 
 
-def _release_inputs() -> None:
-    for buffer, _ in list(_sources.values()):
-        _drop_pages(buffer, 0, len(buffer))
+def _write_chunks(fd: int, source: ChunkedSource, offset: int, nbytes: int) -> None:
+    written = 0
+    for chunk in source.chunks(offset, nbytes):
+        _write_all(fd, chunk)
+        written += len(memoryview(chunk).cast("B"))
+    if written != nbytes:  # a staging bug, never input-dependent: fail loudly
+        raise AssertionError(f"staged {written} bytes, planned {nbytes}")
 
 
 def _copy_file_range(src: int, offset: int, dst: int, nbytes: int) -> None:
