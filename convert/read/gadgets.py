@@ -66,7 +66,7 @@ _MODULES: dict[str, str] = {
         "importlib", "pkgutil", "code", "codeop", "timeit", "cProfile", "profile", "pdb", "bdb", "pydoc", "idlelib",
         "runpy", "operator", "_operator", "functools", "copyreg", "copy_reg", "inspect", "dis", "ast", "compileall",
         "zipimport", "imp", "_imp", "_frozen_importlib", "_frozen_importlib_external", "builtins.__loader__",
-        "__builtin__", "trace", "doctest", "rlcompleter", "ensurepip", "venv", "pip", "setuptools", "distutils",
+        "__builtin__", "trace", "doctest", "rlcompleter", "ensurepip", "pip", "setuptools", "distutils",
         "site", "lib2to3", "test", "_pyrepl", "_aix_support", "_osx_support", "logging.config", "atexit",
         "torch.hub", "torch.jit", "torch.package", "torch.utils.collect_env", "torch._inductor", "torch._dynamo",
         "torch.fx", "torch.cuda._utils", "torch.utils.cpp_extension", "torch.testing", "torch._ops", "torch.library",
@@ -84,7 +84,7 @@ _MODULES: dict[str, str] = {
     ), PROCESS),
     **dict.fromkeys((
         "posixpath", "ntpath", "shutil", "tempfile", "glob", "io", "_io", "fileinput", "linecache", "tarfile",
-        "zipfile", "dbm", "sqlite3", "logging.handlers", "torch.distributed.checkpoint.filesystem",
+        "zipfile", "dbm", "sqlite3", "logging.handlers", "venv", "torch.distributed.checkpoint.filesystem",
         "torch.distributed.checkpoint.state_dict_saver", "torch.distributed.checkpoint.format_utils",
     ), FILE),
     **dict.fromkeys((

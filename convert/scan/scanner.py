@@ -49,6 +49,7 @@ class ScanFinding:
     offset: int | None = None  # byte offset of the opcode in the pickle stream
     file_offset: int | None = None  # byte offset in the file (None where the stream was decompressed)
     opcode: str | None = None
+    length: int | None = None  # bytes of the opcode (with its text operands) at `offset`
 
     @property
     def where(self) -> str:
@@ -60,7 +61,8 @@ class ScanFinding:
 
     def to_json(self) -> dict[str, Any]:
         return {"global": self.name, "category": self.category, "verdict": self.verdict, "reason": self.reason,
-                "member": self.member, "offset": self.offset, "file_offset": self.file_offset, "opcode": self.opcode}
+                "member": self.member, "offset": self.offset, "file_offset": self.file_offset, "length": self.length,
+                "opcode": self.opcode}
 
 
 @dataclass
@@ -201,7 +203,17 @@ def _add_findings(report: ScanReport, stream: Stream, uses: list[GlobalUse], nam
             continue
         file_offset = None if stream.base is None else stream.base + use.offset
         report.findings.append(ScanFinding(qual, category, verdict, REASONS[category], stream.member, use.offset,
-                                           file_offset, use.opcode))
+                                           file_offset, use.opcode, _opcode_length(use)))
+
+
+_FIXED_LENGTHS = {"STACK_GLOBAL": 1, "EXT1": 2, "EXT2": 3, "EXT4": 5}
+
+
+def _opcode_length(use: GlobalUse) -> int:
+    """GLOBAL/INST carry "module\\nname\\n" after the opcode byte; the others have fixed sizes."""
+    if use.opcode in _FIXED_LENGTHS:
+        return _FIXED_LENGTHS[use.opcode]
+    return 3 + len(use.module.encode("utf-8", "surrogatepass")) + len(use.name.encode("utf-8", "surrogatepass"))
 
 
 __all__ = ["ScanFinding", "ScanReport", "Sources", "scan_file"]
