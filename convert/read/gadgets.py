@@ -121,11 +121,14 @@ _MEMBERS: dict[str, str] = {
     ), FILE),
     **dict.fromkeys((
         "builtins.input", "builtins.exit", "builtins.quit", "builtins.print", "logging.StreamHandler", "torch.utils.data",
+    ), PROCESS),
+    # uuid's helpers that run ifconfig/ip/arp/netstat with arguments (picklescan denies all of uuid: see the audit test)
+    **dict.fromkeys((
         "uuid._get_command_stdout", "uuid._popen", "uuid._find_mac", "uuid._ifconfig_getnode", "uuid._ip_getnode",
         "uuid._arp_getnode", "uuid._netstat_getnode", "uuid._lanscan_getnode", "uuid._unix_getnode",
         "uuid._windll_getnode", "uuid._netbios_getnode", "uuid._random_getnode", "uuid._load_system_functions",
         "uuid.getnode", "uuid._find_mac_near_keyword", "uuid._find_mac_under_heading",
-    ), PROCESS),
+    ), EXEC),
     **dict.fromkeys((
         "torch.distributed.init_process_group", "torch.distributed.new_group", "torch.distributed.TCPStore",
         "torch.distributed.rendezvous", "torch.distributed.send", "torch.distributed.recv", "torch.distributed.isend",

@@ -187,7 +187,8 @@ class _Builder:
                                                           pk.text(self.canary("uuid_get_command_stdout"))),
                     "uuid._get_command_stdout")
         run_string = pk.sglob("ctypes", "pythonapi.PyRun_SimpleString")
-        self.pickle("ctypes_pythonapi", c, pk.call(run_string, pk.raw_bytes(py("ctypes_pythonapi").encode())), "ctypes")
+        self.pickle("ctypes_pythonapi", c, pk.call(run_string, pk.raw_bytes(py("ctypes_pythonapi").encode())), "ctypes",
+                    attack="process")  # native calls into the interpreter
         code = marshal.dumps(compile(py("marshal_loads"), "<x>", "exec"))
         func = pk.call(pk.glob("types", "FunctionType"), pk.call(pk.glob("marshal", "loads"), pk.raw_bytes(code)), pk.dct())
         self.pickle("marshal_loads", c, pk.call(func), "marshal.loads", attack="nested-loader")
