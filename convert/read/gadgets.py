@@ -127,7 +127,7 @@ _MEMBERS: dict[str, str] = {
         "uuid._get_command_stdout", "uuid._popen", "uuid._find_mac", "uuid._ifconfig_getnode", "uuid._ip_getnode",
         "uuid._arp_getnode", "uuid._netstat_getnode", "uuid._lanscan_getnode", "uuid._unix_getnode",
         "uuid._windll_getnode", "uuid._netbios_getnode", "uuid._random_getnode", "uuid._load_system_functions",
-        "uuid.getnode", "uuid._find_mac_near_keyword", "uuid._find_mac_under_heading",
+        "uuid.getnode", "uuid._find_mac_near_keyword", "uuid._find_mac_under_heading", "uuid.uuid1",
     ), EXEC),
     **dict.fromkeys((
         "torch.distributed.init_process_group", "torch.distributed.new_group", "torch.distributed.TCPStore",

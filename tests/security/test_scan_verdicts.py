@@ -190,31 +190,42 @@ def test_json_has_one_object_per_file_with_its_findings(malicious, legit):
     assert doc["exit_code"] == 1
 
 
-def test_cli_exit_codes_and_fail_on(malicious, legit, tmp_path):
+def cli(capsys: pytest.CaptureFixture, *args: object) -> tuple[int, str, str]:
+    """The real command line, in-process (a subprocess per call costs seconds of torch import)."""
+    from convert.cli import main
+
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_exit_codes_and_fail_on(malicious, legit, tmp_path, capsys):
     whole = next(s.path for s in legit if s.name == "whole_model")
     bare = next(s.path for s in legit if s.name == "bare_state_dict")
     evil = next(s.path for s in malicious if s.name == "gzip_open_write")
     bomb = next(s.path for s in malicious if s.name == "zip_bomb_declared_terabyte")
-    assert run_cli("scan", bare).returncode == 0
-    proc = run_cli("scan", whole)
-    assert proc.returncode == 0 and "SUSPICIOUS" in proc.stdout and "TinyNet" in proc.stdout
-    assert run_cli("scan", "--fail-on", "suspicious", whole).returncode == 1
-    proc = run_cli("scan", evil)
-    assert proc.returncode == 1 and "gzip.open" in proc.stdout and "[file]" in proc.stdout, proc.stdout
-    proc = run_cli("scan", bomb)
-    assert proc.returncode == 2 and "UNREADABLE" in proc.stdout and "Traceback" not in proc.stderr
-    assert run_cli("scan", bomb, evil).returncode == 1  # unsafe outranks unreadable
-    out = tmp_path / "report.sarif"
-    proc = run_cli("scan", "--format", "sarif", "-o", out, evil, whole)
-    assert proc.returncode == 1 and proc.stdout == ""
-    assert {r["level"] for r in json.loads(out.read_text())["runs"][0]["results"]} == {"error", "warning"}
-    proc = run_cli("scan", "--format", "json", bare, whole)
-    assert proc.returncode == 0 and [f["verdict"] for f in json.loads(proc.stdout)["files"]] == [SAFE, SUSPICIOUS]
-    proc = run_cli("scan", tmp_path / "missing.pt")
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert cli(capsys, "scan", bare)[0] == 0
+    code, out, _ = cli(capsys, "scan", whole)
+    assert code == 0 and "SUSPICIOUS" in out and "TinyNet" in out
+    assert cli(capsys, "scan", "--fail-on", "suspicious", whole)[0] == 1
+    code, out, _ = cli(capsys, "scan", evil)
+    assert code == 1 and "gzip.open" in out and "[file]" in out, out
+    code, out, err = cli(capsys, "scan", bomb)
+    assert code == 2 and "UNREADABLE" in out and "Traceback" not in err
+    assert cli(capsys, "scan", bomb, evil)[0] == 1  # unsafe outranks unreadable
+    out_file = tmp_path / "report.sarif"
+    code, out, _ = cli(capsys, "scan", "--format", "sarif", "-o", out_file, evil, whole)
+    assert code == 1 and out == ""
+    assert {r["level"] for r in json.loads(out_file.read_text())["runs"][0]["results"]} == {"error", "warning"}
+    code, out, _ = cli(capsys, "scan", "--format", "json", bare, whole)
+    assert code == 0 and [f["verdict"] for f in json.loads(out)["files"]] == [SAFE, SUSPICIOUS]
+    code, _, err = cli(capsys, "scan", tmp_path / "missing.pt")
+    assert code == 2 and err.count("\n") == 1
+    proc = run_cli("scan", evil)  # and once as a real process: stdout, exit status
+    assert proc.returncode == 1 and "unsafe [file] gzip.open" in proc.stdout, proc.stdout + proc.stderr
 
 
-def test_scan_folder_in_parallel_with_summary(malicious, legit, tmp_path):
+def test_scan_folder_in_parallel_with_summary(malicious, legit, tmp_path, capsys):
     folder = tmp_path / "zoo"
     folder.mkdir()
     for s in legit:
@@ -223,11 +234,11 @@ def test_scan_folder_in_parallel_with_summary(malicious, legit, tmp_path):
         if s.name in ("os_system", "socket_bind", "huge_memo_index"):
             os.link(s.path, folder / s.path.name)
     (folder / "README.md").write_text("not a checkpoint\n")
-    proc = run_cli("scan", "-j", "2", "--format", "json", folder)
-    doc = json.loads(proc.stdout)
-    assert proc.returncode == 1, proc.stderr
+    code, out, err = cli(capsys, "scan", "-j", "2", "--format", "json", folder)  # >= 8 files: a pool of 2 workers
+    doc = json.loads(out)
+    assert code == 1, err
     assert doc["summary"] == {"files": len(legit) + 3, "safe": len(legit) - 3, "suspicious": 3, "unsafe": 2,
                               "unreadable": 1, "skipped": 0}
-    proc = run_cli("scan", "-j", "2", folder)
-    assert proc.stdout.strip().splitlines()[-1] == (f"scanned {len(legit) + 3} files: {len(legit) - 3} safe, "
-                                                    "3 suspicious, 2 unsafe, 1 unreadable")
+    code, out, _ = cli(capsys, "scan", "-j", "1", folder)
+    assert out.strip().splitlines()[-1] == (f"scanned {len(legit) + 3} files: {len(legit) - 3} safe, "
+                                            "3 suspicious, 2 unsafe, 1 unreadable")
