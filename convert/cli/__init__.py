@@ -20,7 +20,8 @@ DESCRIPTION = """\
 Convert pickled PyTorch checkpoints (torch.save zip or legacy files, plain pickles) to
 safetensors + a JSON sidecar without executing them, and load them back.
 
-exit codes: 0 success, 1 refused as unsafe, 2 bad input or usage, 3 verify found differences"""
+exit codes: 0 success, 1 refused as unsafe, 2 bad input or usage, 3 verify found differences
+(scan: 0 safe or suspicious, 1 unsafe, 2 unreadable)"""
 
 
 def build_parser() -> argparse.ArgumentParser:

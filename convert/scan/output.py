@@ -71,7 +71,8 @@ def render_text(report: ScanReport, verbose: bool = False) -> str:
 def render_summary(reports: list[ScanReport], skipped: int = 0) -> str:
     s = summary(reports, skipped)
     tail = f", {s['skipped']} skipped (not checkpoints)" if s["skipped"] else ""
-    return (f"scanned {s['files']} files: {s['safe']} safe, {s['suspicious']} suspicious, {s['unsafe']} unsafe, "
+    files = "1 file" if s["files"] == 1 else f"{s['files']} files"
+    return (f"scanned {files}: {s['safe']} safe, {s['suspicious']} suspicious, {s['unsafe']} unsafe, "
             f"{s['unreadable']} unreadable{tail}")
 
 
