@@ -200,7 +200,7 @@ def run(work: Path) -> dict:
 def table(report: dict) -> str:
     """One row per tool: caught / missed / crashed over the malicious corpus, refusals of legitimate files."""
     n_mal, n_leg, live = len(report["malicious"]), len(report["legit"]), set(report["live"])
-    lines = [f"| tool | malicious caught (of {n_mal}) | missed | crashed | of which code-execution caught (of {len(live)}) "
+    lines = [f"| tool | malicious caught (of {n_mal}) | missed | crashed | of which live payloads caught (of {len(live)}) "
              f"| payload executed | legitimate wrongly refused (of {n_leg}) |", "|---|---|---|---|---|---|---|"]
     for name, row in report["tools"].items():
         verdicts = list(row["malicious"].values())
