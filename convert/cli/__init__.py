@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the least verdict that exits 1 (default unsafe)")
     p.add_argument("--jobs", "-j", type=int, default=None, help="worker processes for many files (default: cores)")
     p.add_argument("--skip-non-checkpoints", action="store_true",
-                   help="pass over files whose name and first bytes are no checkpoint's (for pre-commit by content)")
+                   help="pass over given files whose first bytes are no checkpoint's, whatever their name (for the "
+                   "by-content pre-commit hook)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar; text: only unsafe/suspicious/unreadable files")
     p.add_argument("--verbose", "-v", action="store_true", help="text: list every global, not only the findings")
     p.set_defaults(run=commands.scan)

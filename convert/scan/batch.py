@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .scanner import ScanReport, scan_file
+from .sources import looks_like_checkpoint
 
 POOL_THRESHOLD = 8  # fewer files than this are scanned in-process: a pool's start-up costs more
 
@@ -33,14 +34,14 @@ def select(paths: list[str | os.PathLike], *, skip_non_checkpoints: bool = False
 
     Args:
         paths: files and folders from the command line.
-        skip_non_checkpoints: leave out given files whose name and first bytes are no checkpoint's
-            (pre-commit's by-content hook passes every binary file).
+        skip_non_checkpoints: leave out given files whose first bytes are no checkpoint's, whatever their
+            name (pre-commit's by-content hook passes every binary file).
 
     Returns:
         A Selection.
     """
     from ..migrate.hf import hf_checkpoint_files
-    from ..migrate.walker import find_jobs, looks_like_checkpoint
+    from ..migrate.walker import find_jobs
 
     out = Selection()
     for raw in paths:

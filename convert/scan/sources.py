@@ -60,6 +60,29 @@ def open_sources(buf: Any, file: Any) -> Sources:
     return Sources("pickle", [Stream(_reader(buf), None, 0, carve=not _starts_like_pickle(head))])
 
 
+def looks_like_checkpoint(path: Any) -> bool:
+    """By content only: a zip with a `.pkl` member, or a binary pickle (PROTO 0..5), legacy torch files included.
+
+    Args:
+        path: a file path.
+
+    Returns:
+        False for anything else, and for files that cannot be opened (the by-content pre-commit hook passes
+        every binary file: images, archives and weights in other formats are not our business).
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+            if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+                try:
+                    return any(n.endswith(".pkl") for n in zipfile.ZipFile(f).namelist())
+                except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError):
+                    return True  # a broken zip named by content as ours: scan it (and report it unreadable)
+    except OSError:
+        return False
+    return len(head) >= 2 and head[0] == 0x80 and head[1] <= 5
+
+
 def _starts_like_pickle(head: bytes) -> bool:
     if len(head) >= 2 and head[0] == 0x80:
         return head[1] <= 5

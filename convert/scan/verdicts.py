@@ -36,7 +36,7 @@ REASONS: dict[str, str] = {
 def _allowlisted() -> frozenset[str]:
     storage = {f"{module}.{name}" for module in STORAGE_MODULES for name in (*STORAGE_DTYPES, *QUANTIZED_STORAGES)}
     return frozenset({*allowlist.RECONSTRUCTORS, *allowlist.VALUE_GLOBALS, *allowlist.TENSOR_TYPES, *storage,
-                      "numpy.ndarray", "torch.storage.TypedStorage", "torch.storage.UntypedStorage"})
+                      "numpy.ndarray"})
 
 
 ALLOWLISTED: frozenset[str] = _allowlisted()

@@ -80,3 +80,20 @@ def test_not_a_regular_file_is_unreadable(tmp_path):
     empty = tmp_path / "empty.pt"
     empty.write_bytes(b"")
     assert scan_file(empty).verdict == "unreadable"
+
+
+def test_selection_by_content_for_the_pre_commit_hook(tmp_path):
+    from convert.scan.batch import select
+
+    (tmp_path / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    (tmp_path / "firmware.bin").write_bytes(bytes(range(256)) * 4)  # named like a checkpoint, but is none
+    (tmp_path / "weights.data").write_bytes(pickle.dumps({"w": 1}, protocol=4))
+    with zipfile.ZipFile(tmp_path / "other.zip", "w") as zf:
+        zf.writestr("readme.txt", "no pickle here")
+    with zipfile.ZipFile(tmp_path / "model.zip", "w") as zf:
+        zf.writestr("archive/data.pkl", pickle.dumps({"w": 1}, protocol=2))
+    names = ["logo.png", "firmware.bin", "weights.data", "other.zip", "model.zip"]
+    picked = select([tmp_path / n for n in names], skip_non_checkpoints=True)
+    assert [p.name for p in picked.files] == ["weights.data", "model.zip"]
+    assert [p.name for p in picked.skipped] == ["logo.png", "firmware.bin", "other.zip"]
+    assert len(select([tmp_path / n for n in names]).files) == 5  # without the flag every given file is scanned
