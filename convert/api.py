@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .compare import compare_trees
-from .errors import ConvertError, OutputExists, UnsafeCheckpoint
+from .errors import ConvertError, OutputExists
 from .load import load_checkpoint, read_sidecar
 from .pipeline import file_source, provenance, write_checkpoint_folder
 from .read import Input, read_tree
 from .read.materialize import materialize
-from .read.vm import Finding
+from .scan import ScanReport, scan_file
 from .write.plan import make_plan
 from .write.safetensors_io import KernelCopySource
 from .write.source_hash import BackgroundSha256, sha256_fd
@@ -31,20 +31,6 @@ class ConversionReport:
     arrays: int
     bytes: int
     modules: list[str]
-
-
-@dataclass
-class ScanReport:
-    """What a file would do if unpickled: the globals it names and the known gadgets among them."""
-
-    path: Path
-    format: str | None
-    globals: list[str] = field(default_factory=list)
-    unsafe: list[Finding] = field(default_factory=list)
-
-    @property
-    def safe(self) -> bool:
-        return not self.unsafe
 
 
 def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool = False,
@@ -102,17 +88,21 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
 
 
 def scan_checkpoint(path: str | os.PathLike) -> ScanReport:
-    """List the globals a checkpoint names and the known code-execution gadgets among them.
+    """What a checkpoint would do if unpickled: verdict (safe/suspicious/unsafe), globals and findings.
 
-    Raises MalformedCheckpoint/UnsupportedValue for files that cannot be read at all.
+    Each finding names the global, its category (exec, file, network, process, nested-loader for gadgets;
+    custom-class for suspicious globals), the byte offset and zip member, and why it matters.
+    Raises the reader's MalformedCheckpoint/UnsupportedValue/ConvertError for a file that cannot be read
+    and holds no gadget (`convert.scan.scan_file` returns verdict "unreadable" instead).
+
+    Example:
+        >>> scan_checkpoint("model.pt").verdict   # doctest: +SKIP
+        'safe'
     """
-    path = Path(path)
-    with Input(path) as inp:
-        try:
-            result = read_tree(inp)
-        except UnsafeCheckpoint as exc:
-            return ScanReport(path, getattr(exc, "format", None), sorted(getattr(exc, "globals_used", {})), exc.findings)
-    return ScanReport(path, result.format, sorted(result.globals_used))
+    report = scan_file(path)
+    if report.verdict == "unreadable" and report.exception is not None:
+        raise report.exception
+    return report
 
 
 def verify_checkpoint(src: str | os.PathLike, folder: str | os.PathLike) -> list[str]:

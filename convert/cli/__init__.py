@@ -1,6 +1,6 @@
 """Command-line front end: `ckpt-convert` and `python -m convert`.
 
-Exit codes: 0 success · 1 refused as unsafe · 2 bad input or usage · 3 verify found differences.
+Exit codes: 0 success · 1 refused as unsafe (scan: an unsafe file) · 2 bad input or usage · 3 verify found differences.
 Every failure is one line on stderr; `--debug` shows the traceback instead.
 """
 
@@ -20,7 +20,8 @@ DESCRIPTION = """\
 Convert pickled PyTorch checkpoints (torch.save zip or legacy files, plain pickles) to
 safetensors + a JSON sidecar without executing them, and load them back.
 
-exit codes: 0 success, 1 refused as unsafe, 2 bad input or usage, 3 verify found differences"""
+exit codes: 0 success, 1 refused as unsafe, 2 bad input or usage, 3 verify found differences
+(scan: 0 safe or suspicious, 1 unsafe, 2 unreadable)"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,11 +57,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-items", type=int, default=50, help="items shown per container (default 50)")
     p.set_defaults(run=commands.inspect)
 
-    p = sub.add_parser("scan", help="report the globals a checkpoint names and any code-execution gadgets",
-                       description="Read each file (or every file under a folder) without executing it and report "
-                       "what it would import or call. Exit 1 if any file is unsafe, 2 if any cannot be read.")
-    p.add_argument("paths", nargs="+")
-    p.add_argument("--verbose", "-v", action="store_true", help="list every global, not only the unsafe ones")
+    p = sub.add_parser("scan", help="say what a checkpoint would do if loaded: safe, suspicious or unsafe",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Read each file (or every checkpoint under a folder, in parallel) without executing "
+                       "it and report what loading it with pickle/torch.load would do.\n"
+                       "  safe        every global is one the allowlist reconstructs (plain state dicts, general "
+                       "checkpoints)\n"
+                       "  suspicious  classes outside the allowlist (whole-model pickles, custom classes): their code "
+                       "runs on load\n"
+                       "  unsafe      known gadgets: code execution, file writes/deletes, network, process control, "
+                       "nested loaders\n"
+                       "  unreadable  corrupt, truncated, a resource attack, or not a checkpoint\n"
+                       "exit codes: 0 safe or suspicious, 1 unsafe (or suspicious with --fail-on suspicious), "
+                       "2 unreadable")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="checkpoint files and folders")
+    p.add_argument("--format", choices=("text", "json", "sarif"), default="text",
+                   help="text (default), json (one object per file with its findings) or sarif (SARIF 2.1.0 for code "
+                   "scanning, e.g. GitHub's upload-sarif)")
+    p.add_argument("--output", "-o", metavar="FILE", help="write the report to FILE instead of stdout")
+    p.add_argument("--fail-on", choices=("unsafe", "suspicious"), default="unsafe",
+                   help="the least verdict that exits 1 (default unsafe)")
+    p.add_argument("--jobs", "-j", type=int, default=None, help="worker processes for many files (default: cores)")
+    p.add_argument("--skip-non-checkpoints", action="store_true",
+                   help="pass over given files whose first bytes are no checkpoint's, whatever their name (for the "
+                   "by-content pre-commit hook)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar; text: only unsafe/suspicious/unreadable files")
+    p.add_argument("--verbose", "-v", action="store_true", help="text: list every global, not only the findings")
     p.set_defaults(run=commands.scan)
 
     p = sub.add_parser("migrate", help="convert and verify every checkpoint under a folder (parallel, resumable)",

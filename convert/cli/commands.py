@@ -8,8 +8,8 @@ import os
 import sys
 from pathlib import Path
 
-from ..api import convert_checkpoint, scan_checkpoint, verify_checkpoint
-from ..errors import ConvertError, NotACheckpoint
+from ..api import convert_checkpoint, verify_checkpoint
+from ..errors import ConvertError
 from .render import human_bytes, render_tree
 
 EXIT_DIFFERENT = 3
@@ -51,18 +51,6 @@ def inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _files(paths: list[str]) -> list[tuple[Path, bool]]:
-    out = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            for root, dirs, names in os.walk(p):
-                dirs.sort()
-                out += [(Path(root) / n, True) for n in sorted(names)]
-        else:
-            out.append((p, False))
-    return out
-
-
 def migrate(args: argparse.Namespace) -> int:
     from ..migrate import migrate as run_migrate
 
@@ -80,44 +68,36 @@ def migrate(args: argparse.Namespace) -> int:
 
 
 def scan(args: argparse.Namespace) -> int:
-    """Exit 1 if any file is unsafe, else 2 if any could not be read, else 0.
+    """Exit 1 if any file is unsafe (or suspicious with --fail-on suspicious), else 2 if any is unreadable, else 0."""
+    from ..scan import batch, output
 
-    A folder is scanned with the migration walker and reported in the migration report's format.
-    """
-    from ..migrate import scan_folder
-
-    codes = {0}
-    folders = [p for p in args.paths if Path(p).is_dir()]
-    for folder in folders:
-        report = scan_folder(folder)
-        print(report.table())
-        if args.verbose:
-            for rel, entry in sorted(report.files.items()):
-                print(f"  {entry['status']:8} {rel}")
-        codes.add(report.exit_code)
-    for path, from_folder in _files([p for p in args.paths if not Path(p).is_dir()]):
+    if args.jobs is not None and args.jobs < 1:
+        raise ConvertError("--jobs must be at least 1")
+    missing = [p for p in args.paths if not os.path.lexists(p)]
+    if missing:
+        raise ConvertError(f"{missing[0]}: no such file or folder")
+    selection = batch.select(args.paths, skip_non_checkpoints=args.skip_non_checkpoints)
+    show_progress = args.format == "text" and not args.quiet and not args.output and sys.stderr.isatty()
+    reports = batch.scan_many(selection.files, jobs=args.jobs, progress=show_progress)
+    code = output.exit_code(reports, args.fail_on)
+    if args.format == "json":
+        text = json.dumps(output.to_json(reports, skipped=len(selection.skipped), fail_on=args.fail_on), indent=1)
+    elif args.format == "sarif":
+        text = json.dumps(output.to_sarif(reports), indent=1)
+    else:
+        shown = [r for r in reports if not (args.quiet and r.verdict == "safe")]
+        lines = [output.render_text(r, args.verbose) for r in shown]
+        if len(reports) != 1 or selection.skipped or args.quiet:
+            lines.append(output.render_summary(reports, len(selection.skipped)))
+        text = "\n".join(lines)
+    if args.output:
         try:
-            report = scan_checkpoint(path)
-        except NotACheckpoint as exc:
-            if from_folder:  # a folder may hold READMEs and configs: not our business
-                print(f"{path}: skipped (not a checkpoint)")
-            else:
-                print(f"{path}: {exc.label}: {exc}")
-                codes.add(exc.exit_code)
-            continue
-        except ConvertError as exc:
-            print(f"{path}: {exc.label}: {exc}")
-            codes.add(exc.exit_code)
-            continue
-        if report.unsafe:
-            print(f"{path}: UNSAFE ({report.format}): " + "; ".join(str(f) for f in report.unsafe))
-            codes.add(1)
-        else:
-            print(f"{path}: ok ({report.format}, {len(report.globals)} globals, none unsafe)")
-        if args.verbose:
-            for name in report.globals:
-                print(f"    {name}")
-    return 1 if 1 in codes else max(codes)
+            Path(args.output).write_text(text + "\n")
+        except OSError as exc:
+            raise ConvertError(f"{args.output}: cannot write the report ({exc.strerror})") from None
+    else:
+        print(text)
+    return code
 
 
 def demo(args: argparse.Namespace) -> int:

@@ -42,6 +42,8 @@ from . import pk
 
 EXIT_UNSAFE, EXIT_MALFORMED = 1, 2
 CATEGORIES = ("direct", "indirection", "stdlib", "nested", "opcode", "container", "resource")
+# What a sample's payload does when loaded (independent of the technique that hides it):
+ATTACKS = ("exec", "file", "network", "process", "nested-loader", "resource")
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class Sample:
     payload: bytes | None = None  # for "embedded": the pickle the container carries
     named: str | None = None  # a global the refusal message must name
     exits: bool = False  # the payload kills the loading process (sys.exit) rather than writing the canary
+    attack: str = "exec"  # what the payload does: one of ATTACKS (the security table has a row for each)
 
 
 class _Builder:
@@ -79,10 +82,11 @@ class _Builder:
 
     def add(self, name: str, category: str, data: bytes, expected: int, *, suffix: str = ".pkl",
             trigger: str | None = "pickle", named: str | None = None, payload: bytes | None = None,
-            exits: bool = False) -> None:
+            exits: bool = False, attack: str | None = None) -> None:
         path = self.folder / f"{name}{suffix}"
         path.write_bytes(data)
-        self.samples.append(Sample(name, category, path, expected, trigger, payload, named, exits))
+        attack = attack or ("resource" if category == "resource" else "nested-loader" if category == "nested" else "exec")
+        self.samples.append(Sample(name, category, path, expected, trigger, payload, named, exits, attack))
 
     def pickle(self, name: str, category: str, body: bytes, named: str, **kw: object) -> None:
         self.add(name, category, pk.proto(body), EXIT_UNSAFE, named=named, **kw)
@@ -96,7 +100,7 @@ class _Builder:
         code = pk.call(pk.glob("builtins", "compile"), pk.text(py("builtins_compile")), pk.text("<x>"), pk.text("exec"))
         self.pickle("builtins_compile", c, pk.call(pk.glob("builtins", "exec"), code), "builtins.compile")
         self.pickle("builtins_open", c, pk.call(pk.glob("builtins", "open"), pk.text(self.canary("builtins_open")),
-                                                pk.text("w")), "builtins.open")
+                                                pk.text("w")), "builtins.open", attack="file")
         system = pk.call(pk.glob("builtins", "getattr"), self.os_module(), pk.text("system"))
         self.pickle("builtins_getattr", c, pk.call(system, pk.text(sh("builtins_getattr"))), "builtins.getattr")
         imported = pk.call(pk.glob("builtins", "__import__"), pk.text("os"))
@@ -112,7 +116,20 @@ class _Builder:
         self.pickle("pty_spawn", c, pk.call(pk.glob("pty", "spawn"), argv), "pty.spawn")
         self.pickle("runpy_run_code", c, pk.call(pk.glob("runpy", "_run_code"), pk.text(py("runpy_run_code")), pk.dct()),
                     "runpy._run_code")
-        self.pickle("sys_exit", c, pk.call(pk.glob("sys", "exit"), pk.integer(77)), "sys.exit", exits=True)
+        self.pickle("sys_exit", c, pk.call(pk.glob("sys", "exit"), pk.integer(77)), "sys.exit", exits=True, attack="process")
+        # payloads that do harm without running code: file writes, network, process control
+        self.pickle("gzip_open_write", c, pk.call(pk.glob("gzip", "open"), pk.text(self.canary("gzip_open_write")),
+                                                  pk.text("wb")), "gzip.open", attack="file")
+        path = pk.call(pk.glob("pathlib", "PosixPath"), pk.text(self.canary("pathlib_write_bytes")))
+        self.pickle("pathlib_write_bytes", c, pk.call(pk.sglob("pathlib", "Path.write_bytes"), path, pk.raw_bytes(b"x")),
+                    "pathlib.Path.write_bytes", attack="file")
+        itself = str(self.folder / "shutil_copyfile.pkl")  # the sample copies itself over the canary
+        self.pickle("shutil_copyfile", c, pk.call(pk.glob("shutil", "copyfile"), pk.text(itself),
+                                                  pk.text(self.canary("shutil_copyfile"))), "shutil.copyfile", attack="file")
+        sock = pk.call(pk.glob("socket", "socket"), pk.integer(1), pk.integer(1))  # AF_UNIX, SOCK_STREAM
+        self.pickle("socket_bind", c, pk.call(pk.sglob("socket", "socket.bind"), sock, pk.text(self.canary("socket_bind"))),
+                    "socket.socket", attack="network")
+        self.pickle("os_exit", c, pk.call(pk.glob("os", "_exit"), pk.integer(77)), "os._exit", exits=True, attack="process")
 
     def indirection(self) -> None:
         c, sh = "indirection", self.sh
@@ -170,10 +187,11 @@ class _Builder:
                                                           pk.text(self.canary("uuid_get_command_stdout"))),
                     "uuid._get_command_stdout")
         run_string = pk.sglob("ctypes", "pythonapi.PyRun_SimpleString")
-        self.pickle("ctypes_pythonapi", c, pk.call(run_string, pk.raw_bytes(py("ctypes_pythonapi").encode())), "ctypes")
+        self.pickle("ctypes_pythonapi", c, pk.call(run_string, pk.raw_bytes(py("ctypes_pythonapi").encode())), "ctypes",
+                    attack="process")  # native calls into the interpreter
         code = marshal.dumps(compile(py("marshal_loads"), "<x>", "exec"))
         func = pk.call(pk.glob("types", "FunctionType"), pk.call(pk.glob("marshal", "loads"), pk.raw_bytes(code)), pk.dct())
-        self.pickle("marshal_loads", c, pk.call(func), "marshal.loads")
+        self.pickle("marshal_loads", c, pk.call(func), "marshal.loads", attack="nested-loader")
         func = pk.call(pk.glob("types", "FunctionType"), _code_type_call(compile(py("types_codetype"), "<x>", "exec")),
                        pk.dct())
         self.pickle("types_codetype", c, pk.call(func), "types.CodeType")
@@ -200,9 +218,10 @@ class _Builder:
         self.pickle("ensurepip_run_pip", c, pk.call(pk.glob("ensurepip", "_run_pip"),
                                                     pk.text(f"[]; {py('ensurepip_run_pip')}; sys.exit(0)")),
                     "ensurepip._run_pip")
-        self.pickle("venv_create", c, pk.call(pk.glob("venv", "create"), pk.text(self.canary("venv_create"))), "venv.create")
+        self.pickle("venv_create", c, pk.call(pk.glob("venv", "create"), pk.text(self.canary("venv_create"))), "venv.create",
+                    attack="file")
         handler = pk.call(pk.glob("logging", "FileHandler"), pk.text(self.canary("logging_filehandler")))
-        self.pickle("logging_filehandler", c, handler, "logging.FileHandler")
+        self.pickle("logging_filehandler", c, handler, "logging.FileHandler", attack="file")
 
     def nested(self) -> None:
         c = "nested"
@@ -622,7 +641,7 @@ def build_legit(folder: Path) -> list[LegitSample]:
     return out
 
 
-__all__ = ["CATEGORIES", "EXIT_MALFORMED", "EXIT_UNSAFE", "LegitSample", "Sample", "build_legit", "build_malicious"]
+__all__ = ["ATTACKS", "CATEGORIES", "EXIT_MALFORMED", "EXIT_UNSAFE", "LegitSample", "Sample", "build_legit", "build_malicious"]
 
 if __name__ == "__main__":  # python -m tests.security.corpus OUT_DIR: write both corpora for a look
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "security-corpus")

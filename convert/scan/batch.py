@@ -1,0 +1,112 @@
+"""Scanning many files: folders are walked with migrate's walker, files are scanned in parallel.
+
+Folders are expanded with `convert.migrate.walker.find_jobs` (checkpoints found by name and content,
+Hugging Face model folders as their weight files), the same selection `migrate` converts.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .scanner import ScanReport, scan_file
+from .sources import looks_like_checkpoint
+
+POOL_THRESHOLD = 8  # fewer files than this are scanned in-process: a pool's start-up costs more
+
+
+@dataclass
+class Selection:
+    """The files to scan, in a stable order, and how many files were passed over as not checkpoints."""
+
+    files: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    others: int = 0  # files under the folders that are not checkpoints
+
+
+def select(paths: list[str | os.PathLike], *, skip_non_checkpoints: bool = False) -> Selection:
+    """Expand folders with the migration walker; keep files as given.
+
+    Args:
+        paths: files and folders from the command line.
+        skip_non_checkpoints: leave out given files whose first bytes are no checkpoint's, whatever their
+            name (pre-commit's by-content hook passes every binary file).
+
+    Returns:
+        A Selection.
+    """
+    from ..migrate.hf import hf_checkpoint_files
+    from ..migrate.walker import find_jobs
+
+    out = Selection()
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            jobs, others = find_jobs(path)
+            out.others += others
+            for job in jobs:
+                out.files += [job.source] if job.kind == "file" else list(hf_checkpoint_files(job.source))
+        elif skip_non_checkpoints and path.is_file() and not looks_like_checkpoint(path):
+            out.skipped.append(path)
+        else:
+            out.files.append(path)
+    return out
+
+
+def scan_many(files: list[Path], *, jobs: int | None = None, progress: bool = False) -> list[ScanReport]:
+    """Scan `files` (in parallel when there are many), reports in the order of `files`.
+
+    Args:
+        files: the files to scan.
+        jobs: worker processes (default: the number of cores).
+        progress: show a progress bar on stderr.
+
+    Returns:
+        One ScanReport per file.
+    """
+    n = max(1, jobs or os.cpu_count() or 1)
+    with _progress_bar(progress, len(files)) as advance:
+        if n == 1 or len(files) < POOL_THRESHOLD:
+            reports = []
+            for path in files:
+                reports.append(scan_file(path))
+                advance()
+            return reports
+        # spawn, not fork: a forked child of a process that already imported torch can deadlock
+        ctx = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(max_workers=min(n, len(files)), mp_context=ctx) as pool:
+            reports = []
+            for report in pool.map(scan_file, files, chunksize=4):
+                reports.append(report)
+                advance()
+            return reports
+
+
+class _progress_bar:  # noqa: N801 - used as a context manager, like contextlib's
+    """A rich progress bar on stderr (nothing when disabled or rich is missing); yields `advance()`."""
+
+    def __init__(self, enabled: bool, total: int) -> None:
+        self.enabled, self.total, self.bar, self.task = enabled and total > 1, total, None, None
+
+    def __enter__(self) -> Any:
+        if self.enabled:
+            try:
+                from rich.console import Console
+                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+            except ImportError:
+                return lambda: None
+            self.bar = Progress(TextColumn("scanning"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                console=Console(file=sys.stderr), transient=True)
+            self.bar.__enter__()
+            self.task = self.bar.add_task("scan", total=self.total)
+            return lambda: self.bar.advance(self.task)
+        return lambda: None
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)

@@ -1,0 +1,219 @@
+"""Scan one file: what would it do to someone who loads it with pickle / torch.load?
+
+Two passes over the same bytes, neither of which imports or calls anything the file names:
+  1. the reader (`read_tree`: container checks + the pickle VM) says whether the file can be read
+     through at all, in which format, and finds gadget chains only a VM sees (a call of a computed
+     callable);
+  2. the opcode walk (`opcodes.walk_stream`) over every pickle stream the file holds (zip members,
+     concatenated pickles, pickles after a corruption, pickles embedded in an unknown container)
+     records every global with its byte offset, even where the reader stops.
+Every global is classified by `verdicts.classify_global`; the file's verdict is the worst finding.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConvertError, UnsafeCheckpoint, UnsupportedValue
+from ..read import Input, read_tree
+from ..read.gadgets import EXEC
+from .opcodes import GlobalUse, walk_stream
+from .sources import Sources, Stream, carve_candidates, open_sources
+from .verdicts import (
+    EXIT_CODES,
+    REASONS,
+    SAFE,
+    SUSPICIOUS,
+    UNREADABLE,
+    UNREADABLE_CATEGORY,
+    UNSAFE,
+    classify_global,
+    worst,
+)
+
+
+@dataclass(frozen=True)
+class ScanFinding:
+    """One global (or construct) a file uses that is not plainly safe: what, how bad, where, and why."""
+
+    name: str  # the global, "os.system"; or a construct ("TorchScript code", "a call of the result of ...")
+    category: str  # exec | file | network | process | nested-loader | custom-class | unreadable
+    verdict: str  # unsafe | suspicious | unreadable
+    reason: str  # why it matters
+    member: str | None = None  # zip member ("archive/data.pkl"), "<gzip content>", or None for the file itself
+    offset: int | None = None  # byte offset of the opcode in the pickle stream
+    file_offset: int | None = None  # byte offset in the file (None where the stream was decompressed)
+    opcode: str | None = None
+    length: int | None = None  # bytes of the opcode (with its text operands) at `offset`
+
+    @property
+    def where(self) -> str:
+        parts = [p for p in (self.member, f"byte {self.offset}" if self.offset is not None else None, self.opcode) if p]
+        return ", ".join(parts) or "whole file"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.category}; {self.where})"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"global": self.name, "category": self.category, "verdict": self.verdict, "reason": self.reason,
+                "member": self.member, "offset": self.offset, "file_offset": self.file_offset, "length": self.length,
+                "opcode": self.opcode}
+
+
+@dataclass
+class ScanReport:
+    """What a file would do if unpickled: its verdict, every global it names, and the findings among them."""
+
+    path: Path
+    format: str | None
+    verdict: str = SAFE
+    findings: list[ScanFinding] = field(default_factory=list)
+    globals: list[str] = field(default_factory=list)
+    error: str | None = None  # why the file could not be read through (verdict unreadable, or unsafe and broken)
+    exception: ConvertError | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def unsafe(self) -> list[ScanFinding]:
+        return [f for f in self.findings if f.verdict == UNSAFE]
+
+    @property
+    def suspicious(self) -> list[ScanFinding]:
+        return [f for f in self.findings if f.verdict == SUSPICIOUS]
+
+    @property
+    def safe(self) -> bool:
+        return self.verdict == SAFE
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.verdict]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": str(self.path), "format": self.format, "verdict": self.verdict, "error": self.error,
+                "globals": self.globals, "findings": [f.to_json() for f in self.findings]}
+
+
+def scan_file(path: str | os.PathLike) -> ScanReport:
+    """Scan one file; never raises for anything about the file (an unreadable file gets verdict unreadable).
+
+    Args:
+        path: the file to scan.
+
+    Returns:
+        A ScanReport with verdict safe, suspicious, unsafe or unreadable.
+    """
+    path = Path(path)
+    report = ScanReport(path, None)
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return _unreadable(report, ConvertError(f"{path}: cannot open ({exc.strerror})"))
+    if not stat.S_ISREG(st.st_mode):
+        what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        return _unreadable(report, ConvertError(f"{path}: is {what}, not a checkpoint file"))
+    reader_error = _read(path, report)
+    walked_ok = _walk(path, report)
+    if isinstance(reader_error, UnsafeCheckpoint):  # what only the VM sees: a call of a computed callable, ...
+        known = {f.name for f in report.unsafe}
+        for vm_finding in reader_error.findings:
+            if vm_finding.name not in known:
+                known.add(vm_finding.name)
+                report.findings.append(ScanFinding(vm_finding.name, EXEC, UNSAFE, REASONS[EXEC], member=vm_finding.where))
+    readable_anyway = isinstance(reader_error, UnsafeCheckpoint) or (isinstance(reader_error, UnsupportedValue) and walked_ok)
+    if reader_error is not None and not readable_anyway:
+        report.error, report.exception = str(reader_error), reader_error
+        report.findings.append(ScanFinding("<unreadable>", UNREADABLE_CATEGORY, UNREADABLE, str(reader_error)))
+    report.verdict = worst([f.verdict for f in report.findings])
+    return report
+
+
+def _unreadable(report: ScanReport, exc: ConvertError) -> ScanReport:
+    report.error, report.exception, report.verdict = str(exc), exc, UNREADABLE
+    report.findings.append(ScanFinding("<unreadable>", UNREADABLE_CATEGORY, UNREADABLE, str(exc)))
+    return report
+
+
+def _read(path: Path, report: ScanReport) -> ConvertError | None:
+    """Run the reader over the file; returns its error, None if it read the file through."""
+    try:
+        with Input(path) as inp:
+            report.format = read_tree(inp).format
+            return None
+    except ConvertError as exc:
+        report.format = getattr(exc, "format", None)
+        return exc
+
+
+def _walk(path: Path, report: ScanReport) -> bool:
+    """Walk every pickle stream in the file; True if the main stream was read through without error."""
+    with open(path, "rb") as file:
+        size = os.fstat(file.fileno()).st_size
+        if size == 0:
+            return False
+        with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            sources = open_sources(buf, file)
+            report.format = report.format or sources.container
+            if sources.torchscript:
+                report.findings.append(ScanFinding("TorchScript code", EXEC, UNSAFE,
+                                                   "torch.load hands the archive to torch.jit.load, which runs its code",
+                                                   member=sources.torchscript))
+            ok = bool(sources.streams) and sources.error is None
+            names: set[str] = set()
+            for stream in sources.streams:
+                uses, complete = _stream_uses(stream)
+                ok = ok and complete
+                _add_findings(report, stream, uses, names)
+            report.globals = sorted(names)
+            return ok
+
+
+def _stream_uses(stream: Stream) -> tuple[list[GlobalUse], bool]:
+    if not stream.carve:
+        walk = walk_stream(stream.data)
+        return walk.uses, walk.error is None and walk.pickles > 0
+    uses: list[GlobalUse] = []
+    resume = 0
+    for at in carve_candidates(stream.data):
+        if at < resume:
+            continue
+        walk = walk_stream(stream.data, start=at)
+        if walk.pickles and walk.error is None:  # embedded pickles count only when they read through
+            uses += walk.uses
+            resume = walk.end
+    return uses, False
+
+
+def _add_findings(report: ScanReport, stream: Stream, uses: list[GlobalUse], names: set[str]) -> None:
+    """One finding per distinct global per stream (at its first use); safe globals are only listed."""
+    seen: set[str] = set()
+    for use in uses:
+        qual = use.qualname
+        if use.module:
+            names.add(qual)
+        if qual in seen:
+            continue
+        seen.add(qual)
+        verdict, category = classify_global(use.module, use.name)
+        if verdict == SAFE:
+            continue
+        file_offset = None if stream.base is None else stream.base + use.offset
+        report.findings.append(ScanFinding(qual, category, verdict, REASONS[category], stream.member, use.offset,
+                                           file_offset, use.opcode, _opcode_length(use)))
+
+
+_FIXED_LENGTHS = {"STACK_GLOBAL": 1, "EXT1": 2, "EXT2": 3, "EXT4": 5}
+
+
+def _opcode_length(use: GlobalUse) -> int:
+    """GLOBAL/INST carry "module\\nname\\n" after the opcode byte; the others have fixed sizes."""
+    if use.opcode in _FIXED_LENGTHS:
+        return _FIXED_LENGTHS[use.opcode]
+    return 3 + len(use.module.encode("utf-8", "surrogatepass")) + len(use.name.encode("utf-8", "surrogatepass"))
+
+
+__all__ = ["ScanFinding", "ScanReport", "Sources", "scan_file"]
