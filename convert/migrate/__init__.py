@@ -34,6 +34,8 @@ Submit = Callable[[Iterable[Job], str, "str | None"], Iterable[tuple[Job, dict]]
 
 def _open_journal(dst: Path, src: Path, report: Report) -> Journal:
     """Read the journal in one pass (folding in a version-1 manifest once) and open it for appending."""
+    for leftover in [*dst.glob(f"{JOURNAL_NAME}.tmp-*"), *dst.glob(f"{REPORT_NAME}.tmp-*")]:
+        leftover.unlink(missing_ok=True)  # a killed run's compaction or report: only a lock holder writes these
     journal = Journal.open(dst, str(Path(src).resolve()))
     if journal.state.dropped:
         report.notes.append(f"{dst / JOURNAL_NAME}: {journal.state.dropped} unreadable line(s) dropped; "

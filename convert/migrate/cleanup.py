@@ -49,13 +49,19 @@ def marker_owner(folder: Path) -> tuple[int, str | None] | None:
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie (a dead process nobody has reaped yet)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # exists, owned by someone else
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+        return state not in (b"Z", b"X")
+    except (OSError, IndexError):  # no /proc (not Linux): trust kill(pid, 0)
         return True
-    return True
 
 
 def write_marker(folder: Path) -> None:
