@@ -143,7 +143,7 @@ def test_driver_killed_at_any_point_resumes_to_the_same_outputs(reference, tmp_p
         status = _cli("migrate", "--status", str(dst))
         assert status.returncode == 0, status.stderr
         assert "done      6" in status.stdout and f"pending   {N_FILES - 6}" in status.stdout, status.stdout
-        doc = json.loads(_cli("migrate", "--status", str(dst), str(src), "--json").stdout)
+        doc = json.loads(_cli("migrate", str(src), str(dst), "--status", "--json").stdout)
         assert (doc["done"], doc["failed"], doc["pending"], doc["running_pid"]) == (6, 0, N_FILES - 6, None)
 
     resumed = migrate(src, dst, jobs=1)

@@ -69,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "verify it against its source, and write DST_DIR/ckpt-convert-report.json. SRC_DIR is never "
                        "modified; DST_DIR must not be SRC_DIR nor contain it. Re-running skips what is done and "
                        "verified and retries what failed (the journal is DST_DIR/.ckpt-convert-journal.jsonl); one "
-                       "migrate per DST_DIR at a time. `migrate --status DST_DIR [SRC_DIR]` says what is done, failed "
-                       "and pending. Exit 1 if any file was refused as unsafe, 2 if any failed.")
+                       "migrate per DST_DIR at a time. `migrate --status DST_DIR` (or `migrate SRC_DIR DST_DIR --status`) "
+                       "says what is done, failed and pending. Exit 1 if any file was refused as unsafe, 2 if any failed.")
     p.add_argument("src", metavar="SRC_DIR", nargs="?")
     p.add_argument("dst", metavar="DST_DIR", nargs="?")
     p.add_argument("--status", action="store_true",
