@@ -19,7 +19,7 @@ from ..errors import ConvertError
 from .cleanup import remove_stale_temporaries
 from .journal import JOURNAL_NAME, Journal, JournalState, read_journal
 from .lock import DestinationLock, holder_pid
-from .manifest import read_legacy_manifest, retire_legacy_manifest
+from .manifest import MANIFEST_NAME, MIGRATED_SUFFIX, read_legacy_manifest, retire_legacy_manifest
 from .overlap import check_overlap
 from .pool import run_bounded
 from .progress import MigrateProgress
@@ -47,6 +47,8 @@ def _open_journal(dst: Path, src: Path, report: Report) -> Journal:
         # entries already in the journal are newer than the manifest's (a crash after folding it in)
         journal.add_many((rel, e) for rel, e in legacy.items() if rel not in journal.entries)
         retire_legacy_manifest(dst)
+        report.notes.append(f"{dst / MANIFEST_NAME}: {len(legacy)} entries of the version-1 manifest moved into "
+                            f"{JOURNAL_NAME}; the old file is kept as {MANIFEST_NAME}{MIGRATED_SUFFIX}")
     return journal
 
 
@@ -97,20 +99,21 @@ def migrate(src: str | os.PathLike, dst: str | os.PathLike, *, jobs: int | None 
             progress.walk_finished()
 
         args = (str(dst), max_shard_size)
-        results = submit(pending(), *args) if submit is not None else \
-            run_bounded(pool_job, pending(), args, jobs or os.cpu_count() or 1)
         try:
-            for job, entry in results:
-                entry.update(size=job.size, mtime_ns=job.mtime_ns)
-                journal.record(job.rel, entry)
-                report.add(job.rel, entry)
-                progress.finished_job(job)
+            results = submit(pending(), *args) if submit is not None else \
+                run_bounded(pool_job, pending(), args, jobs or os.cpu_count() or 1)
+            try:
+                for job, entry in results:
+                    entry.update(size=job.size, mtime_ns=job.mtime_ns)
+                    journal.record(job.rel, entry)
+                    report.add(job.rel, entry)
+                    progress.finished_job(job)
+            finally:
+                progress.stop()
+            report.other_files, report.special_files = stats.others, stats.special
+            if journal.needs_compaction():
+                journal.compact()
         finally:
-            progress.stop()
-        report.other_files, report.special_files = stats.others, stats.special
-        if journal.needs_compaction():
-            journal.compact()
-        else:
             journal.close()
         report.write(dst / REPORT_NAME)
     return report
