@@ -80,7 +80,7 @@ class JournalState:
         if entry.get("size") != size or entry.get("mtime_ns") != mtime_ns:
             return None
         output = entry.get("output")
-        if not isinstance(output, str) or not (dst / output / "checkpoint.json").is_file():
+        if not isinstance(output, str) or not os.path.isfile(os.path.join(dst, output, "checkpoint.json")):
             return None
         return entry
 
@@ -90,15 +90,20 @@ def parse_journal(data: bytes) -> JournalState:
     state = JournalState()
     end = data.rfind(b"\n") + 1
     state.good_bytes, state.torn_bytes = end, len(data) - end
-    for raw in data[:end].split(b"\n")[:-1]:
-        if not raw.strip():
-            continue
-        state.lines += 1
-        try:
-            obj = json.loads(raw)
-        except ValueError:  # UnicodeDecodeError is a ValueError too
-            state.dropped += 1
-            continue
+    lines = [raw for raw in data[:end].split(b"\n") if raw.strip()]
+    try:  # fast path: every line parses, so all of them parse as one array in one call
+        objects = json.loads(b"[" + b",".join(lines) + b"]")
+        if len(objects) != len(lines):  # a line held two values ("1,2"): parse line by line instead
+            raise ValueError
+    except ValueError:
+        objects = []
+        for raw in lines:
+            try:
+                objects.append(json.loads(raw))
+            except ValueError:  # UnicodeDecodeError is a ValueError too
+                objects.append(None)
+    state.lines = len(lines)
+    for obj in objects:
         if not isinstance(obj, dict):
             state.dropped += 1
         elif HEADER_KEY in obj:

@@ -41,6 +41,14 @@ class WalkStats:
     folders: int = 0
 
 
+def _suffix(name: str) -> str:
+    return os.path.splitext(name)[1].lower()
+
+
+def _stem(name: str) -> str:
+    return os.path.splitext(name)[0]
+
+
 def looks_like_checkpoint(path: Path) -> bool:
     """A file named like a checkpoint, or whose first bytes are a torch zip's or a pickle's.
 
@@ -127,15 +135,16 @@ def iter_jobs(src: Path, stats: WalkStats, skip: Path | None = None,
             stats.others += others
             yield job
             continue
-        candidates = [(n, st) for n, st in regular if looks_like_checkpoint(folder / n)]
+        candidates = [(n, st) for n, st in regular
+                      if _suffix(n) in CHECKPOINT_SUFFIXES or looks_like_checkpoint(folder / n)]
         stats.others += len(names) - len(candidates)
         stems: dict[str, int] = {}
         for name, _ in candidates:
-            stems[Path(name).stem] = stems.get(Path(name).stem, 0) + 1
+            stems[_stem(name)] = stems.get(_stem(name), 0) + 1
         all_names = set(names) | set(subfolders)
         taken: set[str] = set()
         for name, st in candidates:
-            stem = Path(name).stem
+            stem = _stem(name)
             out = stem if stems[stem] == 1 and stem not in all_names else name + ".converted"
             while out in taken:
                 out += "_"
