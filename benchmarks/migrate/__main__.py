@@ -4,8 +4,10 @@ For each size, a tree of tiny torch.save checkpoints (~1.3 KB each, 100 per fold
 this process with the local process pool (`--jobs`) and with `--ray` on a local Ray instance:
 wall time, files/s, driver CPU time (this process only: walk, journal, report, queue) and the
 growth from the smallest to each larger size (target: 10k files ≤ 12× the time of 1k files in the
-same run). Then a re-run over the largest finished tree (nothing to do), and the journal choice
-micro-benchmark (JSONL vs SQLite vs the version-1 manifest's save). Writes migrate.json and
+same run). Then a re-run over the largest finished tree (nothing to do), the journal choice
+micro-benchmark (JSONL vs SQLite vs the version-1 manifest's save), and the driver alone at 10k and
+100k files (`driver.py`). Parts can be refreshed alone: `python -m benchmarks.migrate.driver`,
+`python -m benchmarks.migrate.journal_choice`. Writes migrate.json and
 migrate.md to --out.
 """
 
@@ -25,9 +27,10 @@ import torch
 
 from convert.migrate import migrate
 
-from . import journal_choice
+from . import driver, journal_choice
 
 FILES_PER_FOLDER = 100
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
 def make_tree(root: Path, n: int) -> Path:
@@ -81,6 +84,10 @@ def to_markdown(doc: dict) -> str:
                    f"{1000 * row['sqlite']['append_s']:.3f} ms | {1000 * v1:.1f} ms | "
                    f"{row['jsonl']['load_s']:.3f} s | {row['sqlite']['load_s']:.3f} s | "
                    f"{row['entries'] * v1 / 2 / 60:.1f} min |")
+    if doc.get("driver"):
+        from .driver import to_markdown as driver_markdown
+
+        out.append(driver_markdown(doc["driver"]))
     return "\n".join(out) + "\n"
 
 
@@ -88,7 +95,7 @@ def save(doc: dict, out: Path) -> None:
     """Write what is measured so far (a long run interrupted still leaves its figures)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "migrate.json").write_text(json.dumps(doc, indent=1) + "\n")
-    if doc["migrate"]:
+    if doc.get("migrate"):
         (out / "migrate.md").write_text(to_markdown(doc))
 
 
@@ -98,8 +105,9 @@ def main() -> None:
     parser.add_argument("--backends", default="pool,ray", help="pool, ray or both (default pool,ray)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--journal-sizes", default="1000,10000,100000")
+    parser.add_argument("--driver-sizes", default="10000,100000", help="driver-only runs (empty: none)")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp folder)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
     work = Path(tempfile.mkdtemp(prefix="migrate-bench-", dir=args.work))
@@ -132,6 +140,8 @@ def main() -> None:
                     save(doc, args.out)
                 shutil.rmtree(dst)
         doc["journal"] = journal_choice.run(tuple(int(s) for s in args.journal_sizes.split(",")))
+        if args.driver_sizes:
+            doc["driver"] = driver.run([int(s) for s in args.driver_sizes.split(",")], args.work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     save(doc, args.out)

@@ -89,16 +89,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "results")
     args = parser.parse_args()
     rows = run([int(s) for s in args.sizes.split(",")], args.work)
+    from .__main__ import save
+
     path = args.out / "migrate.json"
     doc = json.loads(path.read_text()) if path.is_file() else {}
     doc["driver"] = rows
-    args.out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=1) + "\n")
-    md = args.out / "migrate.md"
-    text = md.read_text() if md.is_file() else ""
-    marker = "\nDriver alone"
-    text = text[: text.index(marker) - 1] if marker in text else text
-    md.write_text(text + to_markdown(rows))
+    save(doc, args.out)
     print(to_markdown(rows))
 
 

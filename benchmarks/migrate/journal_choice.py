@@ -32,42 +32,49 @@ def _time_per_op(fn, reps: int) -> float:
     return statistics.median(times)
 
 
-def jsonl(folder: Path, n: int, reps: int) -> dict:
-    with open(folder / ".ckpt-convert-journal.jsonl", "w") as f:  # preload N entries, not timed
+def _preload_jsonl(folder: Path, n: int) -> Journal:
+    with open(folder / ".ckpt-convert-journal.jsonl", "w") as f:  # N entries already there, not timed
         f.write(json.dumps({"ckpt_convert_journal": 2, "source": "/src"}) + "\n")
         for i in range(n):
             f.write(json.dumps({"rel": f"g/{i}.pt", **_entry(i)}, separators=(",", ":")) + "\n")
-    t = time.perf_counter()
-    journal = Journal.open(folder, "/src")
-    load = time.perf_counter() - t
-    append = _time_per_op(lambda i: journal.record(f"new/{i}.pt", _entry(n + i)), reps)
-    journal.close()
-    t = time.perf_counter()
-    assert len(read_journal(folder).entries) == n + reps
-    return {"append_s": append, "load_s": min(load, time.perf_counter() - t)}
+    return Journal.open(folder, "/src")
 
 
-def sqlite(folder: Path, n: int, reps: int) -> dict:
+def _preload_sqlite(folder: Path, n: int) -> sqlite3.Connection:
     db = sqlite3.connect(folder / "manifest.sqlite", isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")
+    db.execute("PRAGMA synchronous=FULL")  # durable at each commit, as the journal's fsync is
     db.execute("CREATE TABLE files (rel TEXT PRIMARY KEY, entry TEXT NOT NULL)")
     db.execute("BEGIN")
     db.executemany("INSERT INTO files VALUES (?, ?)", ((f"g/{i}.pt", json.dumps(_entry(i))) for i in range(n)))
     db.execute("COMMIT")
+    return db
 
-    def record(i: int) -> None:
+
+def jsonl_and_sqlite(folder: Path, n: int, reps: int) -> tuple[dict, dict]:
+    """Appends timed alternately (JSONL, SQLite, JSONL, ...) so both see the same disk and load."""
+    journal, db = _preload_jsonl(folder, n), _preload_sqlite(folder, n)
+    times: dict[str, list[float]] = {"jsonl": [], "sqlite": []}
+    for i in range(reps):
+        t = time.perf_counter()
+        journal.record(f"new/{i}.pt", _entry(n + i))
+        times["jsonl"].append(time.perf_counter() - t)
+        t = time.perf_counter()
         db.execute("BEGIN")
         db.execute("INSERT OR REPLACE INTO files VALUES (?, ?)", (f"new/{i}.pt", json.dumps(_entry(n + i))))
         db.execute("COMMIT")
-
-    append = _time_per_op(record, reps)
+        times["sqlite"].append(time.perf_counter() - t)
+    journal.close()
+    t = time.perf_counter()
+    assert len(read_journal(folder).entries) == n + reps
+    jsonl_load = time.perf_counter() - t
     t = time.perf_counter()
     loaded = {rel: json.loads(e) for rel, e in db.execute("SELECT rel, entry FROM files")}
-    load = time.perf_counter() - t
+    sqlite_load = time.perf_counter() - t
     assert len(loaded) == n + reps
     db.close()
-    return {"append_s": append, "load_s": load}
+    return ({"append_s": statistics.median(times["jsonl"]), "load_s": jsonl_load},
+            {"append_s": statistics.median(times["sqlite"]), "load_s": sqlite_load})
 
 
 def legacy_manifest_save(folder: Path, n: int, reps: int) -> dict:
@@ -86,14 +93,22 @@ def legacy_manifest_save(folder: Path, n: int, reps: int) -> dict:
     return {"save_s": _time_per_op(save, reps)}
 
 
-def run(sizes: tuple[int, ...] = (1_000, 10_000, 100_000), reps: int = 50) -> list[dict]:
+def run(sizes: tuple[int, ...] = (1_000, 10_000, 100_000), reps: int = 100) -> list[dict]:
     rows = []
     for n in sizes:
         row: dict = {"entries": n}
-        for name, fn, r in (("jsonl", jsonl, reps), ("sqlite", sqlite, reps),
-                            ("v1_manifest", legacy_manifest_save, max(3, reps // 10 if n >= 100_000 else reps // 5))):
-            with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
-                row[name] = fn(Path(tmp), n, r)
+        with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
+            row["jsonl"], row["sqlite"] = jsonl_and_sqlite(Path(tmp), n, reps)
+        with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
+            row["v1_manifest"] = legacy_manifest_save(Path(tmp), n, 3 if n >= 100_000 else 10)
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
+
+
+if __name__ == "__main__":  # python -m benchmarks.migrate.journal_choice: refresh only this part of the results
+    from .__main__ import RESULTS, save
+
+    doc = json.loads((RESULTS / "migrate.json").read_text())
+    doc["journal"] = run()
+    save(doc, RESULTS)
