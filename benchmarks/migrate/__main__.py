@@ -68,7 +68,8 @@ def to_markdown(doc: dict) -> str:
            "| backend | files | wall s | files/s | driver CPU s | driver CPU ms/file | growth vs smallest |",
            "|---|---:|---:|---:|---:|---:|---:|"]
     for row in doc["migrate"]:
-        out.append(f"| {row['backend']} (jobs {row['jobs']}) | {row['files']:,} | {row['wall_s']:.1f} | "
+        label = f"pool (--jobs {row['jobs']})" if row["backend"] == "pool" else f"{row['backend']} (local instance)"
+        out.append(f"| {label} | {row['files']:,} | {row['wall_s']:.1f} | "
                    f"{row['files_per_s']:.1f} | {row['driver_cpu_s']:.2f} | {row['driver_cpu_ms_per_file']:.2f} | "
                    f"{row['growth']:.2f}× (for {row['files'] / row['smallest']:.0f}× the files) |")
     for row in doc["rerun"]:
