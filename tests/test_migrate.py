@@ -11,7 +11,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -23,7 +22,8 @@ from safetensors.torch import load_file
 from convert import convert_checkpoint, load_checkpoint
 from convert.migrate import migrate, scan_folder
 from convert.migrate.hf import convert_hf_folder
-from convert.migrate.manifest import MANIFEST_NAME
+from convert.migrate.journal import JOURNAL_NAME, KILL_ENV, read_journal
+from convert.migrate.lock import LOCK_NAME
 from convert.migrate.report import REPORT_NAME
 from tests.helpers import REPO_ROOT, EvilEval, EvilSystem, Net, assert_equivalent, make_net, numpy_payload, trained
 
@@ -91,8 +91,8 @@ def _hashes(folder: Path) -> dict[str, bytes]:
 
 
 def _outputs(dst: Path) -> dict[str, bytes]:
-    """Every output file except the manifest and report (which hold timings)."""
-    return {k: v for k, v in _hashes(dst).items() if k not in (MANIFEST_NAME, REPORT_NAME)}
+    """Every output file except the journal, lock and report (which hold timings and pids)."""
+    return {k: v for k, v in _hashes(dst).items() if k not in (JOURNAL_NAME, LOCK_NAME, REPORT_NAME)}
 
 
 @pytest.fixture(scope="module")
@@ -146,25 +146,19 @@ def test_second_run_does_nothing(zoo, first_run):
 
 
 def test_killed_run_resumes_to_the_same_result(zoo, first_run, tmp_path):
+    """kill -9 of the driver right after its 40th journal line, then a re-run: same outputs, nothing redone."""
     dst_full, report = first_run
     dst = tmp_path / "dst"
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen([sys.executable, "-m", "convert", "migrate", str(zoo), str(dst), "-q", "-j", "2"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    manifest = dst / MANIFEST_NAME
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if len(json.loads(manifest.read_text())["files"]) >= 40:
-                break
-        except (OSError, ValueError, KeyError):
-            pass
-        time.sleep(0.05)
-    assert proc.poll() is None, "the migration finished before it could be interrupted"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    finished = {k for k, e in json.loads(manifest.read_text())["files"].items() if e["status"] == "converted"}
-    assert 20 <= len(finished) < N_GOOD
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONWARNINGS": "ignore", KILL_ENV: "journal:40"}
+    proc = subprocess.run([sys.executable, "-m", "convert", "migrate", str(zoo), str(dst), "-q", "-j", "2"],
+                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+    assert proc.returncode == -signal.SIGKILL
+    journal = read_journal(dst)
+    assert len(journal.entries) == 40 and journal.dropped == 0
+    finished = {k for k, e in journal.entries.items() if e["status"] == "converted"}
+    assert 20 <= len(finished) <= 40
+    stamps = {k: (dst / e["output"] / "checkpoint.json").stat().st_ino for k, e in journal.entries.items()
+              if k in finished}
 
     resumed = migrate(zoo, dst, jobs=2)
     # what the killed run finished is skipped, the rest converted now; refusals and failures are the same
@@ -172,8 +166,10 @@ def test_killed_run_resumes_to_the_same_result(zoo, first_run, tmp_path):
     got = {k: e["status"] for k, e in resumed.files.items()}
     differing = {k: (expected.get(k), v, resumed.files[k].get("reason")) for k, v in got.items() if v != expected.get(k)}
     assert got == expected, differing
+    assert {k: (dst / resumed.files[k]["output"] / "checkpoint.json").stat().st_ino for k in finished} == stamps
     assert _outputs(dst) == _outputs(dst_full)
     assert not [p for p in dst.rglob(".*") if ".tmp-" in p.name or ".old-" in p.name]
+    assert len((dst / JOURNAL_NAME).read_text().splitlines()) == 1 + len(report.files)  # compacted
 
 
 def test_scan_folder_uses_the_same_walker_and_report(zoo):

@@ -15,7 +15,8 @@ import torch
 
 from convert.errors import ConvertError
 from convert.migrate import migrate
-from convert.migrate.manifest import Manifest
+from convert.migrate.journal import JOURNAL_NAME, read_journal
+from convert.migrate.lock import LOCK_NAME
 from convert.migrate.ray_runner import FAULT_ENV, ray_submit, task_memory
 from convert.migrate.walker import Job
 from tests.helpers import EvilSystem, make_net
@@ -47,7 +48,7 @@ def _ray_migrate(src: Path, dst: Path):
 
 
 def _files(folder: Path) -> dict[str, bytes]:
-    skip = {".ckpt-convert-manifest.json", "ckpt-convert-report.json"}
+    skip = {JOURNAL_NAME, LOCK_NAME, "ckpt-convert-report.json"}
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
             if p.is_file() and p.name not in skip}
 
@@ -62,7 +63,7 @@ def test_ray_migration_matches_the_process_pool(small_zoo, tmp_path):
     assert not (tmp_path / "CANARY").exists()
 
 
-def test_killed_ray_worker_is_retried_and_the_manifest_stays_consistent(small_zoo, tmp_path, monkeypatch):
+def test_killed_ray_worker_is_retried_and_the_journal_stays_consistent(small_zoo, tmp_path, monkeypatch):
     marker = tmp_path / "worker.pid"
     monkeypatch.setenv(FAULT_ENV, f"a/ck3.pt:{marker}")
     killed = []
@@ -72,8 +73,8 @@ def test_killed_ray_worker_is_retried_and_the_manifest_stays_consistent(small_zo
         while time.monotonic() < deadline:
             if marker.exists() and marker.read_text().strip():
                 pid = int(marker.read_text())
-                dst_manifest = Manifest(tmp_path / "dst")  # while the worker hangs, ck3 is not in the manifest
-                killed.append("a/ck3.pt" not in dst_manifest.entries)
+                journal = read_journal(tmp_path / "dst")  # while the worker hangs, ck3 is not in the journal
+                killed.append("a/ck3.pt" not in journal.entries and journal.dropped == 0)
                 os.kill(pid, signal.SIGKILL)
                 return
             time.sleep(0.05)
@@ -84,9 +85,12 @@ def test_killed_ray_worker_is_retried_and_the_manifest_stays_consistent(small_zo
     killer.join(timeout=5)
     assert killed == [True], "the hanging first attempt was never seen and killed"
     assert report.files["a/ck3.pt"]["status"] == "converted" and report.files["a/ck3.pt"]["verified"]
-    manifest = Manifest(tmp_path / "dst")
-    assert manifest.entries["a/ck3.pt"]["status"] == "converted"
-    assert {k: e["status"] for k, e in manifest.entries.items()} == {k: e["status"] for k, e in report.files.items()}
+    journal = read_journal(tmp_path / "dst")  # the Ray path writes the same journal as the pool
+    assert journal.entries["a/ck3.pt"]["status"] == "converted"
+    assert {k: e["status"] for k, e in journal.entries.items()} == {k: e["status"] for k, e in report.files.items()}
+    assert len((tmp_path / "dst" / JOURNAL_NAME).read_text().splitlines()) == 1 + len(report.files)  # compacted
+    again = _ray_migrate(small_zoo, tmp_path / "dst")  # a re-run reads the journal: nothing converted again
+    assert collections.Counter(e["status"] for e in again.files.values()) == {"skipped": 7, "unsafe": 1, "failed": 1}
     assert not [p for p in (tmp_path / "dst").rglob(".*") if ".tmp-" in p.name]
 
 

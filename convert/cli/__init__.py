@@ -89,10 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Find every checkpoint under SRC_DIR by content (torch zip, legacy, pickle; "
                        "Hugging Face model folders as a whole), convert each into the mirrored place under DST_DIR, "
                        "verify it against its source, and write DST_DIR/ckpt-convert-report.json. SRC_DIR is never "
-                       "modified. Re-running skips what is done and verified and retries what failed (the manifest "
-                       "is DST_DIR/.ckpt-convert-manifest.json). Exit 1 if any file was refused as unsafe, 2 if any failed.")
-    p.add_argument("src", metavar="SRC_DIR")
-    p.add_argument("dst", metavar="DST_DIR")
+                       "modified; DST_DIR must not be SRC_DIR nor contain it. Re-running skips what is done and "
+                       "verified and retries what failed (the journal is DST_DIR/.ckpt-convert-journal.jsonl); one "
+                       "migrate per DST_DIR at a time. `migrate --status DST_DIR` (or `migrate SRC_DIR DST_DIR --status`) "
+                       "says what is done, failed and pending. Exit 1 if any file was refused as unsafe, 2 if any failed.")
+    p.add_argument("src", metavar="SRC_DIR", nargs="?")
+    p.add_argument("dst", metavar="DST_DIR", nargs="?")
+    p.add_argument("--status", action="store_true",
+                   help="print what the migration into DST_DIR has done, failed and left pending (pending: found "
+                   "in SRC_DIR, default the journal's source, and not done yet); converts nothing")
     p.add_argument("--jobs", "-j", type=int, default=None, help="worker processes (default: number of cores)")
     p.add_argument("--max-shard-size", metavar="SIZE", help="shard state dicts larger than SIZE (e.g. 5GB)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar; print only the summary")

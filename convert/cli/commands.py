@@ -51,9 +51,39 @@ def inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def migrate_status(args: argparse.Namespace) -> int:
+    from ..migrate import migrate_status as status_of
+
+    given = [p for p in (args.src, args.dst) if p]
+    src, dst = (None, given[0]) if len(given) == 1 else (given[0], given[1])
+    status = status_of(dst, src)
+    if args.json:
+        print(json.dumps(status, indent=1))
+        return 0
+    pending = status["pending"]
+    print(f"migrate status: {status['destination']}" + (f" (source {status['source']})" if status["source"] else ""))
+    print(f"  done      {status['done']}")
+    print(f"  failed    {status['failed']}")
+    print(f"  unsafe    {status['unsafe']}")
+    print(f"  pending   {pending if pending is not None else 'unknown (source not found: give SRC_DIR)'}")
+    if status["running_pid"] is not None:
+        print(f"  running   yes (pid {status['running_pid']})")
+    if status["dropped_lines"]:
+        print(f"  warning   {status['dropped_lines']} unreadable journal line(s) dropped")
+    for problem in status["failed_files"]:
+        print(f"  {problem['status'].upper():8} {problem['file']}: {problem['reason']}")
+    return 0
+
+
 def migrate(args: argparse.Namespace) -> int:
     from ..migrate import migrate as run_migrate
 
+    if args.status:
+        if not args.src:
+            raise ConvertError("migrate --status needs DST_DIR")
+        return migrate_status(args)
+    if not args.src or not args.dst:
+        raise ConvertError("migrate needs SRC_DIR and DST_DIR (or --status DST_DIR)")
     if args.jobs is not None and args.jobs < 1:
         raise ConvertError("--jobs must be at least 1")
     submit = None
@@ -63,6 +93,8 @@ def migrate(args: argparse.Namespace) -> int:
         submit = ray_submit(None if args.ray == "local" else args.ray)
     report = run_migrate(args.src, args.dst, jobs=args.jobs, quiet=args.quiet or args.json,
                          max_shard_size=args.max_shard_size, submit=submit)
+    for note in report.notes:
+        print(f"ckpt-convert: warning: {note}", file=sys.stderr)
     print(json.dumps(report.to_json(), indent=1) if args.json else report.table())
     return report.exit_code
 

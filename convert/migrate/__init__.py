@@ -1,5 +1,8 @@
 """`migrate` and folder `scan`: every checkpoint under a folder, in parallel, resumable, verified.
 
+Modules: walker (streams jobs), pool / ray_runner (run them), journal (what is done), lock,
+overlap and cleanup (never touch anything but DST's own temp folders), report, progress.
+
     >>> report = migrate("old_models/", "new_models/", jobs=4)   # doctest: +SKIP
     >>> report.exit_code                                        # doctest: +SKIP
     0
@@ -7,137 +10,161 @@
 
 from __future__ import annotations
 
-import concurrent.futures
-import multiprocessing
 import os
-import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConvertError
-from .manifest import Manifest
+from .cleanup import remove_stale_temporaries
+from .journal import JOURNAL_NAME, Journal, JournalState, read_journal
+from .lock import DestinationLock, holder_pid
+from .manifest import MANIFEST_NAME, MIGRATED_SUFFIX, read_legacy_manifest, retire_legacy_manifest
+from .overlap import check_overlap
+from .pool import run_bounded
+from .progress import MigrateProgress
 from .report import REPORT_NAME, Report
-from .walker import Job, find_jobs
-from .worker import run_job, scan_job
+from .walker import Job, WalkStats, iter_jobs
+from .worker import pool_job, scan_job
 
-__all__ = ["Report", "migrate", "scan_folder"]
+__all__ = ["Report", "migrate", "migrate_status", "scan_folder"]
 
-
-def _fingerprint(job: Job) -> tuple[int, int]:
-    """(size, newest mtime) of the job's input files: what decides whether a re-run may skip it."""
-    if job.kind == "file":
-        st = job.source.stat()
-        return st.st_size, st.st_mtime_ns
-    if job.kind == "framework":
-        from .frameworks import fingerprint
-
-        return fingerprint(job.source)
-    from .hf import INDEX, hf_checkpoint_files
-
-    paths = [*hf_checkpoint_files(job.source), *([job.source / INDEX] if (job.source / INDEX).exists() else [])]
-    return job.size, max(p.stat().st_mtime_ns for p in paths)
+Submit = Callable[[Iterable[Job], str, "str | None"], Iterable[tuple[Job, dict]]]
 
 
-def _remove_stale_temporaries(dst: Path) -> None:
-    """Folders a killed run was still writing (`.NAME.tmp-*`, `.NAME.old-*`) are never outputs."""
-    for root, dirs, _ in os.walk(dst):
-        for d in list(dirs):
-            if d.startswith(".") and (".tmp-" in d or ".old-" in d):
-                shutil.rmtree(Path(root) / d, ignore_errors=True)
-                dirs.remove(d)
-
-
-def _local_pool(jobs: int) -> concurrent.futures.Executor:
-    # spawn, not fork: a forked child of a process that already ran torch ops can deadlock.
-    return concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
-
-
-def _progress(quiet: bool, total_files: int, total_bytes: int) -> Any:
-    if quiet:
-        return None
-    try:
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TransferSpeedColumn,
-        )
-    except ImportError:
-        return None
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                        TransferSpeedColumn(), TimeElapsedColumn(), transient=False)
-    progress.start()
-    progress.task = progress.add_task(f"0/{total_files} files", total=total_bytes or 1)  # type: ignore[attr-defined]
-    progress.counts = [0, total_files]  # type: ignore[attr-defined]
-    return progress
+def _open_journal(dst: Path, src: Path, report: Report) -> Journal:
+    """Read the journal in one pass (folding in a version-1 manifest once) and open it for appending."""
+    for leftover in [*dst.glob(f"{JOURNAL_NAME}.tmp-*"), *dst.glob(f"{REPORT_NAME}.tmp-*")]:
+        leftover.unlink(missing_ok=True)  # a killed run's compaction or report: only a lock holder writes these
+    journal = Journal.open(dst, str(Path(src).resolve()))
+    if journal.state.dropped:
+        report.notes.append(f"{dst / JOURNAL_NAME}: {journal.state.dropped} unreadable line(s) dropped; "
+                            "the files they recorded are converted again")
+    legacy, note = read_legacy_manifest(dst)
+    if note:
+        report.notes.append(note)
+    if legacy is not None:
+        # entries already in the journal are newer than the manifest's (a crash after folding it in)
+        journal.add_many((rel, e) for rel, e in legacy.items() if rel not in journal.entries)
+        retire_legacy_manifest(dst)
+        report.notes.append(f"{dst / MANIFEST_NAME}: {len(legacy)} entries of the version-1 manifest moved into "
+                            f"{JOURNAL_NAME}; the old file is kept as {MANIFEST_NAME}{MIGRATED_SUFFIX}")
+    return journal
 
 
 def migrate(src: str | os.PathLike, dst: str | os.PathLike, *, jobs: int | None = None, quiet: bool = True,
-            max_shard_size: str | None = None, submit: Callable[[list[Job], str, str | None], Iterable] | None = None,
-            ) -> Report:
+            max_shard_size: str | None = None, submit: Submit | None = None) -> Report:
     """Convert every checkpoint under `src` into the mirrored folder `dst`, verify each, and report.
 
-    Resumable: a manifest in `dst` records each finished file (source size, mtime, sha256, status,
+    Resumable: the journal in `dst` records each finished file (source size, mtime, sha256, status,
     output); a re-run skips what was converted and verified, retries what failed. `src` is never
-    written to. `submit` replaces the local process pool (e.g. Ray): it receives the pending jobs,
-    the destination and the shard size and yields `(job, entry)` as jobs finish.
+    written to; `dst` must not be `src` nor contain it (it may lie inside it: the walker skips it).
+    One migrate per `dst` at a time (a lock file). Per file, the driver's cost is constant: the walk
+    streams into a bounded queue, the journal appends one line.
+
+    Args:
+        src: folder to convert. dst: the mirrored output folder (created if missing).
+        jobs: worker processes (default: the number of cores). quiet: no progress bar.
+        max_shard_size: shard state dicts larger than this (e.g. "5GB").
+        submit: replaces the local process pool (e.g. Ray): receives an iterable of pending jobs, the
+            destination and the shard size, and yields `(job, entry)` as jobs finish.
+
+    Returns:
+        The report (also written to `dst/ckpt-convert-report.json`).
     """
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise ConvertError(f"{src}: not a folder")
-    dst.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(dst)
-    manifest = Manifest(dst)
-    found, others = find_jobs(src, skip=dst)
-    report = Report("migrate", str(src), str(dst), other_files=others)
-    todo: list[Job] = []
-    prints: dict[str, tuple[int, int]] = {}
-    for job in found:
-        prints[job.rel] = size, mtime = _fingerprint(job)
-        previous = manifest.done(job.rel, size, mtime, dst)
-        if previous:
-            report.files[job.rel] = {**previous, "status": "skipped"}
-        else:
-            todo.append(job)
-    progress = _progress(quiet, len(todo), sum(j.size for j in todo))
-    if submit is not None:
-        results = submit(todo, str(dst), max_shard_size)
-    else:
-        results = _run_local(todo, str(dst), max_shard_size, jobs or os.cpu_count() or 1)
+    dst_inside_src = check_overlap(src, dst)
     try:
-        for job, entry in results:
-            size, mtime = prints[job.rel]
-            entry.update(size=size, mtime_ns=mtime)
-            manifest.record(job.rel, entry)
-            report.files[job.rel] = entry
-            if progress is not None:
-                progress.counts[0] += 1
-                progress.update(progress.task, advance=job.size, description=f"{progress.counts[0]}/{progress.counts[1]} files")
-    finally:
-        if progress is not None:
-            progress.stop()
-    report.write(dst / REPORT_NAME)
+        dst.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConvertError(f"cannot create {dst}: {exc.strerror}") from None
+    with DestinationLock(dst):
+        report = Report("migrate", str(src), str(dst))
+        journal = _open_journal(dst, src, report)
+        stats = WalkStats()
+        progress = MigrateProgress(not quiet)
+
+        def pending() -> Iterator[Job]:
+            walk = iter_jobs(src, stats, skip=dst if dst_inside_src else None,
+                             on_folder=lambda rel: remove_stale_temporaries(dst / rel))
+            for job in walk:
+                previous = journal.state.is_done(job.rel, job.size, job.mtime_ns, dst)
+                if previous:
+                    report.add(job.rel, {**previous, "status": "skipped"})
+                else:
+                    progress.found_job(job)
+                    yield job
+            progress.walk_finished()
+
+        args = (str(dst), max_shard_size)
+        try:
+            results = submit(pending(), *args) if submit is not None else \
+                run_bounded(pool_job, pending(), args, jobs or os.cpu_count() or 1)
+            try:
+                for job, entry in results:
+                    entry.update(size=job.size, mtime_ns=job.mtime_ns)
+                    journal.record(job.rel, entry)
+                    report.add(job.rel, entry)
+                    progress.finished_job(job)
+            finally:
+                progress.stop()
+            report.other_files, report.special_files = stats.others, stats.special
+            if journal.needs_compaction():
+                journal.compact()
+        finally:
+            journal.close()
+        report.write(dst / REPORT_NAME)
     return report
 
 
-def _run_local(todo: list[Job], dst: str, max_shard_size: str | None, n: int) -> Iterable[tuple[Job, dict]]:
-    if n == 1 or len(todo) == 1:  # a worker's start-up (importing torch) costs more than it saves
-        for job in todo:
-            yield job, run_job(job, dst, max_shard_size)
-        return
-    with _local_pool(n) as pool:
-        futures = {pool.submit(run_job, job, dst, max_shard_size): job for job in todo}
-        for future in concurrent.futures.as_completed(futures):
-            job = futures[future]
-            try:
-                entry = future.result()
-            except Exception as exc:  # the worker died (OOM-killed, segfault): record it, go on
-                entry = {"kind": job.kind, "output": job.output_rel, "bytes": job.size, "status": "failed",
-                         "reason": f"worker failed: {type(exc).__name__}: {exc}"}
-            yield job, entry
+def migrate_status(dst: str | os.PathLike, src: str | os.PathLike | None = None) -> dict[str, Any]:
+    """What a migration into `dst` has done, what failed, and what is still pending; writes nothing.
+
+    Args:
+        dst: the migration's destination (holds the journal).
+        src: the source folder; default: the one the journal records. Without a source that
+            exists, `pending` is None (unknown).
+
+    Returns:
+        {"destination", "source", "done", "failed", "unsafe", "pending", "dropped_lines",
+        "running_pid", "failed_files"}: counts, the pid of a migrate running now (or None), and
+        the first failed and unsafe files with their reasons.
+    """
+    dst = Path(dst)
+    state = read_journal(dst)
+    if not state.entries and not state.lines:
+        legacy, note = read_legacy_manifest(dst)
+        if legacy is None and not (dst / JOURNAL_NAME).exists():
+            raise ConvertError(f"{dst}: no migration journal here ({note or 'nothing migrated yet'})")
+        state = JournalState(entries=legacy or {}, source=None)
+    counts = {"done": 0, "failed": 0, "unsafe": 0}
+    problems = []
+    for rel, entry in state.entries.items():
+        status = entry.get("status")
+        if status in ("converted", "skipped") and entry.get("verified"):
+            counts["done"] += 1
+        elif status in ("failed", "unsafe"):
+            counts[status] += 1
+            if len(problems) < 50:
+                problems.append({"file": rel, "status": status, "reason": str(entry.get("reason", ""))[:300]})
+        else:
+            counts["failed"] += 1
+    source = Path(src) if src is not None else Path(state.source) if state.source else None
+    pending = None
+    if source is not None and source.is_dir():
+        pending = 0
+        inside = Path(os.path.realpath(dst)).is_relative_to(os.path.realpath(source))
+        for job in iter_jobs(source, WalkStats(), skip=dst if inside else None):
+            entry = state.entries.get(job.rel)
+            recorded = entry is not None and entry.get("size") == job.size and entry.get("mtime_ns") == job.mtime_ns
+            if not recorded or not (entry.get("status") in ("failed", "unsafe")
+                                    or state.is_done(job.rel, job.size, job.mtime_ns, dst)):
+                pending += 1
+    return {"destination": str(dst), "source": str(source) if source is not None else None, **counts,
+            "pending": pending, "dropped_lines": state.dropped, "running_pid": holder_pid(dst),
+            "failed_files": problems}
 
 
 def scan_folder(src: str | os.PathLike, *, jobs: int | None = None) -> Report:
@@ -145,18 +172,10 @@ def scan_folder(src: str | os.PathLike, *, jobs: int | None = None) -> Report:
     src = Path(src)
     if not src.is_dir():
         raise ConvertError(f"{src}: not a folder")
-    found, others = find_jobs(src)
-    report = Report("scan", str(src), None, other_files=others)
-    if not found:
-        return report
-    n = jobs or os.cpu_count() or 1
+    report = Report("scan", str(src), None)
+    stats = WalkStats()
     # a pool's start-up costs more than a few small scans
-    results = ((job, scan_job(job)) for job in found) if n == 1 or len(found) < 8 else _scan_pool(found, n)
-    for job, entry in results:
-        report.files[job.rel] = entry
+    for job, entry in run_bounded(scan_job, iter_jobs(src, stats), (), jobs or os.cpu_count() or 1, min_for_pool=8):
+        report.add(job.rel, entry)
+    report.other_files, report.special_files = stats.others, stats.special
     return report
-
-
-def _scan_pool(found: list[Job], n: int) -> Iterable[tuple[Job, dict]]:
-    with _local_pool(n) as pool:
-        yield from zip(found, pool.map(scan_job, found, chunksize=8))

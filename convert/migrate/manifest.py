@@ -1,8 +1,10 @@
-"""The migration manifest: what each source file became, so a re-run can skip or retry it.
+"""The version-1 manifest of earlier releases, read once and folded into the journal.
 
-Kept in DST/.ckpt-convert-manifest.json and replaced atomically (write to a temp file, fsync,
-rename) after every finished job, so a run killed at any moment leaves a manifest that only
-lists outputs that were completely written.
+`.ckpt-convert-manifest.json` was one JSON document `{"version": 1, "files": {rel: entry}}`,
+rewritten after every file (cost growing with the number of files: replaced by `journal.py`).
+Users have them from earlier runs: the first run with the journal reads it, appends its entries
+to the journal (fsync'd), then renames it to `.ckpt-convert-manifest.json.migrated` so it is
+read only once. A manifest that cannot be read is left in place and reported, never deleted.
 """
 
 from __future__ import annotations
@@ -13,43 +15,31 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST_NAME = ".ckpt-convert-manifest.json"
+MIGRATED_SUFFIX = ".migrated"
 MANIFEST_VERSION = 1
+MAX_MANIFEST_BYTES = 1 << 30
 
 
-class Manifest:
-    def __init__(self, dst: Path) -> None:
-        self.path = dst / MANIFEST_NAME
-        self.entries: dict[str, dict[str, Any]] = {}
-        if self.path.is_file():
-            try:
-                data = json.loads(self.path.read_text(encoding="utf-8"))
-                if data.get("version") == MANIFEST_VERSION and isinstance(data.get("files"), dict):
-                    self.entries = data["files"]
-            except (ValueError, OSError, AttributeError):
-                self.entries = {}  # unreadable: start over; outputs are re-verified, never trusted blindly
+def read_legacy_manifest(dst: Path) -> tuple[dict[str, dict[str, Any]] | None, str | None]:
+    """(entries, None) from a v1 manifest in `dst`, (None, None) if there is none, (None, note) if unreadable."""
+    path = dst / MANIFEST_NAME
+    try:
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            return None, f"{path}: too large to be a manifest; left in place and ignored"
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError) as exc:
+        return None, f"{path}: unreadable version-1 manifest ({type(exc).__name__}); left in place and ignored"
+    files = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or data.get("version") != MANIFEST_VERSION or not isinstance(files, dict):
+        return None, f"{path}: not a version-1 manifest; left in place and ignored"
+    entries = {rel: e for rel, e in files.items()
+               if isinstance(rel, str) and isinstance(e, dict) and isinstance(e.get("status"), str)}
+    return entries, None
 
-    def done(self, rel: str, size: int, mtime_ns: int, dst: Path) -> dict[str, Any] | None:
-        """The entry if `rel` was converted and verified from a file of this size and mtime, and its output is there."""
-        entry = self.entries.get(rel)
-        if not entry or entry.get("status") not in ("converted", "skipped") or not entry.get("verified"):
-            return None
-        if entry.get("size") != size or entry.get("mtime_ns") != mtime_ns:
-            return None
-        # a framework folder (frameworks.py) is renamed into place whole: its existence means complete
-        complete = (dst / entry["output"]).is_dir() if entry.get("kind") == "framework" else \
-            (dst / entry["output"] / "checkpoint.json").is_file()
-        if not complete:
-            return None
-        return entry
 
-    def record(self, rel: str, entry: dict[str, Any]) -> None:
-        self.entries[rel] = entry
-        self.save()
-
-    def save(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"version": MANIFEST_VERSION, "files": self.entries}, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+def retire_legacy_manifest(dst: Path) -> None:
+    """Rename the v1 manifest once its entries are safely in the journal (kept for the user, not read again)."""
+    path = dst / MANIFEST_NAME
+    os.replace(path, path.with_name(path.name + MIGRATED_SUFFIX))

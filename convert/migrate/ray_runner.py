@@ -1,9 +1,10 @@
 """Running migration jobs on a Ray cluster instead of the local process pool.
 
-The walker, manifest, verification and report stay in the driver (`migrate`); only the
-per-file work (`run_job`: convert + verify) runs as Ray tasks. Tasks are idempotent (each writes
+The walker, journal, verification and report stay in the driver (`migrate`); only the
+per-file work (`run_job`: convert + verify) runs as Ray tasks, pulled from the walker with a
+bounded number in flight. Tasks are idempotent (each writes
 its own output folder atomically, with overwrite), so Ray may retry them when a worker dies; the
-manifest is written by the driver alone, and only from a task's returned result, so a worker that
+journal is written by the driver alone, and only from a task's returned result, so a worker that
 dies mid-file leaves no trace in it. Each task declares the memory its file needs, so big
 checkpoints are not packed onto one node. Every node must see SRC and DST at the same paths
 (shared storage).
@@ -11,34 +12,25 @@ checkpoints are not packed onto one node. Every node must see SRC and DST at the
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ..errors import ConvertError
+from .pool import crashed_entry
 from .walker import Job
-from .worker import run_job
+from .worker import FAULT_ENV, pool_job
+
+__all__ = ["FAULT_ENV", "ray_submit", "task_memory"]
 
 BASE_MEMORY = 768 << 20  # a worker with torch imported, before any checkpoint
-FAULT_ENV = "CKPT_CONVERT_FAULT_INJECT"  # test-only: "REL:MARKER" makes the first attempt on REL hang
+IN_FLIGHT_PER_CPU = 4  # tasks submitted ahead of the results: bounded, so the driver's cost per file is constant
 
 
 def task_memory(job: Job) -> int:
     """Bytes a task may need: verification holds the source tree in memory next to the mapped output."""
     return BASE_MEMORY + 2 * job.size
-
-
-def _task(job: Job, dst: str, max_shard_size: str | None) -> dict[str, Any]:
-    fault = os.environ.get(FAULT_ENV, "")
-    if fault.startswith(job.rel + ":"):
-        marker = fault.split(":", 1)[1]
-        if not os.path.exists(marker):  # first attempt: announce our pid and wait to be killed
-            with open(marker, "w") as f:
-                f.write(str(os.getpid()))
-            import time
-
-            time.sleep(600)
-    return run_job(job, dst, max_shard_size)
 
 
 def ray_submit(address: str | None, *, max_retries: int = 3) -> Any:
@@ -48,8 +40,10 @@ def ray_submit(address: str | None, *, max_retries: int = 3) -> Any:
     except ImportError:
         raise ConvertError("--ray needs Ray: pip install -e '.[ray]'") from None
 
-    def submit(todo: list[Job], dst: str, max_shard_size: str | None) -> Iterable[tuple[Job, dict]]:
-        if not todo:
+    def submit(jobs: Iterable[Job], dst: str, max_shard_size: str | None) -> Iterator[tuple[Job, dict]]:
+        source = iter(jobs)
+        first = next(source, None)
+        if first is None:  # nothing to do: do not start Ray at all
             return
         started_here = not ray.is_initialized()
         if started_here:
@@ -61,21 +55,29 @@ def ray_submit(address: str | None, *, max_retries: int = 3) -> Any:
                 raise ConvertError(f"cannot start or reach Ray at {address or 'a local instance'}: {exc}") from None
         try:
             largest = max((n.get("Resources", {}).get("memory", 0) for n in ray.nodes() if n.get("Alive")), default=0)
-            remote = ray.remote(max_retries=max_retries, retry_exceptions=False)(_task)
-            pending = {}
-            for job in todo:
-                need = task_memory(job)
-                memory = min(need, int(largest)) if largest else need  # never ask for more than a node has
-                pending[remote.options(memory=memory).remote(job, dst, max_shard_size)] = job
-            while pending:
+            limit = max(8, IN_FLIGHT_PER_CPU * int(ray.cluster_resources().get("CPU", 1)))
+            remote = ray.remote(max_retries=max_retries, retry_exceptions=False)(pool_job)
+            pending: dict[Any, Job] = {}
+            queue = itertools.chain([first], source)
+            exhausted = False
+            while pending or not exhausted:
+                while not exhausted and len(pending) < limit:
+                    job = next(queue, None)
+                    if job is None:
+                        exhausted = True
+                        break
+                    need = task_memory(job)
+                    memory = min(need, int(largest)) if largest else need  # never ask for more than a node has
+                    pending[remote.options(memory=memory).remote(job, dst, max_shard_size)] = job
+                if not pending:
+                    break
                 done, _ = ray.wait(list(pending), num_returns=1)
                 for ref in done:
                     job = pending.pop(ref)
                     try:
                         entry = ray.get(ref)
                     except Exception as exc:  # retries exhausted: the worker kept dying
-                        entry = {"kind": job.kind, "output": job.output_rel, "bytes": job.size, "status": "failed",
-                                 "reason": f"Ray task failed: {type(exc).__name__}: {str(exc).splitlines()[0]}"}
+                        entry = crashed_entry(job, exc, "Ray task failed")
                     yield job, entry
         finally:
             if started_here:

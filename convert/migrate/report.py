@@ -1,4 +1,8 @@
-"""The migration / scan report: one JSON document and a human summary, same shape for both."""
+"""The migration / scan report: one JSON document and a human summary, same shape for both.
+
+Counts are kept as entries arrive (no rescan), and the JSON is written once, at the end, entry
+by entry (no second copy of 100k entries as one string).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ from typing import Any
 
 REPORT_NAME = "ckpt-convert-report.json"
 STATUSES = ("converted", "skipped", "clean", "unsafe", "failed")
+SHOWN_ALWAYS = ("converted", "skipped", "unsafe", "failed")
+MAX_PROBLEMS_SHOWN = 200
 
 
 @dataclass
@@ -19,39 +25,71 @@ class Report:
     destination: str | None
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     other_files: int = 0
+    special_files: int = 0  # FIFOs, sockets, devices the walker skipped without opening
+    notes: list[str] = field(default_factory=list)  # warnings for the user (dropped journal lines, ...)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def add(self, rel: str, entry: dict[str, Any]) -> None:
+        """Record one file's outcome (a later outcome for the same file replaces the earlier)."""
+        old = self.files.get(rel)
+        if old is not None:
+            self.counts[old["status"]] -= 1
+        self.files[rel] = entry
+        self.counts[entry["status"]] = self.counts.get(entry["status"], 0) + 1
 
     @property
     def summary(self) -> dict[str, int]:
-        counts = dict.fromkeys(STATUSES, 0)
-        for entry in self.files.values():
-            counts[entry["status"]] = counts.get(entry["status"], 0) + 1
-        return {k: v for k, v in counts.items() if v or k in ("converted", "skipped", "unsafe", "failed")}
+        if sum(self.counts.values()) != len(self.files):  # `files` filled directly, not through add()
+            self.counts = {}
+            for entry in self.files.values():
+                self.counts[entry["status"]] = self.counts.get(entry["status"], 0) + 1
+        counts = {**dict.fromkeys(STATUSES, 0), **self.counts}
+        return {k: v for k, v in counts.items() if v or k in SHOWN_ALWAYS}
 
     @property
     def exit_code(self) -> int:
         """1 if anything was refused as unsafe, 2 if anything failed, else 0."""
-        statuses = {e["status"] for e in self.files.values()}
-        return 1 if "unsafe" in statuses else 2 if "failed" in statuses else 0
+        summary = self.summary
+        return 1 if summary.get("unsafe") else 2 if summary.get("failed") else 0
+
+    def _head(self) -> dict[str, Any]:
+        return {"command": self.command, "source": self.source, "destination": self.destination,
+                "summary": self.summary, "other_files": self.other_files, "special_files": self.special_files,
+                "notes": self.notes, "exit_code": self.exit_code}
 
     def to_json(self) -> dict[str, Any]:
-        return {"command": self.command, "source": self.source, "destination": self.destination,
-                "summary": self.summary, "other_files": self.other_files, "exit_code": self.exit_code,
-                "files": dict(sorted(self.files.items()))}
+        return {**self._head(), "files": dict(sorted(self.files.items()))}
 
     def write(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=1) + "\n", encoding="utf-8")
+        """Write the report atomically, one entry per line (unique temp name, fsync, rename)."""
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        head = json.dumps(self._head(), indent=1, ensure_ascii=False)
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(head[:-2] + ',\n "files": {')
+            sep = "\n"
+            for rel in sorted(self.files):
+                f.write(f"{sep}  {json.dumps(rel, ensure_ascii=False)}: "
+                        f"{json.dumps(self.files[rel], ensure_ascii=False, sort_keys=True)}")
+                sep = ",\n"
+            f.write("\n }\n}\n")
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
 
     def table(self) -> str:
         lines = [f"{self.command}: {self.source}" + (f" → {self.destination}" if self.destination else "")]
         summary = self.summary
-        width = max(len(k) for k in summary)
+        width = max(len(k) for k in (*summary, "special files"))
         lines += [f"  {k.ljust(width)}  {v}" for k, v in summary.items()]
         lines.append(f"  {'other files'.ljust(width)}  {self.other_files} (not checkpoints, left alone)")
-        problems = [(rel, e) for rel, e in sorted(self.files.items()) if e["status"] in ("unsafe", "failed")]
+        if self.special_files:
+            lines.append(f"  {'special files'.ljust(width)}  {self.special_files} (FIFOs, sockets, devices: "
+                         "skipped, never opened)")
+        problems = [(rel, e) for rel, e in self.files.items() if e["status"] in ("unsafe", "failed")]
         if problems:
             lines.append("problems:")
-            for rel, entry in problems:
+            for rel, entry in sorted(problems)[:MAX_PROBLEMS_SHOWN]:
                 lines.append(f"  {entry['status'].upper():8} {rel}: {entry.get('reason', '')[:300]}")
+            if len(problems) > MAX_PROBLEMS_SHOWN:
+                lines.append(f"  ... and {len(problems) - MAX_PROBLEMS_SHOWN} more (see the JSON report)")
         return "\n".join(lines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from pathlib import Path
@@ -12,6 +13,25 @@ from ..errors import ConvertError, UnsafeCheckpoint
 from .frameworks import convert_framework_folder, folder_files, verify_framework_folder
 from .hf import convert_hf_folder, hf_checkpoint_files, verify_hf_folder
 from .walker import Job
+
+FAULT_ENV = "CKPT_CONVERT_FAULT_INJECT"  # test-only: "REL:MARKER" makes the first attempt on REL hang
+
+
+def hang_if_injected(job: Job) -> None:
+    """Fault injection for tests: the first attempt on the named job writes its pid to MARKER and hangs."""
+    fault = os.environ.get(FAULT_ENV, "")
+    if fault.startswith(job.rel + ":"):
+        marker = fault.split(":", 1)[1]
+        if not os.path.exists(marker):  # first attempt: announce our pid and wait to be killed
+            with open(marker, "w") as f:
+                f.write(str(os.getpid()))
+            time.sleep(600)
+
+
+def pool_job(job: Job, dst_root: str, max_shard_size: str | None = None) -> dict[str, Any]:
+    """`run_job` as a pool or Ray task runs it (with the tests' fault injection)."""
+    hang_if_injected(job)
+    return run_job(job, dst_root, max_shard_size)
 
 
 def run_job(job: Job, dst_root: str, max_shard_size: str | None = None) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ from .plan import Plan
 from .safetensors_io import KernelCopySource, write_safetensors
 
 PT_METADATA = {"format": "pt"}
+TEMP_MARKER = ".ckpt-convert-tmp"  # "PID HOST": which process a temp folder belongs to
 
 
 def sidecar_bytes(sidecar: dict) -> bytes:
@@ -46,6 +48,8 @@ def write_folder(plan: Plan, dst: Path, *, overwrite: bool = False, copy_files: 
         except FileNotFoundError:  # a parallel conversion that failed removed the parent it had made: remake it
             created += _make_parents(dst.parent)
             tmp.mkdir()
+        # marks the folder as ours for migrate's stale-temp cleanup (removed before the rename)
+        (tmp / TEMP_MARKER).write_text(f"{os.getpid()} {socket.gethostname()}\n", encoding="utf-8")
         for name, entries in plan.files.items():
             with open(tmp / name, "wb") as out:
                 write_safetensors(out, entries, PT_METADATA, kernel_copy_source=kernel_copy_source)
@@ -56,6 +60,7 @@ def write_folder(plan: Plan, dst: Path, *, overwrite: bool = False, copy_files: 
         if before_sidecar is not None:
             before_sidecar()
         (tmp / SIDECAR_NAME).write_bytes(sidecar_bytes(plan.sidecar))
+        (tmp / TEMP_MARKER).unlink()
         _replace(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

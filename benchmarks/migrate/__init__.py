@@ -1,0 +1,1 @@
+"""Benchmarks for `migrate` at fleet scale: `python -m benchmarks.migrate` (see __main__)."""
