@@ -10,11 +10,12 @@ __version__ = "0.1.0"
 from .api import ConversionReport, ScanReport, convert_checkpoint, read_checkpoint, scan_checkpoint, verify_checkpoint
 from .compare import compare_trees
 from .errors import ConvertError, MalformedCheckpoint, OutputExists, UnsafeCheckpoint, UnsupportedValue
+from .integrity import verify_folder
 from .load import load_checkpoint
 from .read.records import GlobalRef, ObjectRecord
 
 __all__ = [
     "ConversionReport", "ConvertError", "GlobalRef", "MalformedCheckpoint", "ObjectRecord", "OutputExists",
     "ScanReport", "UnsafeCheckpoint", "UnsupportedValue", "compare_trees", "convert_checkpoint", "load_checkpoint",
-    "read_checkpoint", "scan_checkpoint", "verify_checkpoint",
+    "read_checkpoint", "scan_checkpoint", "verify_checkpoint", "verify_folder",
 ]

@@ -10,6 +10,7 @@ from typing import Any
 from . import __version__
 from .compare import compare_trees
 from .errors import ConvertError, OutputExists, UnsafeCheckpoint
+from .integrity import has_record, verify_folder
 from .load import load_checkpoint, read_sidecar
 from .read import Input, read_tree
 from .read.materialize import materialize
@@ -141,6 +142,10 @@ def verify_checkpoint(src: str | os.PathLike, folder: str | os.PathLike) -> list
     diffs = []
     if sidecar["source"]["sha256"] != digest:
         diffs.append(f"<source>: {folder} was converted from a different file (sha256 differs)")
+    if has_record(sidecar):  # the folder's own record first: a corrupt or mixed folder is not loaded
+        problems = verify_folder(folder)
+        if problems:
+            return diffs + problems
     converted = load_checkpoint(folder)
     return diffs + compare_trees(original, converted)
 

@@ -186,6 +186,20 @@ def folder_snapshot(folder) -> dict:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def comparable_snapshot(folder) -> dict:
+    """`folder_snapshot` without what differs by design between two conversions of the same source:
+    the random folder id (replaced by zeros wherever it occurs) and the file digests that cover it."""
+    snap = folder_snapshot(folder)
+    sidecar = json.loads(snap["checkpoint.json"])
+    folder_id = sidecar.pop("folder_id", None)
+    for info in sidecar["files"].values():
+        info.pop("sha256", None)
+    snap["checkpoint.json"] = json.dumps(sidecar).encode()
+    if folder_id:
+        snap = {name: data.replace(folder_id.encode(), b"0" * len(folder_id)) for name, data in snap.items()}
+    return snap
+
+
 def run_cli(*args, cwd=None, env_extra=None, timeout=120) -> subprocess.CompletedProcess:
     """``python -m convert ARGS`` with the repository importable."""
     env = dict(os.environ)
