@@ -137,7 +137,10 @@ def verify_folder(folder: str | os.PathLike) -> list[str]:
             continue
         try:
             problem = check_header(sidecar, name, file.metadata, file.data_bytes)
-            problems += [p for p in (problem, check_digest(sidecar, name, mapping_sha256(file.map))) if p]
+            if problem is None:  # a file of another conversion fails its digest too: say the cause only
+                problem = check_digest(sidecar, name, mapping_sha256(file.map))
+            if problem is not None:
+                problems.append(problem)
         finally:
             file.close()
     return problems
