@@ -276,8 +276,9 @@ def _fake_temp(parent, dst_name: str, pid: int, name_pid: int | None = None, tok
     path = parent / f".{dst_name}.ckpt-convert-tmp-{name_pid or pid}-{token}"
     (path / "new").mkdir(parents=True)
     (path / "new" / "model.safetensors").write_bytes(b"x" * 100)
-    marker = temp._owner(dst_name)
-    marker.update(pid=pid, pid_start=temp._start_time(pid), **marker_changes)
+    marker = temp.owner_marker(dst_name)
+    marker.update(pid=pid, pid_start=temp.process_start_time(pid))
+    marker.update(marker_changes)
     (path / "owner.json").write_text(json.dumps(marker))
     return path
 

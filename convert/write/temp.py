@@ -49,7 +49,7 @@ class TempFolder:
         path = dst.parent / f".{dst.name}.ckpt-convert-tmp-{os.getpid()}-{secrets.token_hex(6)}"
         path.mkdir()
         try:
-            (path / MARKER).write_text(json.dumps(_owner(dst.name)), encoding="utf-8")
+            (path / MARKER).write_text(json.dumps(owner_marker(dst.name)), encoding="utf-8")
             (path / BUILD).mkdir()
         except BaseException:
             shutil.rmtree(path, ignore_errors=True)
@@ -67,7 +67,7 @@ def _boot_id() -> str | None:
         return None
 
 
-def _start_time(pid: int) -> str | None:
+def process_start_time(pid: int) -> str | None:
     """The process's start time in clock ticks since boot (Linux), which tells a reused pid apart."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -76,9 +76,9 @@ def _start_time(pid: int) -> str | None:
     return stat[stat.rindex(")") + 2:].split()[19]  # field 22; the command name may hold spaces
 
 
-def _owner(dst_name: str) -> dict:
+def owner_marker(dst_name: str) -> dict:
     pid = os.getpid()
-    return {"tool": _TOOL, "pid": pid, "pid_start": _start_time(pid), "host": socket.gethostname(),
+    return {"tool": _TOOL, "pid": pid, "pid_start": process_start_time(pid), "host": socket.gethostname(),
             "boot_id": _boot_id(), "started": time.time(), "destination": dst_name}
 
 
@@ -117,7 +117,7 @@ def owner_is_gone(marker: dict) -> bool:
     except OSError:
         return False
     started = marker.get("pid_start")
-    return started is not None and _start_time(pid) not in (None, started)
+    return started is not None and process_start_time(pid) not in (None, started)
 
 
 def is_temporary(path: Path) -> bool:
