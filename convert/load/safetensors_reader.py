@@ -64,7 +64,9 @@ class SafetensorsFile:
         self.path = path
         name = path.name
         with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
+            st = os.fstat(f.fileno())
+            size = st.st_size
+            self.identity = (st.st_dev, st.st_ino)  # pinned by the mapping: a reopen must find this same file
             if size < 8:
                 raise MalformedCheckpoint(f"{name}: too short to be a safetensors file")
             header_len = int.from_bytes(f.read(8), "little")
