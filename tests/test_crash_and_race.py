@@ -7,6 +7,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -63,6 +65,33 @@ def test_overwrite_killed_at_each_step_leaves_a_complete_folder(tmp_path, src_di
     convert_checkpoint(new, dst, overwrite=True)  # the next run removes what the killed one left
     assert os.listdir(parent) == ["ckpt"]
     assert _tag_of(load_checkpoint(dst, verify=True)) == 2
+
+
+FALLBACK_SCRIPT = """
+import os, sys
+from convert.write import durable
+durable._renameat2_fn = None  # as on an OS or file system without renameat2
+from convert.cli import main
+sys.exit(main(["convert", sys.argv[1], sys.argv[2], "--overwrite"]))
+"""
+
+
+def test_overwrite_without_exchange_killed_between_its_renames_loses_nothing(tmp_path, src_dir):
+    old, new = _checkpoint(src_dir, 1), _checkpoint(src_dir, 2)
+    parent = tmp_path / "out"
+    dst = parent / "ckpt"
+    convert_checkpoint(old, dst)
+    env = dict(os.environ, PYTHONPATH=os.getcwd(), PYTHONWARNINGS="ignore", **{FAULT_ENV: "after-move-aside"})
+    proc = subprocess.run([sys.executable, "-c", FALLBACK_SCRIPT, str(new), str(dst)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert not dst.exists()  # the one window the two-rename fallback has ...
+    (leftover,) = _temporaries(parent)
+    assert verify_folder(leftover / "old") == []  # ... where the old folder waits, whole
+    with pytest.raises(OutputExists):  # the next run puts it back first (and so refuses to replace it)
+        convert_checkpoint(new, dst)
+    assert _tag_of(load_checkpoint(dst, verify=True)) == 1
+    assert os.listdir(parent) == ["ckpt"]  # the killed run's lock file is gone too
 
 
 def test_first_conversion_killed_before_the_rename_leaves_no_destination(tmp_path, src_dir):

@@ -154,3 +154,13 @@ class DestinationLock:
             finally:
                 os.close(self._fd)
                 self._fd = None
+
+
+def remove_stale_lock(dst: Path) -> None:
+    """Remove the lock file a killed run left beside `dst` (harmless, but clutter); a held one stays."""
+    if os.path.lexists(lock_path(dst)):
+        try:
+            with DestinationLock(dst):
+                pass
+        except DestinationBusy:
+            pass

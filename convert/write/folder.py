@@ -33,7 +33,15 @@ from pathlib import Path
 from ..errors import CannotWrite, ConvertError, OutputExists
 from ..integrity import FOLDER_ID_KEY, fd_sha256, new_folder_id, record
 from ..schema import SIDECAR_NAME
-from .durable import DestinationLock, ExchangeUnsupported, fsync_dir, fsync_fd, rename_exchange, rename_noreplace
+from .durable import (
+    DestinationLock,
+    ExchangeUnsupported,
+    fsync_dir,
+    fsync_fd,
+    remove_stale_lock,
+    rename_exchange,
+    rename_noreplace,
+)
 from .plan import Plan
 from .safetensors_io import write_safetensors
 from .temp import TempFolder, remove_stale_temporaries
@@ -41,6 +49,7 @@ from .temp import TempFolder, remove_stale_temporaries
 PT_METADATA = {"format": "pt"}
 FAULT_ENV = "CKPT_CONVERT_FAULT"
 FAULT_POINTS = ("after-data", "after-sidecar", "after-fsync", "before-rename", "after-exchange")
+FALLBACK_FAULT_POINTS = ("after-move-aside",)  # only where the OS cannot exchange
 
 # OS errors that describe the user's environment, reported as "cannot write DST: reason".
 ENVIRONMENT_ERRNOS = frozenset(code for code in (
@@ -87,6 +96,9 @@ def write_folder(plan: Plan, dst: Path, *, overwrite: bool = False, copy_files: 
 
 def _write_folder(plan: Plan, dst: Path, overwrite: bool, copy_files: list[Path],
                   before_sidecar: Callable[[], None] | None) -> None:
+    remove_stale_temporaries(dst.parent, dst.name)  # first: it may put back an old folder a killed run moved aside
+    if not overwrite:
+        remove_stale_lock(dst)  # an overwriting run takes (and then removes) the lock anyway
     if os.path.lexists(dst) and not overwrite:  # early and friendly; the final rename decides
         raise OutputExists(f"{dst} already exists; pass --overwrite (overwrite=True) to replace it")
     if os.path.lexists(dst) and not dst.is_dir():
@@ -94,7 +106,6 @@ def _write_folder(plan: Plan, dst: Path, overwrite: bool, copy_files: list[Path]
     created = _make_parents(dst.parent)
     try:
         with DestinationLock(dst) if overwrite else contextlib.nullcontext():
-            remove_stale_temporaries(dst.parent, dst.name)
             try:
                 temp = TempFolder.create(dst)
             except FileNotFoundError:  # a parallel conversion that failed removed the parent it had made
@@ -175,22 +186,29 @@ def _install(temp: TempFolder, dst: Path, overwrite: bool) -> None:
             raise OutputExists(f"{dst} already exists (created meanwhile by another run); "
                                "pass --overwrite (overwrite=True) to replace it") from None
         return
-    try:
-        rename_exchange(temp.build, dst)  # the old folder is now temp.build, removed with the temp folder
-    except FileNotFoundError:  # nothing to replace (removed meanwhile, or never there)
-        rename_noreplace(temp.build, dst)
+    for _ in range(3):  # other overwriting runs hold the lock: only a plain create can interleave
+        try:
+            rename_exchange(temp.build, dst)  # the old folder is now temp.build, removed with the temp folder
+        except FileNotFoundError:  # nothing to replace (removed meanwhile, or never there)
+            try:
+                rename_noreplace(temp.build, dst)
+                return
+            except FileExistsError:  # created meanwhile by a run without --overwrite: exchange with it
+                continue
+        except ExchangeUnsupported:
+            _replace_in_two_steps(temp, dst)
+            return
+        fault_point("after-exchange")
         return
-    except ExchangeUnsupported:
-        _replace_in_two_steps(temp, dst)
-        return
-    fault_point("after-exchange")
+    raise ConvertError(f"{dst} keeps appearing and disappearing while it is being replaced; try again")
 
 
 def _replace_in_two_steps(temp: TempFolder, dst: Path) -> None:
     """Where the OS cannot exchange: move the old folder aside (into the temp folder), then rename.
     A kill between the two renames leaves no destination, but the old folder in the marked temp one."""
-    old = temp.path / "old"
+    old = temp.moved_aside
     os.rename(dst, old)
+    fault_point("after-move-aside")
     try:
         os.rename(temp.build, dst)
     except BaseException:

@@ -2,7 +2,9 @@
 
 A temporary folder sits beside its destination and is named `.NAME.ckpt-convert-tmp-PID-RANDOM`.
 It holds the owner marker `owner.json` (tool, pid, the pid's start time, host, boot id, start
-time, destination name) and the folder being built, `new/`. On `--overwrite` the finished `new/`
+time, destination name) and the folder being built, `new/` (and, only where the OS cannot swap two
+paths, `old/`: the old destination moved aside for a moment; a cleanup puts it back if the
+destination is missing). On `--overwrite` the finished `new/`
 and the old destination swap places, so the old folder too ends inside the marked temporary
 folder until it is removed: whatever the moment a run is killed at, all it leaves is one marked
 temporary folder.
@@ -25,8 +27,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .durable import rename_noreplace
+
 MARKER = "owner.json"
 BUILD = "new"
+MOVED_ASIDE = "old"
 _TOOL = "ckpt-convert"
 _NAME = re.compile(r"\.(?P<name>.+)\.ckpt-convert-tmp-(?P<pid>[0-9]+)-(?P<token>[0-9a-f]{12})")
 _MAX_MARKER = 4096
@@ -42,6 +47,11 @@ class TempFolder:
     @property
     def build(self) -> Path:
         return self.path / BUILD
+
+    @property
+    def moved_aside(self) -> Path:
+        """Where an overwrite without atomic exchange moves the old destination before renaming the new one."""
+        return self.path / MOVED_ASIDE
 
     @classmethod
     def create(cls, dst: Path) -> TempFolder:
@@ -120,6 +130,15 @@ def owner_is_gone(marker: dict) -> bool:
     return started is not None and process_start_time(pid) not in (None, started)
 
 
+def _restore_moved_aside(temp: Path, dst: Path) -> None:
+    """A run killed between the two renames of a non-atomic overwrite left the old destination in
+    its temporary folder and no destination: put the old one back rather than remove it."""
+    old = temp / MOVED_ASIDE
+    if old.is_dir() and not old.is_symlink() and not os.path.lexists(dst):
+        with contextlib.suppress(FileExistsError):  # someone created dst meanwhile: theirs stands
+            rename_noreplace(old, dst)
+
+
 def is_temporary(path: Path) -> bool:
     """Whether `path` has the form of a conversion's temporary folder (the name only: not proof)."""
     return _NAME.fullmatch(path.name) is not None
@@ -156,6 +175,7 @@ def remove_stale_temporaries(folder: str | os.PathLike, name: str | None = None)
         marker = _read_marker(path)
         if marker is None or marker["pid"] != int(match["pid"]) or not owner_is_gone(marker):
             continue
+        _restore_moved_aside(path, Path(folder) / match["name"])
         shutil.rmtree(path, ignore_errors=True)  # a concurrent cleaner may be removing it too
         if not os.path.lexists(path):
             removed.append(path)
