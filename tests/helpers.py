@@ -188,15 +188,20 @@ def folder_snapshot(folder) -> dict:
 
 def comparable_snapshot(folder) -> dict:
     """`folder_snapshot` without what differs by design between two conversions of the same source:
-    the random folder id (replaced by zeros wherever it occurs) and the file digests that cover it."""
+    the random folder id (replaced by zeros wherever it occurs) and the file digests that cover it.
+    Works for one converted folder and for a tree of them (a migrate destination)."""
     snap = folder_snapshot(folder)
-    sidecar = json.loads(snap["checkpoint.json"])
-    folder_id = sidecar.pop("folder_id", None)
-    for info in sidecar["files"].values():
-        info.pop("sha256", None)
-    snap["checkpoint.json"] = json.dumps(sidecar).encode()
-    if folder_id:
-        snap = {name: data.replace(folder_id.encode(), b"0" * len(folder_id)) for name, data in snap.items()}
+    for name in [n for n in snap if n == "checkpoint.json" or n.endswith("/checkpoint.json")]:
+        prefix = name[: -len("checkpoint.json")]
+        sidecar = json.loads(snap[name])
+        folder_id = sidecar.pop("folder_id", None)
+        for info in sidecar.get("files", {}).values():
+            info.pop("sha256", None)
+        snap[name] = json.dumps(sidecar).encode()
+        if folder_id:
+            for other in snap:
+                if other.startswith(prefix) and "/" not in other[len(prefix):]:
+                    snap[other] = snap[other].replace(folder_id.encode(), b"0" * len(folder_id))
     return snap
 
 
