@@ -25,7 +25,18 @@ from convert.migrate import migrate, scan_folder
 from convert.migrate.hf import convert_hf_folder
 from convert.migrate.manifest import MANIFEST_NAME
 from convert.migrate.report import REPORT_NAME
-from tests.helpers import REPO_ROOT, EvilEval, EvilSystem, Net, assert_equivalent, make_net, numpy_payload, trained
+from convert.write.temp import is_temporary
+from tests.helpers import (
+    REPO_ROOT,
+    EvilEval,
+    EvilSystem,
+    Net,
+    assert_equivalent,
+    comparable_snapshot,
+    make_net,
+    numpy_payload,
+    trained,
+)
 
 N_GOOD = 200
 MALICIOUS = ("evil_system.pkl", "evil_eval.pt", "nested/evil.bin")
