@@ -10,7 +10,6 @@ from typing import Any
 from . import __version__
 from .compare import compare_trees
 from .errors import ConvertError, OutputExists, UnsafeCheckpoint
-from .integrity import has_record, verify_folder
 from .load import load_checkpoint, read_sidecar
 from .read import Input, read_tree
 from .read.materialize import materialize
@@ -134,7 +133,11 @@ def scan_checkpoint(path: str | os.PathLike) -> ScanReport:
 
 
 def verify_checkpoint(src: str | os.PathLike, folder: str | os.PathLike) -> list[str]:
-    """Differences between `src` (read safely) and the converted `folder`; empty means equivalent."""
+    """Differences between `src` (read safely) and the converted `folder`; empty means equivalent.
+
+    This compares trees; the folder's own integrity record (digests) is checked by `verify_folder`.
+    A folder mixing files of different conversions raises CorruptFolder (it cannot be loaded).
+    """
     sidecar = read_sidecar(Path(folder))
     with Input(src) as inp:  # one open: the hash and the tree are of the same file
         digest = sha256_fd(inp._file.fileno(), inp.size)  # pread, not the mmap: RSS stays flat
@@ -142,10 +145,6 @@ def verify_checkpoint(src: str | os.PathLike, folder: str | os.PathLike) -> list
     diffs = []
     if sidecar["source"]["sha256"] != digest:
         diffs.append(f"<source>: {folder} was converted from a different file (sha256 differs)")
-    if has_record(sidecar):  # the folder's own record first: a corrupt or mixed folder is not loaded
-        problems = verify_folder(folder)
-        if problems:
-            return diffs + problems
     converted = load_checkpoint(folder)
     return diffs + compare_trees(original, converted)
 
