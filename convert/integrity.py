@@ -97,6 +97,7 @@ def check_header(sidecar: dict, name: str, metadata: dict | None, data_bytes: in
 
 
 def check_digest(sidecar: dict, name: str, actual: str) -> str | None:
+    """The problem if data file `name`'s sha256 `actual` differs from the recorded one, else None."""
     expected = sidecar["files"].get(name, {}).get("sha256")
     if expected is not None and expected != actual:
         return f"{name}: sha256 {actual} differs from the {expected} recorded in checkpoint.json (the file is corrupt)"
@@ -104,6 +105,7 @@ def check_digest(sidecar: dict, name: str, actual: str) -> str | None:
 
 
 def has_record(sidecar: dict) -> bool:
+    """Whether the sidecar carries an integrity record (folder id and every data file's digest)."""
     return FOLDER_ID_KEY in sidecar and all("sha256" in info for info in sidecar["files"].values())
 
 
@@ -121,7 +123,7 @@ def verify_folder(folder: str | os.PathLike) -> list[str]:
         was written without an integrity record (an older version: use `verify SRC DST`).
     """
     from .errors import ConvertError, MalformedCheckpoint
-    from .load import open_data_file, read_sidecar
+    from .load import open_data_file, read_sidecar  # here: convert.load imports this module's checks
 
     folder = Path(folder)
     sidecar = read_sidecar(folder)
