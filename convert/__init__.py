@@ -10,6 +10,7 @@ from ._version import __version__
 from .api import ConversionReport, ScanReport, convert_checkpoint, read_checkpoint, scan_checkpoint, verify_checkpoint
 from .compare import compare_trees
 from .errors import ConvertError, MalformedCheckpoint, OutputExists, UnsafeCheckpoint, UnsupportedValue
+from .integrity import verify_folder
 from .load import load_checkpoint
 from .read.records import GlobalRef, ObjectRecord
 from .save import SaveReport, save_checkpoint
@@ -33,4 +34,5 @@ __all__ = [
     "save_checkpoint",
     "scan_checkpoint",
     "verify_checkpoint",
+    "verify_folder",
 ]

@@ -106,7 +106,11 @@ def scan_checkpoint(path: str | os.PathLike) -> ScanReport:
 
 
 def verify_checkpoint(src: str | os.PathLike, folder: str | os.PathLike) -> list[str]:
-    """Differences between `src` (read safely) and the converted `folder`; empty means equivalent."""
+    """Differences between `src` (read safely) and the converted `folder`; empty means equivalent.
+
+    This compares trees; the folder's own integrity record (digests) is checked by `verify_folder`.
+    A folder mixing files of different conversions raises CorruptFolder (it cannot be loaded).
+    """
     sidecar = read_sidecar(Path(folder))
     with Input(src) as inp:  # one open: the hash and the tree are of the same file
         digest = sha256_fd(inp._file.fileno(), inp.size)  # pread, not the mmap: RSS stays flat

@@ -44,3 +44,20 @@ class OutputExists(ConvertError):
     """The destination exists and --overwrite was not given."""
 
     label = "error"
+
+
+class CannotWrite(ConvertError):
+    """The destination cannot be written: the user's environment (full disk, read-only file system,
+    permissions, a file where a folder should be), not a bug. Nothing partial is left behind."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        super().__init__(f"cannot write {path}: {reason}")
+        self.path = path
+
+
+class DestinationBusy(ConvertError):
+    """Another ckpt-convert run holds the lock on writing the same destination."""
+
+
+class CorruptFolder(MalformedCheckpoint):
+    """A converted folder fails its own integrity record: a digest, a size, or files from different conversions."""

@@ -186,6 +186,25 @@ def folder_snapshot(folder) -> dict:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def comparable_snapshot(folder) -> dict:
+    """`folder_snapshot` without what differs by design between two conversions of the same source:
+    the random folder id (replaced by zeros wherever it occurs) and the file digests that cover it.
+    Works for one converted folder and for a tree of them (a migrate destination)."""
+    snap = folder_snapshot(folder)
+    for name in [n for n in snap if n == "checkpoint.json" or n.endswith("/checkpoint.json")]:
+        prefix = name[: -len("checkpoint.json")]
+        sidecar = json.loads(snap[name])
+        folder_id = sidecar.pop("folder_id", None)
+        for info in sidecar.get("files", {}).values():
+            info.pop("sha256", None)
+        snap[name] = json.dumps(sidecar).encode()
+        if folder_id:
+            for other in snap:
+                if other.startswith(prefix) and "/" not in other[len(prefix):]:
+                    snap[other] = snap[other].replace(folder_id.encode(), b"0" * len(folder_id))
+    return snap
+
+
 def run_cli(*args, cwd=None, env_extra=None, timeout=120) -> subprocess.CompletedProcess:
     """``python -m convert ARGS`` with the repository importable."""
     env = dict(os.environ)

@@ -27,7 +27,7 @@ from convert.load.schema_compiled import UnsupportedSchema, compile_schema
 from convert.schema import schema, validate
 from convert.write import safetensors_io
 from convert.write.source_hash import BackgroundSha256, sha256_fd
-from tests.helpers import assert_equivalent, load_reference, numpy_payload, save
+from tests.helpers import assert_equivalent, comparable_snapshot, load_reference, numpy_payload, save
 
 
 @pytest.fixture
@@ -56,7 +56,8 @@ def converted(request, tmp_path, rich_checkpoint):
 
 
 def _folder_bytes(folder) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+    """The folder's files, but for the random folder id each conversion draws (and the digests covering it)."""
+    return comparable_snapshot(folder)
 
 
 # ------------------------------------------------------------------------------------------ writer
@@ -99,13 +100,14 @@ def test_writer_without_registered_input_matches_kernel_copy(tmp_path, rich_chec
 
     src = save(rich_checkpoint, tmp_path / "src.pt", "zip")
     convert_checkpoint(src, tmp_path / "ref")
+    folder_id = json.loads((tmp_path / "ref" / "checkpoint.json").read_text())["folder_id"]
     with Input(src) as inp:
         result = read_tree(inp)
         plan = make_plan(result.root, _provenance(src, inp, result))
         for name, entries in plan.files.items():
             assert any(e.source is not None for e in entries)
             with open(tmp_path / name, "wb") as out:
-                safetensors_io.write_safetensors(out, entries, PT_METADATA)
+                safetensors_io.write_safetensors(out, entries, {**PT_METADATA, "folder_id": folder_id})
             assert (tmp_path / name).read_bytes() == (tmp_path / "ref" / name).read_bytes()
         del result, plan
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from .._version import __version__
 from ..errors import ConvertError
+from ..write.folder import ENVIRONMENT_ERRNOS
 from . import commands
 
 EXIT_DIFFERENT = 3
@@ -43,11 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     p.set_defaults(run=commands.convert)
 
-    p = sub.add_parser("verify", help="check that a converted folder is equivalent to its source",
-                       description="Exit 0 iff DST loads to a tree equivalent to SRC (types, key order, dtypes, "
-                       "bitwise values, aliasing); exit 3 and list the differences otherwise.")
-    p.add_argument("src")
-    p.add_argument("dst")
+    p = sub.add_parser("verify", help="check a converted folder: against its source, or on its own",
+                       description="verify SRC DST: exit 0 iff DST loads to a tree equivalent to SRC (types, key "
+                       "order, dtypes, bitwise values, aliasing). verify FOLDER: exit 0 iff every data file of "
+                       "FOLDER has the sha256 and folder id its checkpoint.json records (no source needed). "
+                       "Exit 3 and list the differences otherwise.")
+    p.add_argument("src", metavar="SRC|FOLDER")
+    p.add_argument("dst", nargs="?", metavar="DST")
     p.set_defaults(run=commands.verify)
 
     p = sub.add_parser("inspect", help="print the tree of a converted folder (or a checkpoint file)",
@@ -126,13 +129,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"ckpt-convert: {exc.label}: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # the user's environment (disk full, permissions...) wherever it surfaced: not a bug
+        if args.debug or exc.errno not in ENVIRONMENT_ERRNOS:
+            if args.debug:
+                raise
+            return _internal_error(exc)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"ckpt-convert: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("ckpt-convert: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug, not bad input: still one line, and how to see more
         if args.debug:
             raise
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        print(f"ckpt-convert: internal error: {type(exc).__name__}: {first} (rerun with --debug for details)",
-              file=sys.stderr)
-        return 2
+        return _internal_error(exc)
+
+
+def _internal_error(exc: BaseException) -> int:
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    print(f"ckpt-convert: internal error: {type(exc).__name__}: {first} (rerun with --debug for details)",
+          file=sys.stderr)
+    return 2

@@ -27,6 +27,8 @@ def convert(args: argparse.Namespace) -> int:
 
 
 def verify(args: argparse.Namespace) -> int:
+    if args.dst is None:
+        return verify_folder_only(Path(args.src))
     diffs = verify_checkpoint(args.src, args.dst)
     if diffs:
         print(f"{args.dst} is NOT equivalent to {args.src}:")
@@ -34,6 +36,19 @@ def verify(args: argparse.Namespace) -> int:
             print(f"  {d}")
         return EXIT_DIFFERENT
     print(f"{args.dst} is equivalent to {args.src}")
+    return 0
+
+
+def verify_folder_only(folder: Path) -> int:
+    from ..integrity import verify_folder
+
+    problems = verify_folder(folder)
+    if problems:
+        print(f"{folder} is NOT intact:")
+        for problem in problems:
+            print(f"  {problem}")
+        return EXIT_DIFFERENT
+    print(f"{folder} is intact: every data file has the digest and folder id checkpoint.json records")
     return 0
 
 

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from ..dtypes import torch_dtype
-from ..errors import ConvertError, MalformedCheckpoint
+from ..errors import ConvertError, CorruptFolder, MalformedCheckpoint
+from ..integrity import check_digest, check_header, has_record, mapping_sha256
 from ..read.torch_types import DTYPES_BY_NAME
 from ..schema import MAX_SIDECAR_BYTES, SIDECAR_NAME, validate
 from ..views import view_end
@@ -46,6 +47,14 @@ def _inside(folder: Path, path: Path) -> Path:
     if os.path.commonpath([real_folder, real]) != real_folder:
         raise MalformedCheckpoint(f"{path.name} resolves outside the checkpoint folder; refusing")
     return Path(real)
+
+
+def open_data_file(folder: Path, name: str) -> SafetensorsFile:
+    """The data file `name` of `folder`, header-checked; it must be a plain file inside the folder."""
+    path = folder / name
+    if not path.is_file():
+        raise MalformedCheckpoint(f"{folder}: {name} is missing")
+    return SafetensorsFile(_inside(folder, path))
 
 
 def _device(map_location: MapLocation) -> torch.device:
@@ -94,11 +103,22 @@ class _Loader:
         if name not in self.files:
             if name not in self.sidecar["files"]:
                 raise MalformedCheckpoint(f"{SIDECAR_NAME} refers to {name}, which it does not list")
-            path = self.folder / name
-            if not path.is_file():
-                raise MalformedCheckpoint(f"{self.folder}: {name} is missing")
-            self.files[name] = SafetensorsFile(_inside(self.folder, path))
+            file = open_data_file(self.folder, name)
+            problem = check_header(self.sidecar, name, file.metadata, file.data_bytes)
+            if problem is not None:  # e.g. checkpoint.json of one conversion with data files of another
+                raise CorruptFolder(f"{self.folder}: {problem}")
+            self.files[name] = file
         return self.files[name]
+
+    def verify(self) -> None:
+        """Check every data file's sha256 against the sidecar, through the mapping the tensors will use."""
+        if not has_record(self.sidecar):
+            raise ConvertError(f"{self.folder} was written without digests (by an older ckpt-convert); "
+                               "load it without verify=True, or check it against its source with verify_checkpoint")
+        for name in self.sidecar["files"]:
+            problem = check_digest(self.sidecar, name, mapping_sha256(self.file(name).map))
+            if problem is not None:
+                raise CorruptFolder(f"{self.folder}: {problem}")
 
     def _alignment(self, sid: str) -> int:
         """The alignment the tensors on storage `sid` need: their element size (complex128: 16)."""
@@ -183,7 +203,8 @@ class _Loader:
         return np.asfortranarray(array) if info["fortran"] else array
 
 
-def load_checkpoint(folder: str | os.PathLike, map_location: MapLocation = None, *, mmap: bool = True) -> Any:
+def load_checkpoint(folder: str | os.PathLike, map_location: MapLocation = None, *, mmap: bool = True,
+                    verify: bool = False) -> Any:
     """Load a folder written by `convert_checkpoint`, equivalent to `torch.load` of the original.
 
     Reads only `checkpoint.json` and the safetensors files: no pickle is involved. Tensors are
@@ -196,6 +217,11 @@ def load_checkpoint(folder: str | os.PathLike, map_location: MapLocation = None,
     several threads straight into each storage. On CUDA every storage is read through a reusable
     pinned staging buffer with reads overlapped with host-to-device copies; `mmap` is ignored there.
 
+    Every load checks that each data file carries the sidecar's folder id and the recorded data
+    size (a checkpoint.json from another conversion is refused, with CorruptFolder). `verify=True`
+    also checks the sha256 of every data file first (reads every byte once; ConvertError for a
+    folder written without digests).
+
     Example:
         >>> ck = load_checkpoint("new/checkpoint")            # doctest: +SKIP
         >>> model.load_state_dict(ck["model_state_dict"])     # doctest: +SKIP
@@ -205,6 +231,8 @@ def load_checkpoint(folder: str | os.PathLike, map_location: MapLocation = None,
     sidecar = read_sidecar(folder)
     loader = _Loader(folder, sidecar, device)
     loader.decoder = Decoder(loader.tensor, loader.array)
+    if verify:
+        loader.verify()
     if not mmap or device.type != "cpu":
         loader.preload()
     try:

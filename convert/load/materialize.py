@@ -49,10 +49,14 @@ def jobs_for(files_keys: Iterable[tuple[SafetensorsFile, str]]) -> list[Job]:
 
 
 def open_checked(file: SafetensorsFile) -> int:
-    """A descriptor on the file, refused if it is no longer the size that was validated."""
+    """A descriptor on the file, refused if it is no longer the file (or the size) that was validated."""
     fd = os.open(file.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     expected = len(file.map) if file.map is not None else 0
-    if os.fstat(fd).st_size != expected:
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) != file.identity:  # e.g. the folder was replaced by a new conversion meanwhile
+        os.close(fd)
+        raise MalformedCheckpoint(f"{file.path.name} was replaced while it was being loaded")
+    if st.st_size != expected:
         os.close(fd)
         raise MalformedCheckpoint(f"{file.path.name} changed size while it was being loaded")
     return fd

@@ -64,7 +64,9 @@ class SafetensorsFile:
         self.path = path
         name = path.name
         with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
+            st = os.fstat(f.fileno())
+            size = st.st_size
+            self.identity = (st.st_dev, st.st_ino)  # pinned by the mapping: a reopen must find this same file
             if size < 8:
                 raise MalformedCheckpoint(f"{name}: too short to be a safetensors file")
             header_len = int.from_bytes(f.read(8), "little")
@@ -79,6 +81,7 @@ class SafetensorsFile:
                                               and all(isinstance(v, str) for v in self.metadata.values())):
             raise MalformedCheckpoint(f"{name}: __metadata__ must map strings to strings")
         data_start, data_len = 8 + header_len, size - 8 - header_len
+        self.data_bytes = data_len
         self.entries: dict[str, EntryInfo] = {}
         spans = []
         for key, info in header.items():
@@ -120,6 +123,12 @@ class SafetensorsFile:
             raise MalformedCheckpoint(f"{where}: {code} of shape {shape} needs {numel * ITEMSIZE_BY_CODE[code]} bytes, "
                                       f"data_offsets give {nbytes}")
         return EntryInfo(code, tuple(shape), data_start + offsets[0], nbytes)
+
+    def close(self) -> None:
+        """Unmap the file (only when no tensor shares the mapping, e.g. after a check)."""
+        if self.map is not None:
+            self.map.close()
+            self.map = None
 
     def raw(self, key: str) -> torch.Tensor:
         """The entry's bytes as a flat uint8 tensor sharing the private mapping (no copy)."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConvertError
-from .cleanup import remove_stale_temporaries
+from ..write.temp import remove_stale_temporaries
 from .journal import JOURNAL_NAME, Journal, JournalState, read_journal
 from .lock import DestinationLock, holder_pid
 from .manifest import MANIFEST_NAME, MIGRATED_SUFFIX, read_legacy_manifest, retire_legacy_manifest

@@ -23,13 +23,12 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
 from ..api import convert_checkpoint, verify_checkpoint
-from ..errors import ConvertError
+from ..write.durable import copy_durably, fsync_dir
+from ..write.folder import build_folder
 from ..write.source_hash import sha256_fd
 
 TRAINER_PICKLES = re.compile(r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|training_args\.bin|rng_state(_\d+)?\.pth)$")
@@ -91,39 +90,20 @@ def convert_framework_folder(src: str | os.PathLike, dst: str | os.PathLike, *, 
         the names and digests of all of the source's files (the migrate manifest's fingerprint).
     """
     src, dst = Path(src), Path(dst)
-    if dst.exists() and not overwrite:
-        raise ConvertError(f"{dst} already exists; pass --overwrite (overwrite=True) to replace it")
     pickles, safe = folder_files(src)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.parent / f".{dst.name}.tmp-{uuid.uuid4().hex[:12]}"
     digest = hashlib.sha256()
-    try:
-        tmp.mkdir()
+
+    def fill(folder: Path) -> None:
         for path in pickles:
-            convert_checkpoint(path, tmp / path.name)
+            convert_checkpoint(path, folder / path.name)  # each one atomic and fsync'd itself
         for path in safe:
-            shutil.copyfile(path, tmp / path.name)
+            copy_durably(path, folder / path.name)
+        fsync_dir(folder)
         for path in sorted(pickles + safe):
             digest.update(f"{path.name}\0{_sha256(path)}\n".encode())
-        _rename_into_place(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    build_folder(dst, fill, overwrite=overwrite)  # marked temp folder, exclusive create or atomic swap
     return {"converted": [p.name for p in pickles], "copied": [p.name for p in safe], "sha256": digest.hexdigest()}
-
-
-def _rename_into_place(tmp: Path, dst: Path) -> None:
-    if not dst.exists():
-        os.rename(tmp, dst)
-        return
-    old = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:12]}"
-    os.rename(dst, old)
-    try:
-        os.rename(tmp, dst)
-    except BaseException:
-        os.rename(old, dst)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def verify_framework_folder(src: str | os.PathLike, dst: str | os.PathLike) -> list[str]:

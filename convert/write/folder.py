@@ -1,74 +1,230 @@
-"""Write a plan to a folder atomically: a hidden temp folder beside the destination, then rename.
+"""Write a plan to a folder: atomically, exclusively, durably, and with its own integrity record.
 
-A failure at any point removes the temp folder; the destination is either absent, the old one
-untouched, or complete. The source is only ever read.
+Steps (each named as a fault-injection point, see `fault_point`):
+1. In a marked temporary folder beside the destination (`temp.TempFolder`), write the data files,
+   each hashed (sha256, read back from the page cache on a helper thread) and fsync'd; then index
+   and copied files.                                                                   after-data
+2. checkpoint.json last, with the folder id and the digests (`integrity.record`).      after-sidecar
+3. fsync the new folder.                                                               after-fsync
+4. Install it: without overwrite, a rename that fails if the destination exists         before-rename
+   (`rename_noreplace`: two runs, exactly one wins); with overwrite, under a lock beside the
+   destination, an atomic exchange with the old folder (`rename_exchange`), so a complete
+   destination exists at every instant; the old folder, now inside the temporary one,   after-exchange
+   is removed with it.
+5. fsync the parent folder, so the rename itself survives a power loss.
+
+A failure at any point removes the temporary folder (and parents this call created); OS errors of
+the user's environment (full disk, read-only file system, permissions) become CannotWrite.
+The source is only ever read.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
+import errno
 import json
 import os
 import shutil
-import socket
-import uuid
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from ..errors import ConvertError, OutputExists
+from ..errors import CannotWrite, ConvertError, OutputExists
+from ..integrity import FOLDER_ID_KEY, fd_sha256, new_folder_id, record
 from ..schema import SIDECAR_NAME
+from .durable import (
+    DestinationLock,
+    ExchangeUnsupported,
+    fsync_dir,
+    fsync_fd,
+    remove_stale_lock,
+    rename_exchange,
+    rename_noreplace,
+)
 from .plan import Plan
 from .safetensors_io import KernelCopySource, write_safetensors
+from .temp import TempFolder, remove_stale_temporaries
 
 PT_METADATA = {"format": "pt"}
-TEMP_MARKER = ".ckpt-convert-tmp"  # "PID HOST": which process a temp folder belongs to
+FAULT_ENV = "CKPT_CONVERT_FAULT"
+FAULT_POINTS = ("after-data", "after-sidecar", "after-fsync", "before-rename", "after-exchange")
+FALLBACK_FAULT_POINTS = ("after-move-aside",)  # only where the OS cannot exchange
+
+# OS errors that describe the user's environment, reported as "cannot write DST: reason".
+ENVIRONMENT_ERRNOS = frozenset(code for code in (
+    errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EFBIG,
+    errno.ENAMETOOLONG, errno.ELOOP, errno.EMFILE, errno.ENFILE, errno.EIO, errno.EXDEV, errno.EMLINK,
+    getattr(errno, "EDQUOT", None), getattr(errno, "ENOTSUP", None), getattr(errno, "EOPNOTSUPP", None),
+) if code is not None)
 
 
 def sidecar_bytes(sidecar: dict) -> bytes:
     return (json.dumps(sidecar, indent=1, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
 
 
-def write_folder(plan: Plan, dst: Path, *, overwrite: bool = False, copy_files: list[Path] = (),
+def fault_point(name: str) -> None:
+    """Test hook: if CKPT_CONVERT_FAULT names this step, the process SIGKILLs itself here (no cleanup)."""
+    if os.environ.get(FAULT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def write_folder(plan: Plan, dst: Path, *, overwrite: bool = False, copy_files: Iterable[Path] = (),
                  before_sidecar: Callable[[], None] | None = None,
                  kernel_copy_source: KernelCopySource | None = None) -> None:
     """Write `plan` (and copies of `copy_files`, e.g. a model's config.json) as the folder `dst`.
 
-    `before_sidecar` runs after the data files are written and before checkpoint.json is (the
-    source hash, computed meanwhile on a thread, is filled in there). `kernel_copy_source` is the
-    input file the plan's entry sources point into, if any (their bytes are copied in the kernel).
+    Args:
+        plan: what to write; `plan.sidecar` gains the folder id and the data files' digests.
+        dst: the destination folder; its missing parents are created.
+        overwrite: replace an existing `dst` (atomically where the OS can swap two paths).
+        copy_files: files copied into the folder as they are.
+        before_sidecar: runs after the data files are written and before checkpoint.json is (the
+            source hash, computed meanwhile on a thread, is filled in there).
+        kernel_copy_source: the input file the plan's entry sources point into, if any (their bytes
+            are copied file-to-file in the kernel).
+
+    Raises:
+        OutputExists if `dst` exists (or appears meanwhile) and not `overwrite`; DestinationBusy if
+        another run is overwriting `dst`; CannotWrite for the environment's OS errors.
     """
-    if dst.exists() and not overwrite:
+    build_folder(Path(dst), lambda folder: _write_contents(plan, folder, list(copy_files), before_sidecar,
+                                                         kernel_copy_source), overwrite=overwrite)
+
+
+def build_folder(dst: Path, fill: Callable[[Path], None], *, overwrite: bool = False) -> None:
+    """Create the folder `dst` with the guarantees of `write_folder`, its contents made by `fill(folder)`.
+
+    `fill` writes into an empty folder that becomes `dst` atomically (exclusive create, or one atomic
+    swap with `overwrite`), durably (the caller fsyncs its files; the folders are fsync'd here), with
+    marked temporary folders and one-line errors for the environment's OS errors.
+    """
+    try:
+        _build_folder(dst, fill, overwrite)
+    except OSError as exc:
+        if exc.errno in ENVIRONMENT_ERRNOS:
+            raise CannotWrite(dst, exc.strerror or str(exc)) from None
+        raise
+
+
+def _build_folder(dst: Path, fill: Callable[[Path], None], overwrite: bool) -> None:
+    remove_stale_temporaries(dst.parent, dst.name)  # first: it may put back an old folder a killed run moved aside
+    if not overwrite:
+        remove_stale_lock(dst)  # an overwriting run takes (and then removes) the lock anyway
+    if os.path.lexists(dst) and not overwrite:  # early and friendly; the final rename decides
         raise OutputExists(f"{dst} already exists; pass --overwrite (overwrite=True) to replace it")
-    if dst.exists() and not dst.is_dir():
+    if os.path.lexists(dst) and not dst.is_dir():
         raise ConvertError(f"{dst} exists and is not a folder")
     created = _make_parents(dst.parent)
-    tmp = dst.parent / f".{dst.name}.tmp-{uuid.uuid4().hex[:12]}"
     try:
-        try:
-            tmp.mkdir()
-        except FileNotFoundError:  # a parallel conversion that failed removed the parent it had made: remake it
-            created += _make_parents(dst.parent)
-            tmp.mkdir()
-        # marks the folder as ours for migrate's stale-temp cleanup (removed before the rename)
-        (tmp / TEMP_MARKER).write_text(f"{os.getpid()} {socket.gethostname()}\n", encoding="utf-8")
-        for name, entries in plan.files.items():
-            with open(tmp / name, "wb") as out:
-                write_safetensors(out, entries, PT_METADATA, kernel_copy_source=kernel_copy_source)
-        for name, data in plan.indexes.items():
-            (tmp / name).write_bytes(data)
-        for path in copy_files:
-            shutil.copyfile(path, tmp / path.name)
-        if before_sidecar is not None:
-            before_sidecar()
-        (tmp / SIDECAR_NAME).write_bytes(sidecar_bytes(plan.sidecar))
-        (tmp / TEMP_MARKER).unlink()
-        _replace(tmp, dst)
+        with DestinationLock(dst) if overwrite else contextlib.nullcontext():
+            try:
+                temp = TempFolder.create(dst)
+            except FileNotFoundError:  # a parallel conversion that failed removed the parent it had made
+                created += _make_parents(dst.parent)
+                temp = TempFolder.create(dst)
+            try:
+                fill(temp.build)
+                fault_point("before-rename")
+                _install(temp, dst, overwrite)
+                fsync_dir(dst.parent)
+            finally:
+                temp.remove()
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
         for folder in reversed(created):
             try:
                 folder.rmdir()
             except OSError:
                 break
+        raise
+
+
+def _write_contents(plan: Plan, folder: Path, copy_files: list[Path], before_sidecar: Callable[[], None] | None,
+                    kernel_copy_source: KernelCopySource | None) -> None:
+    folder_id = new_folder_id()
+    metadata = {**PT_METADATA, FOLDER_ID_KEY: folder_id}
+    # Hash + fsync each data file on a helper thread while the next one is written (both release the GIL).
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as finisher:
+        pending = {}
+        try:
+            for name, entries in plan.files.items():
+                with open(folder / name, "xb+") as out:  # readable: hashed back through a dup of its fd
+                    write_safetensors(out, entries, metadata, kernel_copy_source=kernel_copy_source)
+                    pending[name] = finisher.submit(_hash_and_sync, os.dup(out.fileno()))
+            digests = {name: future.result() for name, future in pending.items()}
+        finally:
+            for future in pending.values():  # on failure: close the fds of hashes that still run
+                with contextlib.suppress(BaseException):
+                    future.result()
+    for name, data in plan.indexes.items():
+        _write_file(folder / name, data)
+    for path in copy_files:
+        with open(path, "rb") as src, open(folder / path.name, "wb") as out:
+            shutil.copyfileobj(src, out)
+            out.flush()
+            fsync_fd(out.fileno())
+    fault_point("after-data")
+    if before_sidecar is not None:
+        before_sidecar()
+    record(plan.sidecar, folder_id, digests)
+    _write_file(folder / SIDECAR_NAME, sidecar_bytes(plan.sidecar))  # last: a folder with it is complete
+    fault_point("after-sidecar")
+    fsync_dir(folder)
+    fault_point("after-fsync")
+
+
+def _hash_and_sync(fd: int) -> str:
+    try:
+        digest = fd_sha256(fd)
+        fsync_fd(fd)
+        return digest
+    finally:
+        os.close(fd)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    with open(path, "wb") as out:
+        out.write(data)
+        out.flush()
+        fsync_fd(out.fileno())
+
+
+def _install(temp: TempFolder, dst: Path, overwrite: bool) -> None:
+    """Put the finished folder at `dst`; without overwrite only if `dst` is absent at that instant."""
+    if not overwrite:
+        try:
+            rename_noreplace(temp.build, dst)
+        except FileExistsError:
+            raise OutputExists(f"{dst} already exists (created meanwhile by another run); "
+                               "pass --overwrite (overwrite=True) to replace it") from None
+        return
+    for _ in range(3):  # other overwriting runs hold the lock: only a plain create can interleave
+        try:
+            rename_exchange(temp.build, dst)  # the old folder is now temp.build, removed with the temp folder
+        except FileNotFoundError:  # nothing to replace (removed meanwhile, or never there)
+            try:
+                rename_noreplace(temp.build, dst)
+                return
+            except FileExistsError:  # created meanwhile by a run without --overwrite: exchange with it
+                continue
+        except ExchangeUnsupported:
+            _replace_in_two_steps(temp, dst)
+            return
+        fault_point("after-exchange")
+        return
+    raise ConvertError(f"{dst} keeps appearing and disappearing while it is being replaced; try again")
+
+
+def _replace_in_two_steps(temp: TempFolder, dst: Path) -> None:
+    """Where the OS cannot exchange: move the old folder aside (into the temp folder), then rename.
+    A kill between the two renames leaves no destination, but the old folder in the marked temp one."""
+    old = temp.moved_aside
+    os.rename(dst, old)
+    fault_point("after-move-aside")
+    try:
+        os.rename(temp.build, dst)
+    except BaseException:
+        os.rename(old, dst)
         raise
 
 
@@ -87,19 +243,6 @@ def _make_parents(folder: Path) -> list[Path]:
             if not path.is_dir():
                 raise ConvertError(f"cannot create {path}: a file of that name exists") from None
         except OSError as exc:
-            raise ConvertError(f"cannot create {path}: {exc.strerror}") from None
+            raise CannotWrite(path, exc.strerror or str(exc)) from None
+        fsync_dir(path.parent)
     return created
-
-
-def _replace(tmp: Path, dst: Path) -> None:
-    if not dst.exists():
-        os.rename(tmp, dst)
-        return
-    old = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:12]}"
-    os.rename(dst, old)
-    try:
-        os.rename(tmp, dst)
-    except BaseException:
-        os.rename(old, dst)
-        raise
-    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,182 @@
+"""Temporary folders a conversion writes into, and the safe removal of ones a killed run left.
+
+A temporary folder sits beside its destination and is named `.NAME.ckpt-convert-tmp-PID-RANDOM`.
+It holds the owner marker `owner.json` (tool, pid, the pid's start time, host, boot id, start
+time, destination name) and the folder being built, `new/` (and, only where the OS cannot swap two
+paths, `old/`: the old destination moved aside for a moment; a cleanup puts it back if the
+destination is missing). On `--overwrite` the finished `new/`
+and the old destination swap places, so the old folder too ends inside the marked temporary
+folder until it is removed: whatever the moment a run is killed at, all it leaves is one marked
+temporary folder.
+
+`remove_stale_temporaries` removes a folder only if its name has that form, its marker is valid
+and names the same pid, and that owner process is gone (same host and boot, pid not running or
+running a different process). Never by name alone: a folder without a valid marker is left as is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .durable import rename_noreplace
+
+MARKER = "owner.json"
+BUILD = "new"
+MOVED_ASIDE = "old"
+_TOOL = "ckpt-convert"
+_NAME = re.compile(r"\.(?P<name>.+)\.ckpt-convert-tmp-(?P<pid>[0-9]+)-(?P<token>[0-9a-f]{12})")
+_MAX_MARKER = 4096
+
+
+@dataclass(frozen=True)
+class TempFolder:
+    """A marked temporary folder beside `dst`; `build` is where the new destination is written."""
+
+    path: Path
+    dst: Path
+
+    @property
+    def build(self) -> Path:
+        return self.path / BUILD
+
+    @property
+    def moved_aside(self) -> Path:
+        """Where an overwrite without atomic exchange moves the old destination before renaming the new one."""
+        return self.path / MOVED_ASIDE
+
+    @classmethod
+    def create(cls, dst: Path) -> TempFolder:
+        """Create the marked temporary folder for `dst` (whose parent must exist) and its empty `new/`."""
+        path = dst.parent / f".{dst.name}.ckpt-convert-tmp-{os.getpid()}-{secrets.token_hex(6)}"
+        path.mkdir()
+        try:
+            (path / MARKER).write_text(json.dumps(owner_marker(dst.name)), encoding="utf-8")
+            (path / BUILD).mkdir()
+        except BaseException:
+            shutil.rmtree(path, ignore_errors=True)
+            raise
+        return cls(path, dst)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def process_start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), which tells a reused pid apart."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2:].split()[19]  # field 22; the command name may hold spaces
+
+
+def owner_marker(dst_name: str) -> dict:
+    pid = os.getpid()
+    return {"tool": _TOOL, "pid": pid, "pid_start": process_start_time(pid), "host": socket.gethostname(),
+            "boot_id": _boot_id(), "started": time.time(), "destination": dst_name}
+
+
+def _read_marker(folder: Path) -> dict | None:
+    """The folder's owner marker, or None if it is missing, not a regular file, too large or not ours."""
+    try:
+        fd = os.open(folder / MARKER, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        raw = f.read(_MAX_MARKER + 1)
+    try:
+        marker = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if (len(raw) > _MAX_MARKER or not isinstance(marker, dict) or marker.get("tool") != _TOOL
+            or type(marker.get("pid")) is not int or not isinstance(marker.get("host"), str)):
+        return None
+    return marker
+
+
+def owner_is_gone(marker: dict) -> bool:
+    """True only if the marker's process surely no longer runs: same host and boot, and its pid is
+    free or now belongs to a process started at another time. Unknown (another host) is False."""
+    if marker.get("host") != socket.gethostname() or marker.get("boot_id") != _boot_id():
+        return False
+    pid = marker["pid"]
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        pass
+    except OSError:
+        return False
+    started = marker.get("pid_start")
+    return started is not None and process_start_time(pid) not in (None, started)
+
+
+def _restore_moved_aside(temp: Path, dst: Path) -> None:
+    """A run killed between the two renames of a non-atomic overwrite left the old destination in
+    its temporary folder and no destination: put the old one back rather than remove it."""
+    old = temp / MOVED_ASIDE
+    if old.is_dir() and not old.is_symlink() and not os.path.lexists(dst):
+        with contextlib.suppress(FileExistsError):  # someone created dst meanwhile: theirs stands
+            rename_noreplace(old, dst)
+
+
+def is_temporary(path: Path) -> bool:
+    """Whether `path` has the form of a conversion's temporary folder (the name only: not proof)."""
+    return _NAME.fullmatch(path.name) is not None
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
+    """Remove the temporary folders in `folder` that killed conversions left, and nothing else.
+
+    Looks only at the direct entries of `folder` (not below). An entry is removed only if it is a
+    real folder (not a symlink) named `.NAME.ckpt-convert-tmp-PID-RANDOM`, holds a valid
+    `owner.json` marker naming the same PID, and `owner_is_gone(marker)`. Temporary folders of live
+    runs, of other hosts, and anything without a valid marker are left untouched.
+
+    Args:
+        folder: the folder the destinations live in (a destination's parent).
+        name: if given, only temporaries of the destination `folder/name`.
+
+    Returns:
+        The paths removed.
+    """
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    for entry in entries:
+        match = _NAME.fullmatch(entry.name)
+        if match is None or (name is not None and match["name"] != name):
+            continue
+        with contextlib.suppress(OSError):
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+        path = Path(entry.path)
+        marker = _read_marker(path)
+        if marker is None or marker["pid"] != int(match["pid"]) or not owner_is_gone(marker):
+            continue
+        _restore_moved_aside(path, Path(folder) / match["name"])
+        shutil.rmtree(path, ignore_errors=True)  # a concurrent cleaner may be removing it too
+        if not os.path.lexists(path):
+            removed.append(path)
+    return removed
