@@ -9,6 +9,7 @@ from typing import Any
 
 from . import __version__
 from .compare import compare_trees
+from .dcp import convert_dcp_folder, is_dcp_folder, plan_dcp_folder, read_dcp_folder, scan_dcp_folder, verify_dcp_folder
 from .errors import ConvertError, OutputExists, UnsafeCheckpoint
 from .load import load_checkpoint, read_sidecar
 from .read import Input, read_tree
@@ -52,7 +53,8 @@ class ScanReport:
 
 def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool = False,
                        max_shard_size: int | str | None = None) -> ConversionReport:
-    """Convert a pickled checkpoint file to a folder of safetensors files plus `checkpoint.json`.
+    """Convert a pickled checkpoint file (or a torch.distributed.checkpoint folder) to a folder of
+    safetensors files plus `checkpoint.json`.
 
     Nothing in `src` is executed. The folder appears atomically, complete or not at all.
     Raises UnsafeCheckpoint (the file names code-execution gadgets), MalformedCheckpoint or
@@ -66,6 +68,9 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, overwr
     src, dst = Path(src), Path(dst)
     if dst.exists() and not overwrite:  # before reading a possibly large source (write_folder checks again)
         raise OutputExists(f"{dst} already exists; pass --overwrite (overwrite=True) to replace it")
+    if is_dcp_folder(src):  # torch.distributed.checkpoint folder: its own reader, the same plan and writer
+        return _report(src, dst, convert_dcp_folder(src, dst, overwrite=overwrite,
+                                                    max_shard_size=_shard_bytes(max_shard_size)))
     with Input(src) as inp, BackgroundSha256(inp._file.fileno(), inp.size) as source_hash:
         result = read_tree(inp)
         provenance = _provenance(src, inp, result, sha256=PENDING_SHA256)  # the real one is filled in below
@@ -75,7 +80,10 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, overwr
             write_folder(plan, dst, overwrite=overwrite,
                          before_sidecar=lambda: provenance.update(sha256=source_hash.hexdigest()))
         del result
-    sidecar = plan.sidecar
+    return _report(src, dst, plan.sidecar)
+
+
+def _report(src: Path, dst: Path, sidecar: dict) -> ConversionReport:
     return ConversionReport(src, dst, sidecar["source"]["format"], sidecar["files"], len(sidecar["tensors"]),
                             len(sidecar["arrays"]), sum(f["bytes"] for f in sidecar["files"].values()),
                             [m["class"] for m in sidecar["modules"]])
@@ -93,6 +101,8 @@ def _shard_bytes(size: int | str | None) -> int | None:
 def plan_in_memory(src: str | os.PathLike) -> Any:
     """The conversion plan (sidecar and entries) for `src`, without writing anything."""
     src = Path(src)
+    if is_dcp_folder(src):
+        return plan_dcp_folder(src)
     with Input(src) as inp:
         result = read_tree(inp)
         return make_plan(result.root, _provenance(src, inp, result))
@@ -114,6 +124,8 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
     Example:
         >>> sd = read_checkpoint("model.pth")   # doctest: +SKIP
     """
+    if is_dcp_folder(Path(path)):
+        return read_dcp_folder(path)
     with Input(path) as inp:
         return materialize(read_tree(inp).root)
 
@@ -124,6 +136,9 @@ def scan_checkpoint(path: str | os.PathLike) -> ScanReport:
     Raises MalformedCheckpoint/UnsupportedValue for files that cannot be read at all.
     """
     path = Path(path)
+    if is_dcp_folder(path):
+        globals_used, unsafe = scan_dcp_folder(path)
+        return ScanReport(path, "torch-dcp", sorted(globals_used), unsafe)
     with Input(path) as inp:
         try:
             result = read_tree(inp)
@@ -134,6 +149,8 @@ def scan_checkpoint(path: str | os.PathLike) -> ScanReport:
 
 def verify_checkpoint(src: str | os.PathLike, folder: str | os.PathLike) -> list[str]:
     """Differences between `src` (read safely) and the converted `folder`; empty means equivalent."""
+    if is_dcp_folder(Path(src)):
+        return verify_dcp_folder(src, folder)
     sidecar = read_sidecar(Path(folder))
     with Input(src) as inp:  # one open: the hash and the tree are of the same file
         digest = sha256_fd(inp._file.fileno(), inp.size)  # pread, not the mmap: RSS stays flat

@@ -16,7 +16,7 @@ import errno
 import json
 import mmap
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, BinaryIO
 
 from ..dtypes import ITEMSIZE_BY_CODE
@@ -77,6 +77,9 @@ def write_safetensors(out: BinaryIO, entries: list[Entry], metadata: dict[str, s
                 _write_mapped(fd, buffer, offset, entry.nbytes)
             continue
         data = entry.data()
+        if not isinstance(data, (bytes, bytearray, memoryview)):  # an iterator of consecutive byte pieces
+            _write_pieces(fd, entry, data)
+            continue
         try:
             if len(data) != entry.nbytes:  # a planning bug, never input-dependent: fail loudly
                 raise AssertionError(f"entry {entry.key!r}: produced {len(data)} bytes, planned {entry.nbytes}")
@@ -85,6 +88,22 @@ def write_safetensors(out: BinaryIO, entries: list[Entry], metadata: dict[str, s
             if isinstance(data, memoryview):
                 data.release()
         _release_inputs()  # a strided gather may have read a whole storage through the mapping
+
+
+def _write_pieces(fd: int, entry: Entry, pieces: Iterable[Any]) -> None:
+    """Write an entry whose bytes come piece by piece (a tensor reassembled from chunks): one piece in memory at a time."""
+    done = 0
+    for piece in pieces:
+        try:
+            done += len(piece)
+            if done > entry.nbytes:
+                raise AssertionError(f"entry {entry.key!r}: pieces exceed the {entry.nbytes} bytes planned")
+            _write_all(fd, piece)
+        finally:
+            if isinstance(piece, memoryview):
+                piece.release()
+    if done != entry.nbytes:  # a planning bug, never input-dependent: fail loudly
+        raise AssertionError(f"entry {entry.key!r}: produced {done} bytes, planned {entry.nbytes}")
 
 
 def _write_all(fd: int, data: Any) -> None:
