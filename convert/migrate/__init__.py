@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConvertError
+from ..read.dcp import dcp_files
 from .manifest import Manifest
 from .report import REPORT_NAME, Report
 from .walker import Job, find_jobs
@@ -29,6 +30,8 @@ def _fingerprint(job: Job) -> tuple[int, int]:
     if job.kind == "file":
         st = job.source.stat()
         return st.st_size, st.st_mtime_ns
+    if job.kind == "dcp":
+        return job.size, max(p.stat().st_mtime_ns for p in dcp_files(job.source))
     from .hf import INDEX, hf_checkpoint_files
 
     paths = [*hf_checkpoint_files(job.source), *([job.source / INDEX] if (job.source / INDEX).exists() else [])]

@@ -1,7 +1,8 @@
 """Finding the checkpoints under a folder, by content: zip with data.pkl, legacy torch, pickle.
 
 A Hugging Face model folder (config.json + pytorch_model.bin or its shards) is one job for the
-whole folder. Files whose first bytes are not a checkpoint's are counted, not converted.
+whole folder, and so is a torch.distributed.checkpoint folder (`.metadata` + `*.distcp`).
+Files whose first bytes are not a checkpoint's are counted, not converted.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..read.dcp import dcp_files, is_dcp_folder
 from .hf import hf_checkpoint_files, is_hf_folder
 
 CHECKPOINT_SUFFIXES = frozenset({".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt", ".tar", ".model", ".pk"})
@@ -18,7 +20,7 @@ CHECKPOINT_SUFFIXES = frozenset({".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckp
 
 @dataclass(frozen=True)
 class Job:
-    kind: str  # "file" or "hf"
+    kind: str  # "file", "hf" or "dcp" (a torch.distributed.checkpoint folder)
     source: Path
     rel: str  # source path relative to the migration root (posix)
     output_rel: str  # output folder relative to the destination root (posix)
@@ -60,6 +62,13 @@ def find_jobs(src: Path, skip: Path | None = None) -> tuple[list[Job], int]:
                          and os.path.realpath(folder / d) != skip_real and not d.startswith(".ckpt-convert"))
         rel_folder = folder.relative_to(src).as_posix()
         taken: set[str] = set()
+        if is_dcp_folder(folder):  # a torch.distributed.checkpoint folder: one job for the whole folder
+            files = dcp_files(folder)
+            out_rel = rel_folder if rel_folder != "." else folder.resolve().name or "checkpoint"
+            jobs.append(Job("dcp", folder, rel_folder, out_rel, sum(p.stat().st_size for p in files)))
+            others += len(names) - len(files)
+            dirs[:] = []
+            continue
         if is_hf_folder(folder):
             weights = {p.name for p in hf_checkpoint_files(folder)} | {"pytorch_model.bin.index.json"}
             size = sum((folder / n).stat().st_size for n in weights if (folder / n).is_file())

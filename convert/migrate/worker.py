@@ -48,7 +48,7 @@ def scan_job(job: Job) -> dict[str, Any]:
     """The scan counterpart: what the file would import or call, nothing written."""
     warnings.simplefilter("ignore")
     entry: dict[str, Any] = {"kind": job.kind, "bytes": job.size}
-    paths = [job.source] if job.kind == "file" else hf_checkpoint_files(job.source)
+    paths = [job.source] if job.kind in ("file", "dcp") else hf_checkpoint_files(job.source)
     findings: list[str] = []
     try:
         for path in paths:

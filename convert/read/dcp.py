@@ -31,12 +31,17 @@ from .containers import ReadResult, read_container
 from .dcp_metadata import METADATA_NAME, DcpMetadata, TensorMeta, read_metadata
 from .records import StorageRef, TensorRef
 
-__all__ = ["DcpFolder", "is_dcp_folder"]
+__all__ = ["DcpFolder", "dcp_files", "is_dcp_folder"]
 
 
 def is_dcp_folder(path: Path) -> bool:
     """A folder with a `.metadata` file: what `torch.distributed.checkpoint.save` writes."""
     return path.is_dir() and (path / METADATA_NAME).is_file()
+
+
+def dcp_files(folder: Path) -> list[Path]:
+    """The files of a DCP folder that make the checkpoint: `.metadata` and the `*.distcp` files, sorted."""
+    return [folder / METADATA_NAME, *sorted(p for p in folder.glob("*.distcp") if p.is_file() and not p.is_symlink())]
 
 
 class _Window(io.RawIOBase):

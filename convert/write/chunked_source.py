@@ -124,7 +124,7 @@ def tensor_pieces(shape: tuple[int, ...], itemsize: int, boxes: list[Box],
         return
     buffers = _Buffers()
     inner = [math.prod(shape[d + 1:]) * itemsize for d in range(len(shape))]
-    k = next(d for d in range(len(shape)) if inner[d] <= block_bytes)  # slabs are rows of dim k
+    k = next((d for d in range(len(shape)) if inner[d] <= block_bytes), len(shape) - 1)  # slabs are rows of dim k
     rows = max(1, block_bytes // inner[k])
     live = [b for b in boxes if b.numel > 0]
     for prefix in itertools.product(*(range(n) for n in shape[:k])):
