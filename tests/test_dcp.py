@@ -14,11 +14,12 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file
 
 from convert import api
+from convert.cli import main as cli_main
 from convert.compare import compare_trees
 from convert.load import load_checkpoint
 from convert.write.chunked_source import Box, tensor_pieces, tiling_problem
 from tests.dcp_build import reference, save_single, save_two_ranks, write_chunked
-from tests.helpers import SIDECAR, assert_one_line_error, read_sidecar, run_cli, save
+from tests.helpers import SIDECAR, read_sidecar, run_cli, save
 
 
 def _same(expected, got) -> None:
@@ -38,7 +39,7 @@ def test_single_process_save_converts_loads_and_verifies(tmp_path):
     _same(expected, load_checkpoint(dst))
     assert list(load_checkpoint(dst)) == ["model", "optim", "step", "extra"]  # the order dcp_to_torch_save gives
     model = load_file(dst / "model.safetensors")  # the model state dict: plain safetensors
-    assert list(model) == list(expected["model"])
+    assert sorted(model) == sorted(expected["model"])
     for key, tensor in expected["model"].items():
         assert model[key].dtype == tensor.dtype and torch.equal(model[key], tensor)
     assert api.verify_checkpoint(src, dst) == []
@@ -69,8 +70,8 @@ def test_two_gloo_ranks_with_sharded_dtensors(two_rank_folder, tmp_path):
     loaded = load_checkpoint(dst)
     _same(expected, loaded)
     assert loaded["model"]["proj"].dtype == torch.bfloat16 and loaded["model"]["scale"].shape == ()
-    model = load_file(dst / "model.safetensors")
-    assert list(model) == list(expected["model"])
+    model = load_file(dst / "model.safetensors")  # (safetensors orders keys by their place in the file)
+    assert sorted(model) == sorted(expected["model"])
     assert all(torch.equal(model[k], expected["model"][k]) for k in model)
     proc = run_cli("verify", two_rank_folder, dst)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -92,18 +93,26 @@ def test_two_ranks_sharded_output_with_index(two_rank_folder, tmp_path):
     assert api.verify_checkpoint(two_rank_folder, dst) == []
 
 
-def test_cli_convert_verify_inspect_scan(tmp_path):
+def _cli(capsys, *args) -> tuple[int, str, str]:
+    """The command line, in this process (the subprocess path is covered by the two-rank test)."""
+    capsys.readouterr()
+    code = cli_main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_convert_verify_inspect_scan(tmp_path, capsys):
     src = save_single(tmp_path / "run" / "step-1")
     dst = tmp_path / "out"
-    proc = run_cli("convert", src, dst)
-    assert proc.returncode == 0, proc.stderr
-    assert "torch-dcp" in proc.stdout
+    code, out, err = _cli(capsys, "convert", src, dst)
+    assert code == 0, err
+    assert "torch-dcp" in out
     assert (dst / SIDECAR).is_file() and (dst / "model.safetensors").is_file()
-    assert run_cli("verify", src, dst).returncode == 0
-    proc = run_cli("inspect", src)
-    assert proc.returncode == 0 and "exp_avg" in proc.stdout, proc.stderr
-    proc = run_cli("scan", src)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert _cli(capsys, "verify", src, dst)[0] == 0
+    code, out, err = _cli(capsys, "inspect", src)
+    assert code == 0 and "exp_avg" in out, err
+    code, out, err = _cli(capsys, "scan", src)
+    assert code == 0, out + err
 
 
 def test_verify_notices_a_changed_source(tmp_path):
@@ -180,29 +189,34 @@ def test_tiling_problems_are_named():
 
 # ------------------------------------------------------------------------------ hostile folders
 
-def _convert_fails(src, tmp_path, code):
-    dst = tmp_path / "out"
-    proc = run_cli("convert", src, dst)
-    assert_one_line_error(proc, code)
-    assert not dst.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
-    return proc.stderr
+@pytest.fixture
+def convert_fails(tmp_path, capsys):
+    """Convert with the command line; it must fail with exit `code`, one line on stderr, and no output."""
+    def run(src, code):
+        dst = tmp_path / "out"
+        got, out, err = _cli(capsys, "convert", src, dst)
+        assert got == code, (got, out, err)
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err + out, err
+        assert not dst.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+        return err
+    return run
 
 
-def test_overlapping_chunks_are_refused(tmp_path):
+def test_overlapping_chunks_are_refused(tmp_path, convert_fails):
     t = torch.randn(4, 4)
     src = write_chunked(tmp_path / "ck", {"w": (t, [((0, 0), (3, 4)), ((2, 0), (2, 4))])})
-    err = _convert_fails(src, tmp_path, 2)
+    err = convert_fails(src, 2)
     assert "'w'" in err and "overlap" in err
 
 
-def test_a_gap_between_chunks_is_refused(tmp_path):
+def test_a_gap_between_chunks_is_refused(tmp_path, convert_fails):
     t = torch.randn(4, 4)
     src = write_chunked(tmp_path / "ck", {"w": (t, [((0, 0), (2, 4)), ((3, 0), (1, 4))])})
-    err = _convert_fails(src, tmp_path, 2)
+    err = convert_fails(src, 2)
     assert "'w'" in err and "gap" in err
 
 
-def test_a_chunk_past_the_end_of_its_file_is_refused(tmp_path):
+def test_a_chunk_past_the_end_of_its_file_is_refused(tmp_path, convert_fails):
     def longer(fqn, offsets, info):
         if fqn == "w" and offsets == (2, 0):
             info.length += 10_000
@@ -210,26 +224,26 @@ def test_a_chunk_past_the_end_of_its_file_is_refused(tmp_path):
 
     src = write_chunked(tmp_path / "ck", {"w": (torch.randn(4, 4), [((0, 0), (2, 4)), ((2, 0), (2, 4))])},
                         patch_storage=longer)
-    err = _convert_fails(src, tmp_path, 2)
+    err = convert_fails(src, 2)
     assert "'w' chunk at [2, 0]" in err and ".distcp" in err
 
 
-def test_a_chunk_of_another_dtype_is_refused(tmp_path):
+def test_a_chunk_of_another_dtype_is_refused(tmp_path, convert_fails):
     src = write_chunked(tmp_path / "ck", {"w": (torch.randn(4, 4), [((0, 0), (2, 4)), ((2, 0), (2, 4))])})
     md = pickle.loads((src / ".metadata").read_bytes())
     md.state_dict_metadata["w"].properties.dtype = torch.float64  # the archives hold float32
     (src / ".metadata").write_bytes(pickle.dumps(md))
-    err = _convert_fails(src, tmp_path, 2)
+    err = convert_fails(src, 2)
     assert "'w' chunk at [0, 0]" in err and "holds float32[2, 4]" in err and "float64" in err
 
 
-def test_a_path_out_of_the_folder_is_refused(tmp_path):
+def test_a_path_out_of_the_folder_is_refused(tmp_path, convert_fails):
     def escape(fqn, offsets, info):
         info.relative_path = "../elsewhere.distcp"
         return info
 
     src = write_chunked(tmp_path / "ck", {"w": (torch.randn(2, 2), [((0, 0), (2, 2))])}, patch_storage=escape)
-    assert "not a plain file name" in _convert_fails(src, tmp_path, 2)
+    assert "not a plain file name" in convert_fails(src, 2)
 
 
 class _Gadget:
@@ -240,7 +254,7 @@ class _Gadget:
         return (os.system, (f"touch {self.canary}",))
 
 
-def test_a_gadget_in_metadata_is_refused(tmp_path):
+def test_a_gadget_in_metadata_is_refused(tmp_path, convert_fails):
     canary = tmp_path / "canary"
 
     def plant(raw: bytes) -> bytes:
@@ -249,51 +263,51 @@ def test_a_gadget_in_metadata_is_refused(tmp_path):
         return pickle.dumps(md)
 
     src = write_chunked(tmp_path / "ck", {"w": (torch.randn(2, 2), [((0, 0), (2, 2))])}, patch_metadata_bytes=plant)
-    err = _convert_fails(src, tmp_path, 1)
+    err = convert_fails(src, 1)
     assert "system" in err and not canary.exists()
-    proc = run_cli("scan", src)
-    assert proc.returncode == 1 and "system" in proc.stdout
+    report = api.scan_checkpoint(src)
+    assert not report.safe and "posix.system" in [f.name for f in report.unsafe]
 
 
-def test_a_gadget_in_a_bytes_item_is_refused(tmp_path):
+def test_a_gadget_in_a_bytes_item_is_refused(tmp_path, convert_fails):
     canary = tmp_path / "canary"
     src = write_chunked(tmp_path / "ck", {"w": (torch.randn(2, 2), [((0, 0), (2, 2))])}, {"cfg": _Gadget(canary)})
-    err = _convert_fails(src, tmp_path, 1)
+    err = convert_fails(src, 1)
     assert "system" in err and "cfg" in err and not canary.exists()
 
 
-def test_only_the_dcp_metadata_classes_are_exempt(tmp_path):
+def test_only_the_dcp_metadata_classes_are_exempt(tmp_path, convert_fails):
     def other(raw: bytes) -> bytes:  # another torch.distributed name is still refused
         return raw.replace(b"\x8c\x14BytesStorageMetadata", b"\x8c\x14ProcessGroupWrapper_")
 
     src = write_chunked(tmp_path / "ck", {"w": (torch.randn(2, 2), [((0, 0), (2, 2))])}, {"x": 1},
                         patch_metadata_bytes=other)
     assert b"ProcessGroupWrapper_" in (src / ".metadata").read_bytes()
-    _convert_fails(src, tmp_path, 1)
+    convert_fails(src, 1)
 
 
-def test_garbage_metadata_is_malformed(tmp_path):
+def test_garbage_metadata_is_malformed(tmp_path, convert_fails):
     src = tmp_path / "ck"
     src.mkdir()
     (src / ".metadata").write_bytes(pickle.dumps({"not": "metadata"}))
-    assert "Metadata" in _convert_fails(src, tmp_path, 2)
+    assert "Metadata" in convert_fails(src, 2)
 
 
 # ------------------------------------------------------------------------------ migrate
 
-def test_migrate_converts_dcp_folders_as_units(tmp_path):
+def test_migrate_converts_dcp_folders_as_units(tmp_path, capsys):
     runs = tmp_path / "runs"
     step = save_single(runs / "exp1" / "step-1")
     save({"w": torch.ones(2)}, runs / "exp1" / "final.pt", "zip")
     out = tmp_path / "safe-runs"
-    proc = run_cli("migrate", runs, out, "-j", "1", "--json")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    report = json.loads(proc.stdout)
+    code, stdout, err = _cli(capsys, "migrate", runs, out, "-j", "1", "--json")
+    assert code == 0, stdout + err
+    report = json.loads(stdout)
     assert report["files"]["exp1/step-1"]["status"] == "converted"
     assert report["files"]["exp1/step-1"]["kind"] == "dcp"
     _same(reference(step, tmp_path), load_checkpoint(out / "exp1" / "step-1"))
     assert (out / "exp1" / "final" / SIDECAR).is_file()
-    again = json.loads(run_cli("migrate", runs, out, "-j", "1", "--json").stdout)
+    again = json.loads(_cli(capsys, "migrate", runs, out, "-j", "1", "--json")[1])
     assert again["files"]["exp1/step-1"]["status"] == "skipped"
 
 
