@@ -113,7 +113,7 @@ def tensor_pieces(shape: tuple[int, ...], itemsize: int, boxes: list[Box],
     """The tensor's bytes in row-major order, as consecutive pieces of at most about `block_bytes`.
 
     `boxes` must tile `shape` exactly (see `tiling_problem`). A piece is only valid until the next one
-    is asked for (its input pages are handed back then).
+    is asked for: its input pages are handed back then, and a copied slab's buffer is reused.
     """
     numel = math.prod(shape)
     if numel == 0:
@@ -127,6 +127,7 @@ def tensor_pieces(shape: tuple[int, ...], itemsize: int, boxes: list[Box],
     k = next((d for d in range(len(shape)) if inner[d] <= block_bytes), len(shape) - 1)  # slabs are rows of dim k
     rows = max(1, block_bytes // inner[k])
     live = [b for b in boxes if b.numel > 0]
+    scratch: torch.Tensor | None = None
     for prefix in itertools.product(*(range(n) for n in shape[:k])):
         at_prefix = [b for b in live if all(o <= p < o + s for p, o, s in zip(prefix, b.offsets, b.sizes))]
         for lo in range(0, shape[k], rows):
@@ -140,7 +141,9 @@ def tensor_pieces(shape: tuple[int, ...], itemsize: int, boxes: list[Box],
                 yield memoryview(whole.buffer)[first:last]
                 touched.append((whole.buffer, first, last))
             else:
-                block = torch.empty((hi - lo, *shape[k + 1:], itemsize), dtype=torch.uint8)
+                if scratch is None:  # one buffer for every slab: freed-and-reallocated blocks fragment the heap
+                    scratch = torch.empty((rows, *shape[k + 1:], itemsize), dtype=torch.uint8)
+                block = scratch[:hi - lo]
                 for box in meeting:
                     b_lo, b_hi = max(lo, box.offsets[k]), min(hi, box.offsets[k] + box.sizes[k])
                     first, sizes, strides, last = _span(box, b_lo, b_hi, k, prefix, itemsize)
