@@ -286,6 +286,57 @@ def test_only_the_dcp_metadata_classes_are_exempt(tmp_path, convert_fails):
     convert_fails(src, 1)
 
 
+def _chunk(md, fqn="w", i=0):
+    return md.state_dict_metadata[fqn].chunks[i]
+
+
+def _info(md, fqn="w"):
+    return next(v for k, v in md.storage_data.items() if k.fqn == fqn)
+
+
+MUTATIONS = {
+    "offsets_not_a_size": lambda md: setattr(_chunk(md), "offsets", [0, 0]),
+    "sizes_negative": lambda md: setattr(_chunk(md), "sizes", (-1, 2)),
+    "shape_a_string": lambda md: setattr(md.state_dict_metadata["w"], "size", "2x2"),
+    "chunks_a_dict": lambda md: setattr(md.state_dict_metadata["w"], "chunks", {}),
+    "dtype_a_string": lambda md: setattr(md.state_dict_metadata["w"].properties, "dtype", "float32"),
+    "storage_offset_negative": lambda md: setattr(_info(md), "offset", -5),
+    "storage_length_a_float": lambda md: setattr(_info(md), "length", 10.0),
+    "relative_path_an_int": lambda md: setattr(_info(md), "relative_path", 7),
+    "relative_path_hidden": lambda md: setattr(_info(md), "relative_path", ".metadata"),
+    "planner_path_a_list": lambda md: md.planner_data.__setitem__("w", ["w"]),
+    "planner_path_negative_index": lambda md: md.planner_data.__setitem__("w", ("w", -1)),
+    "planner_path_huge_index": lambda md: md.planner_data.__setitem__("w", ("w", 10**12)),
+    "planner_paths_collide": lambda md: md.planner_data.__setitem__("x", ("w",)),
+    "state_dict_metadata_a_list": lambda md: setattr(md, "state_dict_metadata", []),
+    "a_storage_record_for_nothing": lambda md: md.storage_data.__setitem__(
+        type(next(iter(md.storage_data)))("ghost", torch.Size([0, 0])), _info(md)),
+    "missing_storage_record": lambda md: md.storage_data.pop(next(k for k in md.storage_data if k.fqn == "w")),
+}
+
+
+@pytest.mark.parametrize("mutation", sorted(MUTATIONS))
+def test_malformed_metadata_fields_are_refused(tmp_path, convert_fails, mutation):
+    src = write_chunked(tmp_path / "ck", {"w": (torch.randn(2, 2), [((0, 0), (2, 2))])}, {"x": 1})
+    md = pickle.loads((src / ".metadata").read_bytes())
+    MUTATIONS[mutation](md)
+    (src / ".metadata").write_bytes(pickle.dumps(md))
+    convert_fails(src, 2)
+
+
+def test_trailing_bytes_after_metadata_are_refused(tmp_path, convert_fails):
+    src = write_chunked(tmp_path / "ck", {"w": (torch.randn(2, 2), [((0, 0), (2, 2))])},
+                        patch_metadata_bytes=lambda raw: raw + b"junk")
+    assert "trailing" in convert_fails(src, 2)
+
+
+def test_a_symlinked_rank_file_is_refused(tmp_path, convert_fails):
+    src = write_chunked(tmp_path / "ck", {"w": (torch.randn(2, 2), [((0, 0), (2, 2))])}, ranks=1)
+    (src / "__0_0.distcp").rename(tmp_path / "elsewhere.distcp")
+    (src / "__0_0.distcp").symlink_to(tmp_path / "elsewhere.distcp")
+    convert_fails(src, 2)
+
+
 def test_garbage_metadata_is_malformed(tmp_path, convert_fails):
     src = tmp_path / "ck"
     src.mkdir()
