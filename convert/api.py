@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .compare import compare_trees
+from .dcp import convert_dcp_folder, is_dcp_folder, plan_dcp_folder, read_dcp_folder, scan_dcp_report, verify_dcp_folder
 from .errors import ConvertError, OutputExists
 from .load import load_checkpoint, read_sidecar
 from .pipeline import file_source, provenance, write_checkpoint_folder
@@ -35,7 +36,8 @@ class ConversionReport:
 
 def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool = False,
                        max_shard_size: int | str | None = None) -> ConversionReport:
-    """Convert a pickled checkpoint file to a folder of safetensors files plus `checkpoint.json`.
+    """Convert a pickled checkpoint file (or a torch.distributed.checkpoint folder) to a folder of
+    safetensors files plus `checkpoint.json`.
 
     Nothing in `src` is executed. The folder appears atomically, complete or not at all.
     Raises UnsafeCheckpoint (the file names code-execution gadgets), MalformedCheckpoint or
@@ -49,14 +51,20 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, overwr
     src, dst = Path(src), Path(dst)
     if dst.exists() and not overwrite:  # before reading a possibly large source (write_folder checks again)
         raise OutputExists(f"{dst} already exists; pass --overwrite (overwrite=True) to replace it")
+    if is_dcp_folder(src):  # torch.distributed.checkpoint folder: its own reader, the same pipeline
+        return _report(src, dst, convert_dcp_folder(src, dst, overwrite=overwrite, max_shard_size=max_shard_size))
     with Input(src) as inp, BackgroundSha256(inp._file.fileno(), inp.size) as hasher:
         result = read_tree(inp)
         sidecar = write_checkpoint_folder(
             result.root, dst, provenance=provenance(file_source(src.name, inp.size, result.format, result.protocol)),
             overwrite=overwrite, max_shard_size=max_shard_size,
             kernel_copy_source=KernelCopySource(inp.buf, inp._file.fileno()),  # stored tensors: file-to-file
-            source_hash=hasher.hexdigest)
+            complete_source=lambda: {"sha256": hasher.hexdigest()})
         del result
+    return _report(src, dst, sidecar)
+
+
+def _report(src: Path, dst: Path, sidecar: dict) -> ConversionReport:
     return ConversionReport(src, dst, sidecar["source"]["format"], sidecar["files"], len(sidecar["tensors"]),
                             len(sidecar["arrays"]), sum(f["bytes"] for f in sidecar["files"].values()),
                             [m["class"] for m in sidecar["modules"]])
@@ -65,6 +73,8 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, overwr
 def plan_in_memory(src: str | os.PathLike) -> Any:
     """The conversion plan (sidecar and entries) for `src`, without writing anything."""
     src = Path(src)
+    if is_dcp_folder(src):
+        return plan_dcp_folder(src)
     with Input(src) as inp:
         result = read_tree(inp)
         return make_plan(result.root, _provenance(src, inp, result))
@@ -83,6 +93,8 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
     Example:
         >>> sd = read_checkpoint("model.pth")   # doctest: +SKIP
     """
+    if is_dcp_folder(Path(path)):
+        return read_dcp_folder(path)
     with Input(path) as inp:
         return materialize(read_tree(inp).root)
 
@@ -99,6 +111,8 @@ def scan_checkpoint(path: str | os.PathLike) -> ScanReport:
         >>> scan_checkpoint("model.pt").verdict   # doctest: +SKIP
         'safe'
     """
+    if is_dcp_folder(Path(path)):
+        return scan_dcp_report(path)
     report = scan_file(path)
     if report.verdict == "unreadable" and report.exception is not None:
         raise report.exception
@@ -111,6 +125,8 @@ def verify_checkpoint(src: str | os.PathLike, folder: str | os.PathLike) -> list
     This compares trees; the folder's own integrity record (digests) is checked by `verify_folder`.
     A folder mixing files of different conversions raises CorruptFolder (it cannot be loaded).
     """
+    if is_dcp_folder(Path(src)):
+        return verify_dcp_folder(src, folder)
     sidecar = read_sidecar(Path(folder))
     with Input(src) as inp:  # one open: the hash and the tree are of the same file
         digest = sha256_fd(inp._file.fileno(), inp.size)  # pread, not the mmap: RSS stays flat

@@ -19,7 +19,7 @@ from .errors import ConvertError
 from .schema import validate
 from .write.folder import write_folder
 from .write.plan import make_plan
-from .write.safetensors_io import KernelCopySource
+from .write.safetensors_io import KernelCopySources
 from .write.shards import parse_size
 from .write.source_hash import PENDING_SHA256
 
@@ -60,8 +60,8 @@ def shard_bytes(size: int | str | None) -> int | None:
 
 def write_checkpoint_folder(root: Any, dst: str | os.PathLike, *, provenance: dict[str, Any],
                             overwrite: bool = False, max_shard_size: int | str | None = None,
-                            kernel_copy_source: KernelCopySource | None = None,
-                            source_hash: Callable[[], str] | None = None,
+                            kernel_copy_source: KernelCopySources = None,
+                            complete_source: Callable[[], dict[str, Any]] | None = None,
                             copy_files: Sequence[Path] = ()) -> dict[str, Any]:
     """Plan the record tree `root`, validate the sidecar, and write the folder `dst` atomically.
 
@@ -72,8 +72,9 @@ def write_checkpoint_folder(root: Any, dst: str | os.PathLike, *, provenance: di
         overwrite: replace an existing `dst`; otherwise OutputExists.
         max_shard_size: split state dicts larger than this ("5GB", "500MiB" or bytes) into shards.
         kernel_copy_source: the input file that entry sources point into (copied file-to-file), if any.
-        source_hash: called after the data files are written, before the sidecar: the source's sha256
-            (computed meanwhile on a thread), replacing the PENDING placeholder in `source.sha256`.
+        complete_source: called after the data files are written, before the sidecar: fields of
+            `source` known only then (the sha256 computed meanwhile on a thread replaces the PENDING
+            placeholder; a DCP folder adds its parts).
         copy_files: files copied into the folder as they are.
 
     Returns:
@@ -82,10 +83,10 @@ def write_checkpoint_folder(root: Any, dst: str | os.PathLike, *, provenance: di
     plan = make_plan(root, provenance, max_shard_size=shard_bytes(max_shard_size))
     validate(plan.sidecar, "generated sidecar")  # a writer bug must never produce an unloadable folder
 
-    def fill_in_hash() -> None:
-        if source_hash is not None:
-            plan.sidecar["source"]["sha256"] = source_hash()
+    def fill_in_source() -> None:
+        if complete_source is not None:
+            plan.sidecar["source"].update(complete_source())
 
-    write_folder(plan, Path(dst), overwrite=overwrite, copy_files=list(copy_files), before_sidecar=fill_in_hash,
+    write_folder(plan, Path(dst), overwrite=overwrite, copy_files=list(copy_files), before_sidecar=fill_in_source,
                  kernel_copy_source=kernel_copy_source)
     return plan.sidecar

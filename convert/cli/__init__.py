@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Convert SRC to the folder DST: one .safetensors per top-level state dict, "
                        "tensors.safetensors for the other tensors, checkpoint.json for everything else. "
                        "Nothing in SRC is executed; DST appears atomically.")
-    p.add_argument("src", help="checkpoint file (.pt .pth .bin .pkl .tar .ckpt, any name)")
+    p.add_argument("src", help="checkpoint file (.pt .pth .bin .pkl .tar .ckpt, any name), or a torch.distributed.checkpoint "
+                   "folder (.metadata + *.distcp)")
     p.add_argument("dst", help="output folder (must not exist unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     p.add_argument("--max-shard-size", metavar="SIZE", help="split state dicts larger than SIZE (e.g. 5GB, 500MiB) into "

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..api import convert_checkpoint, verify_checkpoint
 from ..errors import ConvertError
+from ..read.dcp import is_dcp_folder
 from .render import human_bytes, render_tree
 
 EXIT_DIFFERENT = 3
@@ -54,7 +55,7 @@ def verify_folder_only(folder: Path) -> int:
 
 def inspect(args: argparse.Namespace) -> int:
     path = Path(args.path)
-    if path.is_dir():
+    if path.is_dir() and not is_dcp_folder(path):  # a DCP folder is a checkpoint, read like a file
         from ..load import read_sidecar
 
         sidecar = read_sidecar(path)

@@ -1,7 +1,8 @@
 """Finding the checkpoints under a folder, by content: zip with data.pkl, legacy torch, pickle.
 
 A Hugging Face model folder (config.json + pytorch_model.bin or its shards) is one job for the
-whole folder. Files whose first bytes are not a checkpoint's are counted, not converted.
+whole folder, and so are a torch.distributed.checkpoint folder (`.metadata` + `*.distcp`) and a
+Trainer/Accelerate checkpoint folder. Files whose first bytes are not a checkpoint's are counted, not converted.
 The walk is a generator: the first jobs start converting while the rest of a huge tree is still
 being listed. Only regular files are ever opened: FIFOs, sockets and devices are counted and
 skipped after an `lstat` (opening a FIFO would block forever).
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConvertError
+from ..read.dcp import METADATA_NAME, dcp_files
 from .frameworks import fingerprint, framework_of
 from .hf import INDEX, hf_checkpoint_files, is_hf_folder
 
@@ -25,7 +27,7 @@ CHECKPOINT_SUFFIXES = frozenset({".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckp
 
 @dataclass(frozen=True)
 class Job:
-    kind: str  # "file", "hf" or "framework" (a Trainer/Accelerate checkpoint folder: frameworks.py)
+    kind: str  # "file", "hf", "dcp" (a torch.distributed.checkpoint folder) or "framework" (frameworks.py)
     source: Path
     rel: str  # source path relative to the migration root (posix)
     output_rel: str  # output folder relative to the destination root (posix)
@@ -86,6 +88,18 @@ def _hf_job(folder: Path, rel_folder: str, names: list[str]) -> tuple[Job, int]:
     return Job("hf", folder, rel_folder, out_rel, size, mtime), sum(1 for n in names if n not in weights)
 
 
+def _dcp_job(folder: Path, rel_folder: str, names: list[str]) -> tuple[Job, int]:
+    """The job for a DCP folder, and how many of its files are not part of the checkpoint."""
+    try:
+        files = dcp_files(folder)
+        stats = [p.stat() for p in files]
+        size, mtime = sum(s.st_size for s in stats), max(s.st_mtime_ns for s in stats)
+    except OSError:  # a file vanished under the walk: the job reports what is wrong
+        files, size, mtime = [], 0, 0
+    out_rel = rel_folder if rel_folder != "." else folder.resolve().name or "checkpoint"  # never the root itself
+    return Job("dcp", folder, rel_folder, out_rel, size, mtime), len(names) - len(files)
+
+
 def _framework_job(folder: Path, rel_folder: str) -> Job:
     try:
         size, mtime = fingerprint(folder)
@@ -139,6 +153,11 @@ def iter_jobs(src: Path, stats: WalkStats, skip: Path | None = None,
                 regular.append((entry.name, st))
             else:
                 stats.special += 1  # FIFO, socket, device: opening it could block or have effects
+        if METADATA_NAME in names:  # a torch.distributed.checkpoint folder: one job, not descended into
+            job, others = _dcp_job(folder, rel_folder, names)
+            stats.others += others
+            yield job
+            continue
         pending.extend((folder / d, d if rel_folder == "." else f"{rel_folder}/{d}") for d in reversed(subfolders))
         if framework_of(folder, names):  # a Trainer/Accelerate checkpoint: one unit, its safe files copied
             yield _framework_job(folder, rel_folder)

@@ -72,7 +72,7 @@ def scan_job(job: Job) -> dict[str, Any]:
     """The scan counterpart: what the file would import or call, nothing written."""
     warnings.simplefilter("ignore")
     entry: dict[str, Any] = {"kind": job.kind, "bytes": job.size}
-    paths = ([job.source] if job.kind == "file" else folder_files(job.source)[0] if job.kind == "framework"
+    paths = ([job.source] if job.kind in ("file", "dcp") else folder_files(job.source)[0] if job.kind == "framework"
              else hf_checkpoint_files(job.source))
     findings: list[str] = []
     try:

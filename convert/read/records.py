@@ -5,7 +5,7 @@ Nothing here is ever called on behalf of the input file: these are plain data ho
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,9 +68,25 @@ class StorageRef:
     # Pre-1.0 legacy files: a storage that is a window of `base`, starting `base_offset` elements in.
     base: StorageRef | None = None
     base_offset: int = 0
+    # A storage whose bytes are not in one place (a tensor reassembled from DCP chunks): `pieces()`
+    # yields them in order, a bounded piece at a time; `buffer` is then None.
+    pieces: Callable[[], Iterator[Any]] | None = field(default=None, repr=False)
 
     def data(self) -> memoryview:
-        """The storage's bytes, zero-copy. Release the view (`with`) before the input is closed."""
+        """The storage's bytes, zero-copy. Release the view (`with`) before the input is closed.
+
+        A storage made of `pieces` is assembled into memory here (the writer streams them instead).
+        """
+        if self.buffer is None and self.pieces is not None:
+            out = bytearray(self.nbytes)
+            at = 0
+            for piece in self.pieces():
+                n = len(piece)
+                out[at:at + n] = piece
+                at += n
+            if at != self.nbytes:
+                raise ValueError(f"storage {self.key!r}: pieces hold {at} bytes, expected {self.nbytes}")
+            return memoryview(out)
         if self.buffer is None:
             raise ValueError(f"storage {self.key!r} has no data")
         to_host = getattr(self.buffer, "to_host", None)

@@ -54,12 +54,15 @@ class PickleVM:
     """
 
     def __init__(self, buf: Any, *, source: str, start: int = 0, end: int | None = None,
-                 persistent_load: Callable[[Any], Any] | None = None) -> None:
+                 persistent_load: Callable[[Any], Any] | None = None, data_classes: frozenset[str] = frozenset()) -> None:
         self.buf = buf
         self.pos = start
         self.end = len(buf) if end is None else end
         self.source = source
         self.persistent_load = persistent_load
+        # Classes the caller knows to be plain data in this stream (DCP's metadata dataclasses): recorded
+        # as inert ObjectRecords like any unknown class, but not reported as gadgets by module prefix.
+        self.data_classes = data_classes
         self.findings: list[Finding] = []
         self.globals_used: dict[str, int] = {}
         self.protocol = 0
@@ -168,7 +171,7 @@ class PickleVM:
         self.globals_used.setdefault(qual, self._op_pos)
         if qual in allowlist.VALUE_GLOBALS:
             return allowlist.VALUE_GLOBALS[qual]
-        if qual not in allowlist.RECONSTRUCTORS and gadgets.is_dangerous(module, name):
+        if qual not in allowlist.RECONSTRUCTORS and qual not in self.data_classes and gadgets.is_dangerous(module, name):
             self.findings.append(Finding(qual, f"{self.source}, byte {self._op_pos}, {self._op_name}"))
         return GlobalRef(module, name)
 

@@ -40,17 +40,26 @@ def select(paths: list[str | os.PathLike], *, skip_non_checkpoints: bool = False
     Returns:
         A Selection.
     """
+    from ..migrate.frameworks import folder_files
     from ..migrate.hf import hf_checkpoint_files
     from ..migrate.walker import find_jobs
+    from ..read.dcp import is_dcp_folder
 
     out = Selection()
     for raw in paths:
         path = Path(raw)
-        if path.is_dir():
+        if path.is_dir() and is_dcp_folder(path):  # one unit: scan_file reads .metadata and every saved item
+            out.files.append(path)
+        elif path.is_dir():
             jobs, others = find_jobs(path)
             out.others += others
             for job in jobs:
-                out.files += [job.source] if job.kind == "file" else list(hf_checkpoint_files(job.source))
+                if job.kind in ("file", "dcp"):
+                    out.files.append(job.source)
+                elif job.kind == "framework":
+                    out.files += folder_files(job.source)[0]  # its pickles (the safe files need no scan)
+                else:
+                    out.files += list(hf_checkpoint_files(job.source))
         elif skip_non_checkpoints and path.is_file() and not looks_like_checkpoint(path):
             out.skipped.append(path)
         else:

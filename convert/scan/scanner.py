@@ -113,6 +113,14 @@ def scan_file(path: str | os.PathLike) -> ScanReport:
         st = os.stat(path)
     except OSError as exc:
         return _unreadable(report, ConvertError(f"{path}: cannot open ({exc.strerror})"))
+    if stat.S_ISDIR(st.st_mode):
+        from ..dcp import is_dcp_folder, scan_dcp_report  # here: convert.dcp builds on this module
+
+        if is_dcp_folder(path):
+            try:
+                return scan_dcp_report(path)
+            except ConvertError as exc:
+                return _unreadable(report, exc)
     if not stat.S_ISREG(st.st_mode):
         what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
         return _unreadable(report, ConvertError(f"{path}: is {what}, not a checkpoint file"))

@@ -43,7 +43,7 @@ from .durable import (
     rename_noreplace,
 )
 from .plan import Plan
-from .safetensors_io import KernelCopySource, write_safetensors
+from .safetensors_io import KernelCopySources, write_safetensors
 from .temp import TempFolder, remove_stale_temporaries
 
 PT_METADATA = {"format": "pt"}
@@ -71,7 +71,7 @@ def fault_point(name: str) -> None:
 
 def write_folder(plan: Plan, dst: Path, *, overwrite: bool = False, copy_files: Iterable[Path] = (),
                  before_sidecar: Callable[[], None] | None = None,
-                 kernel_copy_source: KernelCopySource | None = None) -> None:
+                 kernel_copy_source: KernelCopySources = None) -> None:
     """Write `plan` (and copies of `copy_files`, e.g. a model's config.json) as the folder `dst`.
 
     Args:
@@ -140,7 +140,7 @@ def _build_folder(dst: Path, fill: Callable[[Path], None], overwrite: bool) -> N
 
 
 def _write_contents(plan: Plan, folder: Path, copy_files: list[Path], before_sidecar: Callable[[], None] | None,
-                    kernel_copy_source: KernelCopySource | None) -> None:
+                    kernel_copy_source: KernelCopySources) -> None:
     folder_id = new_folder_id()
     metadata = {**PT_METADATA, FOLDER_ID_KEY: folder_id}
     # Hash + fsync each data file on a helper thread while the next one is written (both release the GIL).

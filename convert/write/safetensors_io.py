@@ -18,6 +18,7 @@ import errno
 import json
 import mmap
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -61,16 +62,21 @@ def header_bytes(entries: list[Entry], metadata: dict[str, str]) -> bytes:
     return len(raw).to_bytes(8, "little") + raw
 
 
+KernelCopySources = KernelCopySource | Sequence[KernelCopySource] | None
+
+
 def write_safetensors(out: BinaryIO, entries: list[Entry], metadata: dict[str, str], *,
-                      kernel_copy_source: KernelCopySource | None = None) -> None:
+                      kernel_copy_source: KernelCopySources = None) -> None:
     """Write `entries` as one safetensors file to the open binary file `out` (left positioned at its end).
 
     Args:
         out: the file being written.
         entries: what goes in it, in plan order (laid out widest dtype first).
         metadata: the header's `__metadata__`.
-        kernel_copy_source: the input file, if entries refer to it: their bytes are copied in the kernel.
+        kernel_copy_source: the input file (or files: a DCP folder's rank files), if entries refer to
+            them: their bytes are copied in the kernel.
     """
+    by_buffer = {id(s.buffer): s for s in _as_sequence(kernel_copy_source)}
     ordered = layout(entries)
     out.write(header_bytes(ordered, metadata))
     out.flush()  # from here on everything goes to the descriptor directly
@@ -78,14 +84,18 @@ def write_safetensors(out: BinaryIO, entries: list[Entry], metadata: dict[str, s
     for entry in ordered:
         if entry.nbytes and entry.source is not None:
             buffer, offset = entry.source
-            if kernel_copy_source is not None and buffer is kernel_copy_source.buffer:
-                _copy_file_range(kernel_copy_source.fd, offset, fd, entry.nbytes)
+            source = by_buffer.get(id(buffer))
+            if source is not None and buffer is source.buffer:
+                _copy_file_range(source.fd, offset, fd, entry.nbytes)
             elif isinstance(buffer, ChunkedSource):
                 _write_chunks(fd, buffer, offset, entry.nbytes)
             else:
                 _write_mapped(fd, buffer, offset, entry.nbytes)
             continue
         data = entry.data()
+        if not isinstance(data, (bytes, bytearray, memoryview)):  # an iterator of consecutive byte pieces
+            _write_pieces(fd, entry, data)
+            continue
         try:
             if len(data) != entry.nbytes:  # a planning bug, never input-dependent: fail loudly
                 raise AssertionError(f"entry {entry.key!r}: produced {len(data)} bytes, planned {entry.nbytes}")
@@ -93,8 +103,30 @@ def write_safetensors(out: BinaryIO, entries: list[Entry], metadata: dict[str, s
         finally:
             if isinstance(data, memoryview):
                 data.release()
-        if kernel_copy_source is not None:  # a strided gather may have read a whole storage through the mapping
-            _drop_pages(kernel_copy_source.buffer, 0, len(kernel_copy_source.buffer))
+        for source in by_buffer.values():  # a strided gather may have read a whole storage through the mapping
+            _drop_pages(source.buffer, 0, len(source.buffer))
+
+
+def _as_sequence(sources: KernelCopySources) -> Sequence[KernelCopySource]:
+    if sources is None:
+        return ()
+    return (sources,) if isinstance(sources, KernelCopySource) else sources
+
+
+def _write_pieces(fd: int, entry: Entry, pieces: Iterable[Any]) -> None:
+    """Write an entry whose bytes come piece by piece (a tensor reassembled from chunks): one piece in memory at a time."""
+    done = 0
+    for piece in pieces:
+        try:
+            done += len(piece)
+            if done > entry.nbytes:
+                raise AssertionError(f"entry {entry.key!r}: pieces exceed the {entry.nbytes} bytes planned")
+            _write_all(fd, piece)
+        finally:
+            if isinstance(piece, memoryview):
+                piece.release()
+    if done != entry.nbytes:  # a planning bug, never input-dependent: fail loudly
+        raise AssertionError(f"entry {entry.key!r}: produced {done} bytes, planned {entry.nbytes}")
 
 
 def _write_all(fd: int, data: Any) -> None:

@@ -8,6 +8,7 @@ through float arithmetic.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -55,11 +56,14 @@ def storage_source(storage: StorageRef) -> tuple[Any, int] | None:
     return storage.buffer, storage.offset
 
 
-def tensor_bytes(ref: TensorRef) -> memoryview:
-    """The tensor's elements in row-major order, as raw bytes."""
+def tensor_bytes(ref: TensorRef) -> memoryview | Iterator[Any]:
+    """The tensor's elements in row-major order, as raw bytes (or, for a storage made of pieces
+    that the tensor covers, an iterator of consecutive byte pieces: the writer streams those)."""
     size = ref.dtype.itemsize
     if ref.numel == 0:
         return memoryview(b"")
+    if ref.storage.pieces is not None and covers_storage(ref):
+        return ref.storage.pieces()
     data = ref.storage.data()
     if is_contiguous(ref.shape, ref.stride):
         start = ref.offset * size

@@ -1,0 +1,1 @@
+"""Peak memory of converting torch.distributed.checkpoint folders: `python -m benchmarks.dcp`."""

@@ -1,0 +1,264 @@
+"""A torch.distributed.checkpoint (DCP) folder, read into the tree `dcp_to_torch_save` + `torch.load` gives.
+
+The folder holds `.metadata` (see `dcp_metadata.py`) and `__<rank>_<n>.distcp` files. Each saved
+item sits at (offset, length) of one `.distcp` file as its own small `torch.save` archive: a tensor
+chunk (a box of the whole tensor) or a non-tensor value. Every archive goes through the same safe
+container reader as any checkpoint (nothing is unpickled); chunk boxes are checked to tile their
+tensor exactly, and each chunk's archive to hold a tensor of the box's shape and the tensor's dtype.
+
+A tensor saved in one chunk that is exactly its storage stays a zero-copy view of the `.distcp`
+mapping (the writer copies it file-to-file); a tensor split over chunks gets a storage made of
+`pieces` that reassemble it in row-major order with bounded memory (`write/chunked_source.py`).
+Values are placed into nested dicts/lists by the planner paths, as DCP's `set_element` does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import mmap
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConvertError, MalformedCheckpoint, UnsupportedValue
+from ..write.chunked_source import Box, tensor_pieces, tiling_problem
+from ..write.tensor_bytes import covers_storage
+from . import read_tree
+from .containers import ReadResult, read_container
+from .dcp_metadata import METADATA_NAME, DcpMetadata, TensorMeta, read_metadata
+from .records import StorageRef, TensorRef
+
+__all__ = ["DcpFolder", "dcp_files", "is_dcp_folder"]
+
+
+def is_dcp_folder(path: Path) -> bool:
+    """A folder with a `.metadata` file: what `torch.distributed.checkpoint.save` writes."""
+    return path.is_dir() and (path / METADATA_NAME).is_file()
+
+
+def dcp_files(folder: Path) -> list[Path]:
+    """The files of a DCP folder that make the checkpoint: `.metadata` and the `*.distcp` files, sorted."""
+    return [folder / METADATA_NAME, *sorted(p for p in folder.glob("*.distcp") if p.is_file() and not p.is_symlink())]
+
+
+class _Window(io.RawIOBase):
+    """A read-only file object over bytes [start, start + length) of an open file (for zipfile)."""
+
+    def __init__(self, fd: int, start: int, length: int) -> None:
+        self._fd, self._start, self._length, self._pos = fd, start, length, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._length}[whence]
+        if base + offset < 0:
+            raise OSError("seek before the start of the archive")
+        self._pos = base + offset
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        n = max(0, min(len(buffer), self._length - self._pos))
+        if n == 0:
+            return 0
+        got = os.preadv(self._fd, [memoryview(buffer)[:n]], self._start + self._pos)
+        self._pos += got
+        return got
+
+
+class _ArchiveInput:
+    """One saved item (a `torch.save` archive inside a `.distcp` file), shaped like `containers.Input`."""
+
+    def __init__(self, part: _Part, start: int, length: int, what: str) -> None:
+        self.path = part.path
+        self.name = f"{part.path.name} [{what}, bytes {start}..{start + length}]"
+        self.size = length
+        self.buf = memoryview(part.buf)[start:start + length]
+        self._file = _Window(part.fd, start, length)
+        self._part, self._start = part, start
+
+    def rebase(self, result: ReadResult) -> None:
+        """Point storages at the whole file's mapping (file offsets): no view of the window outlives it."""
+        for storage in result.storages:
+            if storage.buffer is self.buf:
+                storage.buffer, storage.offset = self._part.buf, storage.offset + self._start
+
+    def close(self) -> None:
+        with contextlib.suppress(BufferError):
+            self.buf.release()
+
+
+class _Part:
+    """One `.distcp` file, opened read-only (no symlinks, regular file) and mapped."""
+
+    def __init__(self, folder: Path, name: str) -> None:
+        self.path = folder / name
+        try:
+            self.fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            raise MalformedCheckpoint(f"{self.path}: named by .metadata but missing") from None
+        except OSError as exc:
+            raise ConvertError(f"{self.path}: cannot open ({exc.strerror})") from None
+        st = os.fstat(self.fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(self.fd)
+            raise MalformedCheckpoint(f"{self.path}: not a regular file")
+        self.size = st.st_size
+        self.buf: Any = mmap.mmap(self.fd, 0, access=mmap.ACCESS_READ) if self.size else b""
+
+    def close(self) -> None:
+        if isinstance(self.buf, mmap.mmap):
+            with contextlib.suppress(BufferError):
+                self.buf.close()
+        os.close(self.fd)
+
+
+class DcpFolder:
+    """A DCP folder, opened: `root` is the nested state dict (TensorRefs and plain values).
+
+    Use as a context manager: the `.distcp` mappings stay open until `close`, since tensors point into them.
+    """
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+        self.metadata: DcpMetadata = read_metadata(self.folder)
+        self.parts: dict[str, _Part] = {}
+        self.globals_used: dict[str, int] = dict(self.metadata.globals_used)
+        try:
+            self.root = self._read()
+        except BaseException:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------------ files
+    def part(self, name: str) -> _Part:
+        if name not in self.parts:
+            self.parts[name] = _Part(self.folder, name)
+        return self.parts[name]
+
+    def part_names(self) -> list[str]:
+        """The `.distcp` files the metadata refers to, sorted."""
+        return sorted({info.relative_path for info in self.metadata.storage.values()})
+
+    def close(self) -> None:
+        for part in self.parts.values():
+            part.close()
+        self.parts.clear()
+
+    def __enter__(self) -> DcpFolder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ items
+    def _archive(self, fqn: str, offsets: tuple[int, ...] | None, reader: Any) -> ReadResult:
+        info = self.metadata.storage.get((fqn, offsets))
+        what = repr(fqn) if offsets is None else f"{fqn!r} chunk at {list(offsets)}"
+        if info is None:
+            raise MalformedCheckpoint(f"{self.folder}: {what} has no storage record in .metadata")
+        part = self.part(info.relative_path)
+        if info.offset + info.length > part.size:
+            raise MalformedCheckpoint(f"{part.path}: {what} is recorded at bytes {info.offset}..{info.offset + info.length} "
+                                      f"but the file holds {part.size} bytes")
+        if bytes(part.buf[info.offset:info.offset + 4]) != b"PK\x03\x04":
+            raise MalformedCheckpoint(f"{part.path}: {what} at byte {info.offset} is not a torch.save archive")
+        inp = _ArchiveInput(part, info.offset, info.length, what)
+        try:
+            result = reader(inp)
+            inp.rebase(result)
+        finally:
+            inp.close()
+        for name, pos in result.globals_used.items():
+            self.globals_used.setdefault(name, pos)
+        return result
+
+    def _tensor(self, fqn: str, meta: TensorMeta) -> TensorRef:
+        problem = tiling_problem(meta.shape, [(c.offsets, c.sizes) for c in meta.chunks])
+        if problem:
+            raise MalformedCheckpoint(f"{self.folder}/.metadata: tensor {fqn!r} of shape {list(meta.shape)}: {problem}")
+        boxes: list[Box] = []
+        refs: list[TensorRef] = []
+        for chunk in meta.chunks:
+            if meta.shape and math.prod(chunk.sizes) == 0:
+                continue  # an empty shard (more ranks than rows): nothing to read
+            ref = self._archive(fqn, chunk.offsets, read_container).root
+            where = f"{self.folder}: tensor {fqn!r} chunk at {list(chunk.offsets)}"
+            if not isinstance(ref, TensorRef):
+                raise MalformedCheckpoint(f"{where} holds a {type(ref).__name__}, not a tensor")
+            if ref.dtype != meta.dtype or tuple(ref.shape) != chunk.sizes:
+                raise MalformedCheckpoint(f"{where}: holds {str(ref.dtype).removeprefix('torch.')}{list(ref.shape)}, "
+                                          f".metadata says {str(meta.dtype).removeprefix('torch.')}{list(chunk.sizes)}")
+            if ref.conj or ref.neg:
+                raise UnsupportedValue(f"{where}: a chunk saved with a lazy conj/neg bit is not supported")
+            if ref.storage.base is not None:
+                raise MalformedCheckpoint(f"{where}: not a torch.save archive of the current format")
+            refs.append(ref)
+            boxes.append(Box(chunk.offsets, chunk.sizes, ref.storage.buffer, ref.storage.offset + ref.offset * ref.dtype.itemsize,
+                             tuple(ref.stride)))
+        nbytes = math.prod(meta.shape) * meta.dtype.itemsize
+        contiguous = tuple(_row_major(meta.shape))
+        if len(refs) == 1 and covers_storage(refs[0]) and tuple(refs[0].shape) == meta.shape:
+            storage = refs[0].storage  # one chunk, exactly its storage: a view of the file as it is
+        else:
+            shape, itemsize = meta.shape, meta.dtype.itemsize
+            storage = StorageRef(fqn, meta.dtype, nbytes, "cpu",
+                                 pieces=lambda: tensor_pieces(shape, itemsize, boxes))
+        return TensorRef(storage, meta.dtype, 0, meta.shape, contiguous)
+
+    def _read(self) -> dict:
+        md = self.metadata
+        known: set[tuple[str, tuple[int, ...] | None]] = set()
+        for fqn, item in md.items.items():
+            known |= {(fqn, c.offsets) for c in item.chunks} if isinstance(item, TensorMeta) else {(fqn, None)}
+        stray = [k for k in md.storage if k not in known]
+        if stray:
+            raise MalformedCheckpoint(f"{self.folder}/.metadata: storage record for {stray[0][0]!r} at "
+                                      f"{list(stray[0][1] or [])} belongs to no saved item")
+        root: dict = {}
+        limit = len(md.items)
+        for fqn, item in md.items.items():
+            value = self._tensor(fqn, item) if isinstance(item, TensorMeta) else self._archive(fqn, None, read_tree).root
+            _set_element(root, md.paths.get(fqn, (fqn,)), value, limit, f"{self.folder}/.metadata: {fqn!r}")
+        return root
+
+
+def _row_major(shape: tuple[int, ...]) -> list[int]:
+    strides, acc = [], 1
+    for size in reversed(shape):
+        strides.append(acc)
+        acc *= max(size, 1)
+    return list(reversed(strides))
+
+
+def _set_element(root: dict, path: tuple, value: Any, max_index: int, where: str) -> None:
+    """Put `value` at `path`, creating dicts (str keys) and lists (int keys) on the way, as DCP's
+    `set_element` does; list indices beyond the number of saved items cannot come from a real save."""
+    container: Any = root
+    for i, key in enumerate(path):
+        last = i == len(path) - 1
+        if type(key) is int and key > max_index:
+            raise MalformedCheckpoint(f"{where}: list index {key} in its path is out of range")
+        if type(container) is list and type(key) is int:
+            container.extend([None] * (key + 1 - len(container)))
+        elif type(container) is not dict or type(key) is not str:
+            raise MalformedCheckpoint(f"{where}: its path {list(path)[:8]} runs through a value that is not a container")
+        if last:
+            if (container[key] if type(container) is list else container.get(key)) is not None:
+                raise MalformedCheckpoint(f"{where}: two saved items have the path {list(path)[:8]}")
+            container[key] = value
+            return
+        child = container[key] if type(container) is list else container.get(key)
+        if child is None:
+            child = {} if type(path[i + 1]) is str else []
+            container[key] = child
+        container = child
