@@ -66,14 +66,18 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, overwr
     src, dst = Path(src), Path(dst)
     if dst.exists() and not overwrite:  # before reading a possibly large source (write_folder checks again)
         raise OutputExists(f"{dst} already exists; pass --overwrite (overwrite=True) to replace it")
-    with Input(src) as inp, BackgroundSha256(inp._file.fileno(), inp.size) as source_hash:
+    with Input(src, converting=True) as inp, BackgroundSha256(inp.fileno(), inp.size, inp.path) as source_hash:
         result = read_tree(inp)
         provenance = _provenance(src, inp, result, sha256=PENDING_SHA256)  # the real one is filled in below
+
+        def seal() -> None:  # every byte is read: the hash is of what was converted iff the file did not change
+            provenance.update(sha256=source_hash.hexdigest())
+            inp.check_unchanged()
+
         plan = make_plan(result.root, provenance, max_shard_size=_shard_bytes(max_shard_size))
         validate(plan.sidecar, "generated sidecar")  # a writer bug must never produce an unloadable folder
-        with kernel_copy_from(inp.buf, inp._file.fileno()):  # stored tensors: file-to-file, not through memory
-            write_folder(plan, dst, overwrite=overwrite,
-                         before_sidecar=lambda: provenance.update(sha256=source_hash.hexdigest()))
+        with kernel_copy_from(inp.buf, inp.fileno()):  # stored tensors: file-to-file, not through memory
+            write_folder(plan, dst, overwrite=overwrite, before_sidecar=seal)
         del result
     sidecar = plan.sidecar
     return ConversionReport(src, dst, sidecar["source"]["format"], sidecar["files"], len(sidecar["tensors"]),
@@ -95,13 +99,15 @@ def plan_in_memory(src: str | os.PathLike) -> Any:
     src = Path(src)
     with Input(src) as inp:
         result = read_tree(inp)
-        return make_plan(result.root, _provenance(src, inp, result))
+        plan = make_plan(result.root, _provenance(src, inp, result))
+        inp.check_unchanged()
+        return plan
 
 
 def _provenance(src: Path, inp: Input, result: Any, sha256: str | None = None) -> dict:
     return {
         "converter": {"name": "ckpt-convert", "version": __version__},
-        "name": src.name, "size": inp.size, "sha256": sha256 or sha256_fd(inp._file.fileno(), inp.size),
+        "name": src.name, "size": inp.size, "sha256": sha256 or sha256_fd(inp.fileno(), inp.size),
         "format": result.format, "pickle_protocol": result.protocol,
     }
 
@@ -115,7 +121,9 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
         >>> sd = read_checkpoint("model.pth")   # doctest: +SKIP
     """
     with Input(path) as inp:
-        return materialize(read_tree(inp).root)
+        tree = materialize(read_tree(inp).root)
+        inp.check_unchanged()
+        return tree
 
 
 def scan_checkpoint(path: str | os.PathLike) -> ScanReport:
@@ -128,7 +136,9 @@ def scan_checkpoint(path: str | os.PathLike) -> ScanReport:
         try:
             result = read_tree(inp)
         except UnsafeCheckpoint as exc:
+            inp.check_unchanged()
             return ScanReport(path, getattr(exc, "format", None), sorted(getattr(exc, "globals_used", {})), exc.findings)
+        inp.check_unchanged()
     return ScanReport(path, result.format, sorted(result.globals_used))
 
 
@@ -136,8 +146,9 @@ def verify_checkpoint(src: str | os.PathLike, folder: str | os.PathLike) -> list
     """Differences between `src` (read safely) and the converted `folder`; empty means equivalent."""
     sidecar = read_sidecar(Path(folder))
     with Input(src) as inp:  # one open: the hash and the tree are of the same file
-        digest = sha256_fd(inp._file.fileno(), inp.size)  # pread, not the mmap: RSS stays flat
+        digest = sha256_fd(inp.fileno(), inp.size, path=inp.path)  # pread: RSS stays flat
         original = materialize(read_tree(inp).root)
+        inp.check_unchanged()
     diffs = []
     if sidecar["source"]["sha256"] != digest:
         diffs.append(f"<source>: {folder} was converted from a different file (sha256 differs)")

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .source import SourceBytes
+
 
 @dataclass(eq=False)
 class GlobalRef:
@@ -54,8 +56,8 @@ class ObjectRecord:
 class StorageRef:
     """A typed storage inside the container: where its bytes are and what they hold.
 
-    Its bytes are `buffer[offset:offset + nbytes]`; `buffer` is the mmapped input (or, for a
-    compressed zip member, the decompressed bytes). The container fills these in once it has
+    Its bytes are `buffer[offset:offset + nbytes]`; `buffer` is the input file (a `SourceBytes`,
+    read with pread) or, for a compressed zip member, the decompressed bytes. The container fills these in once it has
     checked them against the real file.
     """
 
@@ -70,9 +72,14 @@ class StorageRef:
     base_offset: int = 0
 
     def data(self) -> memoryview:
-        """The storage's bytes, zero-copy. Release the view (`with`) before the input is closed."""
+        """The storage's bytes: zero-copy from an in-memory buffer, or read (pread) from an input file.
+
+        Release the view (`with`) before the input is closed.
+        """
         if self.buffer is None:
             raise ValueError(f"storage {self.key!r} has no data")
+        if isinstance(self.buffer, SourceBytes):  # the input file: read now, never through a mapping (SIGBUS)
+            return memoryview(self.buffer.read(self.offset, self.nbytes))
         return memoryview(self.buffer)[self.offset:self.offset + self.nbytes]
 
 

@@ -73,6 +73,8 @@ def write_safetensors(out: BinaryIO, entries: list[Entry], metadata: dict[str, s
             registered = _sources.get(id(buffer))
             if registered is not None and registered[0] is buffer:
                 _copy_file_range(registered[1], offset, fd, entry.nbytes)
+            elif hasattr(buffer, "fileno"):  # an input file read with pread (read.source.SourceBytes): no mapping
+                _copy_file_range(buffer.fileno(), offset, fd, entry.nbytes)
             else:
                 _write_mapped(fd, buffer, offset, entry.nbytes)
             continue
