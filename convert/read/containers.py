@@ -202,7 +202,7 @@ class _ZipArchive:
     def _data_offset(self, info: zipfile.ZipInfo) -> int:
         """Where the member's bytes start, from its local header, checked against the central directory."""
         at = info.header_offset
-        header = self.inp.read(at, 30) if 0 <= at and at + 30 <= self.inp.size else b""
+        header = self.inp.read(at, 30) if at >= 0 and at + 30 <= self.inp.size else b""
         if header[:4] != b"PK\x03\x04":
             raise MalformedCheckpoint(f"{self.inp.name}: zip member {info.filename!r} has no local header")
         name_len, extra_len = struct.unpack("<HH", header[26:30])
