@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import ConvertError, OutputExists
-from ..schema import SIDECAR_NAME
+from ..schema import SIDECAR_NAME, check_sidecar_size
 from .plan import Plan
 from .safetensors_io import write_safetensors
 
@@ -53,7 +53,9 @@ def write_folder(plan: Plan, dst: Path, *, overwrite: bool = False, copy_files: 
             shutil.copyfile(path, tmp / path.name)
         if before_sidecar is not None:
             before_sidecar()
-        (tmp / SIDECAR_NAME).write_bytes(sidecar_bytes(plan.sidecar))
+        data = sidecar_bytes(plan.sidecar)
+        check_sidecar_size(tmp, len(data), f"{dst / SIDECAR_NAME} (not written)")  # never a folder load refuses
+        (tmp / SIDECAR_NAME).write_bytes(data)
         _replace(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
