@@ -9,8 +9,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .errors import MalformedCheckpoint
 from .deep import json_depth, run_deep
+from .errors import MalformedCheckpoint
 
 SIDECAR_NAME = "checkpoint.json"
 FORMAT_NAME = "ckpt-convert"

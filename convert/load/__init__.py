@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..deep import run_deep
 from ..dtypes import torch_dtype
 from ..errors import ConvertError, MalformedCheckpoint
 from ..read.torch_types import DTYPES_BY_NAME
-from ..deep import run_deep
 from ..schema import MAX_SIDECAR_DEPTH, SIDECAR_NAME, check_sidecar_size, validate
 from ..views import view_end
 from .decode import Decoder

@@ -114,8 +114,10 @@ class Input:
 
     def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> None:
         try:
-            if exc is not None and not isinstance(exc, (SourceChanged, KeyboardInterrupt)) and self.changed():
-                raise self.changed_error() from None
+            if exc is not None and not isinstance(exc, KeyboardInterrupt) and self.changed():
+                error = self.changed_error()
+                if str(exc) != str(error):  # not already this very report
+                    raise error from None
         finally:
             self.close()
 

@@ -71,13 +71,13 @@ def open_regular(path: Path) -> tuple[int, os.stat_result]:
     try:
         st = os.stat(path)
     except OSError as exc:
-        raise _environment_error(path, exc, "read it") from None
+        raise _environment_error(path, exc, "read") from None
     if not stat.S_ISREG(st.st_mode):  # opening a FIFO would block until a writer appears
         raise ConvertError(f"{path}: is {_kind(st.st_mode)}, not a regular file; only regular files are read")
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
-        raise _environment_error(path, exc, "open it") from None
+        raise _environment_error(path, exc, "open") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):  # replaced between stat and open
@@ -126,7 +126,7 @@ class SourceBytes:
                     buf += more
                 data = bytes(buf)
         except OSError as exc:
-            raise _environment_error(self.path, exc, "read it") from None
+            raise _environment_error(self.path, exc, "read") from None
         except MemoryError:
             raise ConvertError(f"{self.path}: {n} bytes at byte {offset} do not fit in memory") from None
         return data
