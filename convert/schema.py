@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import json
 import os
+import threading
+import time
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -45,13 +47,6 @@ def schema() -> dict[str, Any]:
 
 
 @functools.cache
-def _validator() -> Any:
-    import jsonschema
-
-    return jsonschema.Draft202012Validator(schema())
-
-
-@functools.cache
 def _compiled() -> Any:
     """The same schema compiled to closures (seconds → milliseconds on big sidecars); None if it cannot be."""
     from .load.schema_compiled import UnsupportedSchema, compile_schema
@@ -69,18 +64,25 @@ def sidecar_allowance(folder: Path) -> int:
         folder: a converted folder (or the writer's temp folder, once its data files are written).
     Returns:
         SIDECAR_BASE_BYTES + SIDECAR_BYTES_PER_HEADER_BYTE x (the sizes of their headers), at most
-        MAX_SIDECAR_BYTES. Only each file's 8-byte header length is read.
+        MAX_SIDECAR_BYTES. Only each file's 8-byte header length is read, and only of regular files
+        in the folder itself (a symlink is not followed: the loader refuses one that leads outside).
     """
     header_bytes = 0
     with os.scandir(folder) as entries:
         for entry in entries:
-            if not entry.name.endswith(".safetensors") or not entry.is_file():
+            # regular files only, not through a symlink (never read outside the folder), never blocking on a FIFO
+            if not entry.name.endswith(".safetensors") or not entry.is_file(follow_symlinks=False):
                 continue
             try:
-                with open(entry.path, "rb") as f:
-                    header_bytes += int.from_bytes(f.read(8), "little")
+                fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
             except OSError:
                 continue  # reported when the loader opens it
+            try:
+                header_bytes += int.from_bytes(os.pread(fd, 8, 0), "little")
+            except OSError:
+                continue
+            finally:
+                os.close(fd)
             if header_bytes > MAX_SIDECAR_BYTES:
                 break
     return min(MAX_SIDECAR_BYTES, SIDECAR_BASE_BYTES + SIDECAR_BYTES_PER_HEADER_BYTE * header_bytes)
@@ -103,8 +105,40 @@ def bounded_depth(sidecar: Any, where: str) -> int:
     return depth
 
 
+# jsonschema evaluates every branch of an `anyOf` in full and words an error (a repr of the value) for each
+# failing one, so locating the error in a deep or wide hostile sidecar can take time exponential in its depth.
+# It only words the message: after this many seconds the error is reported without its location.
+LOCATE_SECONDS = 3.0
+_deadline = threading.local()
+
+
+class _OutOfTime(Exception):
+    pass
+
+
+@functools.cache
+def _timed_validator() -> Any:
+    """Draft 2020-12 jsonschema whose type checks (its most frequent step) stop at the thread's deadline."""
+    import jsonschema
+
+    base = jsonschema.Draft202012Validator
+    checker = base.TYPE_CHECKER
+
+    def timed(name: str) -> Any:
+        def is_type(_checker: Any, instance: Any) -> bool:
+            if time.monotonic() > _deadline.at:
+                raise _OutOfTime
+            return checker.is_type(instance, name)
+        return is_type
+    types = ("null", "boolean", "string", "integer", "number", "array", "object")
+    timing = checker.redefine_many({name: timed(name) for name in types})
+    return jsonschema.validators.extend(base, type_checker=timing)(schema())
+
+
 def _first_error(sidecar: Any) -> Any:
-    return next(iter(_validator().iter_errors(sidecar)), None)
+    """jsonschema's first error (None if valid); raises _OutOfTime after LOCATE_SECONDS."""
+    _deadline.at = time.monotonic() + LOCATE_SECONDS
+    return next(iter(_timed_validator().iter_errors(sidecar)), None)
 
 
 def validate(sidecar: Any, where: str) -> None:
@@ -129,9 +163,9 @@ def validate(sidecar: Any, where: str) -> None:
         depth = bounded_depth(sidecar, where)
     try:
         error = run_deep(_first_error, sidecar, depth=depth)
-    except (RecursionError, MemoryError) as exc:
-        raise MalformedCheckpoint(f"{where}: sidecar does not match the schema ({type(exc).__name__} while "
-                                  "locating the error)") from None
+    except (_OutOfTime, RecursionError, MemoryError):
+        raise MalformedCheckpoint(f"{where}: sidecar does not match the schema (too large or too deeply nested to "
+                                  "locate the first error)") from None
     if error is not None:
         path = "/".join(str(p) for p in error.absolute_path) or "<root>"
         raise MalformedCheckpoint(f"{where}: sidecar does not match the schema at {path}: {error.message[:200]}")
