@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .deep import json_depth, run_deep
-from .errors import MalformedCheckpoint
+from .errors import ConvertError, MalformedCheckpoint
 
 SIDECAR_NAME = "checkpoint.json"
 FORMAT_NAME = "ckpt-convert"
@@ -88,11 +88,11 @@ def sidecar_allowance(folder: Path) -> int:
     return min(MAX_SIDECAR_BYTES, SIDECAR_BASE_BYTES + SIDECAR_BYTES_PER_HEADER_BYTE * header_bytes)
 
 
-def check_sidecar_size(folder: Path, nbytes: int, where: str) -> None:
-    """Raise MalformedCheckpoint if a sidecar of `nbytes` is more than `folder`'s data files allow."""
+def check_sidecar_size(folder: Path, nbytes: int, where: str, error: type[ConvertError] = MalformedCheckpoint) -> None:
+    """Raise `error` if a sidecar of `nbytes` is more than `folder`'s data files allow (see sidecar_allowance)."""
     allowance = sidecar_allowance(folder)
     if nbytes > allowance:
-        raise MalformedCheckpoint(f"{where}: {nbytes} bytes, more than the {allowance} bytes its safetensors files "
+        raise error(f"{where}: {nbytes} bytes, more than the {allowance} bytes its safetensors files "
                                   f"allow ({SIDECAR_BASE_BYTES} plus {SIDECAR_BYTES_PER_HEADER_BYTE} per header byte, "
                                   f"at most {MAX_SIDECAR_BYTES}); refusing")
 

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import ConvertError, OutputExists
+from ..errors import ConvertError, OutputExists, UnsupportedValue
 from ..schema import SIDECAR_NAME, check_sidecar_size
 from .plan import Plan
 from .safetensors_io import write_safetensors
@@ -54,7 +54,7 @@ def write_folder(plan: Plan, dst: Path, *, overwrite: bool = False, copy_files: 
         if before_sidecar is not None:
             before_sidecar()
         data = sidecar_bytes(plan.sidecar)
-        check_sidecar_size(tmp, len(data), f"{dst / SIDECAR_NAME} (not written)")  # never a folder load refuses
+        check_sidecar_size(tmp, len(data), f"{dst} (not written): its {SIDECAR_NAME}", UnsupportedValue)  # loadable
         (tmp / SIDECAR_NAME).write_bytes(data)
         _replace(tmp, dst)
     except BaseException:

@@ -204,3 +204,13 @@ def test_cli_reports_hostile_sidecar_in_one_line(folder):
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "malformed" in lines[0] and "Traceback" not in done.stderr, done.stderr
+
+
+def test_convert_refuses_what_load_would_refuse(tmp_path):
+    """A checkpoint whose non-tensor part alone is over the allowance: refused at convert, nothing written."""
+    from convert import UnsupportedValue
+
+    torch.save({"w": torch.ones(2), "blob": "x" * 2 * SIDECAR_BASE_BYTES}, tmp_path / "big.pt")
+    with pytest.raises(UnsupportedValue, match=r"not written.*more than the"):
+        convert_checkpoint(tmp_path / "big.pt", tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.pt"]
