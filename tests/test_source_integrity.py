@@ -278,3 +278,26 @@ def test_source_is_never_written(tmp_path, zip_ckpt, big_plain_pickle):
         convert_checkpoint(p, tmp_path / f"out-{p.stem}")
         read_checkpoint(p)
     assert before == {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in before}
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
+def test_corrupt_compressed_member_of_any_method_is_malformed(tmp_path, method):
+    raw = io.BytesIO()
+    torch.save({"w": torch.arange(8.0), "note": "x" * 300}, raw)
+    src = zipfile.ZipFile(io.BytesIO(raw.getvalue()))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            kind = method if info.filename.endswith("data.pkl") else zipfile.ZIP_STORED
+            dst.writestr(info.filename, src.read(info.filename), compress_type=kind)
+    data = bytearray(out.getvalue())
+    path = tmp_path / "m.pt"
+    path.write_bytes(bytes(data))
+    assert torch.equal(read_checkpoint(path)["w"], torch.arange(8.0))
+    info = next(i for i in zipfile.ZipFile(path).infolist() if i.filename.endswith("data.pkl"))
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    for j in range(8, 24):
+        data[start + j] ^= 0x5A
+    path.write_bytes(bytes(data))
+    with pytest.raises(MalformedCheckpoint, match="is corrupt"):
+        read_checkpoint(path)

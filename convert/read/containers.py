@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import struct
 import zipfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -227,15 +226,19 @@ class _ZipArchive:
         try:
             with self.zf.open(info) as member:
                 data = member.read(info.file_size + 1)
-        except OSError as exc:  # the file, not its contents: an I/O error, or it was truncated meanwhile
-            if self.inp.changed():
-                raise self.inp.changed_error() from None
-            raise ConvertError(f"{self.inp.path}: cannot read ({exc.strerror or exc})") from None
-        except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError, RuntimeError) as exc:
-            raise MalformedCheckpoint(f"{self.inp.name}: zip member {info.filename!r} is corrupt ({exc})") from None
         except MemoryError:
             raise MalformedCheckpoint(f"{self.inp.name}: zip member {info.filename!r} ({info.file_size} bytes) does "
                                       "not fit in memory") from None
+        except OSError as exc:
+            if self.inp.changed():  # truncated or rewritten meanwhile
+                raise self.inp.changed_error() from None
+            if exc.errno is not None:  # the file, not its contents: an I/O error
+                raise ConvertError(f"{self.inp.path}: cannot read ({exc.strerror or exc})") from None
+            raise MalformedCheckpoint(f"{self.inp.name}: zip member {info.filename!r} is corrupt ({exc})") from None
+        except Exception as exc:  # any decompressor's error on hostile bytes: zlib.error, lzma.LZMAError, ...
+            kind = type(exc).__name__ if type(exc).__module__ == "builtins" else \
+                f"{type(exc).__module__.lstrip('_')}.{type(exc).__name__}"
+            raise MalformedCheckpoint(f"{self.inp.name}: zip member {info.filename!r} is corrupt ({kind}: {exc})") from None
         if len(data) != info.file_size:
             raise MalformedCheckpoint(f"{self.inp.name}: zip member {info.filename!r} size does not match its header")
         return data
