@@ -53,13 +53,19 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, overwr
         raise OutputExists(f"{dst} already exists; pass --overwrite (overwrite=True) to replace it")
     if is_dcp_folder(src):  # torch.distributed.checkpoint folder: its own reader, the same pipeline
         return _report(src, dst, convert_dcp_folder(src, dst, overwrite=overwrite, max_shard_size=max_shard_size))
-    with Input(src) as inp, BackgroundSha256(inp._file.fileno(), inp.size) as hasher:
+    with Input(src, converting=True) as inp, BackgroundSha256(inp.fileno(), inp.size, inp.path) as hasher:
         result = read_tree(inp)
+
+        def seal() -> dict:  # every byte is read: the hash is of what was converted iff the file did not change
+            digest = hasher.hexdigest()
+            inp.check_unchanged()
+            return {"sha256": digest}
+
         sidecar = write_checkpoint_folder(
             result.root, dst, provenance=provenance(file_source(src.name, inp.size, result.format, result.protocol)),
             overwrite=overwrite, max_shard_size=max_shard_size,
-            kernel_copy_source=KernelCopySource(inp.buf, inp._file.fileno()),  # stored tensors: file-to-file
-            complete_source=lambda: {"sha256": hasher.hexdigest()})
+            kernel_copy_source=KernelCopySource(inp.buf, inp.fileno()),  # stored tensors: file-to-file
+            complete_source=seal)
         del result
     return _report(src, dst, sidecar)
 
@@ -77,12 +83,14 @@ def plan_in_memory(src: str | os.PathLike) -> Any:
         return plan_dcp_folder(src)
     with Input(src) as inp:
         result = read_tree(inp)
-        return make_plan(result.root, _provenance(src, inp, result))
+        plan = make_plan(result.root, _provenance(src, inp, result))
+        inp.check_unchanged()
+        return plan
 
 
 def _provenance(src: Path, inp: Input, result: Any) -> dict:
     return provenance(file_source(src.name, inp.size, result.format, result.protocol,
-                                  sha256_fd(inp._file.fileno(), inp.size)))
+                                  sha256_fd(inp.fileno(), inp.size, path=inp.path)))
 
 
 def read_checkpoint(path: str | os.PathLike) -> Any:
@@ -96,7 +104,9 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
     if is_dcp_folder(Path(path)):
         return read_dcp_folder(path)
     with Input(path) as inp:
-        return materialize(read_tree(inp).root)
+        tree = materialize(read_tree(inp).root)
+        inp.check_unchanged()
+        return tree
 
 
 def scan_checkpoint(path: str | os.PathLike) -> ScanReport:
@@ -129,8 +139,9 @@ def verify_checkpoint(src: str | os.PathLike, folder: str | os.PathLike) -> list
         return verify_dcp_folder(src, folder)
     sidecar = read_sidecar(Path(folder))
     with Input(src) as inp:  # one open: the hash and the tree are of the same file
-        digest = sha256_fd(inp._file.fileno(), inp.size)  # pread, not the mmap: RSS stays flat
+        digest = sha256_fd(inp.fileno(), inp.size, path=inp.path)  # pread: RSS stays flat
         original = materialize(read_tree(inp).root)
+        inp.check_unchanged()
     diffs = []
     if sidecar["source"]["sha256"] != digest:
         diffs.append(f"<source>: {folder} was converted from a different file (sha256 differs)")

@@ -4,18 +4,29 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import threading
+import time
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .errors import MalformedCheckpoint
+from .deep import json_depth, run_deep
+from .errors import ConvertError, MalformedCheckpoint
 
 SIDECAR_NAME = "checkpoint.json"
 FORMAT_NAME = "ckpt-convert"
 FORMAT_VERSION = 1
 EXTRA_FILE = "tensors.safetensors"
 BARE_FILE = "model.safetensors"
-MAX_SIDECAR_BYTES = 1 << 30
+# Load-path limits on checkpoint.json (a converted folder is untrusted input). Its size is capped in proportion
+# to the data it describes: real sidecars measure 5-6.5 bytes per byte of the safetensors headers (440-600
+# bytes per tensor), plus the non-tensor tree. Checked on the sidecar's size before it is parsed; the writer
+# checks the same cap, so convert never writes a folder that load refuses.
+SIDECAR_BASE_BYTES = 32 << 20  # the non-tensor tree (hyper-parameters, histories, ...) and tensors sharing entries
+SIDECAR_BYTES_PER_HEADER_BYTE = 16  # ~3x what real sidecars use
+MAX_SIDECAR_BYTES = 1 << 30  # whatever the headers say
+MAX_SIDECAR_DEPTH = 1000  # JSON nesting; the reader's 200 container levels encode to at most ~4 JSON levels each
 
 # Tags of the typed JSON encoding (see the schema's "value" definition for their payloads).
 TAGS = ("$tuple", "$dict", "$odict", "$set", "$frozenset", "$int", "$float", "$complex", "$bytes",
@@ -34,13 +45,6 @@ def schema() -> dict[str, Any]:
 
 
 @functools.cache
-def _validator() -> Any:
-    import jsonschema
-
-    return jsonschema.Draft202012Validator(schema())
-
-
-@functools.cache
 def _compiled() -> Any:
     """The same schema compiled to closures (seconds → milliseconds on big sidecars); None if it cannot be."""
     from .load.schema_compiled import UnsupportedSchema, compile_schema
@@ -51,12 +55,115 @@ def _compiled() -> Any:
         return None
 
 
+def sidecar_allowance(folder: Path) -> int:
+    """The largest checkpoint.json accepted beside the safetensors files now in `folder`.
+
+    Args:
+        folder: a converted folder (or the writer's temp folder, once its data files are written).
+    Returns:
+        SIDECAR_BASE_BYTES + SIDECAR_BYTES_PER_HEADER_BYTE x (the sizes of their headers), at most
+        MAX_SIDECAR_BYTES. Only each file's 8-byte header length is read, and only of regular files
+        in the folder itself (a symlink is not followed: the loader refuses one that leads outside).
+    """
+    header_bytes = 0
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            # regular files only, not through a symlink (never read outside the folder), never blocking on a FIFO
+            if not entry.name.endswith(".safetensors") or not entry.is_file(follow_symlinks=False):
+                continue
+            try:
+                fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError:
+                continue  # reported when the loader opens it
+            try:
+                header_bytes += int.from_bytes(os.pread(fd, 8, 0), "little")
+            except OSError:
+                continue
+            finally:
+                os.close(fd)
+            if header_bytes > MAX_SIDECAR_BYTES:
+                break
+    return min(MAX_SIDECAR_BYTES, SIDECAR_BASE_BYTES + SIDECAR_BYTES_PER_HEADER_BYTE * header_bytes)
+
+
+def check_sidecar_size(folder: Path, nbytes: int, where: str, error: type[ConvertError] = MalformedCheckpoint) -> None:
+    """Raise `error` if a sidecar of `nbytes` is more than `folder`'s data files allow (see sidecar_allowance)."""
+    allowance = sidecar_allowance(folder)
+    if nbytes > allowance:
+        raise error(f"{where}: {nbytes} bytes, more than the {allowance} bytes its safetensors files "
+                                  f"allow ({SIDECAR_BASE_BYTES} plus {SIDECAR_BYTES_PER_HEADER_BYTE} per header byte, "
+                                  f"at most {MAX_SIDECAR_BYTES}); refusing")
+
+
+def bounded_depth(sidecar: Any, where: str) -> int:
+    """The JSON nesting depth of `sidecar`, measured iteratively; MalformedCheckpoint beyond MAX_SIDECAR_DEPTH."""
+    depth = json_depth(sidecar, MAX_SIDECAR_DEPTH)
+    if depth > MAX_SIDECAR_DEPTH:
+        raise MalformedCheckpoint(f"{where}: nests deeper than {MAX_SIDECAR_DEPTH} levels; refusing")
+    return depth
+
+
+# jsonschema evaluates every branch of an `anyOf` in full and words an error (a repr of the value) for each
+# failing one, so locating the error in a deep or wide hostile sidecar can take time exponential in its depth.
+# It only words the message: after this many seconds the error is reported without its location.
+LOCATE_SECONDS = 3.0
+_deadline = threading.local()
+
+
+class _OutOfTime(Exception):
+    pass
+
+
+@functools.cache
+def _timed_validator() -> Any:
+    """Draft 2020-12 jsonschema whose type checks (its most frequent step) stop at the thread's deadline."""
+    import jsonschema
+
+    base = jsonschema.Draft202012Validator
+    checker = base.TYPE_CHECKER
+
+    def timed(name: str) -> Any:
+        def is_type(_checker: Any, instance: Any) -> bool:
+            if time.monotonic() > _deadline.at:
+                raise _OutOfTime
+            return checker.is_type(instance, name)
+        return is_type
+    types = ("null", "boolean", "string", "integer", "number", "array", "object")
+    timing = checker.redefine_many({name: timed(name) for name in types})
+    return jsonschema.validators.extend(base, type_checker=timing)(schema())
+
+
+def _first_error(sidecar: Any) -> Any:
+    """jsonschema's first error (None if valid); raises _OutOfTime after LOCATE_SECONDS."""
+    _deadline.at = time.monotonic() + LOCATE_SECONDS
+    return next(iter(_timed_validator().iter_errors(sidecar)), None)
+
+
 def validate(sidecar: Any, where: str) -> None:
-    """Raise MalformedCheckpoint with the first schema violation, located by JSON path."""
+    """Raise MalformedCheckpoint with the first schema violation, located by JSON path.
+
+    Depth-safe: nesting up to MAX_SIDECAR_DEPTH is validated (on a big-stack thread when deep), deeper
+    is refused before any recursive check; never a RecursionError or MemoryError.
+    """
+    if not isinstance(sidecar, dict):  # before jsonschema, whose message would repr the whole value
+        raise MalformedCheckpoint(f"{where}: sidecar is a JSON {type(sidecar).__name__}, not an object")
     fast = _compiled()
-    if fast is not None and fast(sidecar):  # says yes only where jsonschema would; a no is re-checked below
-        return
-    error = next(iter(_validator().iter_errors(sidecar)), None)
+    depth = None
+    if fast is not None:
+        try:  # inline first: no depth scan, no thread for the usual shallow sidecar
+            if fast(sidecar):  # says yes only where jsonschema would; a no is re-checked below
+                return
+        except RecursionError:
+            depth = bounded_depth(sidecar, where)
+            if run_deep(fast, sidecar, depth=depth):
+                return
+    if depth is None:
+        depth = bounded_depth(sidecar, where)
+    try:
+        error = run_deep(_first_error, sidecar, depth=depth)
+    except (_OutOfTime, RecursionError, MemoryError):
+        raise MalformedCheckpoint(f"{where}: sidecar does not match the schema (too large or too deeply nested to "
+                                  "locate the first error)") from None
     if error is not None:
         path = "/".join(str(p) for p in error.absolute_path) or "<root>"
         raise MalformedCheckpoint(f"{where}: sidecar does not match the schema at {path}: {error.message[:200]}")

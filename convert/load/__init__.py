@@ -14,11 +14,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..deep import run_deep
 from ..dtypes import torch_dtype
 from ..errors import ConvertError, CorruptFolder, MalformedCheckpoint
 from ..integrity import check_digest, check_header, has_record, mapping_sha256
 from ..read.torch_types import DTYPES_BY_NAME
-from ..schema import MAX_SIDECAR_BYTES, SIDECAR_NAME, validate
+from ..schema import MAX_SIDECAR_DEPTH, SIDECAR_NAME, check_sidecar_size, validate
 from ..views import view_end
 from .decode import Decoder
 from .materialize import jobs_for, read_to_host
@@ -35,9 +36,20 @@ def read_sidecar(folder: Path) -> dict:
     if not path.is_file():
         raise MalformedCheckpoint(f"{folder}: no {SIDECAR_NAME}; not a converted checkpoint folder")
     _inside(folder, path)
-    if path.stat().st_size > MAX_SIDECAR_BYTES:
-        raise MalformedCheckpoint(f"{path}: larger than {MAX_SIDECAR_BYTES} bytes; refusing")
-    sidecar = strict_json(path.read_bytes(), SIDECAR_NAME)
+    check_sidecar_size(folder, path.stat().st_size, str(path))  # before reading it: proportionate to the data
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConvertError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        sidecar = strict_json(raw, SIDECAR_NAME)
+    except MalformedCheckpoint as exc:
+        if not isinstance(exc.__context__, RecursionError):
+            raise
+        sidecar = run_deep(strict_json, raw, SIDECAR_NAME, depth=MAX_SIDECAR_DEPTH)  # deep: parse with room
+    except MemoryError:
+        raise MalformedCheckpoint(f"{path}: does not fit in memory once parsed; refusing") from None
+    del raw
     validate(sidecar, SIDECAR_NAME)
     return sidecar
 

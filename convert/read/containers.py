@@ -2,12 +2,12 @@
 
 Every storage the pickle refers to is matched to real bytes of the input here: a zip member whose
 local header agrees with the central directory and whose size is what the pickle declares, or a
-legacy storage record whose length prefix agrees. The input is mmapped and never modified.
+legacy storage record whose length prefix agrees. The input is only ever read, with pread (see
+source.py): never mapped, so a file truncated underneath is a clean error rather than SIGBUS.
 """
 
 from __future__ import annotations
 
-import mmap
 import os
 import struct
 import zipfile
@@ -17,6 +17,7 @@ from typing import Any
 
 from ..errors import ConvertError, MalformedCheckpoint, NotACheckpoint, UnsafeCheckpoint, UnsupportedValue
 from .records import GlobalRef, StorageRef
+from .source import Identity, SourceBytes, SourceChanged, open_regular
 from .torch_types import QUANTIZED_STORAGES, STORAGE_DTYPES, STORAGE_MODULES
 from .vm import Finding, PickleVM
 
@@ -49,45 +50,80 @@ class ReadResult:
 
 
 class Input:
-    """The input file, opened read-only and mmapped. Use as a context manager."""
+    """The input file: a regular file, opened read-only, read with pread. Use as a context manager.
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    `buf` (a `SourceBytes`) reads its bytes; `identity` is the file's identity when opened, and
+    `check_unchanged()` raises SourceChanged if the file (by descriptor or by path) differs now.
+    Leaving the `with` block on an exception while the file has changed raises SourceChanged instead,
+    so a failure caused by a concurrent rewrite is reported as that.
+
+    Args:
+        path: the checkpoint file.
+        converting: word the SourceChanged message for `convert` ("...; nothing was written").
+    """
+
+    def __init__(self, path: str | os.PathLike, *, converting: bool = False) -> None:
         self.path = Path(path)
-        try:
-            self._file = open(self.path, "rb")  # noqa: SIM115 - closed in close()
-        except FileNotFoundError:
-            raise ConvertError(f"{self.path}: no such file") from None
-        except IsADirectoryError:
-            raise ConvertError(f"{self.path}: is a directory, not a checkpoint file") from None
-        except OSError as exc:
-            raise ConvertError(f"{self.path}: cannot open ({exc.strerror})") from None
-        self.size = os.fstat(self._file.fileno()).st_size
+        self.converting = converting
+        fd, st = open_regular(self.path)
+        self._file = os.fdopen(fd, "rb")  # for zipfile; every other read is a pread on the same fd
+        self.identity = Identity.of(st)
+        self.size = st.st_size
         if self.size == 0:
             self._file.close()
             raise MalformedCheckpoint(f"{self.path.name}: empty file")
-        self.buf = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+        self.buf = SourceBytes(fd, self.size, self.path)
 
     @property
     def name(self) -> str:
         return self.path.name
 
-    def close(self) -> None:
+    def fileno(self) -> int:
+        return self._file.fileno()
+
+    def read(self, offset: int, n: int) -> bytes:
+        """Exactly `n` bytes of the file at `offset` (see SourceBytes.read)."""
+        return self.buf.read(offset, n)
+
+    def changed(self) -> bool:
+        """True if the open file or the file now at `path` is not the one (or not as it was) when opened."""
+        if self._file.closed:
+            return False
         try:
-            self.buf.close()
-        except BufferError:  # a caller still holds a view; the mapping goes when they release it
-            pass
+            now_fd = Identity.of(os.fstat(self._file.fileno()))
+            now_path = Identity.of(os.stat(self.path))
+        except OSError:  # the path is gone (deleted or renamed away)
+            return True
+        return now_fd != self.identity or now_path != self.identity
+
+    def changed_error(self) -> SourceChanged:
+        doing = "converted; nothing was written" if self.converting else "read"
+        return SourceChanged(f"{self.path} changed while it was being {doing}")
+
+    def check_unchanged(self) -> None:
+        """Raise SourceChanged if the file changed since it was opened."""
+        if self.changed():
+            raise self.changed_error()
+
+    def close(self) -> None:
         self._file.close()
 
     def __enter__(self) -> Input:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> None:
+        try:
+            if exc is not None and not isinstance(exc, KeyboardInterrupt) and self.changed():
+                error = self.changed_error()
+                if str(exc) != str(error):  # not already this very report
+                    raise error from None
+        finally:
+            self.close()
 
 
 def read_container(inp: Input) -> ReadResult:
     """Detect the format of `inp` and interpret it. Raises a ConvertError subclass on any problem."""
-    head = bytes(inp.buf[:300])
+    head = inp.read(0, min(300, inp.size))
     for magic, offset, what in _SIGNATURES:
         if head[offset:offset + len(magic)] == magic:
             raise UnsupportedValue(f"{inp.name} is {what}")
@@ -140,7 +176,9 @@ class _ZipArchive:
         try:
             self.zf = zipfile.ZipFile(inp._file)
             infos = self.zf.infolist()
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
+        except OSError as exc:
+            raise ConvertError(f"{inp.path}: cannot read ({exc.strerror or exc})") from None
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, NotImplementedError) as exc:
             raise MalformedCheckpoint(f"{inp.name}: corrupt zip archive ({exc})") from None
         names = [i.filename for i in infos]
         if len(set(names)) != len(names):
@@ -164,11 +202,14 @@ class _ZipArchive:
 
     def _data_offset(self, info: zipfile.ZipInfo) -> int:
         """Where the member's bytes start, from its local header, checked against the central directory."""
-        buf, at = self.inp.buf, info.header_offset
-        if at + 30 > self.inp.size or buf[at:at + 4] != b"PK\x03\x04":
+        at = info.header_offset
+        header = self.inp.read(at, 30) if at >= 0 and at + 30 <= self.inp.size else b""
+        if header[:4] != b"PK\x03\x04":
             raise MalformedCheckpoint(f"{self.inp.name}: zip member {info.filename!r} has no local header")
-        name_len, extra_len = struct.unpack("<HH", buf[at + 26:at + 30])
-        name = bytes(buf[at + 30:at + 30 + name_len])
+        name_len, extra_len = struct.unpack("<HH", header[26:30])
+        if at + 30 + name_len > self.inp.size:
+            raise MalformedCheckpoint(f"{self.inp.name}: zip member {info.filename!r} runs past the end of the file (truncated?)")
+        name = self.inp.read(at + 30, name_len)
         if name.decode("utf-8", "replace") != info.filename and name.decode("cp437", "replace") != info.filename:
             raise MalformedCheckpoint(f"{self.inp.name}: zip member {info.filename!r} is named {name!r:.80} in its local header")
         start = at + 30 + name_len + extra_len
@@ -185,11 +226,19 @@ class _ZipArchive:
         try:
             with self.zf.open(info) as member:
                 data = member.read(info.file_size + 1)
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError) as exc:
-            raise MalformedCheckpoint(f"{self.inp.name}: zip member {info.filename!r} is corrupt ({exc})") from None
         except MemoryError:
             raise MalformedCheckpoint(f"{self.inp.name}: zip member {info.filename!r} ({info.file_size} bytes) does "
                                       "not fit in memory") from None
+        except OSError as exc:
+            if self.inp.changed():  # truncated or rewritten meanwhile
+                raise self.inp.changed_error() from None
+            if exc.errno is not None:  # the file, not its contents: an I/O error
+                raise ConvertError(f"{self.inp.path}: cannot read ({exc.strerror or exc})") from None
+            raise MalformedCheckpoint(f"{self.inp.name}: zip member {info.filename!r} is corrupt ({exc})") from None
+        except Exception as exc:  # any decompressor's error on hostile bytes: zlib.error, lzma.LZMAError, ...
+            kind = type(exc).__name__ if type(exc).__module__ == "builtins" else \
+                f"{type(exc).__module__.lstrip('_')}.{type(exc).__name__}"
+            raise MalformedCheckpoint(f"{self.inp.name}: zip member {info.filename!r} is corrupt ({kind}: {exc})") from None
         if len(data) != info.file_size:
             raise MalformedCheckpoint(f"{self.inp.name}: zip member {info.filename!r} size does not match its header")
         return data
@@ -217,7 +266,7 @@ class _ZipArchive:
         if info.compress_type == zipfile.ZIP_STORED:
             if info.compress_size != nbytes:
                 raise MalformedCheckpoint(f"{self.inp.name}: storage {key!r} sizes disagree in the zip directory")
-            storage.buffer, storage.offset = self.inp.buf, self._data_offset(info)
+            storage.buffer, storage.offset = self.inp.buf, self._data_offset(info)  # read later, with pread
         else:
             storage.buffer = self._read_member(info, nbytes)
         self.storages[key] = storage
@@ -239,7 +288,7 @@ def _read_pickle_or_legacy(inp: Input) -> ReadResult:
     try:
         value = first.run()
     except MalformedCheckpoint as exc:
-        if inp.buf[0] == 0x80:  # starts with PROTO: a pickle, but a broken one
+        if inp.read(0, 1) == b"\x80":  # starts with PROTO: a pickle, but a broken one
             raise
         raise NotACheckpoint(f"{inp.name} is not a checkpoint (neither a torch zip nor a pickle): {exc}") from None
     if type(value) is int and value == LEGACY_MAGIC:
@@ -321,7 +370,7 @@ def _read_legacy(inp: Input, pos: int) -> ReadResult:
         storage = storages[key]
         if pos + 8 > inp.size:
             raise MalformedCheckpoint(f"{inp.name}: truncated before storage {key!r}")
-        count = int.from_bytes(inp.buf[pos:pos + 8], "little", signed=True)
+        count = int.from_bytes(inp.read(pos, 8), "little", signed=True)
         if count < 0 or count * storage.dtype.itemsize != storage.nbytes:
             raise MalformedCheckpoint(f"{inp.name}: storage {key!r} record says {count} elements, the pickle "
                                       f"says {storage.nbytes // storage.dtype.itemsize}")

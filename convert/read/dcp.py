@@ -30,6 +30,7 @@ from . import read_tree
 from .containers import ReadResult, read_container
 from .dcp_metadata import METADATA_NAME, DcpMetadata, TensorMeta, read_metadata
 from .records import StorageRef, TensorRef
+from .source import SourceChanged
 
 __all__ = ["DcpFolder", "dcp_files", "is_dcp_folder"]
 
@@ -85,6 +86,20 @@ class _ArchiveInput:
         self.buf = memoryview(part.buf)[start:start + length]
         self._file = _Window(part.fd, start, length)
         self._part, self._start = part, start
+
+    def read(self, offset: int, n: int) -> bytes:
+        """Exactly `n` bytes of the archive at `offset` (what `containers.Input.read` gives)."""
+        if n <= 0:
+            return b""
+        if offset < 0 or offset + n > self.size:
+            raise ValueError(f"read of {n} bytes at {offset} outside a {self.size}-byte archive")
+        return bytes(self.buf[offset:offset + n])
+
+    def changed(self) -> bool:
+        return False  # the rank file is checked as a whole: its sha256 is in the sidecar's source parts
+
+    def changed_error(self) -> SourceChanged:
+        return SourceChanged(f"{self.path} changed while it was being read")
 
     def rebase(self, result: ReadResult) -> None:
         """Point storages at the whole file's mapping (file offsets): no view of the window outlives it."""

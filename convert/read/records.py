@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from .source import SourceBytes
+
 
 @dataclass(eq=False)
 class GlobalRef:
@@ -54,8 +56,8 @@ class ObjectRecord:
 class StorageRef:
     """A typed storage inside the container: where its bytes are and what they hold.
 
-    Its bytes are `buffer[offset:offset + nbytes]`; `buffer` is the mmapped input (or, for a
-    compressed zip member, the decompressed bytes). The container fills these in once it has
+    Its bytes are `buffer[offset:offset + nbytes]`; `buffer` is the input file (a `SourceBytes`,
+    read with pread) or, for a compressed zip member, the decompressed bytes. The container fills these in once it has
     checked them against the real file.
     """
 
@@ -73,7 +75,9 @@ class StorageRef:
     pieces: Callable[[], Iterator[Any]] | None = field(default=None, repr=False)
 
     def data(self) -> memoryview:
-        """The storage's bytes, zero-copy. Release the view (`with`) before the input is closed.
+        """The storage's bytes: zero-copy from an in-memory buffer, or read (pread) from an input file.
+
+        Release the view (`with`) before the input is closed.
 
         A storage made of `pieces` is assembled into memory here (the writer streams them instead).
         """
@@ -89,6 +93,8 @@ class StorageRef:
             return memoryview(out)
         if self.buffer is None:
             raise ValueError(f"storage {self.key!r} has no data")
+        if isinstance(self.buffer, SourceBytes):  # the input file: read now, never through a mapping (SIGBUS)
+            return memoryview(self.buffer.read(self.offset, self.nbytes))
         to_host = getattr(self.buffer, "to_host", None)
         if to_host is not None:  # a live device storage (save_checkpoint, write/chunked.py): copied for a gather
             return to_host(self.offset, self.nbytes)

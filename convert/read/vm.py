@@ -21,9 +21,13 @@ from ..errors import ConvertError, MalformedCheckpoint, UnsafeCheckpoint
 from . import allowlist, gadgets, limits
 from .numpy_types import build_ndarray, build_npdtype
 from .records import GlobalRef, NdArrayRef, NpDType, ObjectRecord, TensorRef
+from .source import SourceBytes
 
 HIGHEST_PROTOCOL = 5
 MAX_LINE = 1 << 16  # text operands (protocol 0) longer than this are not from a real checkpoint
+# A stream in a file (SourceBytes) is read through a window of this many bytes at most (pread, never a
+# mapping: a truncated file is a clean error, not SIGBUS); operands larger than half of it are read alone.
+MIN_WINDOW, MAX_WINDOW = 1 << 16, 1 << 20
 # Codecs the opcodes (and zipfile's member names) use, looked up once here so that reading a file never
 # imports anything, not even a codec module.
 for _codec in ("raw-unicode-escape", "unicode-escape", "latin-1", "ascii", "utf-8", "cp437"):
@@ -48,6 +52,8 @@ class _Mark:
 class PickleVM:
     """Interprets one pickle stream from `buf[start:end]`.
 
+    `buf` is bytes-like (a zip member read into memory) or a `SourceBytes` (a file, read in windows).
+
     `persistent_load` maps a persistent id (torch storages) to a value; without it a persistent
     id is malformed input. After `run`, `findings` lists the gadgets seen and `globals_used` every
     global named (for `scan`).
@@ -55,9 +61,12 @@ class PickleVM:
 
     def __init__(self, buf: Any, *, source: str, start: int = 0, end: int | None = None,
                  persistent_load: Callable[[Any], Any] | None = None, data_classes: frozenset[str] = frozenset()) -> None:
-        self.buf = buf
         self.pos = start
         self.end = len(buf) if end is None else end
+        # `_win` holds stream bytes from offset `_base`; in memory it is the whole buffer and never refilled.
+        self._source = buf if isinstance(buf, SourceBytes) else None
+        self._win, self._base = (b"", start) if self._source is not None else (buf, 0)
+        self._winlen = len(self._win)
         self.source = source
         self.persistent_load = persistent_load
         # Classes the caller knows to be plain data in this stream (DCP's metadata dataclasses): recorded
@@ -120,16 +129,40 @@ class PickleVM:
     def _read(self, n: int) -> Any:
         if n < 0 or self.pos + n > self.end:
             raise MalformedCheckpoint(f"truncated: needs {n} more bytes at byte {self.pos}, stream ends at {self.end}")
-        chunk = self.buf[self.pos:self.pos + n]
+        at = self.pos - self._base
+        if at + n > self._winlen:  # a file source whose window does not hold the operand yet
+            return self._read_from_file(n)
+        chunk = self._win[at:at + n]
         self.pos += n
         return chunk
 
+    def _read_from_file(self, n: int) -> bytes:
+        assert self._source is not None
+        if n > MAX_WINDOW // 2:  # a large operand (tensor or array bytes): read on its own
+            chunk = self._source.read(self.pos, n)
+        else:
+            self._refill(n)
+            chunk = self._win[:n]
+        self.pos += n
+        return chunk
+
+    def _refill(self, need: int) -> None:
+        """Move the window to start at `pos`, holding at least `need` bytes (or up to the stream end)."""
+        assert self._source is not None
+        size = max(need, min(MAX_WINDOW, max(MIN_WINDOW, 2 * self._winlen)))
+        self._base = self.pos
+        self._win = self._source.read(self.pos, min(size, self.end - self.pos))
+        self._winlen = len(self._win)
+
     def _readline(self) -> bytes:
-        nl = self.buf.find(b"\n", self.pos, min(self.end, self.pos + MAX_LINE))
+        stop = min(self.end, self.pos + MAX_LINE)
+        if stop - self._base > self._winlen:
+            self._refill(stop - self.pos)
+        nl = self._win.find(b"\n", self.pos - self._base, stop - self._base)
         if nl < 0:
             raise MalformedCheckpoint("truncated or overlong text operand")
-        line = bytes(self.buf[self.pos:nl])
-        self.pos = nl + 1
+        line = bytes(self._win[self.pos - self._base:nl])
+        self.pos = self._base + nl + 1
         return line
 
     def _uint(self, n: int) -> int:

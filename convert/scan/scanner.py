@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 from ..errors import ConvertError, UnsafeCheckpoint, UnsupportedValue
 from ..read import Input, read_tree
 from ..read.gadgets import EXEC
+from ..read.source import open_regular
 from .opcodes import GlobalUse, walk_stream
 from .sources import Sources, Stream, carve_candidates, open_sources
 from .verdicts import (
@@ -109,11 +109,7 @@ def scan_file(path: str | os.PathLike) -> ScanReport:
     """
     path = Path(path)
     report = ScanReport(path, None)
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        return _unreadable(report, ConvertError(f"{path}: cannot open ({exc.strerror})"))
-    if stat.S_ISDIR(st.st_mode):
+    if path.is_dir():
         from ..dcp import is_dcp_folder, scan_dcp_report  # here: convert.dcp builds on this module
 
         if is_dcp_folder(path):
@@ -121,9 +117,11 @@ def scan_file(path: str | os.PathLike) -> ScanReport:
                 return scan_dcp_report(path)
             except ConvertError as exc:
                 return _unreadable(report, exc)
-    if not stat.S_ISREG(st.st_mode):
-        what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-        return _unreadable(report, ConvertError(f"{path}: is {what}, not a checkpoint file"))
+    try:  # the reader's own check: regular files only (a FIFO would block), errors naming the path
+        fd, _ = open_regular(path)
+        os.close(fd)
+    except ConvertError as exc:
+        return _unreadable(report, exc)
     reader_error = _read(path, report)
     walked_ok = _walk(path, report)
     if isinstance(reader_error, UnsafeCheckpoint):  # what only the VM sees: a call of a computed callable, ...
@@ -151,6 +149,7 @@ def _read(path: Path, report: ScanReport) -> ConvertError | None:
     try:
         with Input(path) as inp:
             report.format = read_tree(inp).format
+            inp.check_unchanged()  # a file rewritten meanwhile: the verdict would be of neither version
             return None
     except ConvertError as exc:
         report.format = getattr(exc, "format", None)

@@ -30,9 +30,9 @@ import signal
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from ..errors import CannotWrite, ConvertError, OutputExists
+from ..errors import CannotWrite, ConvertError, OutputExists, UnsupportedValue
 from ..integrity import FOLDER_ID_KEY, fd_sha256, new_folder_id, record
-from ..schema import SIDECAR_NAME
+from ..schema import SIDECAR_NAME, check_sidecar_size
 from .durable import (
     DestinationLock,
     ExchangeUnsupported,
@@ -167,7 +167,10 @@ def _write_contents(plan: Plan, folder: Path, copy_files: list[Path], before_sid
     if before_sidecar is not None:
         before_sidecar()
     record(plan.sidecar, folder_id, digests)
-    _write_file(folder / SIDECAR_NAME, sidecar_bytes(plan.sidecar))  # last: a folder with it is complete
+    data = sidecar_bytes(plan.sidecar)
+    # a sidecar the loader's size cap would refuse must not be written (the folder would not load)
+    check_sidecar_size(folder, len(data), f"{SIDECAR_NAME} (the folder was not written)", UnsupportedValue)
+    _write_file(folder / SIDECAR_NAME, data)  # last: a folder with it is complete
     fault_point("after-sidecar")
     fsync_dir(folder)
     fault_point("after-fsync")

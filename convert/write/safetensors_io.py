@@ -89,6 +89,8 @@ def write_safetensors(out: BinaryIO, entries: list[Entry], metadata: dict[str, s
                 _copy_file_range(source.fd, offset, fd, entry.nbytes)
             elif isinstance(buffer, ChunkedSource):
                 _write_chunks(fd, buffer, offset, entry.nbytes)
+            elif hasattr(buffer, "fileno"):  # an input file read with pread (read.source.SourceBytes): no mapping
+                _copy_file_range(buffer.fileno(), offset, fd, entry.nbytes)
             else:
                 _write_mapped(fd, buffer, offset, entry.nbytes)
             continue

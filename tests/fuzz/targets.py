@@ -94,7 +94,18 @@ def pickle_seeds() -> list[bytes]:
         zf.writestr("archive/data.pkl", b"\x80\x02}q\x00X\x01\x00\x00\x00aK\x01s.")
         zf.writestr("archive/version", b"3\n")
     seeds.append(buf.getvalue())
+    seeds.append(_deflated(seeds[0]))  # compressed members: mutations reach zlib (its errors were a bug)
     return seeds
+
+
+def _deflated(torch_zip: bytes) -> bytes:
+    """The same torch zip checkpoint with every member deflate-compressed (as some tools re-save them)."""
+    src = zipfile.ZipFile(io.BytesIO(torch_zip))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info.filename))
+    return out.getvalue()
 
 
 def load_seeds() -> list[bytes]:
@@ -218,23 +229,57 @@ def mutate(data: bytes, rng: random.Random, seeds: list[bytes]) -> bytes:
     return bytes(buf)
 
 
-def run_plain(target: Callable[[bytes], None], seeds: list[bytes], seconds: float, seed: int = 0) -> int:
-    """Random mutation of the seeds for `seconds`; returns the number of inputs tried. Raises on a bug."""
+class Hang(BaseException):  # not an Exception: code under test that catches those must not swallow it
+    """One input took longer than the per-input timeout."""
+
+
+def _on_alarm(signum: int, frame: object) -> None:
+    raise Hang("one input ran past the per-input timeout (a hang?)")
+
+
+def run_plain(target: Callable[[bytes], None], seeds: list[bytes], seconds: float, seed: int = 0,
+              per_input_timeout: float = 20.0) -> int:
+    """Random mutation of the seeds for `seconds`; returns the number of inputs tried. Raises on a bug.
+
+    The sequence of inputs depends only on `seed` (how many are tried depends on the machine's speed).
+    An input running past `per_input_timeout` seconds counts as a bug (a hang), on the main thread.
+    """
+    import signal
+    import threading
     import time
 
     rng = random.Random(seed)
     deadline = time.monotonic() + seconds
     count = 0
-    while time.monotonic() < deadline:
-        data = mutate(rng.choice(seeds), rng, seeds)
+    alarm = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGALRM, _on_alarm) if alarm else None
+    try:
+        while time.monotonic() < deadline:
+            data = mutate(rng.choice(seeds), rng, seeds)
+            _run_one(target, data, per_input_timeout if alarm else 0)
+            count += 1
+    finally:
+        if alarm:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+    return count
+
+
+def _run_one(target: Callable[[bytes], None], data: bytes, timeout: float) -> None:
+    import signal
+
+    try:
+        if timeout:
+            signal.setitimer(signal.ITIMER_REAL, timeout)
         try:
             target(data)
-        except BaseException as exc:
-            crash = SCRATCH.parent / f"ckpt-fuzz-crash-{hashlib.sha1(data).hexdigest()}"
-            crash.write_bytes(data)
-            raise AssertionError(f"{type(exc).__name__}: {exc} (input saved to {crash})") from exc
-        count += 1
-    return count
+        finally:
+            if timeout:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+    except BaseException as exc:
+        crash = SCRATCH.parent / f"ckpt-fuzz-crash-{hashlib.sha1(data).hexdigest()}"
+        crash.write_bytes(data)
+        raise AssertionError(f"{type(exc).__name__}: {exc} (input saved to {crash})") from exc
 
 
 def plain_mode(argv: list[str]) -> bool:

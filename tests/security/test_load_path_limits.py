@@ -1,0 +1,216 @@
+"""Load-path limits (issue 16): hostile converted folders are refused quickly, in one line, never with
+MemoryError or RecursionError; legitimately deep checkpoints still convert and load.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from convert import ConvertError, MalformedCheckpoint, convert_checkpoint, load_checkpoint
+from convert.load import read_sidecar
+from convert.schema import (
+    LOCATE_SECONDS,
+    MAX_SIDECAR_BYTES,
+    MAX_SIDECAR_DEPTH,
+    SIDECAR_BASE_BYTES,
+    SIDECAR_BYTES_PER_HEADER_BYTE,
+    sidecar_allowance,
+    validate,
+)
+from tests.helpers import REPO_ROOT
+
+
+@pytest.fixture()
+def folder(tmp_path: Path) -> Path:
+    src = tmp_path / "m.pt"
+    torch.save({"w": torch.arange(6.0), "b": torch.ones(2)}, src)
+    convert_checkpoint(src, tmp_path / "out")
+    return tmp_path / "out"
+
+
+def _header_bytes(folder: Path) -> int:
+    return sum(int.from_bytes(p.read_bytes()[:8], "little") for p in folder.glob("*.safetensors"))
+
+
+def test_allowance_is_proportionate_to_the_safetensors_headers(folder):
+    expected = SIDECAR_BASE_BYTES + SIDECAR_BYTES_PER_HEADER_BYTE * _header_bytes(folder)
+    assert sidecar_allowance(folder) == expected
+    assert (folder / "checkpoint.json").stat().st_size < expected
+
+
+def test_sidecar_just_inside_the_allowance_loads_just_over_is_refused(folder):
+    path = folder / "checkpoint.json"
+    text = path.read_bytes().rstrip()
+    allowance = sidecar_allowance(folder)
+    path.write_bytes(text + b" " * (allowance - len(text)))  # whitespace: still the same JSON
+    assert torch.equal(load_checkpoint(folder)["w"], torch.arange(6.0))
+    path.write_bytes(text + b" " * (allowance - len(text) + 1))
+    with pytest.raises(MalformedCheckpoint, match=f"more than the {allowance} bytes"):
+        load_checkpoint(folder)
+
+
+def test_huge_sidecar_of_zeros_is_refused_in_well_under_two_seconds(folder):
+    """The reproduction: a 500 MB sidecar of a list of zeros ran 252 s and ended in a bare MemoryError.
+
+    Written sparse (a prefix of "[0,0,..." and a hole): cheap to make, as big as the original on stat."""
+    path = folder / "checkpoint.json"
+    with open(path, "wb") as f:
+        f.write(b"[" + b"0," * 1_000_000)
+        f.truncate(500 << 20)
+    start = time.perf_counter()
+    with pytest.raises(MalformedCheckpoint, match=r"more than the .* bytes its safetensors files allow"):
+        load_checkpoint(folder)
+    assert time.perf_counter() - start < 2.0
+
+
+def test_sidecar_100x_its_allowance_is_refused_without_reading_it(folder, monkeypatch):
+    path = folder / "checkpoint.json"
+    with open(path, "wb") as f:
+        f.truncate(100 * sidecar_allowance(folder) if 100 * sidecar_allowance(folder) < (8 << 30) else MAX_SIDECAR_BYTES + 1)
+    monkeypatch.setattr(Path, "read_bytes", lambda self: pytest.fail("the sidecar was read"))
+    start = time.perf_counter()
+    with pytest.raises(MalformedCheckpoint, match="refusing"):
+        read_sidecar(folder)
+    assert time.perf_counter() - start < 2.0
+
+
+def test_padded_headers_cannot_lift_the_hard_cap(folder, tmp_path):
+    big = folder / "extra.safetensors"
+    big.write_bytes((1 << 40).to_bytes(8, "little"))  # claims a terabyte of header
+    assert sidecar_allowance(folder) == MAX_SIDECAR_BYTES
+
+
+def test_list_of_zeros_within_the_cap_is_refused_quickly(folder):
+    path = folder / "checkpoint.json"
+    path.write_bytes(b"[" + b"0," * 5_000_000 + b"0]")  # 10 MB: parsed, but a list is not a sidecar
+    start = time.perf_counter()
+    with pytest.raises(MalformedCheckpoint, match="sidecar is a JSON list, not an object"):
+        load_checkpoint(folder)
+    assert time.perf_counter() - start < 10.0  # linear: no repr of the value in the message
+
+
+def _nested_root(folder: Path, depth: int) -> None:
+    """Add a property holding `depth` nested lists to an otherwise valid sidecar (the schema refuses it)."""
+    text = (folder / "checkpoint.json").read_text().rstrip()
+    (folder / "checkpoint.json").write_text(text[:-1] + ', "deep": ' + "[" * depth + "0" + "]" * depth + "}")
+
+
+@pytest.mark.parametrize("depth", [250, 500, 990, 2000, 100_000])
+def test_deeply_nested_sidecars_fail_cleanly(folder, depth):
+    """Nesting 250-990 deep gave a raw RecursionError from the jsonschema re-check."""
+    _nested_root(folder, depth)
+    with pytest.raises(MalformedCheckpoint) as err:
+        load_checkpoint(folder)
+    message = str(err.value)
+    assert "\n" not in message
+    if depth > MAX_SIDECAR_DEPTH:
+        assert "nest" in message
+    else:
+        assert "does not match the schema at <root>" in message  # located by jsonschema, at depth
+
+
+@pytest.mark.parametrize("depth", [300, 900])
+def test_deep_valid_root_is_validated_without_recursion_error(folder, depth):
+    sidecar = json.loads((folder / "checkpoint.json").read_text())
+    sidecar["root"] = {"$tuple": []}
+    for _ in range(depth // 2):
+        sidecar["root"] = {"$tuple": [sidecar["root"]]}
+    validate(sidecar, "x")  # valid: no exception (before: RecursionError from the compiled check, then jsonschema)
+    bad = sidecar
+    inner = bad["root"]
+    while inner["$tuple"]:
+        inner = inner["$tuple"][0]
+    inner["$tuple"] = [{"$nosuchtag": 1}]
+    start = time.perf_counter()
+    with pytest.raises(MalformedCheckpoint, match="does not match the schema"):
+        validate(bad, "x")  # jsonschema, which words the message, is exponential here: it is cut off
+    assert time.perf_counter() - start < LOCATE_SECONDS + 20
+
+
+def test_locating_the_error_is_bounded_in_time():
+    """An invalid value 14 levels deep: jsonschema alone ran for minutes (every anyOf branch, a repr each)."""
+    from convert.schema import schema
+
+    root: dict = {"$tuple": [{"$nosuchtag": 1}]}
+    for _ in range(14):
+        root = {"$tuple": [root, root]}
+    sidecar = {k: v for k, v in _minimal_sidecar().items()}
+    sidecar["root"] = root
+    assert "root" in schema()["properties"]
+    start = time.perf_counter()
+    with pytest.raises(MalformedCheckpoint, match="does not match the schema"):
+        validate(sidecar, "x")
+    assert time.perf_counter() - start < LOCATE_SECONDS + 20
+
+
+def _minimal_sidecar() -> dict:
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp())
+    torch.save({"w": torch.ones(1)}, tmp / "m.pt")
+    convert_checkpoint(tmp / "m.pt", tmp / "out")
+    return json.loads((tmp / "out" / "checkpoint.json").read_text())
+
+
+@pytest.mark.parametrize("kind", ["dict", "odict", "list"])
+def test_legitimately_deep_checkpoints_convert_and_load(tmp_path, kind):
+    """A checkpoint nesting 150 containers (within the reader's limit) round-trips: the writer's own
+    validation of its sidecar used to die with RecursionError at this depth."""
+    value: object = {"t": torch.arange(3.0)}
+    for _ in range(150):
+        value = {"k": value} if kind == "dict" else collections.OrderedDict(k=value) if kind == "odict" else [value]
+    torch.save(value, tmp_path / "deep.pt")
+    convert_checkpoint(tmp_path / "deep.pt", tmp_path / "out")
+    loaded = load_checkpoint(tmp_path / "out")
+    for _ in range(150):
+        loaded = loaded[0] if kind == "list" else loaded["k"]
+    assert torch.equal(loaded["t"], torch.arange(3.0))
+
+
+def test_deep_sidecar_in_a_thread_with_a_small_stack(folder):
+    """Validation of deep input runs on its own big-stack thread: a caller's small thread stack is no limit."""
+    import threading
+
+    _nested_root(folder, 900)
+    errors: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            load_checkpoint(folder)
+        except BaseException as exc:
+            errors.append(exc)
+    old = threading.stack_size(1 << 20)
+    try:
+        t = threading.Thread(target=load)
+        t.start()
+    finally:
+        threading.stack_size(old)
+    t.join()
+    assert len(errors) == 1 and isinstance(errors[0], ConvertError), errors
+
+
+def test_cli_reports_hostile_sidecar_in_one_line(folder):
+    _nested_root(folder, 990)
+    done = subprocess.run([sys.executable, "-m", "convert", "inspect", str(folder)], capture_output=True, text=True,
+                          timeout=120, cwd=REPO_ROOT)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "malformed" in lines[0] and "Traceback" not in done.stderr, done.stderr
+
+
+def test_convert_refuses_what_load_would_refuse(tmp_path):
+    """A checkpoint whose non-tensor part alone is over the allowance: refused at convert, nothing written."""
+    from convert import UnsupportedValue
+
+    torch.save({"w": torch.ones(2), "blob": "x" * 2 * SIDECAR_BASE_BYTES}, tmp_path / "big.pt")
+    with pytest.raises(UnsupportedValue, match=r"not written.*more than the"):
+        convert_checkpoint(tmp_path / "big.pt", tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.pt"]
