@@ -12,16 +12,11 @@ from .errors import MalformedCheckpoint
 
 SIDECAR_NAME = "checkpoint.json"
 FORMAT_NAME = "ckpt-convert"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # a version-1 folder is a version-2 folder without graph references
 EXTRA_FILE = "tensors.safetensors"
 BARE_FILE = "model.safetensors"
 MAX_SIDECAR_BYTES = 1 << 30
-
-# Tags of the typed JSON encoding (see the schema's "value" definition for their payloads).
-TAGS = ("$tuple", "$dict", "$odict", "$set", "$frozenset", "$int", "$float", "$complex", "$bytes",
-        "$bytearray", "$tensor", "$ndarray", "$npscalar", "$npdtype", "$dtype", "$size", "$device",
-        "$object", "$global", "$module")
-
 
 def _schema_path() -> Path:
     here = Path(__file__).resolve().parent.parent / "schemas" / "checkpoint.schema.json"
@@ -51,6 +46,12 @@ def _compiled() -> Any:
         return compile_schema(schema())
     except UnsupportedSchema:
         return None
+
+
+def schema_tags() -> set[str]:
+    """The tags the schema's `value` definition allows (the codec's registry must list the same)."""
+    return {name for alt in schema()["$defs"]["value"]["anyOf"] for name in alt.get("required", ())
+            if name.startswith("$")}
 
 
 def validate(sidecar: Any, where: str) -> None:
