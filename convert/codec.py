@@ -7,12 +7,13 @@ str-keyed dicts without "$" keys. Everything else is an object whose tag key nam
 
 Object graphs. A container (dict, OrderedDict, list, set, tuple, frozenset), a record or a module
 reached more than once is written once: its first occurrence carries `"$id": N` (in tagged form, so a
-shared list is `{"$list": [...], "$id": 0}`), every later one is `{"$ref": N}`. The decoder visits nodes
-in the encoder's depth-first order, so a reference always points back to something already decoded;
-output is linear in the number of distinct objects (a shared list is never expanded). Mutable kinds (dict, OrderedDict, list, set, record) are registered *before* their
-items, so they may contain themselves. Tuples, frozensets and modules are built from their items and
-registered after them; a cycle that comes back to one of them while its items are being decoded is
-written the way pickle writes it: the inner occurrence defines it, and the outer one is
+shared list is `{"$list": [...], "$id": 0}`), every later one is `{"$ref": N}`. The decoder visits
+nodes in the encoder's depth-first order, so a reference always points back to something already
+decoded; output is linear in the number of distinct objects (a shared list is never expanded).
+Mutable kinds (dict, OrderedDict, list, set, record) are registered *before* their items, so they
+may contain themselves. Tuples, frozensets and modules are built from their items and registered
+after them; a cycle that comes back to one of them while its items are being written is written
+the way pickle writes it: the inner occurrence defines it, and the outer one is
 `{"$ref": N, "$with": [items]}`, whose items are decoded only for the definitions they hold.
 """
 

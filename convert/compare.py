@@ -96,9 +96,9 @@ class _Comparer:
             self.keep += (a, b)
             return True
         if seen_a != ib or seen_b != ia:
-            self.diff(path, f"object sharing differs: this {type(a).__name__} was met before on "
-                            f"{'both sides, as different objects' if seen_a is not None and seen_b is not None else 'one side only'}"
-                            " (shared or cyclic values are not shared the same way)")
+            where = "both sides, as different objects" if seen_a is not None and seen_b is not None else "one side only"
+            self.diff(path, f"object sharing differs: this {type(a).__name__} was met before on {where} "
+                            "(shared or cyclic values are not shared the same way)")
         return False
 
     def mapping(self, a: dict, b: dict, path: str) -> None:
