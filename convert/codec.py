@@ -607,9 +607,8 @@ class Encoder:
         tag = _BY_TYPE.get(kind)
         if tag is None:
             if kind is Unsupported:
-                raise UnsupportedValue(f"{format_path(path)}: unsupported value: {v.reason}")
-            raise UnsupportedValue(f"{format_path(path)}: unsupported value: a {kind.__module__}.{kind.__qualname__}, "
-                                   "which cannot be stored")
+                raise UnsupportedValue(f"{format_path(path)}: {v.reason}")
+            raise UnsupportedValue(f"{format_path(path)}: a {kind.__module__}.{kind.__qualname__}, which cannot be stored")
         if tag.shared:
             return self.node(v, path, depth)
         return {tag.name: tag.encode(self, v, path, depth)}

@@ -51,7 +51,7 @@ def materialize(root: Any) -> Any:
         if isinstance(value, NpDType):
             return np.dtype(value.str)
         if isinstance(value, Unsupported):
-            raise UnsupportedValue(f"unsupported value: {value.reason}")
+            raise UnsupportedValue(value.reason)
         return value
 
     def record(value: Any, recurse: Any) -> Any:

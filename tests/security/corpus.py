@@ -635,7 +635,8 @@ def build_legit(folder: Path) -> list[LegitSample]:
     return out
 
 
-__all__ = ["CATEGORIES", "EXIT_MALFORMED", "EXIT_UNSAFE", "LegitSample", "Sample", "build_graphs", "build_legit", "build_malicious"]
+__all__ = ["CATEGORIES", "EXIT_MALFORMED", "EXIT_UNSAFE", "LegitSample", "Sample", "build_graphs", "build_legit",
+           "build_malicious"]
 
 if __name__ == "__main__":  # python -m tests.security.corpus OUT_DIR: write both corpora for a look
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "security-corpus")
