@@ -26,7 +26,8 @@ def test_version_1_folder_still_loads_and_verifies():
     loaded = load_checkpoint(V1 / "folder")
     assert compare_trees(read_checkpoint(V1 / "source.pt"), loaded) == []
     assert verify_checkpoint(V1 / "source.pt", V1 / "folder") == []
-    assert loaded["model"]["dec.weight"].untyped_storage().data_ptr() == loaded["model"]["enc.weight"].untyped_storage().data_ptr()
+    model = loaded["model"]
+    assert model["dec.weight"].untyped_storage().data_ptr() == model["enc.weight"].untyped_storage().data_ptr()
     assert loaded["extras"]["record"].qualname == "fractions.Fraction"
 
 
