@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import collections
+import itertools
 import math
 import struct
 from collections.abc import Callable
@@ -528,25 +529,19 @@ class EncodeHooks:
 
 
 def _children(v: Any) -> Any:
-    """The values `v` holds that the encoder visits (for counting references)."""
+    """The values `v` holds that the encoder visits (for counting references; order does not matter)."""
     kind = type(v)
     if kind is dict or kind is collections.OrderedDict:
-        for pair in v.items():
-            yield from pair
         if kind is collections.OrderedDict and getattr(v, "__dict__", None):
-            yield from v.__dict__.values()
-    elif kind in (list, tuple, set, frozenset):
-        yield from v
-    elif kind is ObjectRecord:
-        yield v.args
-        yield v.state
-        for pair in v.dictitems:
-            yield from pair
-        yield from v.listitems
-    elif kind is ModuleRecord:
-        yield v.state_dict
-    elif kind is TensorRef and v.attrs:
-        yield from v.attrs.values()
+            return itertools.chain(v.keys(), v.values(), v.__dict__.values())
+        return itertools.chain(v.keys(), v.values())
+    if kind is ObjectRecord:
+        return itertools.chain((v.args, v.state), itertools.chain.from_iterable(v.dictitems), v.listitems)
+    if kind is ModuleRecord:
+        return (v.state_dict,)
+    if kind is TensorRef:
+        return v.attrs.values()
+    return v  # list, tuple, set, frozenset
 
 
 _WALKED = frozenset((dict, collections.OrderedDict, list, tuple, set, frozenset, ObjectRecord, ModuleRecord, TensorRef))
@@ -584,7 +579,10 @@ class Encoder:
                 if kind not in _WALKED or ((kind is tuple or kind is frozenset) and not child):
                     continue  # () and frozenset() are singletons: no identity to keep
                 key = id(child)
-                if kind is not TensorRef:
+                if kind is TensorRef:
+                    if not child.attrs:
+                        continue
+                else:
                     refs[key] = refs.get(key, 0) + 1
                 if key not in seen:
                     seen.add(key)
@@ -592,6 +590,14 @@ class Encoder:
                     stack.append(child)
 
     def value(self, v: Any, path: list, depth: int) -> Any:
+        if depth == 0:
+            try:
+                return self._value(v, path, 0)
+            except RecursionError:  # each level costs a few Python frames; the depth cap may not be reached first
+                raise MalformedCheckpoint(f"{format_path(path)}: checkpoint nests too deeply") from None
+        return self._value(v, path, depth)
+
+    def _value(self, v: Any, path: list, depth: int) -> Any:
         self.nodes += 1
         if self.nodes > self.max_nodes:
             raise MalformedCheckpoint(f"checkpoint has more than {self.max_nodes} values; refusing")
@@ -714,6 +720,14 @@ class Decoder:
         return found
 
     def value(self, v: Any, depth: int = 0) -> Any:
+        if depth == 0:
+            try:
+                return self._value(v, 0)
+            except RecursionError:  # each level costs a few Python frames; the depth cap may not be reached first
+                raise MalformedCheckpoint("sidecar nests too deeply") from None
+        return self._value(v, depth)
+
+    def _value(self, v: Any, depth: int) -> Any:
         if depth > DECODE_MAX_DEPTH:
             raise MalformedCheckpoint("sidecar nests too deeply")
         if v is None or isinstance(v, (bool, int, float, str)):

@@ -269,14 +269,17 @@ def make_plan(root: Any, provenance: dict, *, max_shard_size: int | None = None,
     planner.encoder.count(root)
     taken = {EXTRA_FILE.lower(), "checkpoint.safetensors"}
 
-    if is_state_dict(root) or (type(root) is ModuleRecord and is_state_dict(root.state_dict)):
-        taken.add(BARE_FILE)
-        encoded = (planner.module(root, [], BARE_FILE, 0) if type(root) is ModuleRecord
-                   else planner.state_dict(root, [], BARE_FILE, root_shards))
-    elif type(root) in (dict, collections.OrderedDict):
-        encoded = planner.encoder.node(root, [], 0, payload=lambda: _root_pairs(planner, root, taken))
-    else:
-        encoded = planner.value(root, [], 0)
+    try:
+        if is_state_dict(root) or (type(root) is ModuleRecord and is_state_dict(root.state_dict)):
+            taken.add(BARE_FILE)
+            encoded = (planner.module(root, [], BARE_FILE, 0) if type(root) is ModuleRecord
+                       else planner.state_dict(root, [], BARE_FILE, root_shards))
+        elif type(root) in (dict, collections.OrderedDict):
+            encoded = planner.encoder.node(root, [], 0, payload=lambda: _root_pairs(planner, root, taken))
+        else:
+            encoded = planner.value(root, [], 0)
+    except RecursionError:  # each level costs a few Python frames; the depth caps may not be reached first
+        raise MalformedCheckpoint("checkpoint nests too deeply") from None
 
     storages = planner.finish_storages()
     planner.plan.sidecar = {
