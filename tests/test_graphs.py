@@ -208,6 +208,10 @@ def test_omegaconf_lightning_checkpoint_converts_verifies_and_loads_as_a_graph(t
     validate_sidecar(read_sidecar(tmp_path / "out"))
     proc = run_cli("verify", src, tmp_path / "out")
     assert proc.returncode == 0, proc.stderr
+    proc = run_cli("inspect", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    assert "inert record of omegaconf.dictconfig.DictConfig" in proc.stdout
+    assert "encoder: → the same object as #" in proc.stdout  # hparams["encoder"] is the node inside cfg
     loaded = load_checkpoint(tmp_path / "out")
     expected = read_checkpoint(src)
     assert compare_trees(expected, loaded) == []
@@ -253,3 +257,14 @@ def test_omegaconf_graph_in_the_sidecar_is_linear(tmp_path):
     assert text.count('"omegaconf.dictconfig.DictConfig"') == 51  # the root config and its 50 children, once each
     loaded = load_checkpoint(tmp_path / "out")
     assert loaded["again"] is loaded["hyper_parameters"]
+
+
+def test_migrate_converts_and_verifies_omegaconf_checkpoints(tmp_path):
+    from convert.migrate import migrate
+
+    src = tmp_path / "runs"
+    src.mkdir()
+    torch.save(_lightning_checkpoint(), src / "last.ckpt")
+    report = migrate(src, tmp_path / "dst", jobs=1)
+    entry = report.files["last.ckpt"]
+    assert entry["status"] == "converted" and entry["verified"] is True, entry

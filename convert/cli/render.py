@@ -78,7 +78,10 @@ class TreeRenderer:
             label = f"{label} (#{v['$id']})"
         payload = v[tag.name]
         items = tag.items(payload)
-        if tag.name == "$module":
+        if tag.name == "$ref" and v.get("$with"):  # a cycle through a tuple: the definitions sit inside
+            self.container(f"{label} {tag.describe(payload, self)}, defined inside", "items", list(enumerate(v["$with"])),
+                           depth)
+        elif tag.name == "$module":
             self.node(f"{label} [{tag.describe(payload, self)}]", payload["state_dict"], depth)
         elif items is not None:
             kind = {"$odict": "OrderedDict", "$list": "list"}.get(tag.name, tag.name[1:])
