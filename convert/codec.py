@@ -568,6 +568,8 @@ class Encoder:
 
     def count(self, root: Any) -> None:
         """Count references to every container, record and module reachable from `root` (iteratively)."""
+        if type(root) not in _WALKED:
+            return
         refs = self.refs
         stack = [root]
         refs[id(root)] = refs.get(id(root), 0) + 1

@@ -268,3 +268,9 @@ def test_migrate_converts_and_verifies_omegaconf_checkpoints(tmp_path):
     report = migrate(src, tmp_path / "dst", jobs=1)
     entry = report.files["last.ckpt"]
     assert entry["status"] == "converted" and entry["verified"] is True, entry
+
+
+@pytest.mark.parametrize("root", [None, 7, "text", torch.ones(2), (1, [2])])
+def test_roots_that_are_not_mappings(tmp_path, root):
+    loaded, reference = roundtrip(root, tmp_path, "zip")
+    assert_equivalent(loaded, reference)
