@@ -1,4 +1,8 @@
-"""Equivalence of two checkpoint trees, as strictly as a resumed training run needs it.
+"""Equivalence of two checkpoint graphs, as strictly as a resumed training run needs it.
+
+Graph shape counts: a container or record reached twice in one graph must be reached twice (the
+same object) at the same places in the other, and cycles must close at the same places; each pair
+of nodes is compared once, so cycles end the walk instead of recursing forever.
 
 Checks exact types (dict vs OrderedDict, tuple vs list, int vs bool, Tensor vs Parameter), key
 order and key types, floats bit for bit, tensor dtype/shape/stride/offset/storage size/
@@ -19,6 +23,7 @@ import torch
 from .read.records import GlobalRef, ObjectRecord
 
 MAX_DIFFS = 50
+_NODES = (dict, collections.OrderedDict, list, tuple, set, frozenset, ObjectRecord)
 
 
 class _Comparer:
@@ -26,6 +31,9 @@ class _Comparer:
         self.diffs: list[str] = []
         self.a_to_b: dict[int, int] = {}
         self.b_to_a: dict[int, int] = {}
+        self.nodes_a_to_b: dict[int, int] = {}  # containers and records already paired
+        self.nodes_b_to_a: dict[int, int] = {}
+        self.keep: list[Any] = []  # ids are only stable while the objects live
 
     def diff(self, path: str, message: str) -> None:
         if len(self.diffs) < MAX_DIFFS:
@@ -34,6 +42,8 @@ class _Comparer:
     def compare(self, a: Any, b: Any, path: str) -> None:
         if type(a) is not type(b):
             self.diff(path, f"type {type(a).__name__} != {type(b).__name__}")
+            return
+        if type(a) in _NODES and (len(a) if type(a) in (tuple, frozenset) else 1) and not self.pair(a, b, path):
             return
         if isinstance(a, torch.Tensor):
             self.tensor(a, b, path)
@@ -76,6 +86,20 @@ class _Comparer:
                 self.diff(path, f"global {a.qualname} != {b.qualname}")
         elif a != b:
             self.diff(path, f"{a!r:.80} != {b!r:.80}")
+
+    def pair(self, a: Any, b: Any, path: str) -> bool:
+        """True if `a` and `b` are met for the first time (compare their contents now)."""
+        ia, ib = id(a), id(b)
+        seen_a, seen_b = self.nodes_a_to_b.get(ia), self.nodes_b_to_a.get(ib)
+        if seen_a is None and seen_b is None:
+            self.nodes_a_to_b[ia], self.nodes_b_to_a[ib] = ib, ia
+            self.keep += (a, b)
+            return True
+        if seen_a != ib or seen_b != ia:
+            where = "both sides, as different objects" if seen_a is not None and seen_b is not None else "one side only"
+            self.diff(path, f"object sharing differs: this {type(a).__name__} was met before on {where} "
+                            "(shared or cyclic values are not shared the same way)")
+        return False
 
     def mapping(self, a: dict, b: dict, path: str) -> None:
         ka, kb = list(a), list(b)
@@ -127,12 +151,15 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
 
 
 def compare_trees(a: Any, b: Any) -> list[str]:
-    """Differences between two checkpoint trees; an empty list means equivalent.
+    """Differences between two checkpoint graphs (trees, shared values, cycles); empty means equivalent.
 
     Example:
         >>> compare_trees({"lr": 0.1}, {"lr": 0.1})
         []
     """
     comparer = _Comparer()
-    comparer.compare(a, b, "")
+    try:
+        comparer.compare(a, b, "")
+    except RecursionError:
+        comparer.diff("", "nests too deeply to compare")
     return comparer.diffs

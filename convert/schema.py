@@ -16,7 +16,8 @@ from .errors import ConvertError, MalformedCheckpoint
 
 SIDECAR_NAME = "checkpoint.json"
 FORMAT_NAME = "ckpt-convert"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # a version-1 folder is a version-2 folder without graph references
 EXTRA_FILE = "tensors.safetensors"
 BARE_FILE = "model.safetensors"
 # Load-path limits on checkpoint.json (a converted folder is untrusted input). Its size is capped in proportion
@@ -27,12 +28,6 @@ SIDECAR_BASE_BYTES = 32 << 20  # the non-tensor tree (hyper-parameters, historie
 SIDECAR_BYTES_PER_HEADER_BYTE = 16  # ~3x what real sidecars use
 MAX_SIDECAR_BYTES = 1 << 30  # whatever the headers say
 MAX_SIDECAR_DEPTH = 1000  # JSON nesting; the reader's 200 container levels encode to at most ~4 JSON levels each
-
-# Tags of the typed JSON encoding (see the schema's "value" definition for their payloads).
-TAGS = ("$tuple", "$dict", "$odict", "$set", "$frozenset", "$int", "$float", "$complex", "$bytes",
-        "$bytearray", "$tensor", "$ndarray", "$npscalar", "$npdtype", "$dtype", "$size", "$device",
-        "$object", "$global", "$module")
-
 
 def _schema_path() -> Path:
     # package data next to this module: the same path in a checkout, an editable install and a wheel
@@ -137,6 +132,12 @@ def _first_error(sidecar: Any) -> Any:
     """jsonschema's first error (None if valid); raises _OutOfTime after LOCATE_SECONDS."""
     _deadline.at = time.monotonic() + LOCATE_SECONDS
     return next(iter(_timed_validator().iter_errors(sidecar)), None)
+
+
+def schema_tags() -> set[str]:
+    """The tags the schema's `value` definition allows (the codec's registry must list the same)."""
+    return {name for alt in schema()["$defs"]["value"]["anyOf"] for name in alt.get("required", ())
+            if name.startswith("$")}
 
 
 def validate(sidecar: Any, where: str) -> None:

@@ -72,6 +72,8 @@ def torch_reference(obj, _memo=None):
         return result
     if t is tuple:
         result = tuple(torch_reference(v, memo) for v in obj)
+        if key in memo:  # built while its items were copied (a cycle through it): that copy, as pickle does
+            return memo[key]
         memo[key] = result
         return result
     return obj

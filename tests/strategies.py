@@ -199,10 +199,16 @@ def pool_views(draw: st.DrawFn, pool: Pool) -> torch.Tensor:
     return draw(views(pool[draw(st.integers(0, len(pool) - 1))]))
 
 
-def describe(value: object, depth: int = 0) -> str:
-    """A repr that works for every drawn value (torch cannot print bits8/float4 tensors) and shows float bits."""
+def describe(value: object, depth: int = 0, seen: set | None = None) -> str:
+    """A repr that works for every drawn value (torch cannot print bits8/float4 tensors) and shows float bits.
+    A container met again (shared or cyclic) prints as `<same as #id>`."""
+    seen = set() if seen is None else seen
     if depth > 30:
         return "..."
+    if type(value) in (dict, collections.OrderedDict, list, tuple) and value:
+        if id(value) in seen:
+            return f"<same as #{id(value) % 10**6}>"
+        seen.add(id(value))
     if isinstance(value, torch.Tensor):
         kind = "Parameter" if isinstance(value, torch.nn.Parameter) else "tensor"
         return (f"{kind}({value.dtype}, shape={list(value.shape)}, stride={list(value.stride())}, "
@@ -211,11 +217,11 @@ def describe(value: object, depth: int = 0) -> str:
     if type(value) is float:
         return f"float({value!r}, bits={struct.pack('>d', value).hex()})"
     if isinstance(value, (dict, collections.OrderedDict)):
-        inner = ", ".join(f"{describe(k, depth + 1)}: {describe(v, depth + 1)}" for k, v in value.items())
+        inner = ", ".join(f"{describe(k, depth + 1, seen)}: {describe(v, depth + 1, seen)}" for k, v in value.items())
         extra = f" _metadata={value._metadata!r}" if hasattr(value, "_metadata") else ""
         return f"{type(value).__name__}({{{inner}}}){extra}"
     if isinstance(value, (list, tuple)) and type(value) in (list, tuple):
-        inner = ", ".join(describe(v, depth + 1) for v in value)
+        inner = ", ".join(describe(v, depth + 1, seen) for v in value)
         return f"[{inner}]" if type(value) is list else f"({inner},)"
     if isinstance(value, np.ndarray):
         return (f"ndarray({value.dtype.str}, shape={list(value.shape)}, F={value.flags.f_contiguous}, "
@@ -285,6 +291,37 @@ def checkpoints(draw: st.DrawFn, fmt: str, max_leaves: int = 12) -> object:
     return draw(tree)
 
 
+def _mutable_containers(root: object) -> list:
+    """Every list, dict and OrderedDict reachable from `root`, each once (graphs: shared ones too)."""
+    out, seen, stack = [], set(), [root]
+    while stack:
+        node = stack.pop()
+        if type(node) not in (dict, collections.OrderedDict, list, tuple) or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if type(node) is not tuple:
+            out.append(node)
+        stack.extend(node.values() if isinstance(node, dict) else node)
+    return out
+
+
+@st.composite
+def graph_checkpoints(draw: st.DrawFn, fmt: str, max_leaves: int = 10) -> object:
+    """A drawn checkpoint turned into a graph: containers referenced again from elsewhere (shared), from
+    inside themselves or their descendants (cycles), sometimes through a tuple (a cycle pickle's memo closes)."""
+    root = {"tree": draw(checkpoints(fmt, max_leaves))}
+    for i in range(draw(st.integers(1, 4))):
+        nodes = _mutable_containers(root)
+        target, value = draw(st.sampled_from(nodes)), draw(st.sampled_from(nodes))
+        if draw(st.booleans()):
+            value = (value, i)  # a tuple on the path: a cycle through an immutable value
+        if type(target) is list:
+            target.append(value)
+        else:
+            target[f"ref{i}"] = value
+    return root
+
+
 formats = st.one_of(st.sampled_from(TORCH_FORMATS), st.sampled_from(PICKLE_FORMATS))  # half the draws have tensors
 
 
@@ -292,3 +329,9 @@ formats = st.one_of(st.sampled_from(TORCH_FORMATS), st.sampled_from(PICKLE_FORMA
 def drawn_checkpoints(draw: st.DrawFn, fmts: st.SearchStrategy = formats, max_leaves: int = 12) -> Drawn:
     fmt = draw(fmts)
     return Drawn(draw(checkpoints(fmt, max_leaves)), fmt)
+
+
+@st.composite
+def drawn_graphs(draw: st.DrawFn, fmts: st.SearchStrategy = formats, max_leaves: int = 10) -> Drawn:
+    fmt = draw(fmts)
+    return Drawn(draw(graph_checkpoints(fmt, max_leaves)), fmt)

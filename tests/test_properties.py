@@ -7,7 +7,9 @@ plain pickle (protocols 0-5, tensor-free trees):
   and so is `read_checkpoint(x)`;
 - the sidecar validates against convert/schemas/checkpoint.schema.json (checked with jsonschema directly);
 - converting twice gives byte-identical folders;
-- `verify_checkpoint` reports exactly what compare_trees reports, also for a tampered folder.
+- `verify_checkpoint` reports exactly what compare_trees reports, also for a tampered folder;
+- graphs (the same trees with containers referenced again: shared, cyclic, cycles through tuples)
+  round-trip with the same sharing and cycles.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from tests.helpers import (
     read_sidecar,
     validate_sidecar,
 )
-from tests.strategies import Drawn, budget, drawn_checkpoints, raw_tensor
+from tests.strategies import Drawn, budget, drawn_checkpoints, drawn_graphs, raw_tensor
 
 
 def _convert(drawn: Drawn, tmp: Path) -> tuple[Path, Path]:
@@ -49,6 +51,24 @@ def test_roundtrip_is_equivalent_to_torch_load(drawn):
         assert_equivalent(load_checkpoint(dst), reference)
         assert_equivalent(read_checkpoint(src), reference)
         validate_sidecar(read_sidecar(dst))
+
+
+@budget(40)
+@given(drawn=drawn_graphs())
+def test_graphs_roundtrip_with_the_same_sharing_and_cycles(drawn):
+    """Shared and cyclic containers: load_checkpoint and read_checkpoint give torch.load's graph (compare_trees
+    pairs every container with one on the other side, so sharing and cycles must match), written once."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = _convert(drawn, Path(tmp))
+        reference = load_reference(src, drawn.fmt)
+        loaded = load_checkpoint(dst)
+        assert_equivalent(loaded, reference)
+        assert_equivalent(read_checkpoint(src), reference)
+        assert verify_checkpoint(src, dst) == []
+        validate_sidecar(read_sidecar(dst))
+        again = Path(tmp) / "again" / "ckpt"
+        convert_checkpoint(src, again)
+        assert comparable_snapshot(dst) == comparable_snapshot(again)
 
 
 @budget(25)

@@ -1,8 +1,14 @@
-"""Text rendering of a sidecar tree for `inspect`: keys, dtypes, shapes, sizes and values."""
+"""Text rendering of a sidecar tree for `inspect`: keys, dtypes, shapes, sizes and values.
+
+Every tagged value is described by its tag in convert/codec.py; shared values show `(#N)` where
+they are defined and "→ the same object as #N" where they are referenced again.
+"""
 
 from __future__ import annotations
 
 from typing import Any
+
+from ..codec import tag_of
 
 
 def human_bytes(n: float) -> str:
@@ -62,32 +68,29 @@ class TreeRenderer:
     def node(self, label: str, v: Any, depth: int) -> None:
         pad = "  " * depth
         if isinstance(v, list):
-            self.container(label, "list", [(i, x) for i, x in enumerate(v)], depth)
+            self.container(label, "list", list(enumerate(v)), depth)
             return
         if not isinstance(v, dict):
             self.lines.append(f"{pad}{label}: {v!r:.100}")
             return
-        tag = next((k for k in v if k.startswith("$")), None)
-        p = v.get(tag) if tag else None
+        tag = tag_of(v)
         if tag is None:
             self.container(label, "dict", list(v.items()), depth)
-        elif tag in ("$dict", "$odict"):
-            kind = "OrderedDict" if tag == "$odict" else "dict"
-            self.container(label, kind, [(self.short(k), x) for k, x in p], depth)
-        elif tag in ("$tuple", "$set", "$frozenset"):
-            self.container(label, tag[1:], list(enumerate(p)), depth)
-        elif tag == "$tensor":
-            self.lines.append(f"{pad}{label}: {self.tensor_line(p)}")
-        elif tag == "$ndarray":
-            a = self.sidecar["arrays"][p]
-            self.lines.append(f"{pad}{label}: ndarray {a['dtype']} {a['shape']}")
-        elif tag == "$module":
-            cls = self.sidecar["modules"][p["index"]]["class"]
-            self.node(f"{label} [module {cls} → state_dict]", p["state_dict"], depth)
-        elif tag == "$object":
-            self.lines.append(f"{pad}{label}: inert record of {p['class']}")
+            return
+        if "$id" in v:
+            label = f"{label} (#{v['$id']})"
+        payload = v[tag.name]
+        items = tag.items(payload)
+        if tag.name == "$ref" and v.get("$with"):  # a cycle through a tuple: the definitions sit inside
+            self.container(f"{label} {tag.describe(payload, self)}, defined inside", "items", list(enumerate(v["$with"])),
+                           depth)
+        elif tag.name == "$module":
+            self.node(f"{label} [{tag.describe(payload, self)}]", payload["state_dict"], depth)
+        elif items is not None:
+            kind = {"$odict": "OrderedDict", "$list": "list"}.get(tag.name, tag.name[1:])
+            self.container(label, kind, items, depth)
         else:
-            self.lines.append(f"{pad}{label}: {self.short(v)}")
+            self.lines.append(f"{pad}{label}: {tag.describe(payload, self)}")
 
     def container(self, label: str, kind: str, items: list, depth: int) -> None:
         self.lines.append(f"{'  ' * depth}{label}: {kind} ({len(items)} items)")
@@ -95,24 +98,6 @@ class TreeRenderer:
             self.node(str(key), value, depth + 1)
         if len(items) > self.max_items:
             self.lines.append(f"{'  ' * (depth + 1)}… {len(items) - self.max_items} more")
-
-    def short(self, v: Any) -> str:
-        if isinstance(v, dict) and len(v) == 1:
-            tag, p = next(iter(v.items()))
-            if tag == "$int":
-                return str(int(p, 16))
-            if tag == "$float":
-                import struct
-                return repr(struct.unpack(">d", bytes.fromhex(p))[0])
-            if tag in ("$dtype", "$device", "$global", "$npdtype"):
-                return f"{tag[1:]} {p}"
-            if tag == "$size":
-                return f"torch.Size({p})"
-            if tag in ("$bytes", "$bytearray"):
-                return f"{tag[1:]} ({len(p) * 3 // 4} bytes)"
-            if tag == "$npscalar":
-                return f"numpy scalar {p['dtype']} 0x{p['hex']}"
-        return repr(v)[:100]
 
 
 def render_tree(sidecar: dict, max_items: int = 50) -> str:

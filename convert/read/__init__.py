@@ -21,7 +21,7 @@ def read_tree(inp: Input) -> ReadResult:
             module = to_module_record(value)
             module.state_dict = recurse(module.state_dict)
             return module
-        return value.map(recurse)
+        return NotImplemented
 
     result.root = transform(result.root, lambda v: v, record)
     return result

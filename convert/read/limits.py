@@ -1,9 +1,11 @@
 """Structural limits on what a pickle built, checked once right after it is read.
 
-A pickle is a program: with the memo it can build a small graph that expands to an astronomic tree
-("billion laughs": each list holds the previous one twice), or a container that holds itself.
-Every later stage walks the tree, so the expanded size is computed here first, in time linear in
-the number of *distinct* nodes, and absurd inputs are refused before anything else touches them.
+A pickle is a program: with the memo it can build a graph in which a value is reached many times
+("billion laughs": each list holds the previous one twice) or a container holds itself. Both are
+legitimate (omegaconf configs link every node back to its parent) and every later stage walks the
+graph once per distinct node, writing shared values once, so neither costs more than the input.
+What stays refused is depth: later stages recurse once per level, so the depth-first nesting of
+the graph must stay well inside the interpreter's recursion limit. Checked here iteratively.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from typing import Any
 from ..errors import MalformedCheckpoint
 from .records import ObjectRecord
 
-MAX_EXPANDED_VALUES = 5_000_000  # the writer's own bound; refusing here is just much faster
 # Later stages recurse once per level (several Python frames each): stay well inside the interpreter's
 # recursion limit. Real checkpoints nest a few dozen levels at most.
 MAX_DEPTH = 200
@@ -34,42 +35,18 @@ def _children(value: Any) -> list[Any]:
     return []
 
 
-def check_structure(root: Any, max_values: int = MAX_EXPANDED_VALUES) -> None:
-    """Refuse trees that expand to more than `max_values` values, nest deeper than MAX_DEPTH or contain themselves."""
-    size: dict[int, int] = {}  # id -> expanded size, for finished nodes
-    on_path: set[int] = set()
+def check_structure(root: Any) -> None:
+    """Refuse graphs whose depth-first nesting (each distinct node entered once) exceeds MAX_DEPTH."""
+    seen: set[int] = set()
     keep: list[Any] = []  # ids are only stable while the objects live
-    stack: list[tuple[Any, list[Any] | None]] = [(root, None)]
+    stack: list[tuple[Any, int]] = [(root, 0)]
     while stack:
-        node, children = stack[-1]
+        node, depth = stack.pop()
         key = id(node)
-        if children is None:
-            if key in size:
-                stack.pop()
-                continue
-            if not (type(node) in _CONTAINERS or isinstance(node, ObjectRecord)):
-                size[key] = 1
-                keep.append(node)
-                stack.pop()
-                continue
-            if key in on_path:
-                raise MalformedCheckpoint("checkpoint contains a container that contains itself")
-            on_path.add(key)
-            if len(on_path) > MAX_DEPTH:
-                raise MalformedCheckpoint(f"checkpoint nests deeper than {MAX_DEPTH} levels")
-            children = _children(node)
-            stack[-1] = (node, children)
-            for child in children:
-                if id(child) not in size:
-                    if id(child) in on_path:
-                        raise MalformedCheckpoint("checkpoint contains a container that contains itself")
-                    stack.append((child, None))
+        if key in seen or not (type(node) in _CONTAINERS or isinstance(node, ObjectRecord)):
             continue
-        total = 1 + sum(size[id(c)] for c in children)
-        if total > max_values:
-            raise MalformedCheckpoint(f"checkpoint expands to more than {max_values} values (shared containers "
-                                      "repeated too often); refusing")
-        size[key] = total
+        if depth >= MAX_DEPTH:
+            raise MalformedCheckpoint(f"checkpoint nests deeper than {MAX_DEPTH} levels")
+        seen.add(key)
         keep.append(node)
-        on_path.discard(key)
-        stack.pop()
+        stack.extend((child, depth + 1) for child in reversed(_children(node)))

@@ -1,4 +1,4 @@
-"""Turn a read tree into real values: torch tensors (aliasing kept), numpy arrays, dtypes.
+"""Turn a read graph into real values: torch tensors (aliasing kept), numpy arrays, dtypes.
 
 Used by `read_checkpoint` (a safe stand-in for torch.load) and by `verify`. Bytes are copied
 out of the input, so the result does not depend on the input staying open.
@@ -51,12 +51,12 @@ def materialize(root: Any) -> Any:
         if isinstance(value, NpDType):
             return np.dtype(value.str)
         if isinstance(value, Unsupported):
-            raise UnsupportedValue(f"the checkpoint holds {value.reason}")
+            raise UnsupportedValue(value.reason)
         return value
 
     def record(value: Any, recurse: Any) -> Any:
         if isinstance(value, ModuleRecord):
             return recurse(value.state_dict)
-        return value.map(recurse)
+        return NotImplemented
 
     return transform(root, leaf, record)

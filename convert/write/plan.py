@@ -9,30 +9,16 @@ share memory again when loaded.
 
 from __future__ import annotations
 
-import base64
 import collections
-import math
 import re
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
+from ..codec import MAX_NODES, EncodeHooks, Encoder, Field
 from ..dtypes import Encoding, encoding_for
-from ..errors import MalformedCheckpoint, UnsupportedValue
-from ..read.records import (
-    GlobalRef,
-    ModuleRecord,
-    NdArrayRef,
-    NpDType,
-    NpScalar,
-    ObjectRecord,
-    StorageRef,
-    TensorRef,
-    Unsupported,
-)
+from ..errors import MalformedCheckpoint
+from ..read.records import ModuleRecord, NdArrayRef, StorageRef, TensorRef, Unsupported
 from ..read.torch_types import dtype_name
 from ..schema import BARE_FILE, EXTRA_FILE, FORMAT_NAME, FORMAT_VERSION
 from .shards import assign_shards, index_bytes
@@ -45,8 +31,6 @@ from .tensor_bytes import (
     tensor_bytes,
 )
 
-MAX_DEPTH = 400
-MAX_NODES = 5_000_000  # shared containers are written out once per use: this bounds "billion laughs"
 _NAME_OK = re.compile(r"[^A-Za-z0-9_.-]")
 
 
@@ -89,9 +73,10 @@ def _file_name(key: str, taken: set[str]) -> str:
     return name
 
 
-class Planner:
+class Planner(EncodeHooks):
     def __init__(self, max_shard_size: int | None = None) -> None:
         self.max_shard_size = max_shard_size
+        self.encoder = Encoder(self)
         self.plan = Plan()
         self.tensors: dict[str, dict] = {}
         self.arrays: dict[str, dict] = {}
@@ -103,7 +88,6 @@ class Planner:
         self.modules: list[dict] = []
         self.state_dict_files: list[dict] = []
         self.keys_used: dict[str, set[str]] = collections.defaultdict(set)
-        self.nodes = 0
         self._keep: list[Any] = []
 
     # --------------------------------------------------------------- entries
@@ -125,6 +109,15 @@ class Planner:
         return found[0]
 
     # --------------------------------------------------------------- values
+    def tensor_ref(self, ref: TensorRef, path: list) -> str:
+        return self.tensor(ref, path, None, None)["$tensor"]
+
+    def array_ref(self, ref: NdArrayRef, path: list) -> str:
+        return self.array(ref, path)["$ndarray"]
+
+    def module_ref(self, ref: ModuleRecord, path: list, depth: int) -> dict:
+        return self._module_entry(ref, path, None, depth)
+
     def tensor(self, ref: TensorRef, path: list, file: str | None, key: str | None) -> dict:
         memo_key = (id(ref), file if key is not None else None)
         tid = self.tensor_ids.get(memo_key)
@@ -174,8 +167,11 @@ class Planner:
                                 "file": EXTRA_FILE, "key": key}
         return {"$ndarray": aid}
 
-    def state_dict(self, value: Any, path: list, file: str, shards: dict[str, str] | None = None) -> dict:
+    def state_dict(self, value: Any, path: list, file: str, shards: dict[str, str] | None = None) -> Any:
         """A top-level state dict: each tensor becomes an entry of `file` (or of its shard) under its own key."""
+        return self.encoder.node(value, path, 0, payload=lambda: self._state_dict_pairs(value, path, file, shards))
+
+    def _state_dict_pairs(self, value: Any, path: list, file: str, shards: dict[str, str] | None) -> list:
         stem = file.removesuffix(".safetensors")
         if shards is None and self.max_shard_size is not None:
             shards = assign_shards(value, stem, self.max_shard_size)
@@ -194,90 +190,25 @@ class Planner:
             record["shards"] = sorted(set(weight_map.values()))
             self.plan.indexes[record["file"]] = index_bytes(weight_map, total)
         self.state_dict_files.append(record)
-        return self._mapping(value, items, path, 0)
-
-    def _mapping(self, value: Any, items: list, path: list, depth: int) -> dict:
-        if type(value) is collections.OrderedDict:
-            out: dict[str, Any] = {"$odict": items}
-            attrs = getattr(value, "__dict__", {})
-            if attrs:
-                out["$attrs"] = {k: self.value(v, [*path, k], depth + 1) for k, v in attrs.items()}
-            return out
-        if all(type(k) is str and not k.startswith("$") for k, _ in items):
-            return {k: v for k, v in items}
-        return {"$dict": items}
+        return items
 
     def value(self, v: Any, path: list, depth: int) -> Any:
-        self.nodes += 1
-        if self.nodes > MAX_NODES:
-            raise MalformedCheckpoint(f"checkpoint expands to more than {MAX_NODES} values (shared containers "
-                                      "repeated too often); refusing")
-        if depth > MAX_DEPTH:
-            raise MalformedCheckpoint(f"checkpoint nests deeper than {MAX_DEPTH} levels")
-        kind = type(v)
-        if v is None or kind in (bool, str):
-            return v
-        if kind is int:
-            return v if -(1 << 63) <= v < (1 << 63) else {"$int": hex(v)}
-        if kind is float:
-            return v if math.isfinite(v) else {"$float": struct.pack(">d", v).hex()}
-        if kind in (dict, collections.OrderedDict):
-            items = [[self.value(k, [*path, "<key>"], depth + 1), self.value(x, [*path, k], depth + 1)]
-                     for k, x in v.items()]
-            return self._mapping(v, items, path, depth)
-        if kind is list:
-            return [self.value(x, [*path, i], depth + 1) for i, x in enumerate(v)]
-        if kind is tuple:
-            return {"$tuple": [self.value(x, [*path, i], depth + 1) for i, x in enumerate(v)]}
-        if kind in (set, frozenset):
-            items = [self.value(x, [*path, i], depth + 1) for i, x in enumerate(v)]
-            items.sort(key=repr)  # set order depends on hash seeds; sorted output is deterministic
-            return {"$set" if kind is set else "$frozenset": items}
-        if kind is complex:
-            return {"$complex": [self.value(v.real, path, depth + 1), self.value(v.imag, path, depth + 1)]}
-        if kind is bytes:
-            return {"$bytes": base64.b64encode(v).decode("ascii")}
-        if kind is bytearray:
-            return {"$bytearray": base64.b64encode(bytes(v)).decode("ascii")}
-        if kind is TensorRef:
-            return self.tensor(v, path, None, None)
-        if kind is NdArrayRef:
-            return self.array(v, path)
-        if kind is NpScalar:
-            return {"$npscalar": {"dtype": v.dtype, "hex": v.data.hex()}}
-        if kind is NpDType:
-            return {"$npdtype": v.str}
-        if isinstance(v, torch.dtype):
-            return {"$dtype": dtype_name(v)}
-        if kind is torch.Size:
-            return {"$size": list(v)}
-        if isinstance(v, torch.device):
-            return {"$device": str(v)}
-        if kind is GlobalRef:
-            return {"$global": v.qualname}
-        if kind is Unsupported:
-            raise UnsupportedValue(f"{'/'.join(map(str, path)) or '<root>'} is {v.reason}")
-        if kind is ModuleRecord:
-            return self.module(v, path, None, depth)
-        if kind is ObjectRecord:
-            out: dict[str, Any] = {"class": v.qualname, "via": v.via,
-                                   "args": self.value(tuple(v.args), [*path, "args"], depth + 1)}
-            if v.state is not None:
-                out["state"] = self.value(v.state, [*path, "state"], depth + 1)
-            if v.dictitems:
-                out["dictitems"] = [[self.value(k, path, depth + 1), self.value(x, [*path, k], depth + 1)]
-                                    for k, x in v.dictitems]
-            if v.listitems:
-                out["listitems"] = [self.value(x, [*path, i], depth + 1) for i, x in enumerate(v.listitems)]
-            return {"$object": out}
-        raise UnsupportedValue(f"{'/'.join(map(str, path)) or '<root>'} holds a {kind.__name__}, which cannot be stored")
+        """`v` as typed JSON (convert/codec.py); tensors, arrays and modules come back to this planner."""
+        return self.encoder.value(v, path, depth)
 
-    def module(self, m: ModuleRecord, path: list, file: str | None, depth: int) -> dict:
+    def module(self, m: ModuleRecord, path: list, file: str | None, depth: int) -> Any:
+        """A module (given back as its state_dict); with `file`, its state dict gets that file."""
+        return self.encoder.node(m, path, depth, payload=lambda: self._module_entry(m, path, file, depth))
+
+    def _module_entry(self, m: ModuleRecord, path: list, file: str | None, depth: int) -> dict:
         index = len(self.modules)
+        tree_encoder = Encoder(max_nodes=MAX_NODES - self.encoder.nodes)  # a separate graph: never decoded with root
+        tree_encoder.count(m.tree)
         self.modules.append({"path": [str(p) for p in path], "class": m.qualname,
-                             "tree": self.value(m.tree, [*path, "<module>"], depth + 1)})
+                             "tree": tree_encoder.value(m.tree, [*path, Field("<module>")], depth + 1)})
+        self.encoder.nodes += tree_encoder.nodes
         sd = self.state_dict(m.state_dict, path, file) if file is not None else self.value(m.state_dict, path, depth + 1)
-        return {"$module": {"index": index, "state_dict": sd}}
+        return {"index": index, "state_dict": sd}
 
     # --------------------------------------------------------------- storages
     def finish_storages(self) -> dict:
@@ -311,6 +242,22 @@ class Planner:
         return out
 
 
+def _root_pairs(planner: Planner, root: dict, taken: set[str]) -> list:
+    """The root mapping's items: each state dict (or module) under a str key gets its own file."""
+    items = []
+    for k, v in root.items():
+        key = planner.value(k, [Field("<key>")], 1)  # keys first: the decoder reads them first
+        if type(k) is str and id(v) not in planner.encoder.ids and is_state_dict(v):
+            enc = planner.state_dict(v, [k], _file_name(k, taken))
+        elif (type(k) is str and id(v) not in planner.encoder.ids and type(v) is ModuleRecord
+              and is_state_dict(v.state_dict)):
+            enc = planner.module(v, [k], _file_name(k, taken), 1)
+        else:
+            enc = planner.value(v, [k], 1)
+        items.append([key, enc])
+    return items
+
+
 def make_plan(root: Any, provenance: dict, *, max_shard_size: int | None = None,
               root_shards: dict[str, str] | None = None) -> Plan:
     """Build the plan for a read checkpoint tree.
@@ -319,25 +266,20 @@ def make_plan(root: Any, provenance: dict, *, max_shard_size: int | None = None,
     `root_shards` fixes the shard of each key of a root state dict (a Hugging Face sharded input).
     """
     planner = Planner(max_shard_size)
+    planner.encoder.count(root)
     taken = {EXTRA_FILE.lower(), "checkpoint.safetensors"}
 
-    if is_state_dict(root) or (type(root) is ModuleRecord and is_state_dict(root.state_dict)):
-        taken.add(BARE_FILE)
-        encoded = (planner.module(root, [], BARE_FILE, 0) if type(root) is ModuleRecord
-                   else planner.state_dict(root, [], BARE_FILE, root_shards))
-    elif type(root) in (dict, collections.OrderedDict):
-        items = []
-        for k, v in root.items():
-            if type(k) is str and is_state_dict(v):
-                enc = planner.state_dict(v, [k], _file_name(k, taken))
-            elif type(k) is str and type(v) is ModuleRecord and is_state_dict(v.state_dict):
-                enc = planner.module(v, [k], _file_name(k, taken), 1)
-            else:
-                enc = planner.value(v, [k], 1)
-            items.append([planner.value(k, ["<key>"], 1), enc])
-        encoded = planner._mapping(root, items, [], 0)
-    else:
-        encoded = planner.value(root, [], 0)
+    try:
+        if is_state_dict(root) or (type(root) is ModuleRecord and is_state_dict(root.state_dict)):
+            taken.add(BARE_FILE)
+            encoded = (planner.module(root, [], BARE_FILE, 0) if type(root) is ModuleRecord
+                       else planner.state_dict(root, [], BARE_FILE, root_shards))
+        elif type(root) in (dict, collections.OrderedDict):
+            encoded = planner.encoder.node(root, [], 0, payload=lambda: _root_pairs(planner, root, taken))
+        else:
+            encoded = planner.value(root, [], 0)
+    except RecursionError:  # each level costs a few Python frames; the depth caps may not be reached first
+        raise MalformedCheckpoint("checkpoint nests too deeply") from None
 
     storages = planner.finish_storages()
     planner.plan.sidecar = {

@@ -321,11 +321,6 @@ class _Builder:
         self.add("huge_memo_index", c, pk.proto(pk.dct() + pk.put(0xFFFFFFF0)), EXIT_MALFORMED, trigger=None)
         self.add("deep_nesting", c, pk.proto(b"]" + b"\x85" * 200_000), EXIT_MALFORMED, trigger=None)
         self.add("deep_nesting_marks", c, pk.proto(b"(" * 100_000 + b"]" + b"t" * 100_000), EXIT_MALFORMED, trigger=None)
-        self.add("self_reference", c, pk.proto(b"]" + pk.put(0) + pk.get(0) + b"a"), EXIT_MALFORMED, trigger=None)
-        laughs = pk.text("lol") + pk.put(0)
-        for level in range(1, 60):  # 2**59 leaves once expanded, ~1 kB on disk
-            laughs += pk.pop() + b"(" + pk.get(level - 1) * 2 + b"l" + pk.put(level)
-        self.add("billion_laughs", c, pk.proto(laughs), EXIT_MALFORMED, trigger=None)
         self.add("frame_terabytes", c, b"\x80\x04" + pk.frame(1 << 42) + pk.dct() + b".", EXIT_MALFORMED, trigger=None)
         self.add("bytes8_terabytes", c, b"\x80\x04\x8e" + struct.pack("<Q", 1 << 42) + b"xx.", EXIT_MALFORMED, trigger=None)
         self.add("unicode8_terabytes", c, b"\x80\x04\x8d" + struct.pack("<Q", 1 << 42) + b"xx.", EXIT_MALFORMED,
@@ -343,6 +338,24 @@ class _Builder:
         for part in (self.direct, self.indirection, self.stdlib, self.nested, self.opcode, self.containers, self.resource):
             part()
         return self.samples
+
+
+def build_graphs(folder: Path) -> list[Sample]:
+    """Pickles whose memo builds graphs: a list that contains itself, "billion laughs" (each list holds the
+    previous one twice: 2**59 leaves once expanded, ~1 kB on disk), one list referenced 20,000 times.
+    They are legitimate (omegaconf configs are cyclic) and must convert with output linear in the input."""
+    folder.mkdir(parents=True, exist_ok=True)
+    laughs = pk.text("lol") + pk.put(0)
+    for level in range(1, 60):
+        laughs += pk.pop() + b"(" + pk.get(level - 1) * 2 + b"l" + pk.put(level)
+    wide = pk.lst(*[pk.integer(i) for i in range(100)]) + pk.put(0) + pk.pop() + b"(" + pk.get(0) * 20_000 + b"l"
+    out = []
+    for name, body in (("self_reference", b"]" + pk.put(0) + pk.get(0) + b"a"), ("billion_laughs", laughs),
+                       ("wide_laughs", wide)):
+        path = folder / f"{name}.pkl"
+        path.write_bytes(pk.proto(body))
+        out.append(Sample(name, "graph", path, 0, trigger=None))
+    return out
 
 
 def build_malicious(folder: Path, canary_dir: Path) -> list[Sample]:
@@ -641,7 +654,8 @@ def build_legit(folder: Path) -> list[LegitSample]:
     return out
 
 
-__all__ = ["ATTACKS", "CATEGORIES", "EXIT_MALFORMED", "EXIT_UNSAFE", "LegitSample", "Sample", "build_legit", "build_malicious"]
+__all__ = ["ATTACKS", "CATEGORIES", "EXIT_MALFORMED", "EXIT_UNSAFE", "LegitSample", "Sample", "build_graphs", "build_legit",
+           "build_malicious"]
 
 if __name__ == "__main__":  # python -m tests.security.corpus OUT_DIR: write both corpora for a look
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "security-corpus")
