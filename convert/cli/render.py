@@ -14,11 +14,11 @@ def human_bytes(n: float) -> str:
 
 
 class TreeRenderer:
-    def __init__(self, sidecar: dict, max_items: int = 50) -> None:
+    def __init__(self, sidecar: dict, max_items: int = 50, plain: dict[str, tuple[str, list]] | None = None) -> None:
         self.sidecar = sidecar
+        self.plain = plain or {}  # plain tensor/array id → (safetensors dtype code, shape) from the headers
         self.max_items = max_items
         self.lines: list[str] = []
-        self.backing = {(s["file"], s["key"]): sid for sid, s in sidecar["storages"].items()}
         self.storage_users: dict[str, int] = {}
         for info in sidecar["tensors"].values():
             self.storage_users[info["storage"]] = self.storage_users.get(info["storage"], 0) + 1
@@ -38,7 +38,18 @@ class TreeRenderer:
         self.node("<root>", sc["root"], 1)
         return "\n".join(self.lines)
 
+    def plain_line(self, kind: str, id_: str) -> str:
+        code, shape = self.plain.get(id_, ("?", []))
+        from ..dtypes import ITEMSIZE_BY_CODE
+
+        numel = 1
+        for s in shape:
+            numel *= s
+        return f"{kind} {code} {list(shape)} {human_bytes(numel * ITEMSIZE_BY_CODE.get(code, 0))}"
+
     def tensor_line(self, tid: str) -> str:
+        if tid not in self.sidecar["tensors"]:
+            return self.plain_line("tensor", tid)
         t = self.sidecar["tensors"][tid]
         numel = 1
         for s in t["shape"]:
@@ -76,8 +87,9 @@ class TreeRenderer:
         elif tag == "$tensor":
             self.lines.append(f"{pad}{label}: {self.tensor_line(p)}")
         elif tag == "$ndarray":
-            a = self.sidecar["arrays"][p]
-            self.lines.append(f"{pad}{label}: ndarray {a['dtype']} {a['shape']}")
+            a = self.sidecar["arrays"].get(p)
+            line = f"ndarray {a['dtype']} {a['shape']}" if a is not None else self.plain_line("ndarray", p)
+            self.lines.append(f"{pad}{label}: {line}")
         elif tag == "$module":
             cls = self.sidecar["modules"][p["index"]]["class"]
             self.node(f"{label} [module {cls} → state_dict]", p["state_dict"], depth)
@@ -112,5 +124,12 @@ class TreeRenderer:
         return repr(v)[:100]
 
 
-def render_tree(sidecar: dict, max_items: int = 50) -> str:
-    return TreeRenderer(sidecar, max_items).render()
+def render_tree(sidecar: dict, max_items: int = 50, plain: dict[str, tuple[str, list]] | None = None) -> str:
+    """The tree as text; `plain` gives (dtype code, shape) of the tensors and arrays listed in `entries`."""
+    return TreeRenderer(sidecar, max_items, plain).render()
+
+
+def plain_shapes(sidecar: dict, headers: dict[str, dict[str, tuple[str, list]]]) -> dict[str, tuple[str, list]]:
+    """id → (dtype code, shape) of every plain tensor/array, from file → {key: (code, shape)}."""
+    return {id_: headers.get(name, {}).get(key, ("?", []))
+            for name, ids in sidecar.get("entries", {}).items() for id_, key in ids.items()}

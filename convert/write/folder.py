@@ -22,7 +22,7 @@ PT_METADATA = {"format": "pt"}
 
 
 def sidecar_bytes(sidecar: dict) -> bytes:
-    return (json.dumps(sidecar, indent=1, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+    return (json.dumps(sidecar, separators=(",", ":"), ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
 
 
 def write_folder(plan: Plan, dst: Path, *, overwrite: bool = False, copy_files: list[Path] = (),
