@@ -39,13 +39,18 @@ class TreeRenderer:
         return "\n".join(self.lines)
 
     def plain_line(self, kind: str, id_: str) -> str:
-        code, shape = self.plain.get(id_, ("?", []))
-        from ..dtypes import ITEMSIZE_BY_CODE
+        from ..dtypes import TORCH_BY_CODE
+        from ..read.torch_types import dtype_name
 
+        code, shape = self.plain.get(id_, ("?", []))
+        dtype = TORCH_BY_CODE.get(code)
         numel = 1
         for s in shape:
             numel *= s
-        return f"{kind} {code} {list(shape)} {human_bytes(numel * ITEMSIZE_BY_CODE.get(code, 0))}"
+        if kind == "ndarray":
+            return f"ndarray {code} {list(shape)}"
+        name = dtype_name(dtype) if dtype is not None else code
+        return f"{kind} {name} {list(shape)} {human_bytes(numel * (dtype.itemsize if dtype else 0))}"
 
     def tensor_line(self, tid: str) -> str:
         if tid not in self.sidecar["tensors"]:
