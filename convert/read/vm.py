@@ -73,15 +73,18 @@ class PickleVM:
         self.metastack: list[list[Any]] = []
         self.memo: dict[int, Any] = {}
         self._op_pos = self.pos
-        self._op_name = "start"
+        self._op_code = None
+        buf, dispatch = self.buf, self._dispatch  # locals: this loop runs once per opcode
         try:
             while True:
-                self._op_pos = self.pos
-                code = self._read(1)[0]
-                handler = self._dispatch.get(code)
+                pos = self._op_pos = self.pos
+                if pos >= self.end:
+                    self._read(1)  # raises "truncated"
+                code = self._op_code = buf[pos]
+                self.pos = pos + 1
+                handler = dispatch.get(code)
                 if handler is None:
                     raise MalformedCheckpoint(f"unknown pickle opcode 0x{code:02x}")
-                self._op_name = _OPCODES[code]
                 if handler():  # only STOP returns True
                     break
         except ConvertError as exc:
@@ -103,6 +106,11 @@ class PickleVM:
             raise self._unsafe()
         limits.check_structure(self._result)
         return self._result
+
+    @property
+    def _op_name(self) -> str:
+        """The name of the opcode being run (for messages), "start" before the first."""
+        return "start" if self._op_code is None else _OPCODES.get(self._op_code, f"0x{self._op_code:02x}")
 
     def _unsafe(self) -> UnsafeCheckpoint:
         names = ", ".join(str(f) for f in self.findings[:20])
@@ -131,6 +139,14 @@ class PickleVM:
 
     def _uint(self, n: int) -> int:
         return int.from_bytes(self._read(n), "little")
+
+    def _byte(self) -> int:
+        """A one-byte operand (the commonest: BINPUT, BINGET, BININT1, SHORT_BINUNICODE lengths)."""
+        pos = self.pos
+        if pos >= self.end:
+            return self._uint(1)  # raises "truncated"
+        self.pos = pos + 1
+        return self.buf[pos]
 
     def _pop(self) -> Any:
         if not self.stack:
@@ -243,7 +259,7 @@ class PickleVM:
         self.stack.append(int.from_bytes(self._read(4), "little", signed=True))
 
     def op_BININT1(self) -> None:
-        self.stack.append(self._uint(1))
+        self.stack.append(self._byte())
 
     def op_BININT2(self) -> None:
         self.stack.append(self._uint(2))
@@ -295,7 +311,7 @@ class PickleVM:
         self.stack.append(self._text(self._read(self._uint(4))))
 
     def op_SHORT_BINUNICODE(self) -> None:
-        self.stack.append(self._text(self._read(self._uint(1))))
+        self.stack.append(self._text(self._read(self._byte())))
 
     def op_BINUNICODE8(self) -> None:
         self.stack.append(self._text(self._read(self._uint(8))))
@@ -414,7 +430,7 @@ class PickleVM:
         self._get(int(self._readline().decode("ascii")))
 
     def op_BINGET(self) -> None:
-        self._get(self._uint(1))
+        self._get(self._byte())
 
     def op_LONG_BINGET(self) -> None:
         self._get(self._uint(4))
@@ -430,7 +446,7 @@ class PickleVM:
         self.memo[index] = self._top()
 
     def op_BINPUT(self) -> None:
-        self.memo[self._uint(1)] = self._top()
+        self.memo[self._byte()] = self._top()
 
     def op_LONG_BINPUT(self) -> None:
         self.memo[self._memo_index(self._uint(4))] = self._top()
