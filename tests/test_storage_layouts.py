@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from convert import convert_checkpoint, load_checkpoint
 from convert.load.safetensors_reader import SafetensorsFile
-from tests.helpers import assert_equivalent, bits, load_reference, save, same_storage
+from tests.helpers import assert_equivalent, bits, load_reference, same_storage, save
 
 SIDECAR = "checkpoint.json"
 
