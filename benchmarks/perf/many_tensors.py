@@ -102,8 +102,9 @@ def output_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.iterdir())
 
 
-def bench(counts: list[int], work: Path, baseline: Path | None) -> list[dict]:
-    rows = []
+def bench(counts: list[int], work: Path, baseline: Path | None, out: Path) -> list[dict]:
+    """Measure every count; the results are rewritten after each (a long run leaves what it finished)."""
+    rows: list[dict] = []
     for n in counts:
         src = generate(n, work)
         dst, base_dst = work / f"many-{n}.out", work / f"many-{n}.base"
@@ -130,7 +131,14 @@ def bench(counts: list[int], work: Path, baseline: Path | None) -> list[dict]:
             row["ratios"]["baseline_convert_vs_torch_load"] = row["baseline_convert"]["seconds"] / t
         print(json.dumps(row), flush=True)
         rows.append(row)
+        write_results(rows, out)
     return rows
+
+
+def write_results(rows: list[dict], out: Path) -> None:
+    (out / "many_tensors.json").write_text(json.dumps(rows, indent=1) + "\n")
+    (out / "many_tensors.md").write_text(markdown(rows))
+    plot(rows, out / "many_tensors.png")
 
 
 def markdown(rows: list[dict]) -> str:
@@ -193,10 +201,7 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = bench([int(c) for c in args.counts.split(",")], args.work, args.baseline_path)
-    (args.out / "many_tensors.json").write_text(json.dumps(rows, indent=1) + "\n")
-    (args.out / "many_tensors.md").write_text(markdown(rows))
-    plot(rows, args.out / "many_tensors.png")
+    rows = bench([int(c) for c in args.counts.split(",")], args.work, args.baseline_path, args.out)
     print(markdown(rows))
 
 

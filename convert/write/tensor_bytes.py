@@ -29,6 +29,8 @@ def contiguous_strides(shape: tuple | list) -> tuple:
 
 
 def is_contiguous(shape: tuple, stride: tuple) -> bool:
+    if tuple(stride) == contiguous_strides(shape):  # the common case, without a generator
+        return True
     return all(size == 1 or st == want for size, st, want in zip(shape, stride, contiguous_strides(shape)))
 
 
