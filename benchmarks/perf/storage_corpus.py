@@ -87,6 +87,9 @@ def _views_with_uncovered_bytes() -> dict:
     return {"head": big[: 1 << 17], "window": big[(1 << 17) + 1000:(1 << 17) + 3000]}  # torch.save keeps all of big
 
 
+# One storage under two keys of one state dict: safetensors entries cannot overlap, so both copies stay.
+UNAVOIDABLE_DUPLICATES = {"tied"}
+
 CORPUS: dict[str, Callable[[], dict]] = {
     "transposed": _transposed, "strided": _strided, "lstm_flat": _lstm, "tied": _tied,
     "small_numpy_arrays": _small_arrays, "plain": _plain, "partial_views": _views_with_uncovered_bytes,
@@ -149,11 +152,18 @@ def main(argv: list[str]) -> None:
     summary = {"rows": rows, "total_input_bytes": total_in,
                "total_ratio": sum(r["ours_bytes"] for r in rows) / total_in,
                "max_ratio": max(r["ours_bytes"] / r["input_bytes"] for r in rows)}
+    rest = [r for r in rows if r["file"] not in UNAVOIDABLE_DUPLICATES]
+    summary["total_ratio_without_unavoidable_duplicates"] = (sum(r["ours_bytes"] for r in rest)
+                                                             / sum(r["input_bytes"] for r in rest))
+    summary["max_ratio_without_unavoidable_duplicates"] = max(r["ours_bytes"] / r["input_bytes"] for r in rest)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "storage_corpus.json").write_text(json.dumps(summary, indent=1) + "\n")
+    lines.append(f"\nTotal {summary['total_ratio']:.3f}×, worst {summary['max_ratio']:.3f}×; without the unavoidable "
+                 f"duplicates ({', '.join(sorted(UNAVOIDABLE_DUPLICATES))}): total "
+                 f"{summary['total_ratio_without_unavoidable_duplicates']:.3f}×, worst "
+                 f"{summary['max_ratio_without_unavoidable_duplicates']:.3f}×.")
     (args.out / "storage_corpus.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    print(f"total {summary['total_ratio']:.3f}×, worst {summary['max_ratio']:.3f}×")
 
 
 if __name__ == "__main__":
