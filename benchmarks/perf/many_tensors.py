@@ -146,7 +146,7 @@ def write_results(rows: list[dict], out: Path) -> None:
 def markdown(rows: list[dict]) -> str:
     mib = 1 << 20
     lines = ["| tensors | input MB | torch.load s | convert s (×) | previous convert s (×) | load lazy s (×) | "
-             "load full s (×) | sidecar KB | previous sidecar KB (×) | B/tensor | peak RSS MiB torch.load / convert |",
+             "load full s (×) | sidecar KB | previous sidecar KB (×) | B/tensor | peak RSS MiB torch.load / convert / previous |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         x = r["ratios"]
@@ -160,7 +160,8 @@ def markdown(rows: list[dict]) -> str:
             f"{r['load_lazy']['seconds']:.2f} ({x['load_lazy_vs_torch_load']:.2f}) | "
             f"{r['load_full']['seconds']:.2f} ({x['load_full_vs_torch_load']:.2f}) | "
             f"{r['sidecar_bytes'] / 1e3:,.0f} | {base_side} | {r['sidecar_bytes'] / r['tensors']:.0f} | "
-            f"{r['torch_load']['peak_rss'] / mib:,.0f} / {r['convert']['peak_rss'] / mib:,.0f} |")
+            f"{r['torch_load']['peak_rss'] / mib:,.0f} / {r['convert']['peak_rss'] / mib:,.0f} / "
+            f"{r['baseline_convert']['peak_rss'] / mib if 'baseline_convert' in r else 0:,.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -191,6 +192,10 @@ def plot(rows: list[dict], path: Path) -> bool:
 
 
 def main(argv: list[str]) -> None:
+    if argv[:1] == ["--render"]:  # re-render the table and plot from a results JSON
+        out = Path(argv[1])
+        write_results(json.loads((out / "many_tensors.json").read_text()), out)
+        return
     if argv[:1] == ["--child"]:
         print(json.dumps(measure(argv[1], Path(argv[2]), Path(argv[3]))))
         return
