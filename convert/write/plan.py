@@ -2,9 +2,11 @@
 
 One `.safetensors` file per top-level state dict (its own keys, so `load_file` hands back the
 plain state dict), every other tensor's bytes in `tensors.safetensors`, and the skeleton as typed
-JSON. Tensors are described in the sidecar as views (dtype, shape, stride, offset) of storages;
-each storage is backed by one entry that holds exactly its bytes, so tied and aliased tensors
-share memory again when loaded.
+JSON. A plain tensor (its own whole storage, contiguous, default flags, native dtype) is just its
+entry, listed in the sidecar's `entries`; every other tensor is a row describing a view (dtype,
+shape, stride, offset) of a storage, so tied and aliased tensors share memory again when loaded.
+Each storage byte is written once: a storage is one entry holding exactly its bytes, or is rebuilt
+from its tensors' contiguous copies ("pieces") plus the bytes none of them covers ("rest").
 """
 
 from __future__ import annotations
