@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import functools
 import math
 import re
 import struct
@@ -57,7 +58,7 @@ MAX_NODES = 5_000_000  # shared containers are written out once per use: this bo
 _NAME_OK = re.compile(r"[^A-Za-z0-9_.-]")
 
 
-@dataclass
+@dataclass(slots=True)  # one per tensor: 300k of them in a mixture-of-experts checkpoint
 class Entry:
     """One tensor of one safetensors file; `data()` yields its bytes when the file is written."""
 
@@ -158,7 +159,7 @@ class Planner:
             if key is not None and file is not None:
                 info["file"] = file
                 info["key"] = self._add_entry(file, key, enc, list(ref.shape), ref.numel * ref.dtype.itemsize,
-                                              lambda r=ref: tensor_bytes(r), contiguous_source(ref))
+                                              functools.partial(tensor_bytes, ref), contiguous_source(ref))
             self.tensors[tid] = info
             self.tensor_refs[tid] = ref
         elif key is not None and file is not None and self.tensors[tid].get("key") != key:
@@ -327,7 +328,7 @@ class Planner:
             file, key = info["file"], info["key"]
         else:
             file, key = EXTRA_FILE, self._add_entry(EXTRA_FILE, self.tensor_paths[tid], encoding_for(ref.dtype, tid),
-                                                    list(ref.shape), storage.nbytes, lambda r=ref: tensor_bytes(r),
+                                                    list(ref.shape), storage.nbytes, functools.partial(tensor_bytes, ref),
                                                     contiguous_source(ref))
         self.entries.setdefault(file, {})[tid] = key
         del self.tensors[tid]
