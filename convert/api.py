@@ -71,9 +71,16 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, overwr
 
 
 def _report(src: Path, dst: Path, sidecar: dict) -> ConversionReport:
-    return ConversionReport(src, dst, sidecar["source"]["format"], sidecar["files"], len(sidecar["tensors"]),
-                            len(sidecar["arrays"]), sum(f["bytes"] for f in sidecar["files"].values()),
+    return ConversionReport(src, dst, sidecar["source"]["format"], sidecar["files"],
+                            len(sidecar["tensors"]) + _plain_count(sidecar, "t"),
+                            len(sidecar["arrays"]) + _plain_count(sidecar, "a"),
+                            sum(f["bytes"] for f in sidecar["files"].values()),
                             [m["class"] for m in sidecar["modules"]])
+
+
+def _plain_count(sidecar: dict, prefix: str) -> int:
+    """Tensors ("t") or arrays ("a") with no row of their own (listed in the sidecar's entries)."""
+    return sum(id_.startswith(prefix) for ids in sidecar.get("entries", {}).values() for id_ in ids)
 
 
 def plan_in_memory(src: str | os.PathLike) -> Any:

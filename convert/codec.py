@@ -458,7 +458,9 @@ class NdArrayTag(Tag):
         return dec.array(node[self.name])
 
     def describe(self, payload: str, context: Any) -> str:
-        a = context.sidecar["arrays"][payload]
+        a = context.sidecar["arrays"].get(payload)
+        if a is None:  # a plain array: no row, the safetensors header has its dtype and shape
+            return context.plain_line("ndarray", payload)
         return f"ndarray {a['dtype']} {a['shape']}"
 
 

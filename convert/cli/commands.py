@@ -11,7 +11,7 @@ from pathlib import Path
 from ..api import convert_checkpoint, verify_checkpoint
 from ..errors import ConvertError
 from ..read.dcp import is_dcp_folder
-from .render import human_bytes, render_tree
+from .render import human_bytes, plain_shapes, render_tree
 
 EXIT_DIFFERENT = 3
 
@@ -57,13 +57,21 @@ def inspect(args: argparse.Namespace) -> int:
     path = Path(args.path)
     if path.is_dir() and not is_dcp_folder(path):  # a DCP folder is a checkpoint, read like a file
         from ..load import read_sidecar
+        from ..load.safetensors_reader import SafetensorsFile
 
         sidecar = read_sidecar(path)
+        headers = {}
+        for name in sidecar.get("entries", {}):
+            if name in sidecar["files"] and (path / name).is_file():
+                entries = SafetensorsFile(path / name).entries
+                headers[name] = {key: (e.code, list(e.shape)) for key, e in entries.items()}
     else:
         from ..api import plan_in_memory
 
-        sidecar = plan_in_memory(path).sidecar
-    print(render_tree(sidecar, args.max_items))
+        plan = plan_in_memory(path)
+        sidecar = plan.sidecar
+        headers = {name: {e.key: (e.code, e.shape) for e in entries} for name, entries in plan.files.items()}
+    print(render_tree(sidecar, args.max_items, plain_shapes(sidecar, headers)))
     return 0
 
 

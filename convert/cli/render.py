@@ -20,11 +20,11 @@ def human_bytes(n: float) -> str:
 
 
 class TreeRenderer:
-    def __init__(self, sidecar: dict, max_items: int = 50) -> None:
+    def __init__(self, sidecar: dict, max_items: int = 50, plain: dict[str, tuple[str, list]] | None = None) -> None:
         self.sidecar = sidecar
+        self.plain = plain or {}  # plain tensor/array id → (safetensors dtype code, shape) from the headers
         self.max_items = max_items
         self.lines: list[str] = []
-        self.backing = {(s["file"], s["key"]): sid for sid, s in sidecar["storages"].items()}
         self.storage_users: dict[str, int] = {}
         for info in sidecar["tensors"].values():
             self.storage_users[info["storage"]] = self.storage_users.get(info["storage"], 0) + 1
@@ -47,7 +47,23 @@ class TreeRenderer:
         self.node("<root>", sc["root"], 1)
         return "\n".join(self.lines)
 
+    def plain_line(self, kind: str, id_: str) -> str:
+        from ..dtypes import TORCH_BY_CODE
+        from ..read.torch_types import dtype_name
+
+        code, shape = self.plain.get(id_, ("?", []))
+        dtype = TORCH_BY_CODE.get(code)
+        numel = 1
+        for s in shape:
+            numel *= s
+        if kind == "ndarray":
+            return f"ndarray {code} {list(shape)}"
+        name = dtype_name(dtype) if dtype is not None else code
+        return f"{kind} {name} {list(shape)} {human_bytes(numel * (dtype.itemsize if dtype else 0))}"
+
     def tensor_line(self, tid: str) -> str:
+        if tid not in self.sidecar["tensors"]:
+            return self.plain_line("tensor", tid)
         t = self.sidecar["tensors"][tid]
         numel = 1
         for s in t["shape"]:
@@ -100,5 +116,12 @@ class TreeRenderer:
             self.lines.append(f"{'  ' * (depth + 1)}… {len(items) - self.max_items} more")
 
 
-def render_tree(sidecar: dict, max_items: int = 50) -> str:
-    return TreeRenderer(sidecar, max_items).render()
+def render_tree(sidecar: dict, max_items: int = 50, plain: dict[str, tuple[str, list]] | None = None) -> str:
+    """The tree as text; `plain` gives (dtype code, shape) of the tensors and arrays listed in `entries`."""
+    return TreeRenderer(sidecar, max_items, plain).render()
+
+
+def plain_shapes(sidecar: dict, headers: dict[str, dict[str, tuple[str, list]]]) -> dict[str, tuple[str, list]]:
+    """id → (dtype code, shape) of every plain tensor/array, from file → {key: (code, shape)}."""
+    return {id_: headers.get(name, {}).get(key, ("?", []))
+            for name, ids in sidecar.get("entries", {}).items() for id_, key in ids.items()}

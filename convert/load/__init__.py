@@ -23,6 +23,7 @@ from ..schema import MAX_SIDECAR_DEPTH, SIDECAR_NAME, check_sidecar_size, valida
 from ..views import view_end
 from .decode import Decoder
 from .materialize import jobs_for, read_to_host
+from .rebuild import Piece, entry_index, plain_array, plain_tensor, rebuild_storage
 from .safetensors_reader import SafetensorsFile, strict_json
 
 MapLocation = str | torch.device | None
@@ -94,11 +95,14 @@ class _Loader:
         self.lazy = True
         self.alignments: dict[str, int] | None = None  # storage id → alignment its tensors need
         self.preloaded: dict[tuple[int, str], torch.Tensor] = {}  # (id(file), key) → bytes read by preload()
+        self.entries = entry_index(sidecar.get("entries", {}))  # plain tensor/array id → (file, key)
 
     def preload(self) -> None:
         """Read every storage's entry now (full materialisation): fresh host memory, or the CUDA stager."""
         self.lazy = False
-        jobs = jobs_for((self.file(info["file"]), info["key"]) for info in self.sidecar["storages"].values())
+        wanted = [(info["file"], info["key"]) for info in self.sidecar["storages"].values() if "file" in info]
+        wanted += [where for id_, where in self.entries.items() if id_.startswith("t")]
+        jobs = jobs_for((self.file(name), key) for name, key in wanted)
         if self.device.type == "cuda" and torch.cuda.is_available():
             from .cuda import load_to_cuda
 
@@ -147,10 +151,13 @@ class _Loader:
             info = self.sidecar["storages"].get(sid)
             if info is None:
                 raise MalformedCheckpoint(f"{SIDECAR_NAME} refers to storage {sid}, which it does not define")
-            raw = self._raw(info["file"], info["key"])
-            if raw.numel() != info["nbytes"]:
-                raise MalformedCheckpoint(f"storage {sid} should be {info['nbytes']} bytes; "
-                                          f"{info['file']}:{info['key']} holds {raw.numel()}")
+            if "pieces" in info:
+                raw = self._rebuilt(sid, info)
+            else:
+                raw = self._raw(info["file"], info["key"])
+                if raw.numel() != info["nbytes"]:
+                    raise MalformedCheckpoint(f"storage {sid} should be {info['nbytes']} bytes; "
+                                              f"{info['file']}:{info['key']} holds {raw.numel()}")
             if raw.numel() and raw.data_ptr() % self._alignment(sid):
                 raw = raw.clone()  # misaligned (an older or hand-made folder): complex128 code faults on it
             if self.device.type != "cpu":
@@ -158,13 +165,39 @@ class _Loader:
             self.storages[sid] = raw.untyped_storage()
         return self.storages[sid]
 
+    def _rebuilt(self, sid: str, info: dict) -> torch.Tensor:
+        """A storage written as pieces (its tensors' contiguous copies) and the rest (raw bytes), as uint8."""
+        pieces = []
+        for tid in info["pieces"]:
+            row = self.sidecar["tensors"].get(tid)
+            if row is None or row.get("storage") != sid or "file" not in row:
+                raise MalformedCheckpoint(f"storage {sid}: piece {tid} is not a stored tensor of this storage")
+            pieces.append(Piece(tid, row, row["file"], row["key"], self.file(row["file"])))
+        rest = Piece("rest", {}, info["rest"][0], info["rest"][1], self.file(info["rest"][0])) if "rest" in info else None
+        try:
+            return rebuild_storage(sid, info["nbytes"], pieces, rest, self._raw, mapped=self.lazy)
+        except RuntimeError as exc:
+            raise MalformedCheckpoint(f"storage {sid} cannot be rebuilt: {str(exc).splitlines()[0]}") from None
+
     def tensor(self, tid: str) -> torch.Tensor:
         if tid not in self.tensors:
             info = self.sidecar["tensors"].get(tid)
-            if info is None:
+            if info is not None:
+                self.tensors[tid] = self._build_tensor(tid, info)
+            elif tid in self.entries:
+                self.tensors[tid] = self._plain_tensor(tid)
+            else:
                 raise MalformedCheckpoint(f"{SIDECAR_NAME} refers to tensor {tid}, which it does not define")
-            self.tensors[tid] = self._build_tensor(tid, info)
         return self.tensors[tid]
+
+    def _plain_tensor(self, tid: str) -> torch.Tensor:
+        """A tensor with no row: exactly its safetensors entry (the header has been checked)."""
+        name, key = self.entries[tid]
+        file = self.file(name)
+        if key not in file.entries:
+            raise MalformedCheckpoint(f"{name} has no entry {key!r:.80} (tensor {tid})")
+        t = plain_tensor(self._raw(name, key), file.entries[key])
+        return t.to(self.device) if self.device.type != "cpu" else t
 
     def _build_tensor(self, tid: str, info: dict) -> torch.Tensor:
         dtype = torch_dtype(info["dtype"])
@@ -193,9 +226,16 @@ class _Loader:
     def array(self, aid: str) -> np.ndarray:
         if aid not in self.arrays:
             info = self.sidecar["arrays"].get(aid)
-            if info is None:
+            if info is not None:
+                array = self._build_array(aid, info)
+            elif aid in self.entries:
+                name, key = self.entries[aid]
+                file = self.file(name)
+                if key not in file.entries:
+                    raise MalformedCheckpoint(f"{name} has no entry {key!r:.80} (array {aid})")
+                array = plain_array(file.raw(key), file.entries[key], f"array {aid}")
+            else:
                 raise MalformedCheckpoint(f"{SIDECAR_NAME} refers to array {aid}, which it does not define")
-            array = self._build_array(aid, info)
             self.arrays[aid] = array if self.lazy else array.copy(order="K")  # full: nothing left mapped
         return self.arrays[aid]
 

@@ -11,7 +11,6 @@ import itertools
 import json
 import mmap
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,11 +32,11 @@ class EntryInfo:
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise MalformedCheckpoint(f"duplicate key {key!r:.80} in JSON")
-        out[key] = value
+    out = dict(pairs)  # in C: this hook runs once per JSON object of a sidecar that may hold millions
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        key = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise MalformedCheckpoint(f"duplicate key {key!r:.80} in JSON")
     return out
 
 
@@ -137,9 +136,8 @@ class SafetensorsFile:
             raise MalformedCheckpoint(f"{self.path.name} has no entry {key!r:.80}")
         if entry.nbytes == 0:
             return torch.empty(0, dtype=torch.uint8)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            return torch.frombuffer(self.map, dtype=torch.uint8, offset=entry.start, count=entry.nbytes)
+        # the private (copy-on-write) mapping is writable, so frombuffer has nothing to warn about
+        return torch.frombuffer(self.map, dtype=torch.uint8, offset=entry.start, count=entry.nbytes)
 
     def tensor(self, key: str) -> torch.Tensor:
         """The entry as safetensors describes it (its stored dtype and shape)."""

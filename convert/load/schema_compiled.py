@@ -236,6 +236,29 @@ class _Compiler:
 
     def k_anyOf(self, value: Any, node: dict) -> Check:  # noqa: N802
         branches = [self.compile(s) for s in value]
+        # Tagged-object branches ({"type": "object", "required": [TAG]}) can only match a dict holding
+        # TAG: dispatch on the instance's keys instead of trying each of the sidecar's ~20 value tags.
+        tagged: dict[str, list[Check]] = {}
+        others: list[Check] = []
+        for sub, c in zip(value, branches):
+            req = sub.get("required") if isinstance(sub, dict) else None
+            if isinstance(sub, dict) and sub.get("type") == "object" and isinstance(req, list) and len(req) == 1:
+                tagged.setdefault(req[0], []).append(c)
+            else:
+                others.append(c)
+        if len(tagged) >= 4:
+            def dispatch(x: Any) -> bool:
+                if isinstance(x, dict):
+                    for k in (x if len(x) < len(tagged) else tagged):
+                        if k in tagged and k in x:
+                            for c in tagged[k]:
+                                if c(x):
+                                    return True
+                for c in others:  # noqa: SIM110 - a plain loop: no generator frame on the hot path
+                    if c(x):
+                        return True
+                return False
+            return dispatch
 
         def check(x: Any) -> bool:
             for c in branches:  # noqa: SIM110 - a plain loop: no generator frame on the hot path

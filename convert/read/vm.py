@@ -85,15 +85,21 @@ class PickleVM:
         self.metastack: list[list[Any]] = []
         self.memo: dict[int, Any] = {}
         self._op_pos = self.pos
-        self._op_name = "start"
+        self._op_code = None
+        dispatch = self._dispatch  # a local: this loop runs once per opcode
         try:
             while True:
-                self._op_pos = self.pos
-                code = self._read(1)[0]
-                handler = self._dispatch.get(code)
+                pos = self._op_pos = self.pos
+                at = pos - self._base
+                if pos < self.end and at < self._winlen:  # the opcode byte is in the window (always, in memory)
+                    code = self._win[at]
+                    self.pos = pos + 1
+                else:
+                    code = self._read(1)[0]  # refills the window from the file, or raises "truncated"
+                self._op_code = code
+                handler = dispatch.get(code)
                 if handler is None:
                     raise MalformedCheckpoint(f"unknown pickle opcode 0x{code:02x}")
-                self._op_name = _OPCODES[code]
                 if handler():  # only STOP returns True
                     break
         except ConvertError as exc:
@@ -115,6 +121,11 @@ class PickleVM:
             raise self._unsafe()
         limits.check_structure(self._result)
         return self._result
+
+    @property
+    def _op_name(self) -> str:
+        """The name of the opcode being run (for messages), "start" before the first."""
+        return "start" if self._op_code is None else _OPCODES.get(self._op_code, f"0x{self._op_code:02x}")
 
     def _unsafe(self) -> UnsafeCheckpoint:
         names = ", ".join(str(f) for f in self.findings[:20])
@@ -167,6 +178,15 @@ class PickleVM:
 
     def _uint(self, n: int) -> int:
         return int.from_bytes(self._read(n), "little")
+
+    def _byte(self) -> int:
+        """A one-byte operand (the commonest: BINPUT, BINGET, BININT1, SHORT_BINUNICODE lengths)."""
+        pos = self.pos
+        at = pos - self._base
+        if pos < self.end and at < self._winlen:
+            self.pos = pos + 1
+            return self._win[at]
+        return self._uint(1)  # refills the window, or raises "truncated"
 
     def _pop(self) -> Any:
         if not self.stack:
@@ -279,7 +299,7 @@ class PickleVM:
         self.stack.append(int.from_bytes(self._read(4), "little", signed=True))
 
     def op_BININT1(self) -> None:
-        self.stack.append(self._uint(1))
+        self.stack.append(self._byte())
 
     def op_BININT2(self) -> None:
         self.stack.append(self._uint(2))
@@ -331,7 +351,7 @@ class PickleVM:
         self.stack.append(self._text(self._read(self._uint(4))))
 
     def op_SHORT_BINUNICODE(self) -> None:
-        self.stack.append(self._text(self._read(self._uint(1))))
+        self.stack.append(self._text(self._read(self._byte())))
 
     def op_BINUNICODE8(self) -> None:
         self.stack.append(self._text(self._read(self._uint(8))))
@@ -436,7 +456,7 @@ class PickleVM:
         self._get(int(self._readline().decode("ascii")))
 
     def op_BINGET(self) -> None:
-        self._get(self._uint(1))
+        self._get(self._byte())
 
     def op_LONG_BINGET(self) -> None:
         self._get(self._uint(4))
@@ -452,7 +472,7 @@ class PickleVM:
         self.memo[index] = self._top()
 
     def op_BINPUT(self) -> None:
-        self.memo[self._uint(1)] = self._top()
+        self.memo[self._byte()] = self._top()
 
     def op_LONG_BINPUT(self) -> None:
         self.memo[self._memo_index(self._uint(4))] = self._top()

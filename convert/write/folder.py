@@ -60,7 +60,7 @@ ENVIRONMENT_ERRNOS = frozenset(code for code in (
 
 
 def sidecar_bytes(sidecar: dict) -> bytes:
-    return (json.dumps(sidecar, indent=1, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+    return (json.dumps(sidecar, separators=(",", ":"), ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
 
 
 def fault_point(name: str) -> None:

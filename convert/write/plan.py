@@ -2,39 +2,49 @@
 
 One `.safetensors` file per top-level state dict (its own keys, so `load_file` hands back the
 plain state dict), every other tensor's bytes in `tensors.safetensors`, and the skeleton as typed
-JSON. Tensors are described in the sidecar as views (dtype, shape, stride, offset) of storages;
-each storage is backed by one entry that holds exactly its bytes, so tied and aliased tensors
-share memory again when loaded.
+JSON. A plain tensor (its own whole storage, contiguous, default flags, native dtype) is just its
+entry, listed in the sidecar's `entries`; every other tensor is a row describing a view (dtype,
+shape, stride, offset) of a storage, so tied and aliased tensors share memory again when loaded.
+Each storage byte is written once: a storage is one entry holding exactly its bytes, or is rebuilt
+from its tensors' contiguous copies ("pieces") plus the bytes none of them covers ("rest").
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from ..codec import MAX_NODES, EncodeHooks, Encoder, Field
-from ..dtypes import Encoding, encoding_for
+from ..dtypes import NATIVE, Encoding, encoding_for
 from ..errors import MalformedCheckpoint
 from ..read.records import ModuleRecord, NdArrayRef, StorageRef, TensorRef, Unsupported
 from ..read.torch_types import dtype_name
 from ..schema import BARE_FILE, EXTRA_FILE, FORMAT_NAME, FORMAT_VERSION
+from ..views import non_overlapping
 from .shards import assign_shards, index_bytes
 from .tensor_bytes import (
     contiguous_source,
+    contiguous_strides,
+    covered_bytes,
     covers_storage,
+    dense_span,
     ndarray_bytes,
     ndarray_torch_dtype,
     storage_source,
     tensor_bytes,
+    uncovered_bytes,
 )
 
 _NAME_OK = re.compile(r"[^A-Za-z0-9_.-]")
 
 
-@dataclass
+@dataclass(slots=True)  # one per tensor: 300k of them in a mixture-of-experts checkpoint
 class Entry:
     """One tensor of one safetensors file; `data()` yields its bytes when the file is written."""
 
@@ -89,6 +99,9 @@ class Planner(EncodeHooks):
         self.state_dict_files: list[dict] = []
         self.keys_used: dict[str, set[str]] = collections.defaultdict(set)
         self._keep: list[Any] = []
+        # plain tensors and arrays (no row: the safetensors header says dtype and shape): file → {id: key}
+        self.entries: dict[str, dict[str, str]] = {}
+        self.default_device = "cpu"
 
     # --------------------------------------------------------------- entries
     def _add_entry(self, file: str, key: str, enc: Encoding, shape: list[int], nbytes: int, data: Callable,
@@ -141,7 +154,7 @@ class Planner(EncodeHooks):
             if key is not None and file is not None:
                 info["file"] = file
                 info["key"] = self._add_entry(file, key, enc, list(ref.shape), ref.numel * ref.dtype.itemsize,
-                                              lambda r=ref: tensor_bytes(r), contiguous_source(ref))
+                                              functools.partial(tensor_bytes, ref), contiguous_source(ref))
             self.tensors[tid] = info
             self.tensor_refs[tid] = ref
         elif key is not None and file is not None and self.tensors[tid].get("key") != key:
@@ -163,8 +176,12 @@ class Planner(EncodeHooks):
             enc = encoding_for(ndarray_torch_dtype(ref), "/".join(map(str, path)))
             key = self._add_entry(EXTRA_FILE, "/".join(map(str, path)) or "array", enc, list(ref.shape),
                                   len(ref.data), lambda r=ref: ndarray_bytes(r))
-            self.arrays[aid] = {"dtype": ref.dtype, "shape": list(ref.shape), "fortran": ref.fortran,
-                                "file": EXTRA_FILE, "key": key}
+            if enc.encoding is None and not ref.fortran and ref.dtype[0] != ">":
+                # C order, little-endian, a dtype safetensors has: the header says it all
+                self.entries.setdefault(EXTRA_FILE, {})[aid] = key
+            else:
+                self.arrays[aid] = {"dtype": ref.dtype, "shape": list(ref.shape), "fortran": ref.fortran,
+                                    "file": EXTRA_FILE, "key": key}
         return {"$ndarray": aid}
 
     def state_dict(self, value: Any, path: list, file: str, shards: dict[str, str] | None = None) -> Any:
@@ -212,34 +229,100 @@ class Planner(EncodeHooks):
 
     # --------------------------------------------------------------- storages
     def finish_storages(self) -> dict:
-        """Give every storage one backing entry that holds exactly its bytes."""
+        """Decide which tensors are plain (no row) and give every other storage its bytes, each written once.
+
+        A storage backs exactly one entry when a tensor with an entry covers it, else it is rebuilt
+        from the contiguous copies of its dense tensors ("pieces", scattered back through their
+        views on load) plus raw entries for the bytes no piece covers ("gaps").
+        """
         by_storage: dict[str, list[str]] = collections.defaultdict(list)
         for tid, info in self.tensors.items():
             by_storage[info["storage"]].append(tid)
+        locations = collections.Counter(storage.location for _, storage in self.storages.values())
+        self.default_device = locations.most_common(1)[0][0] if locations else "cpu"
         out: dict[str, dict] = {}
         for sid, storage in self.storages.values():
             tids = by_storage[sid]
-            full = [t for t in tids if covers_storage(self.tensor_refs[t])]
-            with_entry = [t for t in full if "key" in self.tensors[t]]
-            info = {"dtype": dtype_name(storage.dtype), "nbytes": storage.nbytes, "device": storage.location}
-            if with_entry:
-                t = self.tensors[with_entry[0]]
-                info["file"], info["key"] = t["file"], t["key"]
-            elif full:
-                tid = full[0]
-                ref = self.tensor_refs[tid]
-                enc = encoding_for(ref.dtype, f"tensor {tid}")
-                info["file"] = EXTRA_FILE
-                info["key"] = self._add_entry(EXTRA_FILE, self.tensor_paths[tid], enc, list(ref.shape),
-                                              storage.nbytes, lambda r=ref: tensor_bytes(r), contiguous_source(ref))
-            else:
-                enc = encoding_for(storage.dtype, f"storage {sid}")
-                numel = storage.nbytes // storage.dtype.itemsize
-                info["file"] = EXTRA_FILE
-                info["key"] = self._add_entry(EXTRA_FILE, f"__storage__/{sid}", enc, [numel], storage.nbytes,
-                                              lambda s=storage: s.data(), storage_source(storage))
-            out[sid] = info
+            if len(tids) == 1 and self._plain(tids[0], storage):
+                continue
+            out[sid] = self._storage_row(sid, storage, tids)
         return out
+
+    def _plain(self, tid: str, storage: StorageRef) -> bool:
+        """Make `tid` a plain tensor (its own whole storage, default flags, native dtype) if it is one."""
+        ref, info = self.tensor_refs[tid], self.tensors[tid]
+        if (ref.requires_grad or ref.is_parameter or ref.conj or ref.neg or ref.attrs or "also_keys" in info
+                or ref.offset != 0 or ref.dtype not in NATIVE or storage.dtype != ref.dtype
+                or storage.location != self.default_device
+                or tuple(ref.stride) != contiguous_strides(ref.shape)
+                or ref.numel * ref.dtype.itemsize != storage.nbytes):
+            return False
+        if "key" in info:
+            file, key = info["file"], info["key"]
+        else:
+            file, key = EXTRA_FILE, self._add_entry(EXTRA_FILE, self.tensor_paths[tid], encoding_for(ref.dtype, tid),
+                                                    list(ref.shape), storage.nbytes, functools.partial(tensor_bytes, ref),
+                                                    contiguous_source(ref))
+        self.entries.setdefault(file, {})[tid] = key
+        del self.tensors[tid]
+        return True
+
+    def _storage_row(self, sid: str, storage: StorageRef, tids: list[str]) -> dict:
+        info: dict[str, Any] = {"dtype": dtype_name(storage.dtype), "nbytes": storage.nbytes,
+                                "device": storage.location}
+        with_entry = next((t for t in tids if "key" in self.tensors[t] and covers_storage(self.tensor_refs[t])), None)
+        if with_entry is not None:
+            info["file"], info["key"] = self.tensors[with_entry]["file"], self.tensors[with_entry]["key"]
+            return info
+        pieces, rest = self._pieces(storage, tids)
+        if pieces:
+            info["pieces"] = pieces
+            if rest:
+                refs = [self.tensor_refs[t] for t in pieces]
+                info["rest"] = [EXTRA_FILE, self._add_entry(
+                    EXTRA_FILE, f"__storage__/{sid}/rest", encoding_for(torch.uint8, sid), [rest], rest,
+                    lambda s=storage, r=refs: uncovered_bytes(s, r))]
+            return info
+        full = next((t for t in tids if covers_storage(self.tensor_refs[t])), None)
+        info["file"] = EXTRA_FILE
+        if full is not None:
+            ref = self.tensor_refs[full]
+            info["key"] = self._add_entry(EXTRA_FILE, self.tensor_paths[full], encoding_for(ref.dtype, f"tensor {full}"),
+                                          list(ref.shape), storage.nbytes, lambda r=ref: tensor_bytes(r),
+                                          contiguous_source(ref))
+        else:
+            numel = storage.nbytes // storage.dtype.itemsize
+            info["key"] = self._add_entry(EXTRA_FILE, f"__storage__/{sid}", encoding_for(storage.dtype, f"storage {sid}"),
+                                          [numel], storage.nbytes, lambda s=storage: s.data(), storage_source(storage))
+        return info
+
+    def _pieces(self, storage: StorageRef, tids: list[str]) -> tuple[list[str], int]:
+        """Tensors with an entry that together rebuild the storage, and how many of its bytes none covers.
+
+        Dense views (transposes, contiguous slices, members of a flat buffer) cover a byte range:
+        among those that overlap, the first stands for the bytes. Other non-overlapping views (a
+        strided slice) are pieces too. The uncovered bytes are written once more, as the "rest".
+        """
+        spans, strided = [], []
+        for t in tids:
+            ref = self.tensor_refs[t]
+            if "key" not in self.tensors[t] or ref.numel == 0:
+                continue
+            span = dense_span(ref)
+            if span is not None:
+                spans.append((span[0], -span[1], t))
+            elif non_overlapping(ref.shape, ref.stride):
+                strided.append(t)
+        spans.sort()
+        pieces, covered, held = [], 0, 0
+        for start, neg_end, t in spans:
+            if start >= covered:
+                pieces.append(t)
+                covered, held = -neg_end, held + (-neg_end - start)
+        if not strided:
+            return pieces, storage.nbytes - held
+        pieces += strided
+        return pieces, storage.nbytes - covered_bytes(storage, [self.tensor_refs[t] for t in pieces])
 
 
 def _root_pairs(planner: Planner, root: dict, taken: set[str]) -> list:
@@ -296,4 +379,8 @@ def make_plan(root: Any, provenance: dict, *, max_shard_size: int | None = None,
         "arrays": planner.arrays,
         "root": encoded,
     }
+    if planner.entries:
+        planner.plan.sidecar["entries"] = planner.entries
+    if planner.default_device != "cpu":
+        planner.plan.sidecar["default_device"] = planner.default_device
     return planner.plan

@@ -16,6 +16,7 @@ import torch
 
 from ..dtypes import NUMPY_TO_TORCH
 from ..read.records import NdArrayRef, StorageRef, TensorRef
+from ..views import mark_view
 
 _SAME_WIDTH_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
@@ -29,12 +30,31 @@ def contiguous_strides(shape: tuple | list) -> tuple:
 
 
 def is_contiguous(shape: tuple, stride: tuple) -> bool:
+    if tuple(stride) == contiguous_strides(shape):  # the common case, without a generator
+        return True
     return all(size == 1 or st == want for size, st, want in zip(shape, stride, contiguous_strides(shape)))
 
 
 def covers_storage(ref: TensorRef) -> bool:
     """True if the tensor is exactly its storage's bytes, in order: it can stand for the storage."""
     return ref.offset == 0 and is_contiguous(ref.shape, ref.stride) and ref.numel * ref.dtype.itemsize == ref.storage.nbytes
+
+
+def dense_span(ref: TensorRef) -> tuple[int, int] | None:
+    """The byte range [start, end) of its storage a tensor covers exactly once, if its view is dense.
+
+    Dense: the strides (dims of size 1 aside) are a permutation of contiguous strides, so the view
+    touches every element of one range once (a transpose, a contiguous slice); None otherwise.
+    """
+    if ref.numel == 0:
+        return None
+    expect = 1
+    for stride, size in sorted((st, sz) for sz, st in zip(ref.shape, ref.stride) if sz != 1):
+        if stride != expect:
+            return None
+        expect *= size
+    size = ref.dtype.itemsize
+    return ref.offset * size, (ref.offset + ref.numel) * size
 
 
 def nbytes(ref: TensorRef) -> int:
@@ -49,11 +69,33 @@ def contiguous_source(ref: TensorRef) -> tuple[Any, int] | None:
     return storage.buffer, storage.offset + ref.offset * ref.dtype.itemsize
 
 
-def storage_source(storage: StorageRef) -> tuple[Any, int] | None:
-    """(buffer, byte offset) of a whole storage's bytes in the input, else None."""
+def storage_source(storage: StorageRef, start: int = 0) -> tuple[Any, int] | None:
+    """(buffer, byte offset) of a storage's bytes from `start` on in the input, else None."""
     if storage.nbytes == 0 or storage.buffer is None:
         return None
-    return storage.buffer, storage.offset
+    return storage.buffer, storage.offset + start
+
+
+def _coverage(storage: StorageRef, refs: list[TensorRef]) -> torch.Tensor:
+    """A uint8 mask over the storage's bytes: 1 where one of the views reads."""
+    mask = torch.zeros(storage.nbytes, dtype=torch.uint8)
+    for ref in refs:
+        mark_view(mask, ref.offset, list(ref.shape), list(ref.stride), ref.dtype.itemsize)
+    return mask
+
+
+def covered_bytes(storage: StorageRef, refs: list[TensorRef]) -> int:
+    """How many bytes of the storage the views read (views checked inside it by the reader)."""
+    return int(_coverage(storage, refs).sum())
+
+
+def uncovered_bytes(storage: StorageRef, refs: list[TensorRef]) -> memoryview:
+    """The bytes of the storage that none of the views read, in storage order."""
+    mask = _coverage(storage, refs)
+    with warnings.catch_warnings():  # the mmap is read-only; we only read through this tensor
+        warnings.simplefilter("ignore", UserWarning)
+        data = torch.frombuffer(storage.data(), dtype=torch.uint8) if storage.nbytes else torch.empty(0, dtype=torch.uint8)
+    return memoryview(data[mask == 0].numpy()).cast("B")
 
 
 def tensor_bytes(ref: TensorRef) -> memoryview | Iterator[Any]:

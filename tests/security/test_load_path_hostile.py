@@ -155,11 +155,52 @@ def _header_size(value: int) -> Callable[[Path], None]:
 
 
 def _first_storage(s: dict) -> dict:
-    return next(iter(s["storages"].values()))
+    return next(info for info in s["storages"].values() if "file" in info)
 
 
 def _first_tensor(s: dict) -> dict:
     return next(iter(s["tensors"].values()))
+
+
+def _storage_with(s: dict, field: str) -> dict:
+    return next(info for info in s["storages"].values() if field in info)
+
+
+def _first_plain(s: dict) -> tuple[str, str]:
+    """(file, id) of the first plain tensor (no row, only an entries item)."""
+    return next((name, id_) for name, ids in s["entries"].items() for id_ in ids if id_.startswith("t"))
+
+
+def _set_plain_key(s: dict, key: str) -> None:
+    name, id_ = _first_plain(s)
+    s["entries"][name][id_] = key
+
+
+def _plain_in_unlisted_file(s: dict) -> None:
+    name, id_ = _first_plain(s)
+    s["entries"].setdefault("other.safetensors", {})[id_] = s["entries"][name].pop(id_)
+
+
+def _plain_listed_twice(s: dict) -> None:
+    name, id_ = _first_plain(s)
+    other = next(n for n in s["entries"] if n != name)
+    s["entries"][other][id_] = s["entries"][name][id_]
+
+
+def _piece_of_other_storage(s: dict) -> None:
+    info = _storage_with(s, "pieces")
+    tid = next(t for t, row in s["tensors"].items() if row["storage"] not in
+               [sid for sid, i in s["storages"].items() if i is info])
+    info["pieces"][0] = tid
+
+
+def _piece_row(s: dict) -> dict:
+    return s["tensors"][_storage_with(s, "rest")["pieces"][0]]
+
+
+def _clear_tensors(s: dict) -> None:
+    s["tensors"].clear()
+    s.pop("entries", None)
 
 
 def _symlink_file_out(folder: Path) -> None:
@@ -231,7 +272,18 @@ CASES: dict[str, Callable[[Path], None]] = {
     "sidecar_wrong_types": edit_sidecar(lambda s: _first_tensor(s).update(shape="big")),
     "sidecar_deep_nesting": _deep_json,
     "sidecar_oversize": _oversize_sidecar,
-    "missing_tensor_reference": edit_sidecar(lambda s: s["tensors"].clear()),
+    "missing_tensor_reference": edit_sidecar(_clear_tensors),
+    "plain_entry_missing_key": edit_sidecar(lambda s: _set_plain_key(s, "no.such.entry")),
+    "plain_entry_unlisted_file": edit_sidecar(_plain_in_unlisted_file),
+    "plain_entry_listed_twice": edit_sidecar(_plain_listed_twice),
+    "piece_of_other_storage": edit_sidecar(_piece_of_other_storage),
+    "piece_missing": edit_sidecar(lambda s: _storage_with(s, "pieces").update(pieces=["t99999"])),
+    "piece_outside_storage": edit_sidecar(lambda s: _piece_row(s).update(offset=1 << 40)),
+    "piece_overlapping_itself": edit_sidecar(lambda s: _piece_row(s).update(stride=[0])),
+    "pieces_hold_too_little": edit_sidecar(lambda s: _storage_with(s, "pieces").update(nbytes=1 << 40)),
+    "rest_wrong_size": edit_sidecar(lambda s: _storage_with(s, "rest").update(
+        rest=[_storage_with(s, "rest")["rest"][0], _first_storage(s)["key"]])),
+    "rest_missing_key": edit_sidecar(lambda s: _storage_with(s, "rest")["rest"].__setitem__(1, "no.such.entry")),
     "missing_storage_reference": edit_sidecar(lambda s: _first_tensor(s).update(storage="s999")),
     "missing_entry_key": edit_sidecar(lambda s: _first_storage(s).update(key="no.such.entry")),
     "view_outside_storage": edit_sidecar(lambda s: _first_tensor(s).update(offset=1 << 40)),
@@ -254,7 +306,10 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     model(torch.randn(2, 3)).sum().backward()
     opt.step()
     src = root / "ckpt.pt"
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 3}, src)
+    flat, strided = torch.randn(20), torch.arange(10.0)
+    views = {"transposed": torch.randn(3, 5).t(), "flat.a": flat[:6].view(2, 3), "flat.b": flat[6:],
+             "strided": strided[::2], "alias": model[0].weight.detach().t()}
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 3, "views": views}, src)
     good = root / "good"
     convert_checkpoint(src, good)
     cases = []
