@@ -1,4 +1,8 @@
-"""The public operations: convert, read safely, scan, verify."""
+"""The public operations: convert, read safely, scan, verify.
+
+convert and scan import no torch (tensors are byte ranges until they are loaded); read_checkpoint and
+verify_checkpoint hand back or compare torch tensors, so they import the torch side when called.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from ._version import __version__
-from .compare import compare_trees
 from .errors import ConvertError, OutputExists, UnsafeCheckpoint
-from .load import load_checkpoint, read_sidecar
 from .read import Input, read_tree
-from .read.materialize import materialize
 from .read.vm import Finding
 from .schema import validate
 from .write.folder import write_folder
@@ -114,6 +115,8 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
     Example:
         >>> sd = read_checkpoint("model.pth")   # doctest: +SKIP
     """
+    from .read.materialize import materialize  # torch: here, not at import, so convert/scan run without it
+
     with Input(path) as inp:
         return materialize(read_tree(inp).root)
 
@@ -134,6 +137,10 @@ def scan_checkpoint(path: str | os.PathLike) -> ScanReport:
 
 def verify_checkpoint(src: str | os.PathLike, folder: str | os.PathLike) -> list[str]:
     """Differences between `src` (read safely) and the converted `folder`; empty means equivalent."""
+    from .compare import compare_trees  # torch: here, not at import, so convert/scan run without it
+    from .load import load_checkpoint, read_sidecar
+    from .read.materialize import materialize
+
     sidecar = read_sidecar(Path(folder))
     with Input(src) as inp:  # one open: the hash and the tree are of the same file
         digest = sha256_fd(inp._file.fileno(), inp.size)  # pread, not the mmap: RSS stays flat

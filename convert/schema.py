@@ -43,7 +43,7 @@ def _validator() -> Any:
 @functools.cache
 def _compiled() -> Any:
     """The same schema compiled to closures (seconds → milliseconds on big sidecars); None if it cannot be."""
-    from .load.schema_compiled import UnsupportedSchema, compile_schema
+    from .schema_compiled import UnsupportedSchema, compile_schema
 
     try:
         return compile_schema(schema())

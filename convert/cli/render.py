@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..read.torch_types import DTYPES_BY_NAME
+
 
 def human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -43,9 +45,7 @@ class TreeRenderer:
         numel = 1
         for s in t["shape"]:
             numel *= s
-        from ..dtypes import torch_dtype
-
-        size = numel * torch_dtype(t["dtype"]).itemsize
+        size = numel * DTYPES_BY_NAME[t["dtype"]].itemsize
         extras = []
         if t["parameter"]:
             extras.append("Parameter")

@@ -14,14 +14,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..dtypes import torch_dtype
 from ..errors import ConvertError, MalformedCheckpoint
+from ..jsonio import strict_json
 from ..read.torch_types import DTYPES_BY_NAME
 from ..schema import MAX_SIDECAR_BYTES, SIDECAR_NAME, validate
+from ..torch_values import torch_dtype
 from ..views import view_end
 from .decode import Decoder
 from .materialize import jobs_for, read_to_host
-from .safetensors_reader import SafetensorsFile, strict_json
+from .safetensors_reader import SafetensorsFile
 
 MapLocation = str | torch.device | None
 

@@ -16,6 +16,7 @@ from ..errors import MalformedCheckpoint
 from ..read.allowlist import make_device
 from ..read.records import GlobalRef, ObjectRecord
 from ..read.torch_types import DTYPES_BY_NAME
+from ..torch_values import to_torch
 
 MAX_DEPTH = 500
 
@@ -84,11 +85,11 @@ class Decoder:
         if tag == "$npdtype":
             return np.dtype(p)
         if tag == "$dtype":
-            return DTYPES_BY_NAME[p]
+            return to_torch(DTYPES_BY_NAME[p])
         if tag == "$size":
             return torch.Size(p)
         if tag == "$device":
-            return make_device(p)
+            return to_torch(make_device(p))
         if tag == "$global":
             module, _, name = p.rpartition(".")
             return GlobalRef(module, name)

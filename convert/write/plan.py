@@ -18,8 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from ..dtypes import Encoding, encoding_for
 from ..errors import MalformedCheckpoint, UnsupportedValue
 from ..read.records import (
@@ -33,14 +31,14 @@ from ..read.records import (
     TensorRef,
     Unsupported,
 )
-from ..read.torch_types import dtype_name
+from ..read.torch_types import Device, DType, TorchSize, dtype_name
 from ..schema import BARE_FILE, EXTRA_FILE, FORMAT_NAME, FORMAT_VERSION
 from .shards import assign_shards, index_bytes
 from .tensor_bytes import (
     contiguous_source,
     covers_storage,
     ndarray_bytes,
-    ndarray_torch_dtype,
+    ndarray_dtype,
     storage_source,
     tensor_bytes,
 )
@@ -167,7 +165,7 @@ class Planner:
                 raise MalformedCheckpoint(f"numpy array at {'/'.join(map(str, path))} was never filled in")
             aid = self.array_ids[id(ref)] = f"a{len(self.array_ids)}"
             self._keep.append(ref)
-            enc = encoding_for(ndarray_torch_dtype(ref), "/".join(map(str, path)))
+            enc = encoding_for(ndarray_dtype(ref), "/".join(map(str, path)))
             key = self._add_entry(EXTRA_FILE, "/".join(map(str, path)) or "array", enc, list(ref.shape),
                                   len(ref.data), lambda r=ref: ndarray_bytes(r))
             self.arrays[aid] = {"dtype": ref.dtype, "shape": list(ref.shape), "fortran": ref.fortran,
@@ -247,11 +245,11 @@ class Planner:
             return {"$npscalar": {"dtype": v.dtype, "hex": v.data.hex()}}
         if kind is NpDType:
             return {"$npdtype": v.str}
-        if isinstance(v, torch.dtype):
+        if kind is DType:
             return {"$dtype": dtype_name(v)}
-        if kind is torch.Size:
+        if kind is TorchSize:
             return {"$size": list(v)}
-        if isinstance(v, torch.device):
+        if kind is Device:
             return {"$device": str(v)}
         if kind is GlobalRef:
             return {"$global": v.qualname}
