@@ -8,12 +8,23 @@
 
 from ._version import __version__
 from .api import ConversionReport, ScanReport, convert_checkpoint, read_checkpoint, scan_checkpoint, verify_checkpoint
-from .compare import compare_trees
 from .errors import ConvertError, MalformedCheckpoint, OutputExists, UnsafeCheckpoint, UnsupportedValue
 from .integrity import verify_folder
-from .load import load_checkpoint
 from .read.records import GlobalRef, ObjectRecord
-from .save import SaveReport, save_checkpoint
+
+# Torch-side entry points are imported on first use, so `scan` and `convert` work without torch installed.
+_LAZY = {"compare_trees": ".compare", "load_checkpoint": ".load", "save_checkpoint": ".save", "SaveReport": ".save"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ConversionReport",

@@ -1,4 +1,8 @@
-"""The public operations: convert, read safely, scan, verify."""
+"""The public operations: convert, read safely, scan, verify.
+
+convert and scan import no torch (tensors are byte ranges until they are loaded); read_checkpoint and
+verify_checkpoint hand back or compare torch tensors, so they import the torch side when called.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .compare import compare_trees
 from .dcp import convert_dcp_folder, is_dcp_folder, plan_dcp_folder, read_dcp_folder, scan_dcp_report, verify_dcp_folder
 from .errors import ConvertError, OutputExists
-from .load import load_checkpoint, read_sidecar
 from .pipeline import file_source, provenance, write_checkpoint_folder
 from .read import Input, read_tree
-from .read.materialize import materialize
 from .scan import ScanReport, scan_file
 from .write.plan import make_plan
 from .write.safetensors_io import KernelCopySource
@@ -110,6 +111,8 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
     """
     if is_dcp_folder(Path(path)):
         return read_dcp_folder(path)
+    from .read.materialize import materialize  # torch: here, not at import, so convert/scan run without it
+
     with Input(path) as inp:
         tree = materialize(read_tree(inp).root)
         inp.check_unchanged()
@@ -144,6 +147,10 @@ def verify_checkpoint(src: str | os.PathLike, folder: str | os.PathLike) -> list
     """
     if is_dcp_folder(Path(src)):
         return verify_dcp_folder(src, folder)
+    from .compare import compare_trees  # torch: here, not at import, so convert/scan run without it
+    from .load import load_checkpoint, read_sidecar
+    from .read.materialize import materialize
+
     sidecar = read_sidecar(Path(folder))
     with Input(src) as inp:  # one open: the hash and the tree are of the same file
         digest = sha256_fd(inp.fileno(), inp.size, path=inp.path)  # pread: RSS stays flat

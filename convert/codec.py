@@ -29,12 +29,19 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 
 from .errors import MalformedCheckpoint, UnsupportedValue
 from .read.allowlist import make_device
 from .read.records import GlobalRef, ModuleRecord, NdArrayRef, NpDType, NpScalar, ObjectRecord, TensorRef, Unsupported
-from .read.torch_types import DTYPES_BY_NAME, dtype_name
+from .read.torch_types import DTYPES_BY_NAME, Device, DType, TorchSize, dtype_name
+
+
+def _to_torch(value: Any) -> Any:
+    """The loader's side of the reader's torch-free values (here, not at import: the writer needs no torch)."""
+    from .torch_values import to_torch
+
+    return to_torch(value)
+
 
 ENCODE_MAX_DEPTH = 400
 DECODE_MAX_DEPTH = 500
@@ -381,24 +388,24 @@ class NpDTypeTag(Tag):
 
 @register
 class DTypeTag(Tag):
-    name, types = "$dtype", (torch.dtype,)
+    name, types = "$dtype", (DType,)
 
-    def encode(self, enc: Encoder, v: torch.dtype, path: list, depth: int) -> Any:
+    def encode(self, enc: Encoder, v: DType, path: list, depth: int) -> Any:
         return dtype_name(v)
 
     def decode(self, dec: Decoder, node: dict, depth: int) -> Any:
-        return DTYPES_BY_NAME[node[self.name]]
+        return _to_torch(DTYPES_BY_NAME[node[self.name]])
 
 
 @register
 class SizeTag(Tag):
-    name, types = "$size", (torch.Size,)
+    name, types = "$size", (TorchSize,)
 
-    def encode(self, enc: Encoder, v: torch.Size, path: list, depth: int) -> Any:
+    def encode(self, enc: Encoder, v: TorchSize, path: list, depth: int) -> Any:
         return list(v)
 
     def decode(self, dec: Decoder, node: dict, depth: int) -> Any:
-        return torch.Size(node[self.name])
+        return _to_torch(TorchSize(node[self.name]))
 
     def describe(self, payload: list, context: Any) -> str:
         return f"torch.Size({payload})"
@@ -406,13 +413,13 @@ class SizeTag(Tag):
 
 @register
 class DeviceTag(Tag):
-    name, types = "$device", (torch.device,)
+    name, types = "$device", (Device,)
 
-    def encode(self, enc: Encoder, v: torch.device, path: list, depth: int) -> Any:
+    def encode(self, enc: Encoder, v: Device, path: list, depth: int) -> Any:
         return str(v)
 
     def decode(self, dec: Decoder, node: dict, depth: int) -> Any:
-        return make_device(node[self.name])
+        return _to_torch(make_device(node[self.name]))
 
 
 @register

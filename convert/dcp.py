@@ -13,13 +13,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .compare import compare_trees
 from .errors import OutputExists, UnsafeCheckpoint
-from .load import load_checkpoint, read_sidecar
 from .pipeline import provenance, write_checkpoint_folder
 from .read.dcp import DcpFolder, is_dcp_folder
 from .read.dcp_metadata import METADATA_NAME
-from .read.materialize import materialize
 from .read.vm import Finding
 from .scan.scanner import ScanFinding, ScanReport
 from .scan.verdicts import REASONS, SAFE, classify_global, worst
@@ -118,12 +115,18 @@ def convert_dcp_folder(src: str | os.PathLike, dst: str | os.PathLike, *, overwr
 
 def read_dcp_folder(src: str | os.PathLike) -> Any:
     """The state dict `dcp_to_torch_save` + `torch.load` would give, read without unpickling anything."""
+    from .read.materialize import materialize  # torch: here, so convert/scan of a DCP folder need none
+
     with DcpFolder(src) as dcp:
         return materialize(dcp.root)
 
 
 def verify_dcp_folder(src: str | os.PathLike, folder: str | os.PathLike) -> list[str]:
     """Differences between the DCP folder `src` (read safely) and the converted `folder`; empty means equivalent."""
+    from .compare import compare_trees  # torch: here, so convert/scan of a DCP folder need none
+    from .load import load_checkpoint, read_sidecar
+    from .read.materialize import materialize
+
     sidecar = read_sidecar(Path(folder))
     diffs = []
     with DcpFolder(src) as dcp:

@@ -12,8 +12,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ._version import __version__
 from .errors import ConvertError
 from .schema import validate
@@ -45,6 +43,8 @@ def file_source(name: str, size: int, fmt: str, protocol: int, sha256: str | Non
 
 def live_source() -> dict[str, Any]:
     """`source` for a folder saved from live Python objects: no file, only the torch that held them."""
+    import torch  # only save_checkpoint (live tensors) gets here: convert needs no torch
+
     return {"format": LIVE_FORMAT, "torch": torch.__version__.split("+")[0]}
 
 

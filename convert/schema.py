@@ -42,7 +42,7 @@ def schema() -> dict[str, Any]:
 @functools.cache
 def _compiled() -> Any:
     """The same schema compiled to closures (seconds → milliseconds on big sidecars); None if it cannot be."""
-    from .load.schema_compiled import UnsupportedSchema, compile_schema
+    from .schema_compiled import UnsupportedSchema, compile_schema
 
     try:
         return compile_schema(schema())

@@ -152,9 +152,8 @@ def test_lstm_pieces_are_mapped_not_copied_when_lazy(tmp_path):
 
 def _expand_to_v1(sidecar: dict, folder: Path) -> dict:
     """The verbose form version 1 writers produced: a row for every tensor, storage and array."""
-    from convert.dtypes import TORCH_BY_CODE
+    from convert.dtypes import DTYPE_NAME_BY_CODE
     from convert.load.rebuild import NUMPY_BY_CODE
-    from convert.read.torch_types import dtype_name
 
     for name, ids in sidecar.pop("entries", {}).items():
         header = SafetensorsFile(folder / name).entries
@@ -164,7 +163,7 @@ def _expand_to_v1(sidecar: dict, folder: Path) -> dict:
                 sidecar["arrays"][id_] = {"dtype": NUMPY_BY_CODE[entry.code], "shape": list(entry.shape),
                                           "fortran": False, "file": name, "key": key}
                 continue
-            dtype = dtype_name(TORCH_BY_CODE[entry.code])
+            dtype = DTYPE_NAME_BY_CODE[entry.code]
             sid = f"s{900000 + int(id_[1:])}"
             stride, acc = [], 1
             for size in reversed(entry.shape):

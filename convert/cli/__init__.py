@@ -16,6 +16,7 @@ from ..write.folder import ENVIRONMENT_ERRNOS
 from . import commands
 
 EXIT_DIFFERENT = 3
+TORCH_SIDE = {"torch"}  # what load/verify/inspect-folder/demo need beyond the lean install
 
 DESCRIPTION = """\
 Convert pickled PyTorch checkpoints (torch.save zip or legacy files, plain pickles) to
@@ -141,6 +142,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ckpt-convert: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as exc:
+        if args.debug or exc.name not in TORCH_SIDE:  # torch is optional: scan/convert run without it
+            raise
+        print(f"ckpt-convert: error: '{args.command}' needs {exc.name}, which is not installed: "
+              "pip install 'ckpt-convert[torch]' (scan and convert work without it)", file=sys.stderr)
+        return 2
     except Exception as exc:  # a bug, not bad input: still one line, and how to see more
         if args.debug:
             raise

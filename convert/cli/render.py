@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..codec import tag_of
+from ..dtypes import DTYPE_NAME_BY_CODE, ITEMSIZE_BY_CODE
+from ..read.torch_types import DTYPES_BY_NAME
 
 
 def human_bytes(n: float) -> str:
@@ -48,18 +50,14 @@ class TreeRenderer:
         return "\n".join(self.lines)
 
     def plain_line(self, kind: str, id_: str) -> str:
-        from ..dtypes import TORCH_BY_CODE
-        from ..read.torch_types import dtype_name
-
         code, shape = self.plain.get(id_, ("?", []))
-        dtype = TORCH_BY_CODE.get(code)
         numel = 1
         for s in shape:
             numel *= s
         if kind == "ndarray":
             return f"ndarray {code} {list(shape)}"
-        name = dtype_name(dtype) if dtype is not None else code
-        return f"{kind} {name} {list(shape)} {human_bytes(numel * (dtype.itemsize if dtype else 0))}"
+        name = DTYPE_NAME_BY_CODE.get(code, code)
+        return f"{kind} {name} {list(shape)} {human_bytes(numel * ITEMSIZE_BY_CODE.get(code, 0))}"
 
     def tensor_line(self, tid: str) -> str:
         if tid not in self.sidecar["tensors"]:
@@ -68,9 +66,7 @@ class TreeRenderer:
         numel = 1
         for s in t["shape"]:
             numel *= s
-        from ..dtypes import torch_dtype
-
-        size = numel * torch_dtype(t["dtype"]).itemsize
+        size = numel * DTYPES_BY_NAME[t["dtype"]].itemsize
         extras = []
         if t["parameter"]:
             extras.append("Parameter")

@@ -15,16 +15,17 @@ import numpy as np
 import torch
 
 from ..deep import run_deep
-from ..dtypes import torch_dtype
 from ..errors import ConvertError, CorruptFolder, MalformedCheckpoint
 from ..integrity import check_digest, check_header, has_record, mapping_sha256
+from ..jsonio import strict_json
 from ..read.torch_types import DTYPES_BY_NAME
 from ..schema import MAX_SIDECAR_DEPTH, SIDECAR_NAME, check_sidecar_size, validate
+from ..torch_values import torch_dtype
 from ..views import view_end
 from .decode import Decoder
 from .materialize import jobs_for, read_to_host
 from .rebuild import Piece, entry_index, plain_array, plain_tensor, rebuild_storage
-from .safetensors_reader import SafetensorsFile, strict_json
+from .safetensors_reader import SafetensorsFile
 
 MapLocation = str | torch.device | None
 

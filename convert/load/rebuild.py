@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..dtypes import TORCH_BY_CODE, torch_dtype
 from ..errors import MalformedCheckpoint
+from ..torch_values import torch_dtype, torch_dtype_for_code
 from ..views import mark_view, view_end
 from .safetensors_reader import EntryInfo, SafetensorsFile
 
@@ -58,7 +58,7 @@ def _aligned(raw: torch.Tensor, itemsize: int) -> torch.Tensor:
 
 def plain_tensor(raw: torch.Tensor, entry: EntryInfo) -> torch.Tensor:
     """The entry's bytes as the tensor safetensors describes (its own storage, contiguous)."""
-    dtype = TORCH_BY_CODE[entry.code]
+    dtype = torch_dtype_for_code(entry.code)
     if raw.numel() == 0:
         return torch.empty(entry.shape, dtype=dtype)
     return _aligned(raw, dtype.itemsize).view(dtype).reshape(entry.shape)

@@ -8,7 +8,6 @@ hold exactly dtype-size × numel bytes.
 from __future__ import annotations
 
 import itertools
-import json
 import mmap
 import os
 from dataclasses import dataclass
@@ -17,8 +16,10 @@ from typing import Any
 
 import torch
 
-from ..dtypes import ITEMSIZE_BY_CODE, TORCH_BY_CODE
+from ..dtypes import ITEMSIZE_BY_CODE
 from ..errors import MalformedCheckpoint
+from ..jsonio import strict_json
+from ..torch_values import torch_dtype_for_code
 
 MAX_HEADER = 100 * 1024 * 1024  # the limit safetensors itself applies
 
@@ -29,31 +30,6 @@ class EntryInfo:
     shape: tuple[int, ...]
     start: int  # absolute file offset
     nbytes: int
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out = dict(pairs)  # in C: this hook runs once per JSON object of a sidecar that may hold millions
-    if len(out) != len(pairs):
-        seen: set[str] = set()
-        key = next(k for k, _ in pairs if k in seen or seen.add(k))
-        raise MalformedCheckpoint(f"duplicate key {key!r:.80} in JSON")
-    return out
-
-
-def strict_json(raw: bytes, where: str) -> Any:
-    """Parse UTF-8 JSON, refusing duplicate keys, NaN/Infinity literals and invalid UTF-8."""
-    def no_constants(name: str) -> Any:
-        raise MalformedCheckpoint(f"{where}: JSON literal {name} is not allowed")
-    try:
-        return json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=no_constants)
-    except UnicodeDecodeError as exc:
-        raise MalformedCheckpoint(f"{where}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
-    except json.JSONDecodeError as exc:
-        raise MalformedCheckpoint(f"{where}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
-    except RecursionError:
-        raise MalformedCheckpoint(f"{where}: JSON nested too deeply") from None
-    except MalformedCheckpoint as exc:
-        raise MalformedCheckpoint(f"{where}: {exc}") from None
 
 
 class SafetensorsFile:
@@ -107,7 +83,7 @@ class SafetensorsFile:
         if not (isinstance(info, dict) and set(info) == {"dtype", "shape", "data_offsets"}):
             raise MalformedCheckpoint(f"{where} must have exactly dtype, shape and data_offsets")
         code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-        if code not in TORCH_BY_CODE:
+        if code not in ITEMSIZE_BY_CODE:
             raise MalformedCheckpoint(f"{where} has unknown dtype {code!r:.20}")
         if not (isinstance(shape, list) and len(shape) <= 64 and all(type(s) is int and 0 <= s < 1 << 62 for s in shape)):
             raise MalformedCheckpoint(f"{where} has an invalid shape")
@@ -143,5 +119,5 @@ class SafetensorsFile:
         """The entry as safetensors describes it (its stored dtype and shape)."""
         entry = self.entries[key]
         raw = self.raw(key)
-        dtype = TORCH_BY_CODE[entry.code]
+        dtype = torch_dtype_for_code(entry.code)
         return (raw.view(dtype) if entry.nbytes else torch.empty(0, dtype=dtype)).reshape(entry.shape)

@@ -16,7 +16,7 @@ from typing import Any
 
 from .._version import __version__
 from ..errors import ConvertError, MalformedCheckpoint
-from ..load.safetensors_reader import strict_json
+from ..jsonio import strict_json
 from ..read import Input, read_tree
 from ..read.records import ModuleRecord
 from ..schema import validate

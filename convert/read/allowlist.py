@@ -14,13 +14,11 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-import torch
-
 from ..errors import MalformedCheckpoint
 from ..views import view_end
 from .numpy_types import make_ndarray_from_buffer, make_npdtype, make_npscalar, new_ndarray
 from .records import GlobalRef, ObjectRecord, StorageRef, TensorRef, Unsupported
-from .torch_types import DTYPES_BY_NAME, QUANTIZED_DTYPES
+from .torch_types import DTYPES_BY_NAME, QUANTIZED_DTYPES, Device, DType, TorchSize
 
 MAX_NDIM = 64
 MAX_DIM = 1 << 62
@@ -39,7 +37,7 @@ def _int(value: Any, what: str, lo: int = 0, hi: int = MAX_DIM) -> int:
 
 
 def _int_tuple(value: Any, what: str) -> tuple:
-    if isinstance(value, torch.Size):
+    if isinstance(value, TorchSize):
         value = tuple(value)
     _expect(type(value) in (tuple, list) and len(value) <= MAX_NDIM, f"{what} must be a tuple of at most {MAX_NDIM} ints")
     return tuple(_int(v, what) for v in value)
@@ -53,7 +51,7 @@ def _args(args: tuple, name: str, lo: int, hi: int) -> tuple:
 
 # ---------------------------------------------------------------------------------------- tensors
 
-def check_view_in_storage(storage: StorageRef, dtype: torch.dtype, offset: int, shape: tuple, stride: tuple) -> None:
+def check_view_in_storage(storage: StorageRef, dtype: DType, offset: int, shape: tuple, stride: tuple) -> None:
     """Every element the view can reach must lie inside the storage's real bytes."""
     _expect(len(shape) == len(stride), f"tensor shape {shape} and stride {stride} differ in rank")
     numel = 1
@@ -66,14 +64,13 @@ def check_view_in_storage(storage: StorageRef, dtype: torch.dtype, offset: int, 
             f"{storage.key!r}, which holds {storage.nbytes} bytes")
 
 
-def _tensor(storage: Any, offset: Any, size: Any, stride: Any, dtype: torch.dtype | None, requires_grad: Any = False,
+def _tensor(storage: Any, offset: Any, size: Any, stride: Any, dtype: DType | None, requires_grad: Any = False,
             metadata: Any = None) -> TensorRef | Unsupported:
     _expect(isinstance(storage, StorageRef), f"tensor rebuild expects a storage, got {type(storage).__name__}")
     dtype = storage.dtype if dtype is None else dtype
-    _expect(isinstance(dtype, torch.dtype), "tensor rebuild expects a torch dtype")
+    _expect(isinstance(dtype, DType), "tensor rebuild expects a torch dtype")
     if dtype in QUANTIZED_DTYPES:
-        name = str(dtype).removeprefix("torch.")
-        return Unsupported(f"a quantized tensor ({name}), which has no lossless safetensors encoding")
+        return Unsupported(f"a quantized tensor ({dtype.name}), which has no lossless safetensors encoding")
     offset = _int(offset, "storage offset")
     shape, stride = _int_tuple(size, "tensor size"), _int_tuple(stride, "tensor stride")
     check_view_in_storage(storage, dtype, offset, shape, stride)
@@ -215,15 +212,15 @@ def reconstructor(*args: Any) -> Any:
                         via="copyreg._reconstructor")
 
 
-def make_size(*args: Any) -> torch.Size:
+def make_size(*args: Any) -> TorchSize:
     _args(args, "torch.Size", 0, 1)
-    return torch.Size(_int_tuple(args[0], "torch.Size") if args else ())
+    return TorchSize(_int_tuple(args[0], "torch.Size") if args else ())
 
 
 DEVICE_TYPES = {"cpu", "cuda", "mps", "meta", "xpu", "hpu", "xla", "privateuseone", "mtia"}
 
 
-def make_device(*args: Any) -> torch.device:
+def make_device(*args: Any) -> Device:
     _args(args, "torch.device", 1, 2)
     text = args[0]
     _expect(type(text) is str and len(text) < 32, "torch.device expects a short string")
@@ -231,8 +228,8 @@ def make_device(*args: Any) -> torch.device:
     _expect(kind in DEVICE_TYPES and (index == "" or index.isdigit()), f"unknown device {text!r}")
     if len(args) == 2:
         _expect(index == "" and type(args[1]) is int and 0 <= args[1] < 1 << 16, "bad device index")
-        return torch.device(kind, args[1])
-    return torch.device(text)
+        return Device(kind, args[1])
+    return Device(kind, int(index) if index else None)
 
 
 def newobj(*args: Any) -> Any:

@@ -13,12 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..errors import MalformedCheckpoint, UnsupportedValue
 from .containers import Input
 from .records import GlobalRef, ObjectRecord
-from .torch_types import QUANTIZED_DTYPES, dtype_name
+from .torch_types import QUANTIZED_DTYPES, DType, TorchSize, dtype_name
 from .vm import PickleVM
 
 METADATA_NAME = ".metadata"
@@ -53,7 +51,7 @@ class ChunkMeta:
 
 @dataclass(frozen=True)
 class TensorMeta:
-    dtype: torch.dtype
+    dtype: DType
     shape: tuple[int, ...]
     chunks: tuple[ChunkMeta, ...]
 
@@ -115,12 +113,12 @@ def _int(value: Any, where: str, hi: int = 1 << 62) -> int:
 
 
 def _size(value: Any, where: str) -> tuple[int, ...]:
-    if type(value) is not torch.Size:
+    if type(value) is not TorchSize:
         raise _bad(where, f"expected a torch.Size, got {type(value).__name__}")
     return tuple(value)  # make_size already checked every entry
 
 
-def _properties(value: Any, where: str) -> torch.dtype:
+def _properties(value: Any, where: str) -> DType:
     if isinstance(value, ObjectRecord) and type(value.state) is tuple and len(value.state) == 5:
         # torch >= 2.1 pickles TensorProperties through __getstate__ as a 5-tuple
         record = ObjectRecord(value.qualname, value.args, None, value.dictitems, value.listitems, value.via)
@@ -132,7 +130,7 @@ def _properties(value: Any, where: str) -> torch.dtype:
         dtype, layout = state.get("dtype"), state.get("layout", GlobalRef("torch", "strided"))
         requires_grad, pin_memory = state.get("requires_grad", False), state.get("pin_memory", False)
         memory_format = state.get("memory_format", GlobalRef("torch", "contiguous_format"))
-    if not isinstance(dtype, torch.dtype):
+    if not isinstance(dtype, DType):
         raise _bad(where, f"dtype must be a torch dtype, got {dtype!r:.40}")
     if dtype in QUANTIZED_DTYPES:
         raise UnsupportedValue(f"{where} is {dtype_name(dtype)}: quantized tensors have no lossless safetensors encoding")

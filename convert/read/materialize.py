@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..errors import MalformedCheckpoint, UnsupportedValue
+from ..torch_values import to_torch
 from ..tree import transform
 from .records import ModuleRecord, NdArrayRef, NpDType, NpScalar, StorageRef, TensorRef, Unsupported
 
@@ -31,7 +32,8 @@ def materialize(root: Any) -> Any:
     def leaf(value: Any) -> Any:
         if isinstance(value, TensorRef):
             try:
-                t = torch.empty(0, dtype=value.dtype).set_(storage(value.storage), value.offset, value.shape, value.stride)
+                dtype = to_torch(value.dtype)
+                t = torch.empty(0, dtype=dtype).set_(storage(value.storage), value.offset, value.shape, value.stride)
                 if value.conj or value.neg:
                     torch._C._set_tensor_metadata(t, {k: True for k, on in (("conj", value.conj), ("neg", value.neg)) if on})
                 if value.is_parameter:
@@ -52,7 +54,7 @@ def materialize(root: Any) -> Any:
             return np.dtype(value.str)
         if isinstance(value, Unsupported):
             raise UnsupportedValue(value.reason)
-        return value
+        return to_torch(value)
 
     def record(value: Any, recurse: Any) -> Any:
         if isinstance(value, ModuleRecord):

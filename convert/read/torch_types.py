@@ -1,53 +1,93 @@
-"""Fixed tables from names a pickle may use to torch dtypes. Names are looked up, never getattr'd."""
+"""torch's value types as plain data: dtypes, sizes and devices, without importing torch.
+
+The reader, the planner and the writer handle tensors as byte ranges with dtype/shape/stride
+arithmetic, so `scan` and `convert` run where torch is not installed. Names a pickle may use are
+looked up in these fixed tables, never getattr'd. The loader (and `read_checkpoint`) turn these
+values into real torch objects (`convert.load.torch_values`).
+"""
 
 from __future__ import annotations
 
-import torch
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DType:
+    """A torch dtype by its canonical name ('float32') and element size in bytes."""
+
+    name: str
+    itemsize: int
+
+    def __str__(self) -> str:  # what str(torch.float32) gives
+        return f"torch.{self.name}"
+
+    __repr__ = __str__
+
+
+class TorchSize(tuple):
+    """A `torch.Size` read from a checkpoint: a tuple of ints that remembers it was a Size."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"torch.Size({list(self)})"
+
+
+@dataclass(frozen=True)
+class Device:
+    """A `torch.device` read from a checkpoint ('cpu', 'cuda:1')."""
+
+    type: str
+    index: int | None = None
+
+    def __str__(self) -> str:
+        return self.type if self.index is None else f"{self.type}:{self.index}"
+
+
+# Canonical dtype names and their element sizes (torch's own table, as data).
+_ITEMSIZES = {
+    "float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "int16": 2, "int8": 1,
+    "uint8": 1, "bool": 1, "complex128": 16, "complex64": 8, "complex32": 4, "uint16": 2, "uint32": 4, "uint64": 8,
+    "float8_e4m3fn": 1, "float8_e5m2": 1, "float8_e4m3fnuz": 1, "float8_e5m2fnuz": 1, "float8_e8m0fnu": 1,
+    "float4_e2m1fn_x2": 1, "bits8": 1, "bits16": 2, "bits1x8": 1, "bits2x4": 1, "bits4x2": 1,
+    "qint8": 1, "qint32": 4, "quint8": 1, "quint4x2": 1, "quint2x4": 1,
+}
+# Other names torch exposes for the same dtypes (`torch.double is torch.float64`).
+_ALIASES = {"double": "float64", "float": "float32", "half": "float16", "long": "int64", "int": "int32",
+            "short": "int16", "cdouble": "complex128", "cfloat": "complex64", "chalf": "complex32"}
+
+CANONICAL: dict[str, DType] = {name: DType(name, size) for name, size in _ITEMSIZES.items()}
+# Every dtype a pickle can name as `torch.<name>`, by that name.
+DTYPES_BY_NAME: dict[str, DType] = {**CANONICAL, **{alias: CANONICAL[name] for alias, name in _ALIASES.items()}}
+QUANTIZED_DTYPES = frozenset(CANONICAL[n] for n in ("qint8", "qint32", "quint8", "quint4x2", "quint2x4"))
 
 # Legacy typed-storage classes (`torch.FloatStorage`, ...) and the dtype of their elements.
-STORAGE_DTYPES: dict[str, torch.dtype] = {
-    "DoubleStorage": torch.float64,
-    "FloatStorage": torch.float32,
-    "HalfStorage": torch.float16,
-    "LongStorage": torch.int64,
-    "IntStorage": torch.int32,
-    "ShortStorage": torch.int16,
-    "CharStorage": torch.int8,
-    "ByteStorage": torch.uint8,
-    "BoolStorage": torch.bool,
-    "BFloat16Storage": torch.bfloat16,
-    "ComplexDoubleStorage": torch.complex128,
-    "ComplexFloatStorage": torch.complex64,
-    "UntypedStorage": torch.uint8,
+STORAGE_DTYPES: dict[str, DType] = {
+    "DoubleStorage": CANONICAL["float64"],
+    "FloatStorage": CANONICAL["float32"],
+    "HalfStorage": CANONICAL["float16"],
+    "LongStorage": CANONICAL["int64"],
+    "IntStorage": CANONICAL["int32"],
+    "ShortStorage": CANONICAL["int16"],
+    "CharStorage": CANONICAL["int8"],
+    "ByteStorage": CANONICAL["uint8"],
+    "BoolStorage": CANONICAL["bool"],
+    "BFloat16Storage": CANONICAL["bfloat16"],
+    "ComplexDoubleStorage": CANONICAL["complex128"],
+    "ComplexFloatStorage": CANONICAL["complex64"],
+    "UntypedStorage": CANONICAL["uint8"],
 }
-QUANTIZED_STORAGES: dict[str, torch.dtype] = {
-    "QInt8Storage": torch.qint8, "QInt32Storage": torch.qint32, "QUInt8Storage": torch.quint8,
-    "QUInt4x2Storage": torch.quint4x2, "QUInt2x4Storage": torch.quint2x4,
+QUANTIZED_STORAGES: dict[str, DType] = {
+    "QInt8Storage": CANONICAL["qint8"], "QInt32Storage": CANONICAL["qint32"], "QUInt8Storage": CANONICAL["quint8"],
+    "QUInt4x2Storage": CANONICAL["quint4x2"], "QUInt2x4Storage": CANONICAL["quint2x4"],
 }
 STORAGE_MODULES = {"torch", "torch.storage", "torch.cuda"}
 
-# Every dtype a pickle can name as `torch.<name>`, by that name.
-_DTYPE_NAMES = [
-    "float64", "float32", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool",
-    "complex128", "complex64", "complex32", "uint16", "uint32", "uint64",
-    "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu",
-    "float4_e2m1fn_x2", "bits8", "bits16", "bits1x8", "bits2x4", "bits4x2",
-    "qint8", "qint32", "quint8", "quint4x2", "quint2x4",
-    # aliases torch also exposes
-    "double", "float", "half", "long", "int", "short", "cdouble", "cfloat", "chalf",
-]
-DTYPES_BY_NAME: dict[str, torch.dtype] = {
-    name: getattr(torch, name) for name in _DTYPE_NAMES if isinstance(getattr(torch, name, None), torch.dtype)
-}
+
+def dtype_name(dtype: DType) -> str:
+    """Canonical name: 'float32'."""
+    return dtype.name
 
 
-def dtype_name(dtype: torch.dtype) -> str:
-    """Canonical name: 'float32' for torch.float32."""
-    return str(dtype).removeprefix("torch.")
-
-
-def dtype_from_name(name: str) -> torch.dtype:
+def dtype_from_name(name: str) -> DType:
     return DTYPES_BY_NAME[name]
-
-
-QUANTIZED_DTYPES = {DTYPES_BY_NAME[n] for n in ("qint8", "qint32", "quint8", "quint4x2", "quint2x4") if n in DTYPES_BY_NAME}

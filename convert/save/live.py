@@ -31,6 +31,7 @@ from ..read import allowlist, gadgets
 from ..read.modules import to_module_record
 from ..read.numpy_types import NUMERIC_CODES
 from ..read.records import GlobalRef, NdArrayRef, ObjectRecord, StorageRef
+from ..read.torch_types import DTYPES_BY_NAME
 from ..read.vm import Finding, append_items, build, set_items
 from ..tree import MAX_DEPTH
 from .staging import DeviceStorage
@@ -211,7 +212,8 @@ class _LiveReader:
         if ref is None:
             nbytes = untyped.nbytes()
             location = torch.serialization.location_tag(untyped)
-            ref = StorageRef(str(len(self.storages)), dtype, nbytes, location)
+            # the reader's torch-free dtype (the planner and writer never see torch objects)
+            ref = StorageRef(str(len(self.storages)), DTYPES_BY_NAME[str(dtype).removeprefix("torch.")], nbytes, location)
             ref.buffer = _host_view(untyped) if untyped.device.type == "cpu" else DeviceStorage(untyped)
             self.storages[key] = ref
             self.keep.append(untyped)

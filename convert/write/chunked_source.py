@@ -15,12 +15,11 @@ import contextlib
 import itertools
 import math
 import mmap
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import torch
+import numpy as np
 
 BLOCK_BYTES = 16 << 20
 
@@ -78,14 +77,12 @@ class _Buffers:
     """uint8 tensors over the input buffers (created once), and handing their pages back."""
 
     def __init__(self) -> None:
-        self._tensors: dict[int, tuple[Any, torch.Tensor]] = {}
+        self._tensors: dict[int, tuple[Any, np.ndarray]] = {}
 
-    def tensor(self, buffer: Any) -> torch.Tensor:
+    def tensor(self, buffer: Any) -> np.ndarray:
         found = self._tensors.get(id(buffer))
-        if found is None:
-            with warnings.catch_warnings():  # read-only mapping: only ever read through this tensor
-                warnings.simplefilter("ignore", UserWarning)
-                found = self._tensors[id(buffer)] = (buffer, torch.frombuffer(buffer, dtype=torch.uint8))
+        if found is None:  # a read-only uint8 array over the mapping (numpy: no torch on the convert path)
+            found = self._tensors[id(buffer)] = (buffer, np.frombuffer(buffer, dtype=np.uint8))
         return found[1]
 
     @staticmethod
@@ -127,7 +124,7 @@ def tensor_pieces(shape: tuple[int, ...], itemsize: int, boxes: list[Box],
     k = next((d for d in range(len(shape)) if inner[d] <= block_bytes), len(shape) - 1)  # slabs are rows of dim k
     rows = max(1, block_bytes // inner[k])
     live = [b for b in boxes if b.numel > 0]
-    scratch: torch.Tensor | None = None
+    scratch: np.ndarray | None = None
     for prefix in itertools.product(*(range(n) for n in shape[:k])):
         at_prefix = [b for b in live if all(o <= p < o + s for p, o, s in zip(prefix, b.offsets, b.sizes))]
         for lo in range(0, shape[k], rows):
@@ -142,16 +139,17 @@ def tensor_pieces(shape: tuple[int, ...], itemsize: int, boxes: list[Box],
                 touched.append((whole.buffer, first, last))
             else:
                 if scratch is None:  # one buffer for every slab: freed-and-reallocated blocks fragment the heap
-                    scratch = torch.empty((rows, *shape[k + 1:], itemsize), dtype=torch.uint8)
+                    scratch = np.empty((rows, *shape[k + 1:], itemsize), dtype=np.uint8)
                 block = scratch[:hi - lo]
                 for box in meeting:
                     b_lo, b_hi = max(lo, box.offsets[k]), min(hi, box.offsets[k] + box.sizes[k])
                     first, sizes, strides, last = _span(box, b_lo, b_hi, k, prefix, itemsize)
-                    source = buffers.tensor(box.buffer).as_strided(sizes, strides, first)
+                    source = np.lib.stride_tricks.as_strided(buffers.tensor(box.buffer)[first:], shape=sizes,
+                                                             strides=strides, writeable=False)
                     target = block[(slice(b_lo - lo, b_hi - lo),
                                     *(slice(o, o + s) for o, s in zip(box.offsets[k + 1:], box.sizes[k + 1:])))]
-                    target.copy_(source)
+                    target[...] = source
                     touched.append((box.buffer, first, last))
-                yield memoryview(block.numpy()).cast("B")
+                yield memoryview(block).cast("B")
             for buffer, first, last in touched:
                 buffers.release(buffer, first, last)

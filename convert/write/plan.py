@@ -18,13 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from ..codec import MAX_NODES, EncodeHooks, Encoder, Field
 from ..dtypes import NATIVE, Encoding, encoding_for
 from ..errors import MalformedCheckpoint
 from ..read.records import ModuleRecord, NdArrayRef, StorageRef, TensorRef, Unsupported
-from ..read.torch_types import dtype_name
+from ..read.torch_types import CANONICAL, dtype_name
 from ..schema import BARE_FILE, EXTRA_FILE, FORMAT_NAME, FORMAT_VERSION
 from ..views import non_overlapping
 from .shards import assign_shards, index_bytes
@@ -35,7 +33,7 @@ from .tensor_bytes import (
     covers_storage,
     dense_span,
     ndarray_bytes,
-    ndarray_torch_dtype,
+    ndarray_dtype,
     storage_source,
     tensor_bytes,
     uncovered_bytes,
@@ -173,7 +171,7 @@ class Planner(EncodeHooks):
                 raise MalformedCheckpoint(f"numpy array at {'/'.join(map(str, path))} was never filled in")
             aid = self.array_ids[id(ref)] = f"a{len(self.array_ids)}"
             self._keep.append(ref)
-            enc = encoding_for(ndarray_torch_dtype(ref), "/".join(map(str, path)))
+            enc = encoding_for(ndarray_dtype(ref), "/".join(map(str, path)))
             key = self._add_entry(EXTRA_FILE, "/".join(map(str, path)) or "array", enc, list(ref.shape),
                                   len(ref.data), lambda r=ref: ndarray_bytes(r))
             if enc.encoding is None and not ref.fortran and ref.dtype[0] != ">":
@@ -280,7 +278,7 @@ class Planner(EncodeHooks):
             if rest:
                 refs = [self.tensor_refs[t] for t in pieces]
                 info["rest"] = [EXTRA_FILE, self._add_entry(
-                    EXTRA_FILE, f"__storage__/{sid}/rest", encoding_for(torch.uint8, sid), [rest], rest,
+                    EXTRA_FILE, f"__storage__/{sid}/rest", encoding_for(CANONICAL["uint8"], sid), [rest], rest,
                     lambda s=storage, r=refs: uncovered_bytes(s, r))]
             return info
         full = next((t for t in tids if covers_storage(self.tensor_refs[t])), None)

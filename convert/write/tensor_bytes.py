@@ -1,24 +1,20 @@
 """The contiguous bytes of a tensor or numpy array described by the reader, bit-exact.
 
 Contiguous tensors are zero-copy slices of the mmapped input. Strided views are gathered with
-torch on an integer dtype of the same width, so NaN payloads and odd bit patterns never pass
-through float arithmetic.
+numpy as raw fixed-width records (void dtype of the element size), so NaN payloads and odd bit
+patterns never pass through float arithmetic, and no torch is needed.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-import torch
 
-from ..dtypes import NUMPY_TO_TORCH
+from ..dtypes import NUMPY_TO_DTYPE
 from ..read.records import NdArrayRef, StorageRef, TensorRef
-from ..views import mark_view
-
-_SAME_WIDTH_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+from ..read.torch_types import DType
 
 
 def contiguous_strides(shape: tuple | list) -> tuple:
@@ -76,11 +72,17 @@ def storage_source(storage: StorageRef, start: int = 0) -> tuple[Any, int] | Non
     return storage.buffer, storage.offset + start
 
 
-def _coverage(storage: StorageRef, refs: list[TensorRef]) -> torch.Tensor:
-    """A uint8 mask over the storage's bytes: 1 where one of the views reads."""
-    mask = torch.zeros(storage.nbytes, dtype=torch.uint8)
+def _coverage(storage: StorageRef, refs: list[TensorRef]) -> np.ndarray:
+    """A uint8 mask over the storage's bytes: 1 where one of the views reads (the reader checked each
+    view lies inside the storage)."""
+    mask = np.zeros(storage.nbytes, dtype=np.uint8)
     for ref in refs:
-        mark_view(mask, ref.offset, list(ref.shape), list(ref.stride), ref.dtype.itemsize)
+        if ref.numel == 0:
+            continue
+        size = ref.dtype.itemsize
+        view = np.lib.stride_tricks.as_strided(mask[ref.offset * size:], shape=[*ref.shape, size],
+                                               strides=[s * size for s in ref.stride] + [1])
+        view[...] = 1
     return mask
 
 
@@ -92,10 +94,10 @@ def covered_bytes(storage: StorageRef, refs: list[TensorRef]) -> int:
 def uncovered_bytes(storage: StorageRef, refs: list[TensorRef]) -> memoryview:
     """The bytes of the storage that none of the views read, in storage order."""
     mask = _coverage(storage, refs)
-    with warnings.catch_warnings():  # the mmap is read-only; we only read through this tensor
-        warnings.simplefilter("ignore", UserWarning)
-        data = torch.frombuffer(storage.data(), dtype=torch.uint8) if storage.nbytes else torch.empty(0, dtype=torch.uint8)
-    return memoryview(data[mask == 0].numpy()).cast("B")
+    if not storage.nbytes:
+        return memoryview(b"")
+    data = np.frombuffer(storage.data(), dtype=np.uint8)
+    return memoryview(data[mask == 0]).cast("B")
 
 
 def tensor_bytes(ref: TensorRef) -> memoryview | Iterator[Any]:
@@ -111,17 +113,11 @@ def tensor_bytes(ref: TensorRef) -> memoryview | Iterator[Any]:
         start = ref.offset * size
         return data[start:start + ref.numel * size]
     usable = len(data) - len(data) % size
-    with warnings.catch_warnings():  # the mmap is read-only; we only read through this tensor
-        warnings.simplefilter("ignore", UserWarning)
-        raw = torch.frombuffer(data, dtype=torch.uint8, count=usable)
-    shape, stride, offset = list(ref.shape), list(ref.stride), ref.offset
-    if size == 16:  # complex128: two int64 words per element
-        words = raw.view(torch.int64)
-        shape, stride, offset = [*shape, 2], [s * 2 for s in stride] + [1], offset * 2
-    else:
-        words = raw.view(_SAME_WIDTH_INT[size])
-    gathered = words.as_strided(shape, stride, offset).contiguous()
-    return memoryview(gathered.numpy()).cast("B")
+    elements = np.frombuffer(data, dtype=np.uint8, count=usable).view(np.dtype(f"V{size}"))
+    # the reader checked that every element the view reaches lies inside the storage
+    view = np.lib.stride_tricks.as_strided(elements[ref.offset:], shape=ref.shape,
+                                           strides=[s * size for s in ref.stride], writeable=False)
+    return memoryview(np.ascontiguousarray(view).reshape(-1).view(np.uint8)).cast("B")
 
 
 def ndarray_little_endian(ref: NdArrayRef) -> np.ndarray:
@@ -138,5 +134,5 @@ def ndarray_bytes(ref: NdArrayRef) -> memoryview:
     return memoryview(ndarray_little_endian(ref).reshape(-1)).cast("B")
 
 
-def ndarray_torch_dtype(ref: NdArrayRef) -> torch.dtype:
-    return NUMPY_TO_TORCH[ref.dtype[1:]]
+def ndarray_dtype(ref: NdArrayRef) -> DType:
+    return NUMPY_TO_DTYPE[ref.dtype[1:]]

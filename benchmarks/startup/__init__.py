@@ -1,0 +1,1 @@
+"""Start-up and small-file conversion time with and without torch on the path (issue 14)."""
