@@ -11,7 +11,7 @@ rm -rf "$venv"
 "$py" -m venv "$venv"
 # torch first, pinned (an unpinned torch pulls a multi-GB CUDA build where a CPU file is at hand)
 "$venv/bin/pip" install -q torch==2.13.0
-"$venv/bin/pip" install -q "$wheel[torch,test]"
+"$venv/bin/pip" install -q "$wheel[torch]" pytest hypothesis  # what the smoke and the fast subset need
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"

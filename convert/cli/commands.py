@@ -30,26 +30,25 @@ def convert(args: argparse.Namespace) -> int:
 def verify(args: argparse.Namespace) -> int:
     if args.dst is None:
         return verify_folder_only(Path(args.src))
-    diffs = verify_checkpoint(args.src, args.dst)
-    if diffs:
-        print(f"{args.dst} is NOT equivalent to {args.src}:")
-        for d in diffs:
-            print(f"  {d}")
-        return EXIT_DIFFERENT
-    print(f"{args.dst} is equivalent to {args.src}")
-    return 0
+    return _verdict(verify_checkpoint(args.src, args.dst), f"{args.dst} is NOT equivalent to {args.src}:",
+                    f"{args.dst} is equivalent to {args.src}")
 
 
 def verify_folder_only(folder: Path) -> int:
     from ..integrity import verify_folder
 
-    problems = verify_folder(folder)
+    return _verdict(verify_folder(folder), f"{folder} is NOT intact:",
+                    f"{folder} is intact: every data file has the digest and folder id checkpoint.json records")
+
+
+def _verdict(problems: list[str], bad: str, good: str) -> int:
+    """Print what verify found; exit 3 (EXIT_DIFFERENT) if anything, else 0."""
     if problems:
-        print(f"{folder} is NOT intact:")
+        print(bad)
         for problem in problems:
             print(f"  {problem}")
         return EXIT_DIFFERENT
-    print(f"{folder} is intact: every data file has the digest and folder id checkpoint.json records")
+    print(good)
     return 0
 
 

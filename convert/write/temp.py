@@ -126,8 +126,18 @@ def owner_is_gone(marker: dict) -> bool:
         pass
     except OSError:
         return False
+    if _is_zombie(pid):  # exited, not yet reaped (in a container whose init does not reap, it never is)
+        return True
     started = marker.get("pid_start")
     return started is not None and process_start_time(pid) not in (None, started)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
+    except (OSError, IndexError):  # gone meanwhile, or no /proc: the other checks decide
+        return False
 
 
 def _restore_moved_aside(temp: Path, dst: Path) -> None:
