@@ -27,6 +27,17 @@ settings.register_profile("thorough", max_examples=2000, print_blob=True)
 settings.load_profile(os.environ.get("CKPT_HYPOTHESIS_PROFILE", "ci"))
 
 
+_DETERMINISTIC_AT_START = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+
+
+@pytest.fixture(autouse=True)
+def _torch_global_state_restored():
+    """Tests that train (Lightning's `deterministic=True`) switch torch's process-wide deterministic mode on;
+    left on, it makes later tests' torch.empty of float4/bits dtypes fail. Put it back after every test."""
+    yield  # (module-scoped fixtures may train before a test starts: restore the session's state, not the test's)
+    torch.use_deterministic_algorithms(*_DETERMINISTIC_AT_START[:1], warn_only=_DETERMINISTIC_AT_START[1])
+
+
 @pytest.fixture
 def src_dir(tmp_path: Path) -> Path:
     """A folder for source checkpoints, separate from where outputs go."""

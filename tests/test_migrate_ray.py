@@ -19,7 +19,7 @@ from convert.migrate.journal import JOURNAL_NAME, read_journal
 from convert.migrate.lock import LOCK_NAME
 from convert.migrate.ray_runner import FAULT_ENV, ray_submit, task_memory
 from convert.migrate.walker import Job
-from tests.helpers import EvilSystem, make_net
+from tests.helpers import EvilSystem, comparable_snapshot, make_net
 
 ray = pytest.importorskip("ray")
 
@@ -48,9 +48,9 @@ def _ray_migrate(src: Path, dst: Path):
 
 
 def _files(folder: Path) -> dict[str, bytes]:
+    """Every output file but migrate's state, modulo each conversion's random folder id."""
     skip = {JOURNAL_NAME, LOCK_NAME, "ckpt-convert-report.json"}
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name not in skip}
+    return {rel: data for rel, data in comparable_snapshot(folder).items() if rel.rsplit("/", 1)[-1] not in skip}
 
 
 def test_ray_migration_matches_the_process_pool(small_zoo, tmp_path):
