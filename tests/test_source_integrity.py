@@ -126,16 +126,21 @@ def test_io_error_while_reading_names_the_path(big_plain_pickle, monkeypatch):
 
 # ---------------------------------------------------------------------------- broken compressed members
 
-def _deflated_checkpoint(corrupt: bool) -> bytes:
+def _recompressed_checkpoint(method: int) -> bytes:
+    """A small torch.save zip whose data.pkl member is compressed with `method` (the rest stored)."""
     raw = io.BytesIO()
     torch.save({"w": torch.arange(8.0), "note": "x" * 300}, raw)
     src = zipfile.ZipFile(io.BytesIO(raw.getvalue()))
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w") as dst:
         for info in src.infolist():
-            kind = zipfile.ZIP_DEFLATED if info.filename.endswith("data.pkl") else zipfile.ZIP_STORED
+            kind = method if info.filename.endswith("data.pkl") else zipfile.ZIP_STORED
             dst.writestr(info.filename, src.read(info.filename), compress_type=kind)
-    data = bytearray(out.getvalue())
+    return out.getvalue()
+
+
+def _deflated_checkpoint(corrupt: bool) -> bytes:
+    data = bytearray(_recompressed_checkpoint(zipfile.ZIP_DEFLATED))
     if corrupt:
         info = next(i for i in zipfile.ZipFile(io.BytesIO(bytes(data))).infolist() if i.filename.endswith("data.pkl"))
         start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
@@ -282,15 +287,7 @@ def test_source_is_never_written(tmp_path, zip_ckpt, big_plain_pickle):
 
 @pytest.mark.parametrize("method", [zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
 def test_corrupt_compressed_member_of_any_method_is_malformed(tmp_path, method):
-    raw = io.BytesIO()
-    torch.save({"w": torch.arange(8.0), "note": "x" * 300}, raw)
-    src = zipfile.ZipFile(io.BytesIO(raw.getvalue()))
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w") as dst:
-        for info in src.infolist():
-            kind = method if info.filename.endswith("data.pkl") else zipfile.ZIP_STORED
-            dst.writestr(info.filename, src.read(info.filename), compress_type=kind)
-    data = bytearray(out.getvalue())
+    data = bytearray(_recompressed_checkpoint(method))
     path = tmp_path / "m.pt"
     path.write_bytes(bytes(data))
     assert torch.equal(read_checkpoint(path)["w"], torch.arange(8.0))
