@@ -242,6 +242,8 @@ def newobj(*args: Any) -> Any:
 
 _NUMPY_CORE = ("numpy.core", "numpy._core")
 
+# Names as pickle's find_class imports them: Python 2 spellings (`__builtin__.set`, `copy_reg`) are mapped by
+# fix_imports before this table is consulted (`compat_names.py`), and at protocol 3+ pickle cannot import them.
 RECONSTRUCTORS: dict[str, Reconstructor] = {
     **TENSOR_REBUILDERS,
     "torch._tensor._rebuild_from_type_v2": rebuild_from_type_v2,
@@ -261,15 +263,9 @@ RECONSTRUCTORS: dict[str, Reconstructor] = {
     "builtins.tuple": _make_collection(tuple),
     "builtins.bytearray": make_bytearray,
     "builtins.bytes": make_bytes,
-    "__builtin__.bytes": make_bytes,
     "builtins.complex": make_complex,
-    "__builtin__.set": _make_collection(set),
-    "__builtin__.frozenset": _make_collection(frozenset),
-    "__builtin__.bytearray": make_bytearray,
-    "__builtin__.complex": make_complex,
     "_codecs.encode": codecs_encode,
     "copyreg._reconstructor": reconstructor,
-    "copy_reg._reconstructor": reconstructor,
     "copyreg.__newobj__": newobj,
     **{f"{core}.multiarray._reconstruct": new_ndarray for core in _NUMPY_CORE},
     **{f"{core}.multiarray.scalar": make_npscalar for core in _NUMPY_CORE},

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConvertError, MalformedCheckpoint, UnsafeCheckpoint
-from . import allowlist, gadgets, limits
+from . import allowlist, compat_names, gadgets, limits
 from .numpy_types import build_ndarray, build_npdtype
 from .records import GlobalRef, NdArrayRef, NpDType, ObjectRecord, TensorRef
 from .source import SourceBytes
@@ -220,11 +220,15 @@ class PickleVM:
     def _global(self, module: Any, name: Any) -> Any:
         if type(module) is not str or type(name) is not str or not module or not name:
             raise MalformedCheckpoint("global name must be two non-empty strings")
+        written = (module, name)
+        # The name pickle's find_class really imports: Python 2 names mapped at protocol < 3 (fix_imports).
+        module, name = compat_names.resolve(module, name, self.protocol)
         qual = f"{module}.{name}"
         self.globals_used.setdefault(qual, self._op_pos)
         if qual in allowlist.VALUE_GLOBALS:
             return allowlist.VALUE_GLOBALS[qual]
-        if qual not in allowlist.RECONSTRUCTORS and qual not in self.data_classes and gadgets.is_dangerous(module, name):
+        if qual not in allowlist.RECONSTRUCTORS and qual not in self.data_classes and (
+                gadgets.is_dangerous(module, name) or gadgets.is_dangerous(*written)):
             self.findings.append(Finding(qual, f"{self.source}, byte {self._op_pos}, {self._op_name}"))
         return GlobalRef(module, name)
 

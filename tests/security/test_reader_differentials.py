@@ -1,0 +1,189 @@
+"""Files that ckpt-convert must read exactly as the loaders that will later read them (issue 21).
+
+Each attack sample is built here, deterministically, with a harmless marker payload (it creates a file).
+The real loader (torch.load(weights_only=False) or dcp.load, in a child in a scratch folder) runs it,
+and ckpt-convert's `scan` says unsafe (exit 1) and `convert` refuses. Resource attacks end in bounded
+time and memory (a child under RLIMIT_AS) with a clean one-line error.
+"""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from convert import convert_checkpoint, load_checkpoint, read_checkpoint
+from convert.errors import UnsafeCheckpoint
+from convert.read import gadgets
+from convert.scan import SUSPICIOUS, UNSAFE, scan_file
+from convert.scan.verdicts import classify_global
+from tests.helpers import run_cli
+from tests.security import harness, pk
+
+MARKER = "marker.txt"
+
+TORCH_LOAD = """
+import sys, warnings, torch
+warnings.simplefilter("ignore")
+try:
+    torch.load(sys.argv[1], weights_only=False)
+except Exception as exc:
+    print(type(exc).__name__, exc)
+"""
+
+
+def fires_under_torch_load(path: Path, scratch: Path) -> bool:
+    """torch.load(weights_only=False) of `path` in a child whose working folder is `scratch`: did the marker appear?"""
+    scratch.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-c", TORCH_LOAD, str(path)], cwd=scratch, env=harness.env(),
+                   capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    return any(p.name.startswith("marker") for p in scratch.iterdir())
+
+
+def assert_refused(path: Path, tmp_path: Path) -> None:
+    """scan: unsafe, exit 1; convert: refused (exit 1, one line); the Python API raises UnsafeCheckpoint."""
+    scanned = run_cli("scan", path)
+    assert scanned.returncode == 1, (scanned.stdout, scanned.stderr)
+    assert scan_file(path).verdict == UNSAFE
+    out = tmp_path / f"out-{path.name}"
+    converted = run_cli("convert", path, out)
+    assert converted.returncode == 1, (converted.stdout, converted.stderr)
+    assert len(converted.stderr.strip().splitlines()) == 1 and "Traceback" not in converted.stderr
+    assert not out.exists()
+    with pytest.raises(UnsafeCheckpoint):
+        read_checkpoint(path)
+
+
+# ----------------------------------------------------------------------------- pickle's fix_imports
+
+def _open_marker(module: str, name: str = "open", version: int = 2) -> bytes:
+    """module.name("marker.txt", "w") at pickle protocol `version` (fix_imports maps the Python 2 names)."""
+    return pk.proto(pk.call(pk.glob(module, name), pk.text(MARKER), pk.text("w")), version)
+
+
+PY2_GADGETS = {
+    "cStringIO": _open_marker("cStringIO"),  # -> io.open
+    "StringIO": _open_marker("StringIO"),  # -> io.open
+    "anydbm": pk.proto(pk.call(pk.glob("anydbm", "open"), pk.text("marker"), pk.text("c")), 2),  # -> dbm.open
+    "dumbdbm": pk.proto(pk.call(pk.glob("dumbdbm", "open"), pk.text("marker"), pk.text("c")), 2),  # -> dbm.dumb.open
+    # no PROTO opcode at all: protocol 0, where fix_imports applies too
+    "cStringIO-protocol-0": pk.call(pk.glob("cStringIO", "open"), pk.text(MARKER), pk.text("w")) + b".",
+}
+
+
+@pytest.mark.parametrize("name", sorted(PY2_GADGETS))
+def test_python2_module_names_are_the_gadgets_pickle_maps_them_to(name, tmp_path):
+    path = tmp_path / f"{name}.pt"
+    path.write_bytes(PY2_GADGETS[name])
+    assert fires_under_torch_load(path, tmp_path / "scratch")
+    assert_refused(path, tmp_path)
+
+
+def test_fix_imports_applies_only_below_protocol_3(tmp_path):
+    """At protocol 3 pickle imports `cStringIO` unmapped (and fails): the file is a custom class, not io."""
+    path = tmp_path / "p3.pt"
+    path.write_bytes(_open_marker("cStringIO", version=3))
+    assert not fires_under_torch_load(path, tmp_path / "scratch")
+    # the scanner still names what a pickle with other tables could reach, but not io.open
+    assert "io.open" not in scan_file(path).globals
+    # a later PROTO 2 in the same stream switches the mapping on, as in pickle's Unpickler
+    body = pk.call(pk.glob("cStringIO", "open"), pk.text(MARKER), pk.text("w"))
+    path.write_bytes(b"\x80\x03\x80\x02" + body + b".")
+    assert fires_under_torch_load(path, tmp_path / "scratch2")
+    assert_refused(path, tmp_path)
+
+
+def test_protocol_2_builtin_names_load_as_torch_load_gives_them(tmp_path):
+    """omegaconf-style metadata pickled at protocol 2 names __builtin__.dict/list/long/set: builtins after fix_imports."""
+    path = tmp_path / "hparams.pt"
+    body = pk.dct(
+        (pk.text("list"), pk.call(pk.glob("__builtin__", "list"), pk.lst(pk.integer(1), pk.integer(2)))),
+        (pk.text("set"), pk.call(pk.glob("__builtin__", "set"), pk.lst(pk.integer(3)))),
+        (pk.text("object_type"), pk.glob("__builtin__", "dict")),  # omegaconf's metadata: class references
+        (pk.text("key_type"), pk.glob("__builtin__", "long")),
+    )
+    path.write_bytes(pk.proto(body, 2))
+    expected = pickle.loads(path.read_bytes())
+    assert expected == {"list": [1, 2], "set": {3}, "object_type": dict, "key_type": int}
+    got = read_checkpoint(path)
+    assert got["list"] == [1, 2] and got["set"] == {3}
+    # recorded under the names pickle imports
+    assert repr(got["object_type"]) == "<global builtins.dict>" and repr(got["key_type"]) == "<global builtins.int>"
+    report = scan_file(path)
+    assert report.verdict != UNSAFE
+    assert "builtins.dict" in report.globals and not any(g.startswith("__builtin__") for g in report.globals)
+
+
+def test_protocol_2_state_dict_with_python2_names_converts_equal_to_torch_load(tmp_path):
+    """A real torch.save at protocol 2 whose extra metadata names __builtin__ types: converts, loads equal."""
+
+
+    state = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3), "hparams": {"layers": [1, 2], "lr": 0.5}}
+    path = tmp_path / "ckpt.pt"
+    torch.save(state, path, pickle_protocol=2)
+    out = tmp_path / "out"
+    convert_checkpoint(path, out)
+    back = load_checkpoint(out)
+    ref = torch.load(path, weights_only=False)
+    assert torch.equal(back["w"], ref["w"]) and back["hparams"] == ref["hparams"]
+
+
+# ----------------------------------------------------------------- stdlib names user packages also take
+
+SHADOW_TABLE = [
+    # (module, name, verdict): the standard library's members stay gadgets ...
+    ("code", "interact", UNSAFE), ("code", "InteractiveInterpreter", UNSAFE), ("code", "InteractiveConsole.push", UNSAFE),
+    ("code", "compile_command", UNSAFE), ("code", "sys.exit", UNSAFE), ("code", "_private", UNSAFE),
+    ("codeop", "Compile", UNSAFE), ("site", "main", UNSAFE), ("site", "addsitedir", UNSAFE),
+    ("profile", "run", UNSAFE), ("profile", "Profile.runctx", UNSAFE), ("cProfile", "runctx", UNSAFE),
+    ("timeit", "timeit", UNSAFE), ("trace", "Trace", UNSAFE), ("test", "support", UNSAFE),
+    ("test.support.script_helper", "assert_python_ok", UNSAFE), ("test.test_os", "TestCase", UNSAFE),
+    ("test.libregrtest.main", "main", UNSAFE),
+    # ... and every way out is still seen below a user package's name
+    ("code.models", "os.system", UNSAFE), ("test.models", "__builtins__", UNSAFE), ("site.x", "__class__", UNSAFE),
+    # ... while a user package of the same name holds custom classes: what the standard library does not have
+    ("code.models", "Net", SUSPICIOUS), ("code", "Net", SUSPICIOUS), ("code.models.resnet", "ResNet.Block", SUSPICIOUS),
+    ("site.config", "Settings", SUSPICIOUS), ("test.models", "Net", SUSPICIOUS), ("test", "Net", SUSPICIOUS),
+    ("profile.schema", "UserProfile", SUSPICIOUS), ("profile", "UserProfile", SUSPICIOUS),
+]
+
+
+@pytest.mark.parametrize(("module", "name", "verdict"), SHADOW_TABLE)
+def test_stdlib_gadgets_are_module_name_pairs(module, name, verdict):
+    assert classify_global(module, name)[0] == verdict
+    assert gadgets.is_dangerous(module, name) == (verdict == UNSAFE)
+
+
+USER_PACKAGE_SAVE = """
+import sys, torch
+sys.path.insert(0, sys.argv[1])
+from code.models import Net
+torch.save({"net": Net(), "w": torch.ones(2)}, sys.argv[2])
+"""
+
+
+def test_a_user_package_named_code_is_a_custom_class_not_a_gadget(tmp_path):
+    pkg = tmp_path / "src" / "code"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "models.py").write_text("class Net:\n    def __init__(self):\n        self.width = 3\n")
+    path = tmp_path / "user.pt"
+    proc = subprocess.run([sys.executable, "-c", USER_PACKAGE_SAVE, str(tmp_path / "src"), str(path)],
+                          env=harness.env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    report = scan_file(path)
+    assert report.verdict == SUSPICIOUS and "code.models.Net" in report.globals
+    assert run_cli("scan", path).returncode == 0
+    got = read_checkpoint(path)
+    assert got["net"].qualname == "code.models.Net" and got["net"].state == {"width": 3}
+
+
+def test_the_real_profile_run_is_still_refused(tmp_path):
+    path = tmp_path / "profile.pt"
+    path.write_bytes(pk.proto(pk.call(pk.glob("profile", "run"), pk.text(f"open({MARKER!r}, 'w').close()")), 2))
+    assert fires_under_torch_load(path, tmp_path / "scratch")
+    assert_refused(path, tmp_path)
