@@ -43,27 +43,6 @@ class Box:
         return math.prod(self.sizes)
 
 
-def tiling_problem(shape: tuple[int, ...], boxes: list[tuple[tuple[int, ...], tuple[int, ...]]]) -> str | None:
-    """Why `boxes` ((offsets, sizes) pairs) do not tile `shape` exactly once, or None if they do."""
-    for offsets, sizes in boxes:
-        if len(offsets) != len(shape) or len(sizes) != len(shape):
-            return f"a chunk with offsets {list(offsets)} and sizes {list(sizes)} does not have the tensor's {len(shape)} dims"
-        if any(o + s > n for o, s, n in zip(offsets, sizes, shape)):
-            return f"the chunk at offsets {list(offsets)} with sizes {list(sizes)} reaches outside the shape {list(shape)}"
-    full = [b for b in boxes if all(s > 0 for s in b[1])]
-    full.sort(key=lambda b: b[0])
-    for i, (off_a, size_a) in enumerate(full):
-        for off_b, size_b in full[i + 1:]:
-            if shape and off_b[0] >= off_a[0] + size_a[0]:
-                break  # sorted by the first offset: no later box can meet this one
-            if all(ob < oa + sa and oa < ob + sb for oa, sa, ob, sb in zip(off_a, size_a, off_b, size_b)):
-                return f"the chunks at offsets {list(off_a)} and {list(off_b)} overlap"
-    covered, total = sum(math.prod(s) for _, s in full), math.prod(shape)
-    if covered != total:
-        return f"the chunks cover {covered} of its {total} elements (a gap)"
-    return None
-
-
 def _contiguous(sizes: tuple[int, ...], strides: tuple[int, ...]) -> bool:
     acc = 1
     for size, stride in zip(reversed(sizes), reversed(strides)):
@@ -109,7 +88,7 @@ def tensor_pieces(shape: tuple[int, ...], itemsize: int, boxes: list[Box],
                   block_bytes: int = BLOCK_BYTES) -> Iterator[memoryview]:
     """The tensor's bytes in row-major order, as consecutive pieces of at most about `block_bytes`.
 
-    `boxes` must tile `shape` exactly (see `tiling_problem`). A piece is only valid until the next one
+    `boxes` must tile `shape` exactly (see `read/dcp_tiling.py`). A piece is only valid until the next one
     is asked for: its input pages are handed back then, and a copied slab's buffer is reused.
     """
     numel = math.prod(shape)
