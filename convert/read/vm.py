@@ -376,7 +376,9 @@ class PickleVM:
         raise MalformedCheckpoint("uses an out-of-band buffer (pickle protocol 5) that a file cannot carry")
 
     def op_READONLY_BUFFER(self) -> None:
-        self._top()
+        # pickle takes a memoryview of the top: anything but bytes-like data makes it fail, so must we
+        if type(self._top()) not in (bytes, bytearray):
+            raise MalformedCheckpoint(f"READONLY_BUFFER on a {type(self._top()).__name__}, not a buffer")
 
     # containers
     def op_EMPTY_TUPLE(self) -> None:

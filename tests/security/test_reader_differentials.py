@@ -187,3 +187,133 @@ def test_the_real_profile_run_is_still_refused(tmp_path):
     path.write_bytes(pk.proto(pk.call(pk.glob("profile", "run"), pk.text(f"open({MARKER!r}, 'w').close()")), 2))
     assert fires_under_torch_load(path, tmp_path / "scratch")
     assert_refused(path, tmp_path)
+
+
+# ------------------------------------------------------------------------------------------- DCP
+
+DCP_LOAD = """
+import sys, warnings, torch
+import torch.distributed.checkpoint as dcp
+warnings.simplefilter("ignore")
+try:
+    dcp.load({"w": torch.zeros(2, 2), "cfg": 0}, checkpoint_id=sys.argv[1])
+except Exception as exc:
+    print(type(exc).__name__, exc)
+"""
+
+
+def fires_under_dcp_load(folder: Path, scratch: Path) -> bool:
+    """dcp.load of `folder` (no process group: rank 0) in a child working in `scratch`: did the marker appear?"""
+    scratch.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-c", DCP_LOAD, str(folder)], cwd=scratch, env=harness.env(),
+                   capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    return any(p.name.startswith("marker") for p in scratch.iterdir())
+
+
+def _dcp(tmp_path: Path, values: dict | None = None) -> Path:
+    from tests.dcp_build import write_chunked
+
+    return write_chunked(tmp_path / "ck", {"w": (torch.arange(4.0).reshape(2, 2), [((0, 0), (1, 2)), ((1, 0), (1, 2))])},
+                         values if values is not None else {"cfg": {"lr": 0.1}})
+
+
+def assert_dcp_refused(folder: Path, tmp_path: Path, code: int = 1) -> str:
+    scanned = run_cli("scan", folder)
+    assert scanned.returncode == code, (scanned.stdout, scanned.stderr)
+    out = tmp_path / "dcp-out"
+    converted = run_cli("convert", folder, out)
+    assert converted.returncode == code, (converted.stdout, converted.stderr)
+    assert len(converted.stderr.strip().splitlines()) == 1 and "Traceback" not in converted.stderr
+    assert not out.exists()
+    return converted.stderr
+
+
+def test_rank_local_metadata_is_read_when_metadata_fails_and_so_is_checked(tmp_path):
+    folder = _dcp(tmp_path)
+    (folder / "__0.metadata").write_bytes(_open_marker("io", version=4))
+    (folder / ".metadata").write_bytes((folder / ".metadata").read_bytes()[:-1])  # pickle.load fails: no STOP
+    assert fires_under_dcp_load(folder, tmp_path / "scratch")
+    assert_dcp_refused(folder, tmp_path)
+
+
+def test_rank_local_metadata_that_differs_is_ambiguous(tmp_path):
+    folder = _dcp(tmp_path)
+    other = _dcp(tmp_path / "other", {"cfg": {"lr": 0.1}, "step": 3})
+    assert (other / ".metadata").read_bytes() != (folder / ".metadata").read_bytes()
+    (folder / "__0.metadata").write_bytes((other / ".metadata").read_bytes())  # benign, but not the same file
+    err = assert_dcp_refused(folder, tmp_path)
+    assert "__0.metadata" in err
+    (folder / "__0.metadata").write_bytes((folder / ".metadata").read_bytes())  # the same bytes: no ambiguity
+    assert run_cli("convert", folder, tmp_path / "same").returncode == 0
+
+
+def test_metadata_pickle_rejects_is_refused_by_the_reader_too():
+    """READONLY_BUFFER on a non-buffer: pickle.load raises, so the VM must not accept it (dcp.load would fall back)."""
+    raw = pk.proto(pk.integer(1) + b"\x98", 5)
+    with pytest.raises(Exception):  # noqa: B017 - whatever pickle raises
+        pickle.loads(raw)
+    from convert.errors import MalformedCheckpoint
+    from convert.read.vm import PickleVM
+
+    with pytest.raises(MalformedCheckpoint):
+        PickleVM(raw, source="x").run()
+    assert PickleVM(pk.proto(pk.raw_bytes(b"ab") + b"\x98", 5), source="x").run() == b"ab"
+
+
+class _OpenMarker:
+    def __reduce__(self):
+        return (open, (MARKER, "w"))
+
+
+def test_a_bytes_item_is_unpickled_by_dcp_load_and_refused_here(tmp_path):
+    folder = _dcp(tmp_path, {"cfg": _OpenMarker()})
+    assert fires_under_dcp_load(folder, tmp_path / "scratch")
+    assert "cfg" in assert_dcp_refused(folder, tmp_path)
+
+
+def test_a_fifo_part_does_not_hang(tmp_path):
+    import os
+
+    folder = _dcp(tmp_path)
+    part = sorted(folder.glob("*.distcp"))[0]
+    part.unlink()
+    os.mkfifo(part)
+    for command in ("scan", "convert"):
+        proc = run_cli(command, folder, *([tmp_path / "out"] if command == "convert" else []), timeout=60)
+        assert proc.returncode == 2 and "FIFO" in proc.stdout + proc.stderr, (proc.stdout, proc.stderr)
+
+
+def test_a_part_changed_after_reading_is_noticed(tmp_path):
+    from convert.read.dcp import DcpFolder
+    from convert.read.source import SourceChanged
+
+    folder = _dcp(tmp_path)
+    with DcpFolder(folder) as dcp_folder:
+        part = sorted(folder.glob("*.distcp"))[0]
+        with open(part, "ab") as f:
+            f.write(b"\0")
+        with pytest.raises(SourceChanged):
+            dcp_folder.check_unchanged()
+
+
+def test_tiling_of_many_chunks():
+    from convert.read.dcp_tiling import tiling_problem
+
+    n = 20_000
+    columns = [((0, i), (4, 1)) for i in range(n)]  # every chunk shares the first offset: the old quadratic case
+    assert tiling_problem((4, n), columns) is None
+    grid = [((r, c), (1, 1)) for r in range(100) for c in range(200)]
+    assert tiling_problem((100, 200), grid) is None
+    overlapping = [*columns[:-1], ((0, n - 2), (4, 1))]
+    assert "overlap" in tiling_problem((4, n), overlapping)
+    moved = [*columns[:-2], ((0, n - 2), (2, 2)), ((2, n - 2), (2, 2))]  # equal volume, a real tiling
+    assert tiling_problem((4, n), moved) is None
+    # a pinwheel: five boxes tiling a square with no straight cut; not what a sharding writes, refused
+    pinwheel = [((0, 0), (2, 1)), ((0, 1), (1, 2)), ((1, 1), (1, 1)), ((2, 0), (1, 2)), ((1, 2), (2, 1))]
+    assert tiling_problem((3, 3), pinwheel) is not None
+    # a staircase that needs a split per box in alternating dims ends within the budget
+    stairs, x = [], 0
+    for _ in range(2000):
+        stairs.append(((x, 0), (1, 1)))
+        x += 1
+    assert tiling_problem((x, 1), stairs) is None
