@@ -16,6 +16,7 @@ from typing import Any
 
 from ..errors import MalformedCheckpoint
 from ..views import view_end
+from .collisions import check_keys, grown
 from .numpy_types import make_ndarray_from_buffer, make_npdtype, make_npscalar, new_ndarray
 from .records import GlobalRef, ObjectRecord, StorageRef, TensorRef, Unsupported
 from .torch_types import DTYPES_BY_NAME, QUANTIZED_DTYPES, Device, DType, TorchSize
@@ -161,6 +162,7 @@ def make_ordered_dict(*args: Any) -> collections.OrderedDict:
         for pair in args[0]:
             _expect(type(pair) in (list, tuple) and len(pair) == 2, "OrderedDict argument must be a list of pairs")
             result[pair[0]] = pair[1]
+            grown(result, "OrderedDict")
     return result
 
 
@@ -170,6 +172,8 @@ def _make_collection(kind: type) -> Reconstructor:
         if not args:
             return kind()
         _expect(type(args[0]) in (list, tuple, set, frozenset), f"{kind.__name__} argument must be a sequence")
+        if kind in (set, frozenset):
+            check_keys(args[0], kind.__name__)
         return kind(args[0])
     return make
 

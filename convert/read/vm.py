@@ -19,6 +19,7 @@ from typing import Any
 
 from ..errors import ConvertError, MalformedCheckpoint, UnsafeCheckpoint
 from . import allowlist, compat_names, gadgets, limits
+from .collisions import check_keys, grown
 from .numpy_types import build_ndarray, build_npdtype
 from .records import GlobalRef, NdArrayRef, NpDType, ObjectRecord, TensorRef
 from .source import SourceBytes
@@ -414,6 +415,7 @@ class PickleVM:
         items = self._pop_mark()
         if len(items) % 2:
             raise MalformedCheckpoint("DICT with an odd number of items")
+        check_keys(items[::2], "DICT")
         self.stack.append(dict(zip(items[::2], items[1::2])))
 
     def op_EMPTY_SET(self) -> None:
@@ -421,6 +423,7 @@ class PickleVM:
 
     def op_FROZENSET(self) -> None:
         items = self._pop_mark()
+        check_keys(items, "FROZENSET")
         self.stack.append(frozenset(items))
 
     def op_ADDITEMS(self) -> None:
@@ -428,7 +431,9 @@ class PickleVM:
         target = self._top()
         if type(target) is not set:
             raise MalformedCheckpoint(f"ADDITEMS on a {type(target).__name__}")
-        target.update(items)
+        for item in items:
+            target.add(item)
+            grown(target, "ADDITEMS")
 
     def _append(self, items: list[Any]) -> None:
         append_items(self._top(), items)
@@ -583,6 +588,7 @@ def set_items(target: Any, pairs: list[tuple[Any, Any]]) -> None:
     if type(target) in (dict, collections.OrderedDict):
         for key, value in pairs:
             target[key] = value
+            grown(target, "SETITEMS")
     elif isinstance(target, ObjectRecord):
         target.dictitems.extend(pairs)
     else:
