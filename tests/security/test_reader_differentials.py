@@ -317,3 +317,89 @@ def test_tiling_of_many_chunks():
         stairs.append(((x, 0), (1, 1)))
         x += 1
     assert tiling_problem((x, 1), stairs) is None
+
+
+# ------------------------------------------------------------------------------------ resources
+
+def _limited_cli(*args: object, cwd: Path) -> subprocess.CompletedProcess:
+    """The command line in a child under RLIMIT_AS (3 GiB) and a timeout: a resource attack must end cleanly."""
+    return harness.run_limited(["-m", "convert", *map(str, args)], timeout=300, cwd=cwd)
+
+
+def assert_clean_failure(proc: subprocess.CompletedProcess, *words: str) -> None:
+    err = proc.stderr.strip()
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr[-2000:])
+    assert len(err.splitlines()) == 1 and "Traceback" not in err and "MemoryError" not in err, err
+    assert all(w in err for w in words), err
+
+
+def test_one_big_string_referenced_many_times_stops_before_the_sidecar_is_built(tmp_path):
+    """~1 MB of pickle: a 512 KiB string and 250,000 references to it (128 GB of JSON if written out)."""
+    refs = 250_000
+    body = pk.text("x" * (512 << 10)) + pk.put(0) + pop_() + b"]" + b"(" + pk.get(0) * refs + b"e"
+    path = tmp_path / "strings.pt"
+    path.write_bytes(pk.proto(pk.dct((pk.text("w"), pk.integer(1)), (pk.text("names"), body)), 4))
+    assert path.stat().st_size < (1 << 20) + 4096
+    proc = _limited_cli("convert", path, tmp_path / "out", cwd=tmp_path)
+    assert_clean_failure(proc, "sidecar")
+    assert not (tmp_path / "out").exists()
+
+
+def pop_() -> bytes:
+    return pk.pop()
+
+
+MERSENNE = (1 << 61) - 1  # hash(k * MERSENNE) == 0 for every int k
+
+
+def test_dict_keys_that_all_hash_alike_are_refused_in_the_reader(tmp_path):
+    keys = 200_000
+    pairs = b"".join(pk.integer(k * MERSENNE) + pk.none() for k in range(1, keys + 1))
+    for name, body in {"dict": b"}(" + pairs + b"u",
+                       "setitem": b"}" + b"".join(pk.integer(k * MERSENNE) + pk.none() + b"s"
+                                                  for k in range(1, keys + 1)),
+                       "frozenset": b"(" + b"".join(pk.integer(k * MERSENNE) for k in range(1, keys + 1)) + b"\x91"}.items():
+        path = tmp_path / f"{name}.pt"
+        path.write_bytes(pk.proto(body, 4))
+        proc = _limited_cli("convert", path, tmp_path / f"out-{name}", cwd=tmp_path)
+        assert_clean_failure(proc, "hash")
+    # ordinary int keys are not affected
+    from convert.read.collisions import check_keys
+
+    check_keys(range(1_000_000), "ints")
+    check_keys([(i, i + 1) for i in range(100_000)], "pairs")
+
+
+def test_dict_keys_that_all_hash_alike_are_refused_in_the_loader(tmp_path):
+    import json
+
+    out = tmp_path / "folder"
+    convert_checkpoint_value({"w": torch.ones(2), "meta": {"a": 1}}, tmp_path / "src.pt", out)
+    sidecar_path = out / "checkpoint.json"
+    text = sidecar_path.read_text()
+    pairs = [[{"$int": hex(k * MERSENNE)}, None] for k in range(1, 50_001)]
+    assert '{"a":1}' in text
+    sidecar_path.write_text(text.replace('{"a":1}', json.dumps({"$dict": pairs}, separators=(",", ":")), 1))
+    script = ("import sys\nfrom convert import load_checkpoint\n"
+              "try:\n    load_checkpoint(sys.argv[1])\nexcept Exception as exc:\n    print(type(exc).__name__, exc)\n")
+    proc = harness.run_limited(["-c", script, str(out)], timeout=300, cwd=tmp_path)
+    assert "MalformedCheckpoint" in proc.stdout and "hash" in proc.stdout, (proc.stdout, proc.stderr[-2000:])
+
+
+def convert_checkpoint_value(value: object, src: Path, out: Path) -> None:
+    torch.save(value, src)
+    convert_checkpoint(src, out)
+
+
+def test_a_sidecar_naming_a_quantized_dtype_is_refused_at_load(tmp_path):
+    from convert.errors import MalformedCheckpoint
+
+    out = tmp_path / "folder"
+    base = torch.arange(8, dtype=torch.int8)
+    convert_checkpoint_value({"list": [base, base[2:5]]}, tmp_path / "src.pt", out)  # views: the sidecar's tensors table
+    sidecar_path = out / "checkpoint.json"
+    text = sidecar_path.read_text()
+    assert '"dtype":"int8"' in text
+    sidecar_path.write_text(text.replace('"dtype":"int8"', '"dtype":"qint8"'))
+    with pytest.raises(MalformedCheckpoint, match="qint8"):
+        load_checkpoint(out)
