@@ -9,8 +9,8 @@ tensor exactly, and each chunk's archive to hold a tensor of the box's shape and
 Every `.distcp` part is opened like any source (`containers.Input`: regular files only, no blocking
 open, pread and never a mapping, its identity checked again once read). A tensor saved in one chunk
 that is exactly its storage is copied file-to-file by the writer; a tensor split over chunks gets a
-storage made of `pieces` that reassemble it in row-major order (`write/chunked_source.py`) from its
-chunks' bytes, read when it is written.
+storage made of `pieces` that reassemble it in row-major order with bounded memory
+(`write/chunked_source.py`), reading each slab's bytes from the parts with pread.
 Values are placed into nested dicts/lists by the planner paths, as DCP's `set_element` does.
 """
 
@@ -251,22 +251,9 @@ class DcpFolder:
 
 
 def _boxes(refs: list[tuple[tuple[int, ...], TensorRef]]) -> list[Box]:
-    """The chunks of one tensor as boxes over their bytes, read (pread) when the tensor is written.
-
-    The parts are never mapped (a truncated file would be SIGBUS), so a tensor reassembled from chunks
-    holds its chunks' bytes in memory while it is written: one tensor at a time.
-    """
-    boxes = []
-    for offsets, ref in refs:
-        itemsize = ref.dtype.itemsize
-        span = (sum((n - 1) * st for n, st in zip(ref.shape, ref.stride)) + 1) * itemsize if ref.numel else 0
-        if ref.offset * itemsize + span > ref.storage.nbytes:
-            raise MalformedCheckpoint(f"{ref.storage.key}: a chunk's elements reach past its storage")
-        start = ref.storage.offset + ref.offset * itemsize
-        buffer = ref.storage.buffer
-        data = buffer.read(start, span) if isinstance(buffer, SourceBytes) else bytes(memoryview(buffer)[start:start + span])
-        boxes.append(Box(offsets, tuple(ref.shape), data, 0, tuple(ref.stride)))
-    return boxes
+    """The chunks of one tensor as boxes over their part files (read slab by slab with pread, never mapped)."""
+    return [Box(offsets, tuple(ref.shape), ref.storage.buffer, ref.storage.offset + ref.offset * ref.dtype.itemsize,
+                tuple(ref.stride)) for offsets, ref in refs]
 
 
 def _row_major(shape: tuple[int, ...]) -> list[int]:

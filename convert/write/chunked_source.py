@@ -29,7 +29,7 @@ class Box:
     """One saved part of a tensor: its place in the whole tensor and where its elements are.
 
     Element `i` of the box (a multi-index) is at byte `byte_offset + itemsize * sum(i[d] * strides[d])`
-    of `buffer` (a mapping of an input file, or bytes).
+    of `buffer` (an input file read with pread — a `read.source.SourceBytes` — or bytes).
     """
 
     offsets: tuple[int, ...]
@@ -84,6 +84,14 @@ def _span(box: Box, lo: int, hi: int, k: int, prefix: tuple[int, ...], itemsize:
     return first, [*sizes, itemsize], [st * itemsize for st in strides] + [1], last
 
 
+def _window(buffer: Any, first: int, last: int) -> memoryview:
+    """Bytes [first, last) of a box's buffer: read with pread from a file (`read.source.SourceBytes`: never
+    mapped, so a file truncated underneath is a clean error, not SIGBUS), or a view of bytes in memory."""
+    if hasattr(buffer, "read"):
+        return memoryview(buffer.read(first, last - first))
+    return memoryview(buffer)[first:last]
+
+
 def tensor_pieces(shape: tuple[int, ...], itemsize: int, boxes: list[Box],
                   block_bytes: int = BLOCK_BYTES) -> Iterator[memoryview]:
     """The tensor's bytes in row-major order, as consecutive pieces of at most about `block_bytes`.
@@ -96,7 +104,7 @@ def tensor_pieces(shape: tuple[int, ...], itemsize: int, boxes: list[Box],
         return
     if not shape:  # a 0-d tensor: one element, one box
         box = boxes[0]
-        yield memoryview(box.buffer)[box.byte_offset:box.byte_offset + itemsize]
+        yield _window(box.buffer, box.byte_offset, box.byte_offset + itemsize)
         return
     buffers = _Buffers()
     inner = [math.prod(shape[d + 1:]) * itemsize for d in range(len(shape))]
@@ -114,7 +122,7 @@ def tensor_pieces(shape: tuple[int, ...], itemsize: int, boxes: list[Box],
             if (whole is not None and whole.offsets[k] <= lo and hi <= whole.offsets[k] + whole.sizes[k]
                     and whole.sizes[k + 1:] == shape[k + 1:] and _contiguous(whole.sizes[k:], whole.strides[k:])):
                 first, _, _, last = _span(whole, lo, hi, k, prefix, itemsize)
-                yield memoryview(whole.buffer)[first:last]
+                yield _window(whole.buffer, first, last)
                 touched.append((whole.buffer, first, last))
             else:
                 if scratch is None:  # one buffer for every slab: freed-and-reallocated blocks fragment the heap
@@ -123,8 +131,9 @@ def tensor_pieces(shape: tuple[int, ...], itemsize: int, boxes: list[Box],
                 for box in meeting:
                     b_lo, b_hi = max(lo, box.offsets[k]), min(hi, box.offsets[k] + box.sizes[k])
                     first, sizes, strides, last = _span(box, b_lo, b_hi, k, prefix, itemsize)
-                    source = np.lib.stride_tricks.as_strided(buffers.tensor(box.buffer)[first:], shape=sizes,
-                                                             strides=strides, writeable=False)
+                    base = (np.frombuffer(box.buffer.read(first, last - first), dtype=np.uint8)
+                            if hasattr(box.buffer, "read") else buffers.tensor(box.buffer)[first:])
+                    source = np.lib.stride_tricks.as_strided(base, shape=sizes, strides=strides, writeable=False)
                     target = block[(slice(b_lo - lo, b_hi - lo),
                                     *(slice(o, o + s) for o, s in zip(box.offsets[k + 1:], box.sizes[k + 1:])))]
                     target[...] = source
