@@ -48,6 +48,8 @@ DCP_DATA_CLASSES: frozenset[str] = frozenset({
     METADATA, TENSOR_STORAGE, TENSOR_PROPERTIES, CHUNK, BYTES_STORAGE, METADATA_INDEX, STORAGE_META, MEM_FORMAT,
     STORAGE_INFO,
 })
+# The metadata classes whose every field has a default: the only ones pickle can call with no arguments.
+_CALLABLE_WITHOUT_ARGUMENTS = frozenset({TENSOR_PROPERTIES, BYTES_STORAGE, STORAGE_META})
 MAX_METADATA_BYTES = 1 << 32
 MAX_PATH_PARTS = 64
 _MEMORY_FORMATS = {0: "contiguous_format", 1: "channels_last", 2: "channels_last_3d", 3: "preserve_format"}
@@ -115,6 +117,10 @@ def _fields(value: Any, qualname: str, where: str, allowed: set[str]) -> dict[st
         raise _bad(where, f"expected a {qualname.rsplit('.', 1)[1]}, found {got}")
     if value.args not in ((),) or value.dictitems or value.listitems or value.via not in ("newobj", "reduce"):
         raise _bad(where, f"{qualname.rsplit('.', 1)[1]} is not pickled as a plain dataclass")
+    if value.via == "reduce" and qualname not in _CALLABLE_WITHOUT_ARGUMENTS:
+        # REDUCE calls the class: pickle.load fails on a dataclass with required fields (and dcp.load then
+        # falls back to another file), so reading it as data would not be reading what torch reads
+        raise _bad(where, f"{qualname.rsplit('.', 1)[1]} is called without its required fields; pickle.load fails on it")
     state = value.state
     if type(state) is tuple and len(state) == 2 and all(s is None or type(s) is dict for s in state):
         state = {**(state[0] or {}), **(state[1] or {})}

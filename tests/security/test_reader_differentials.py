@@ -403,3 +403,18 @@ def test_a_sidecar_naming_a_quantized_dtype_is_refused_at_load(tmp_path):
     sidecar_path.write_text(text.replace('"dtype":"int8"', '"dtype":"qint8"'))
     with pytest.raises(MalformedCheckpoint, match="qint8"):
         load_checkpoint(out)
+
+
+def test_metadata_that_calls_a_dataclass_without_its_fields_is_refused(tmp_path):
+    """`Metadata()` by REDUCE: pickle.load raises (required field), so dcp.load would fall back; the reader refuses."""
+    folder = _dcp(tmp_path)
+    raw = (folder / ".metadata").read_bytes()
+    newobj = b"\x93\x94)\x81"  # STACK_GLOBAL, MEMOIZE, EMPTY_TUPLE, NEWOBJ: how dataclasses are pickled
+    first = raw.index(newobj)  # the outermost object: Metadata
+    assert raw[:first].endswith(b"Metadata\x94")
+    patched = raw[:first] + b"\x93\x94)R" + raw[first + len(newobj):]  # the same, called: Metadata()
+    (folder / ".metadata").write_bytes(patched)
+    with pytest.raises(TypeError):
+        pickle.loads(patched)
+    err = assert_dcp_refused(folder, tmp_path, code=2)
+    assert "required fields" in err
