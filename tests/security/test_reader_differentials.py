@@ -70,6 +70,8 @@ PY2_GADGETS = {
     "StringIO": _open_marker("StringIO"),  # -> io.open
     "anydbm": pk.proto(pk.call(pk.glob("anydbm", "open"), pk.text("marker"), pk.text("c")), 2),  # -> dbm.open
     "dumbdbm": pk.proto(pk.call(pk.glob("dumbdbm", "open"), pk.text("marker"), pk.text("c")), 2),  # -> dbm.dumb.open
+    # STACK_GLOBAL is not gated by the protocol: at protocol 2 its names are mapped too
+    "stack-global-protocol-2": pk.proto(pk.call(pk.sglob("cStringIO", "open"), pk.text(MARKER), pk.text("w")), 2),
     # no PROTO opcode at all: protocol 0, where fix_imports applies too
     "cStringIO-protocol-0": pk.call(pk.glob("cStringIO", "open"), pk.text(MARKER), pk.text("w")) + b".",
 }
