@@ -241,8 +241,9 @@ def rank_metadata_files(folder: Path) -> list[Path]:
     return sorted(folder / name for name in names if RANK_METADATA.fullmatch(name))
 
 
-def _read_pickle(path: Path, identities: dict[Path, Identity]) -> tuple[Any, PickleVM, str]:
-    """Run one metadata pickle through the VM: (root, the VM, the file's sha256). Its identity goes into `identities`."""
+def _read_pickle(path: Path, identities: dict[Path, Identity], digest: bool = True) -> tuple[Any, PickleVM, str]:
+    """Run one metadata pickle through the VM: (root, the VM, the file's sha256 or "" without `digest`).
+    Its identity goes into `identities`."""
     with Input(path) as inp:
         identities[path] = inp.identity
         if inp.size > MAX_METADATA_BYTES:
@@ -251,7 +252,7 @@ def _read_pickle(path: Path, identities: dict[Path, Identity]) -> tuple[Any, Pic
         root = vm.run()
         if vm.pos != inp.size:
             raise MalformedCheckpoint(f"{path}: {inp.size - vm.pos} bytes of trailing data after the pickle")
-        return root, vm, sha256_fd(inp.fileno(), inp.size)
+        return root, vm, sha256_fd(inp.fileno(), inp.size) if digest else ""
 
 
 def read_metadata(folder: Path) -> DcpMetadata:
@@ -275,7 +276,7 @@ def read_metadata(folder: Path) -> DcpMetadata:
         except ConvertError:
             raw[rank_path] = ""  # not metadata we can read: cannot be the same as `.metadata`
     try:
-        root, vm, data = _read_pickle(path, identities)
+        root, vm, data = _read_pickle(path, identities, digest=bool(raw))
     except UnsafeCheckpoint as exc:
         unsafe.insert(0, exc)
     except ConvertError:
