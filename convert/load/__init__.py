@@ -20,7 +20,7 @@ from ..integrity import check_digest, check_header, has_record, mapping_sha256
 from ..jsonio import strict_json
 from ..read.torch_types import DTYPES_BY_NAME
 from ..schema import MAX_SIDECAR_DEPTH, SIDECAR_NAME, check_sidecar_size, validate
-from ..torch_values import torch_dtype
+from ..torch_values import tensor_dtype
 from ..views import view_end
 from .decode import Decoder
 from .materialize import jobs_for, read_to_host
@@ -201,7 +201,7 @@ class _Loader:
         return t.to(self.device) if self.device.type != "cpu" else t
 
     def _build_tensor(self, tid: str, info: dict) -> torch.Tensor:
-        dtype = torch_dtype(info["dtype"])
+        dtype = tensor_dtype(info["dtype"], f"tensor {tid}")
         storage = self.storage(info["storage"])
         try:
             end = view_end(info["offset"], info["shape"], info["stride"], dtype.itemsize)
