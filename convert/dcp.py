@@ -110,7 +110,7 @@ def convert_dcp_folder(src: str | os.PathLike, dst: str | os.PathLike, *, overwr
         sources = [KernelCopySource(part.buf, part.fd) for part in dcp.parts.values() if part.size]
         return write_checkpoint_folder(dcp.root, dst, provenance=_provenance(dcp, None), overwrite=overwrite,
                                        max_shard_size=max_shard_size, kernel_copy_source=sources,
-                                       complete_source=lambda: _source_parts(hashes.parts()))
+                                       complete_source=lambda: _source_parts(hashes.parts()), sources=[src])
 
 
 def read_dcp_folder(src: str | os.PathLike) -> Any:
