@@ -28,10 +28,8 @@ not a signature. Folders without `integrity` (earlier releases) load without thi
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import mmap
 import os
 import secrets
 from pathlib import Path
@@ -142,6 +140,8 @@ def fd_sha256(fd: int) -> str:
 
 def mapping_sha256(buffer: Any) -> str:
     """sha256 of a whole mapping; pages of an mmap are handed back after each chunk (RSS stays flat)."""
+    from .load.mapping import release_pages  # torch-free, but under convert.load (which imports torch)
+
     digest = hashlib.sha256()
     if buffer is None:
         return digest.hexdigest()
@@ -149,9 +149,7 @@ def mapping_sha256(buffer: Any) -> str:
     try:
         for start in range(0, len(view), CHUNK):
             digest.update(view[start:start + CHUNK])
-            if isinstance(buffer, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
-                with contextlib.suppress(OSError, ValueError):
-                    buffer.madvise(mmap.MADV_DONTNEED, start, min(CHUNK, len(view) - start))
+            release_pages(buffer, start, min(CHUNK, len(view) - start))
     finally:
         view.release()
     return digest.hexdigest()

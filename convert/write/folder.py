@@ -62,9 +62,13 @@ ENVIRONMENT_ERRNOS = frozenset(code for code in (
 
 
 def fault_point(name: str) -> None:
-    """Test hook: if CKPT_CONVERT_FAULT names this step, the process SIGKILLs itself here (no cleanup)."""
-    if os.environ.get(FAULT_ENV) == name:
+    """Test hook: if CKPT_CONVERT_FAULT names this step, the process SIGKILLs itself here (no cleanup);
+    if it names it with ":stop", the process stops itself (SIGSTOP) until a test sends it signals."""
+    fault = os.environ.get(FAULT_ENV)
+    if fault == name:
         os.kill(os.getpid(), signal.SIGKILL)
+    elif fault == f"{name}:stop":
+        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def write_folder(plan: Plan, dst: Path, *, overwrite: bool = False, copy_files: Iterable[Path] = (),
