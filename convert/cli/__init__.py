@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="checkpoint file (.pt .pth .bin .pkl .tar .ckpt, any name), or a torch.distributed.checkpoint "
                    "folder (.metadata + *.distcp)")
     p.add_argument("dst", help="output folder (must not exist unless --overwrite)")
-    p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    p.add_argument("--overwrite", action="store_true", help="replace DST if it is an earlier ckpt-convert output "
+                   "holding nothing else (never a folder of other files, the source's folder or the current folder)")
     p.add_argument("--max-shard-size", metavar="SIZE", help="split state dicts larger than SIZE (e.g. 5GB, 500MiB) into "
                    "NAME-00001-of-0000N.safetensors shards with a NAME.safetensors.index.json")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
