@@ -17,7 +17,7 @@ Checks, cheapest first:
 Folders written before this record existed (no `folder_id` in the sidecar) load without these
 checks; a data file that carries a folder id under a sidecar without one is refused (mixed).
 
-The sidecar itself is sealed (`integrity` in checkpoint.json, written last): `copied` holds the
+The sidecar itself is sealed (`integrity`, its last key, written last): `copied` holds the
 sha256 of each file copied in as it is (an HF config.json), and `sidecar_sha256` the sha256 of the
 file's own bytes with that one value set to "". The file must also be exactly the compact
 serialization (`sidecar_bytes`) of what it parses to, so any edit of checkpoint.json (an epoch,
@@ -46,21 +46,23 @@ def sidecar_bytes(sidecar: dict) -> bytes:
     return (json.dumps(sidecar, separators=(",", ":"), ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
 
 
-def _seal_digest(sidecar: dict) -> str:
-    seal = sidecar[SEAL_KEY]
-    recorded = seal["sidecar_sha256"]
-    seal["sidecar_sha256"] = ""
-    try:
-        return hashlib.sha256(sidecar_bytes(sidecar)).hexdigest()
-    finally:
-        seal["sidecar_sha256"] = recorded
+_UNSEALED_TAIL = b'"sidecar_sha256":""}}\n'  # how a sidecar ends with its seal (the last key) still blank
+
+
+def _sealed_tail(digest: str) -> bytes:
+    return f'"sidecar_sha256":"{digest}"}}}}\n'.encode()
 
 
 def seal(sidecar: dict, copied: dict[str, str]) -> bytes:
     """Add the seal (copied files' digests, the sidecar's own digest) to `sidecar`; returns its final bytes."""
-    sidecar[SEAL_KEY] = {"copied": dict(copied), "sidecar_sha256": ""}
-    sidecar[SEAL_KEY]["sidecar_sha256"] = _seal_digest(sidecar)
-    return sidecar_bytes(sidecar)
+    sidecar.pop(SEAL_KEY, None)
+    sidecar[SEAL_KEY] = {"copied": dict(copied), "sidecar_sha256": ""}  # last: its value ends the file
+    data = sidecar_bytes(sidecar)
+    if not data.endswith(_UNSEALED_TAIL):  # cannot happen: the seal is the last key
+        raise AssertionError("the seal is not the sidecar's last key")
+    digest = hashlib.sha256(data).hexdigest()
+    sidecar[SEAL_KEY]["sidecar_sha256"] = digest
+    return data[:-len(_UNSEALED_TAIL)] + _sealed_tail(digest)  # = sidecar_bytes(sidecar), serialized once
 
 
 def check_sidecar(sidecar: dict, raw: bytes) -> str | None:
@@ -68,9 +70,12 @@ def check_sidecar(sidecar: dict, raw: bytes) -> str | None:
     if not isinstance(sidecar, dict) or SEAL_KEY not in sidecar:
         return None  # written before sealed sidecars (or not a sidecar: the schema check says so)
     seal = sidecar[SEAL_KEY]
-    if not isinstance(seal, dict) or not isinstance(seal.get("sidecar_sha256"), str):
-        return "checkpoint.json has a malformed seal"
-    if sidecar_bytes(sidecar) != raw or _seal_digest(sidecar) != sidecar[SEAL_KEY]["sidecar_sha256"]:
+    digest = seal.get("sidecar_sha256") if isinstance(seal, dict) else None
+    tail = _sealed_tail(digest) if isinstance(digest, str) else None
+    if (tail is None or list(sidecar)[-1] != SEAL_KEY or list(seal)[-1] != "sidecar_sha256"
+            or not raw.endswith(tail)
+            or hashlib.sha256(raw[:-len(tail)] + _UNSEALED_TAIL).hexdigest() != digest
+            or sidecar_bytes(sidecar) != raw):  # last: the costly one (any other serialization is an edit)
         return "checkpoint.json was changed after it was written (its seal does not match)"
     return None
 
