@@ -25,6 +25,7 @@ from .api import read_checkpoint
 from .load import load_checkpoint
 from .save import save_checkpoint
 from .tree import transform
+from .write.durable import NAME_MAX, fit_name
 from .write.ownership import check_replaceable
 
 __all__ = ["SafetensorsCheckpointIO"]
@@ -88,7 +89,7 @@ class SafetensorsCheckpointIO(CheckpointIO):
         if path.is_dir() and not path.is_symlink():
             check_replaceable(path)  # the writer's ownership rule: a checkpoint folder holding nothing else
             # Rename first, so that a crash mid-way leaves a hidden leftover, never a half-removed checkpoint.
-            doomed = path.with_name(f".{path.name}.removing")
+            doomed = path.with_name(f".{fit_name(path.name, NAME_MAX - 10)}.removing")
             shutil.rmtree(doomed, ignore_errors=True)
             os.rename(path, doomed)
             shutil.rmtree(doomed)

@@ -156,3 +156,19 @@ def _is_link(fd: int) -> bool:
         return True
     except OSError:
         return False
+
+
+def test_mapped_tensors_outlive_the_loader(tmp_path):
+    """The fd-less mapping is unmapped only with the last view of it: tensors and arrays stay valid."""
+    import gc
+
+    import numpy as np
+
+    folder = tmp_path / "f"
+    save_checkpoint({"w": torch.arange(1000.0), "a": np.arange(50, dtype=np.int64)}, folder, max_shard_size=2048)
+    ck = load_checkpoint(folder)
+    gc.collect()
+    assert torch.equal(ck["w"], torch.arange(1000.0))
+    assert np.array_equal(ck["a"], np.arange(50))
+    ck["w"] += 1  # copy-on-write: the file is not touched
+    assert torch.equal(load_checkpoint(folder)["w"], torch.arange(1000.0))
