@@ -277,3 +277,24 @@ def test_folders_of_the_previous_release_still_load_and_verify_as_before(tmp_pat
     with pytest.raises(ConvertError, match="without digests"):
         load_checkpoint(fixture, verify=True)
     assert folder_snapshot(fixture) == before
+
+
+def test_framework_unit_output_is_replaced_but_not_with_user_files(tmp_path):
+    from convert.migrate.frameworks import convert_framework_folder
+
+    unit = tmp_path / "checkpoint-500"
+    unit.mkdir()
+    torch.save({"state": {}, "param_groups": []}, unit / "optimizer.pt")
+    (unit / "trainer_state.json").write_text('{"global_step": 500}')
+    out = tmp_path / "out" / "checkpoint-500"
+    convert_framework_folder(unit, out)
+    convert_framework_folder(unit, out, overwrite=True)  # sub-folders and copies of the unit's own files
+    (out / "eval.txt").write_text("mine")
+    with pytest.raises(DestinationNotOwned, match=r"eval\.txt"):
+        convert_framework_folder(unit, out, overwrite=True)
+    (out / "eval.txt").unlink()
+    (out / "optimizer.pt" / "notes.md").write_text("mine")  # inside a converted sub-folder
+    with pytest.raises(DestinationNotOwned, match=r"optimizer\.pt/notes\.md"):
+        convert_framework_folder(unit, out, overwrite=True)
+    with pytest.raises(DestinationNotOwned):  # the same layout, but no unit source: a user's folder of outputs
+        check_replaceable(out, [])
