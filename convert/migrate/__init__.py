@@ -10,7 +10,10 @@ overlap and cleanup (never touch anything but DST's own temp folders), report, p
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
+import signal
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,7 @@ from typing import Any
 from ..errors import ConvertError
 from ..write.temp import remove_stale_temporaries
 from .journal import JOURNAL_NAME, Journal, JournalState, read_journal
-from .lock import DestinationLock, holder_pid
+from .lock import LOCK_NAME, DestinationLock, holder_pid
 from .manifest import MANIFEST_NAME, MIGRATED_SUFFIX, read_legacy_manifest, retire_legacy_manifest
 from .overlap import check_overlap
 from .pool import run_bounded
@@ -52,6 +55,37 @@ def _open_journal(dst: Path, src: Path, report: Report) -> Journal:
     return journal
 
 
+RESERVED = frozenset({JOURNAL_NAME, REPORT_NAME, LOCK_NAME, MANIFEST_NAME, MANIFEST_NAME + MIGRATED_SUFFIX})
+
+
+def _refusal(job: Job, dst: Path, journal: Journal) -> str | None:
+    """Why `job` must not run (its output path holds something this migration did not write), else None."""
+    if job.output_rel in RESERVED:
+        return f"{job.rel}: its output name is one of migrate's own files in {dst}; rename the source"
+    out = dst / job.output_rel
+    if os.path.lexists(out) and not journal.state.owns(job.rel, job.output_rel):
+        return (f"{out} already exists and was not written by this migration for {job.rel}; nothing was changed: "
+                "move it away (or choose another destination) and re-run")
+    return None
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM ends a migrate like Ctrl-C: temp folders removed, lock released, one line, exit 130."""
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def migrate(src: str | os.PathLike, dst: str | os.PathLike, *, jobs: int | None = None, quiet: bool = True,
             max_shard_size: str | None = None, submit: Submit | None = None) -> Report:
     """Convert every checkpoint under `src` into the mirrored folder `dst`, verify each, and report.
@@ -80,7 +114,7 @@ def migrate(src: str | os.PathLike, dst: str | os.PathLike, *, jobs: int | None 
         dst.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConvertError(f"cannot create {dst}: {exc.strerror}") from None
-    with DestinationLock(dst):
+    with DestinationLock(dst), _sigterm_as_interrupt():
         report = Report("migrate", str(src), str(dst))
         journal = _open_journal(dst, src, report)
         stats = WalkStats()
@@ -90,12 +124,22 @@ def migrate(src: str | os.PathLike, dst: str | os.PathLike, *, jobs: int | None 
             walk = iter_jobs(src, stats, skip=dst if dst_inside_src else None,
                              on_folder=lambda rel: remove_stale_temporaries(dst / rel))
             for job in walk:
-                previous = journal.state.is_done(job.rel, job.size, job.mtime_ns, dst)
+                previous = journal.state.is_done(job.rel, job.size, job.mtime_ns, dst, job.output_rel)
                 if previous:
                     report.add(job.rel, {**previous, "status": "skipped"})
-                else:
-                    progress.found_job(job)
-                    yield job
+                    continue
+                refused = _refusal(job, dst, journal)
+                if refused:
+                    entry = {"kind": job.kind, "output": job.output_rel, "bytes": job.size, "status": "failed",
+                             "reason": refused, "size": job.size, "mtime_ns": job.mtime_ns}
+                    journal.record(job.rel, entry)
+                    report.add(job.rel, entry)
+                    continue
+                if journal.state.owns(job.rel, job.output_rel):
+                    job = dataclasses.replace(job, replace=True)
+                journal.started(job.rel, job.output_rel)
+                progress.found_job(job)
+                yield job
             progress.walk_finished()
 
         args = (str(dst), max_shard_size)
@@ -105,12 +149,16 @@ def migrate(src: str | os.PathLike, dst: str | os.PathLike, *, jobs: int | None 
             try:
                 for job, entry in results:
                     entry.update(size=job.size, mtime_ns=job.mtime_ns)
+                    entry.setdefault("owner", True)  # dispatched: its output path was free or ours
+                    report.skip_paths([(job.rel if p == "." else p if job.rel == "." else f"{job.rel}/{p}", why)
+                                       for p, why in entry.get("skipped_inside", ())])
                     journal.record(job.rel, entry)
                     report.add(job.rel, entry)
                     progress.finished_job(job)
             finally:
                 progress.stop()
             report.other_files, report.special_files = stats.others, stats.special
+            report.skip_paths(stats.skipped)
             if journal.needs_compaction():
                 journal.compact()
         finally:
