@@ -60,7 +60,11 @@ ENVIRONMENT_ERRNOS = frozenset(code for code in (
 
 
 def sidecar_bytes(sidecar: dict) -> bytes:
-    return (json.dumps(sidecar, separators=(",", ":"), ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+    text = json.dumps(sidecar, separators=(",", ":"), ensure_ascii=False, allow_nan=False) + "\n"
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:  # a source name that is not UTF-8 (surrogateescape): kept exactly, as \\udcXX escapes
+        return (json.dumps(sidecar, separators=(",", ":"), ensure_ascii=True, allow_nan=False) + "\n").encode("ascii")
 
 
 def fault_point(name: str) -> None:
