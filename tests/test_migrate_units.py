@@ -295,3 +295,101 @@ def test_a_rerun_over_a_previous_release_destination_deletes_nothing(tmp_path, l
     report = migrate(src, dst, jobs=1)
     assert report.files["a.pt"]["status"] == "converted" and report.files["a.pt"]["output"] == "a.pt"
     assert _tree(dst / legacy_name) == old
+
+
+# --------------------------------------------------------------------------- property: random trees, kills, siblings
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from convert.migrate.journal import KILL_ENV  # noqa: E402
+from convert.migrate.walker import find_jobs  # noqa: E402
+from convert.write.folder import FAULT_ENV as WRITE_FAULT_ENV  # noqa: E402
+from tests.strategies import examples  # noqa: E402
+
+_NAMES = st.sampled_from(["a", "b", "a.pt", "b.pth", "m.pt.converted"])
+_PATHS = st.lists(_NAMES, min_size=1, max_size=3).map(lambda parts: "/".join(parts))
+_ITEMS = st.lists(st.tuples(st.sampled_from(["source", "source", "unit", "user", "link_in", "link_out"]),
+                            _PATHS, st.integers(0, 9)), min_size=1, max_size=7)
+_KILLS = st.sampled_from([None, "journal:1", "journal:2", "after-sidecar", "before-rename"])
+
+
+def _try(fn) -> None:
+    try:
+        fn()
+    except (OSError, RuntimeError):  # (torch.save: RuntimeError) a drawn path collides with a file or folder already drawn: that item is left out
+        pass
+
+
+def _place(root: Path, src: Path, dst: Path, outside: Path, kind: str, rel: str, n: int) -> None:
+    if kind == "source":
+        path = src / (rel if rel.endswith((".pt", ".pth")) else rel + ".pt")
+        _try(lambda: (path.parent.mkdir(parents=True, exist_ok=True), torch.save({"w": torch.full((2,), float(n))},
+                                                                                  path)))
+    elif kind == "unit":
+        folder = src / rel / f"checkpoint-{n}"
+
+        def unit() -> None:
+            folder.mkdir(parents=True)
+            (folder / "trainer_state.json").write_text(json.dumps({"step": n}))
+            torch.save({"step": n}, folder / "optimizer.pt")
+        _try(unit)
+    elif kind == "user":
+        path = dst / rel / f"user{n}.txt"
+        _try(lambda: (path.parent.mkdir(parents=True, exist_ok=True), path.write_text(f"user {n}")))
+    elif kind == "link_in":
+        _try(lambda: (src / f"link{n}.pt").symlink_to(src / "a.pt"))  # dangling if a.pt is never drawn
+    else:
+        target = outside / f"o{n}.pt"
+        _try(lambda: (target.parent.mkdir(parents=True, exist_ok=True), torch.save({"o": n}, target),
+                      (src / f"out{n}.pt").symlink_to(target)))
+
+
+def _blocked(dst: Path, users: dict[str, bytes], output: str) -> bool:
+    """A user file sits at, under or above the job's output path: the job must fail, nothing touched."""
+    return any(u == output or u.startswith(output + "/") or output.startswith(u + "/") for u in users)
+
+
+@settings(max_examples=examples(15), deadline=None, suppress_health_check=list(HealthCheck))
+@given(items=_ITEMS, kill=_KILLS, later=_ITEMS)
+def test_property_random_trees_kills_and_siblings(tmp_path_factory, items, kill, later):
+    root = tmp_path_factory.mktemp("prop")
+    src, dst, outside = root / "src", root / "dst", root / "outside"
+    src.mkdir()
+    dst.mkdir()
+    for item in items:
+        _place(root, src, dst, outside, *item)
+    users = _tree(dst)
+    if kill:  # a first run killed -9 at a random point
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONWARNINGS": "ignore",
+               **({KILL_ENV: kill} if kill.startswith("journal") else {WRITE_FAULT_ENV: kill})}
+        subprocess.run([sys.executable, "-m", "convert", "migrate", str(src), str(dst), "-q", "-j", "1"], env=env,
+                       capture_output=True, timeout=300)
+    else:
+        migrate(src, dst, jobs=1)
+    for item in later:  # siblings added to SRC after the first run (user files never appear in DST now)
+        if item[0] != "user":
+            _place(root, src, dst, outside, *item)
+    migrate(src, dst, jobs=1)
+    final = migrate(src, dst, jobs=1)
+
+    assert {k: v for k, v in _tree(dst).items() if k in users} == users  # every user file byte-identical
+    jobs, _ = find_jobs(src, None)
+    from convert import load_checkpoint
+
+    owned = []
+    for job in jobs:
+        entry = final.files[job.rel]
+        assert entry["output"] == job.rel  # the stable name
+        if _blocked(dst, users, job.rel):
+            assert entry["status"] == "failed", entry
+            continue
+        assert entry["status"] == "skipped", entry  # converted once, by an earlier run: never again
+        owned.append(job.rel)
+        if job.kind == "file":
+            assert torch.equal(load_checkpoint(dst / job.rel)["w"], torch.load(job.source)["w"])
+    own_files = {JOURNAL_NAME, REPORT_NAME, ".ckpt-convert.lock"}
+    for rel in _tree(dst):  # nothing else in DST: user files, migrate's own files, files of our outputs
+        assert rel in users or rel in own_files or any(rel.startswith(o + "/") for o in owned), rel
+    assert not stale_temporaries(dst)
+    assert all(s["path"].startswith("out") for s in final.skipped_paths if "outside" in s["reason"])
