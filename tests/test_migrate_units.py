@@ -317,7 +317,7 @@ _KILLS = st.sampled_from([None, "journal:1", "journal:2", "after-sidecar", "befo
 def _try(fn) -> None:
     try:
         fn()
-    except (OSError, RuntimeError):  # (torch.save: RuntimeError) a drawn path collides with a file or folder already drawn: that item is left out
+    except (OSError, RuntimeError):  # a drawn path collides with one drawn before (torch.save: RuntimeError): left out
         pass
 
 

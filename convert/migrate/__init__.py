@@ -28,7 +28,7 @@ from .pool import run_bounded
 from .progress import MigrateProgress
 from .report import REPORT_NAME, Report
 from .walker import Job, WalkStats, iter_jobs
-from .worker import pool_job, scan_job
+from .worker import converted_from, pool_job, scan_job
 
 __all__ = ["Report", "migrate", "migrate_status", "scan_folder"]
 
@@ -58,29 +58,13 @@ def _open_journal(dst: Path, src: Path, report: Report) -> Journal:
 RESERVED = frozenset({JOURNAL_NAME, REPORT_NAME, LOCK_NAME, MANIFEST_NAME, MANIFEST_NAME + MIGRATED_SUFFIX})
 
 
-def _converted_from(out: Path, source: Path) -> bool:
-    """Whether the folder `out` is a ckpt-convert output of exactly the file `source` (name and sha256):
-    one this migration installed before a kill, or whose journal line was lost."""
-    from ..load import read_sidecar
-    from ..write.source_hash import sha256_fd
-
-    try:
-        recorded = read_sidecar(out)["source"]
-        if recorded.get("name") != source.name or recorded.get("size") != source.stat().st_size:
-            return False
-        with open(source, "rb") as f:
-            return recorded.get("sha256") == sha256_fd(f.fileno(), os.fstat(f.fileno()).st_size)
-    except (ConvertError, OSError, KeyError, TypeError, AttributeError):
-        return False
-
-
 def _refusal(job: Job, dst: Path, journal: Journal) -> str | None:
     """Why `job` must not run (its output path holds something this migration did not write), else None."""
     if job.output_rel in RESERVED:
         return f"{job.rel}: its output name is one of migrate's own files in {dst}; rename the source"
     out = dst / job.output_rel
     if os.path.lexists(out) and not journal.state.owns(job.rel, job.output_rel) and \
-            not (job.kind == "file" and _converted_from(out, job.source)):
+            not (job.kind == "file" and converted_from(out, job.source)):
         return (f"{out} already exists and was not written by this migration for {job.rel}; nothing was changed: "
                 "move it away (or choose another destination) and re-run")
     return None

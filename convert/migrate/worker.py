@@ -28,6 +28,22 @@ def hang_if_injected(job: Job) -> None:
             time.sleep(600)
 
 
+def converted_from(out: Path, source: Path) -> bool:
+    """Whether the folder `out` is a ckpt-convert output of exactly the file `source` (name and sha256):
+    one this migration installed before a kill, or whose journal line was lost."""
+    from ..load import read_sidecar
+    from ..write.source_hash import sha256_fd
+
+    try:
+        recorded = read_sidecar(out)["source"]
+        if recorded.get("name") != source.name or recorded.get("size") != source.stat().st_size:
+            return False
+        with open(source, "rb") as f:
+            return recorded.get("sha256") == sha256_fd(f.fileno(), os.fstat(f.fileno()).st_size)
+    except (ConvertError, OSError, KeyError, TypeError, AttributeError):
+        return False
+
+
 def pool_job(job: Job, dst_root: str, max_shard_size: str | None = None) -> dict[str, Any]:
     """`run_job` as a pool or Ray task runs it (with the tests' fault injection)."""
     hang_if_injected(job)
@@ -45,11 +61,12 @@ def run_job(job: Job, dst_root: str, max_shard_size: str | None = None) -> dict[
     out = Path(dst_root) / job.output_rel
     entry: dict[str, Any] = {"kind": job.kind, "output": job.output_rel, "bytes": job.size}
     try:
-        if os.path.lexists(out) and not job.replace:
+        replace = job.replace or (job.kind == "file" and converted_from(out, job.source))  # a retried task
+        if os.path.lexists(out) and not replace:
             raise OutputExists(f"{out} already exists and was not written by this migration for {job.rel}; "
                                "nothing was changed: move it away (or choose another destination) and re-run")
         if job.kind == "file":
-            convert_checkpoint(job.source, out, overwrite=job.replace, max_shard_size=max_shard_size)
+            convert_checkpoint(job.source, out, overwrite=replace, max_shard_size=max_shard_size)
             from ..load import read_sidecar
 
             entry["sha256"] = read_sidecar(out)["source"]["sha256"]
