@@ -152,7 +152,8 @@ def migrate(src: str | os.PathLike, dst: str | os.PathLike, *, jobs: int | None 
             try:
                 for job, entry in results:
                     entry.update(size=job.size, mtime_ns=job.mtime_ns)
-                    entry.setdefault("owner", True)  # dispatched: its output path was free or ours
+                    # dispatched with its output path free or ours: whatever is there now, this run put there
+                    entry.setdefault("owner", os.path.lexists(dst / job.output_rel))
                     report.skip_paths([(job.rel if p == "." else p if job.rel == "." else f"{job.rel}/{p}", why)
                                        for p, why in entry.get("skipped_inside", ())])
                     journal.record(job.rel, entry)

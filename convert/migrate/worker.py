@@ -83,6 +83,8 @@ def run_job(job: Job, dst_root: str, max_shard_size: str | None = None) -> dict[
             entry["reason"] = "verification failed: " + "; ".join(diffs[:3])
     except UnsafeCheckpoint as exc:
         entry.update(status="unsafe", reason=str(exc), findings=[f.name for f in exc.findings])
+    except OutputExists as exc:  # something not ours appeared at the output path meanwhile
+        entry.update(status="failed", reason=f"{exc.label}: {exc}", owner=False)
     except ConvertError as exc:
         entry.update(status="failed", reason=f"{exc.label}: {exc}")
     except Exception as exc:  # a converter bug must not stop the whole migration
