@@ -190,6 +190,7 @@ def test_hf_cache_snapshot_links_are_followed_and_outside_links_reported(tmp_pat
         (snap / name).symlink_to(Path("..", "..", "blobs", blob))
     outside = _save(tmp_path / "elsewhere" / "secret.pt")
     (src / "link.pt").symlink_to(outside)
+    (snap / "extra.bin").symlink_to(outside)  # inside the unit, leading out: not followed, reported
     report = migrate(src, dst, jobs=1)
     rel = "models--tiny/snapshots/abc123"
     assert list(report.files) == [rel] and report.files[rel]["status"] == "converted", report.files
@@ -198,7 +199,8 @@ def test_hf_cache_snapshot_links_are_followed_and_outside_links_reported(tmp_pat
     assert (out / "config.json").read_text() == "{}" and (out / "tokenizer.json").read_text() == '{"tok": 1}'
     assert not (out / "config.json").is_symlink()
     doc = json.loads((dst / REPORT_NAME).read_text())
-    assert [s["path"] for s in doc["skipped_paths"]] == ["link.pt"]
+    assert sorted(s["path"] for s in doc["skipped_paths"]) == ["link.pt", f"{rel}/extra.bin"]
+    assert not (out / "extra.bin").exists()
     assert "outside the source" in doc["skipped_paths"][0]["reason"]
     proc = run_cli("migrate", src, tmp_path / "dst2", "-q")
     assert proc.returncode == 0 and "link.pt: symlink leading outside" in proc.stdout, proc.stdout
@@ -277,6 +279,24 @@ def test_sigterm_ends_a_migrate_like_ctrl_c(tmp_path):
     assert not stale_temporaries(dst)
     assert migrate_status(dst)["running_pid"] is None
     assert migrate(src, dst, jobs=1).files["a.pt"]["status"] == "converted"
+
+
+def test_an_output_installed_by_a_killed_run_is_replaced_not_refused(tmp_path):
+    """Killed after the rename, before its journal line: the "started" line says the output is ours."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    _save(src / "a.pt", 1.0)
+    migrate(src, dst, jobs=1)
+    lines = (dst / JOURNAL_NAME).read_text().splitlines()
+    lines = [ln for ln in lines if '"rel":"a.pt"' not in ln] + [json.dumps(
+        {"rel": "a.pt", "status": "started", "output": "a.pt", "owner": True}, separators=(",", ":"))]
+    (dst / JOURNAL_NAME).write_text("\n".join(lines) + "\n")
+    time.sleep(0.01)
+    _save(src / "a.pt", 4.0)  # changed since: the output is not adopted by its digest, only by the journal
+    report = migrate(src, dst, jobs=1)
+    assert report.files["a.pt"]["status"] == "converted", report.files
+    from convert import load_checkpoint
+
+    assert load_checkpoint(dst / "a.pt")["w"][0].item() == 4.0
 
 
 @pytest.mark.parametrize("legacy_name", ["a", "a.pt.converted"])
