@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .errors import ConvertError
 from .read.dcp import METADATA_NAME, dcp_files
+from .read.dcp_metadata import rank_metadata_files
 
 # names a file is taken for a checkpoint by (an unreadable one is reported, not ignored)
 CHECKPOINT_SUFFIXES = frozenset({".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt", ".tar", ".model", ".pk"})
@@ -314,7 +315,8 @@ def _unit(kind: str, folder: Path, rel: str, root: Path) -> Found:
 def unit_sources(kind: str | None, folder: Path, root: Path) -> list[Path]:
     """What `scan` reads of a unit, file by file: every pickle in it (subfolders included) and each DCP folder."""
     found: list[Path] = [folder] if kind == "dcp" else []
-    parts = {p.name for p in dcp_files(folder)} if kind == "dcp" else set()
+    # a DCP folder is scanned as one checkpoint: .metadata, its rank-local copies and every part
+    parts = {p.name for p in dcp_files(folder) + rank_metadata_files(folder)} if kind == "dcp" else set()
     for e in entries(folder, root):
         if e.what == "folder":
             found += unit_sources(unit_kind(e.path), e.path, root)

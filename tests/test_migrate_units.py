@@ -413,3 +413,21 @@ def test_property_random_trees_kills_and_siblings(tmp_path_factory, items, kill,
         assert rel in users or rel in own_files or any(rel.startswith(o + "/") for o in owned), rel
     assert not stale_temporaries(dst)
     assert all(s["path"].startswith("out") for s in final.skipped_paths if "outside" in s["reason"])
+
+
+def test_a_dcp_folder_with_rank_local_metadata_and_extras_is_one_unit(tmp_path):
+    import shutil
+
+    from tests.dcp_build import save_single
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    step = save_single(src / "run" / "step-1")
+    shutil.copyfile(step / ".metadata", step / "__0.metadata")  # torch's rank-local fallback, identical
+    (step / "notes.txt").write_text("run notes")
+    torch.save({"lr": 0.1}, step / "extra_state.pt")
+    report = migrate(src, dst, jobs=1)
+    assert list(report.files) == ["run/step-1"] and report.files["run/step-1"]["status"] == "converted", report.files
+    out = dst / "run" / "step-1"
+    assert (out / "checkpoint.json").is_file() and (out / "notes.txt").read_text() == "run notes"
+    assert (out / "extra_state.pt" / "checkpoint.json").is_file() and not (out / "__0.metadata").exists()
+    _no_pickles(dst)

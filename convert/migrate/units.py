@@ -28,6 +28,7 @@ from ..api import convert_checkpoint, verify_checkpoint
 from ..discover import entries, is_pickle, unit_kind
 from ..errors import ConvertError
 from ..read.dcp import dcp_files
+from ..read.dcp_metadata import rank_metadata_files
 from ..write.durable import copy_durably, fsync_dir
 from ..write.folder import build_folder
 from ..write.source_hash import sha256_fd
@@ -47,8 +48,8 @@ def converted_by_top(kind: str | None, folder: Path) -> set[str]:
     """The source names the unit's own converter (HF weights, DCP parts) consumes at its top level."""
     if kind == "hf":
         return weight_names(folder)
-    if kind == "dcp":
-        return {p.name for p in dcp_files(folder)}
+    if kind == "dcp":  # the rank-local __N.metadata too: the DCP reader checks them against .metadata
+        return {p.name for p in dcp_files(folder) + rank_metadata_files(folder)}
     return set()
 
 
