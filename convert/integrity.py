@@ -42,8 +42,14 @@ MAX_HEADER = 100 * 1024 * 1024  # the limit safetensors itself applies
 
 
 def sidecar_bytes(sidecar: dict) -> bytes:
-    """checkpoint.json's bytes: compact, key order kept, UTF-8 (the one serialization the seal accepts)."""
-    return (json.dumps(sidecar, separators=(",", ":"), ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+    """checkpoint.json's bytes: compact, key order kept, UTF-8 (the one serialization the seal accepts).
+
+    A source name that is not UTF-8 (kept by surrogateescape) is written with ASCII `\\udcXX` escapes instead."""
+    text = json.dumps(sidecar, separators=(",", ":"), ensure_ascii=False, allow_nan=False) + "\n"
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return (json.dumps(sidecar, separators=(",", ":"), ensure_ascii=True, allow_nan=False) + "\n").encode("ascii")
 
 
 _UNSEALED_TAIL = b'"sidecar_sha256":""}}\n'  # how a sidecar ends with its seal (the last key) still blank
