@@ -379,13 +379,20 @@ def stale_temporaries(root) -> list[Path]:
     return [p for p in Path(root).rglob(".*") if is_temporary(p)]
 
 
-def rerun_until_no_temporaries(root, rerun, seconds: float = 20.0) -> None:
+def rerun_until_no_temporaries(root, rerun, seconds: float = 300.0) -> None:
     """A killed run's workers may still be exiting when the next run starts; their temp folders are then
-    not yet stale (the owner lives) and a later run removes them. Re-run until none is left."""
+    not yet stale (the owner lives) and a later run removes them. Wait until every such owner is gone
+    (however slowly a loaded machine lets them exit), then re-run once: nothing may be left."""
     import time
 
+    from convert.write.temp import _read_marker, owner_is_gone
+
     deadline = time.monotonic() + seconds
-    while stale_temporaries(root) and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        markers = [_read_marker(p) for p in stale_temporaries(root)]
+        if all(m is None or owner_is_gone(m) for m in markers):
+            break
         time.sleep(0.5)
+    if stale_temporaries(root):
         rerun()
     assert not stale_temporaries(root), stale_temporaries(root)
