@@ -24,9 +24,9 @@ import torch
 from convert import ConvertError, MalformedCheckpoint, convert_checkpoint, read_checkpoint
 from convert import pipeline as pipeline_module
 from convert.api import plan_in_memory, scan_checkpoint, verify_checkpoint
+from convert.errors import UnsupportedValue
 from convert.read import source as source_module
 from convert.read.source import SourceBytes, SourceChanged
-from convert.errors import UnsupportedValue
 from tests.helpers import REPO_ROOT
 
 PY = sys.executable

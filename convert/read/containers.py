@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConvertError, MalformedCheckpoint, NotACheckpoint, UnsafeCheckpoint, UnsupportedValue
+from ..errors import MalformedCheckpoint, NotACheckpoint, UnsafeCheckpoint, UnsupportedValue
 from .records import GlobalRef, StorageRef
 from .source import Identity, SourceBytes, SourceChanged, open_regular
 from .torch_types import QUANTIZED_STORAGES, STORAGE_DTYPES, STORAGE_MODULES

@@ -284,10 +284,7 @@ class StrictZip:
         """The member's bytes, CRC-checked; refuses before allocating if it declares more than `limit` bytes."""
         if m.file_size > limit or (m.method == DEFLATED and m.file_size > m.compress_size * MAX_DEFLATE_RATIO + 1024):
             raise MalformedCheckpoint(f"{self.label}: zip member {m.name!r} declares {m.file_size} bytes; refusing")
-        if m.method == STORED:
-            data = self._read(m.data_offset, m.file_size)
-        else:
-            data = self._inflate(m)
+        data = self._read(m.data_offset, m.file_size) if m.method == STORED else self._inflate(m)
         if zlib.crc32(data) != m.crc:
             raise MalformedCheckpoint(f"{self.label}: zip member {m.name!r} fails its CRC check")
         return data
