@@ -10,9 +10,9 @@ than the loader vouches for nothing. This reader therefore accepts only archives
   the locator's offset, zipfile assumes the record sits just before the locator);
 * the central directory ends where the (ZIP64) EOCD starts (zipfile shifts every offset by any
   "prepended data", miniz takes offsets literally) and holds exactly the entries it declares;
-* members tile the file from byte 0 to the central directory with no gap (no hidden bytes, no overlap),
-  each local header naming the same name and method as its central entry, sizes and CRC agreeing
-  (in the local header or its data descriptor);
+* members tile the file from byte 0 to the central directory with no gap (no hidden bytes; an overlap
+  is a zip bomb), each local header naming the same name and method as its central entry, sizes and CRC
+  agreeing (in the local header or its data descriptor);
 * no two names equal case-insensitively (miniz looks names up ignoring ASCII case), no NUL in a name
   (zipfile cuts the name there), non-ASCII names only when flagged UTF-8.
 
@@ -233,26 +233,27 @@ class StrictZip:
         if data_at + csize > cdir_ofs:
             raise self._bad(f"member {name!r} runs into the central directory (truncated?)")
         lname = self._read(header_at + LOCAL_SIZE, name_len)
+        # Both readers take name, sizes and method from the central directory (zipfile refuses a name mismatch):
+        # a local header that disagrees is broken, not read two ways.
         if lname != raw:
-            raise ZipAmbiguous(self.label, f"member {name!r} is named {lname!r:.80} in its local header")
+            raise self._bad(f"member {name!r} is named {lname!r:.80} in its local header")
         if lmethod != method or (lflags ^ flags) & 0x809:
-            raise ZipAmbiguous(self.label, f"member {name!r}: local header and central directory disagree on "
-                                           "compression or flags")
+            raise self._bad(f"member {name!r}: local header and central directory disagree on compression or flags")
         if not flags & 8:
             local = (lcrc, lcsize, lusize)
             if local != (crc, csize, usize) and not (lcsize == lusize == _U32 and lcrc == crc):
-                raise ZipAmbiguous(self.label, f"member {name!r}: local header and central directory disagree on "
-                                               "sizes or CRC")
+                raise self._bad(f"member {name!r}: local header and central directory disagree on sizes or CRC")
         return data_at
 
     def _check_tiling(self, cdir_ofs: int) -> None:
         """Members must cover [0, cdir_ofs) exactly, in order: no prepended, hidden or overlapping bytes."""
         at = 0
         for m in sorted(self.members, key=lambda m: m.header_offset):
-            if m.header_offset != at:
-                what = "prepended data" if at == 0 else "bytes no member accounts for" if m.header_offset > at \
-                    else "overlapping members"
-                raise ZipAmbiguous(self.label, f"{what} at byte {min(at, m.header_offset)} (member {m.name!r})")
+            if m.header_offset < at:  # a non-recursive zip bomb, or one member's bytes read as another's
+                raise self._bad(f"member {m.name!r} overlaps the member before it")
+            if m.header_offset > at:  # a streaming reader would find whatever hides there
+                what = "prepended data" if at == 0 else "bytes no member accounts for"
+                raise ZipAmbiguous(self.label, f"{what} at byte {at} (before member {m.name!r})")
             at = m.data_offset + m.compress_size
             at += self._descriptor(m, at, cdir_ofs)
         if at != cdir_ofs:
@@ -272,7 +273,7 @@ class StrictZip:
         for length, fmt in ((20, "<IQQ"), (12, "<III")):
             if len(tail) >= length and struct.unpack(fmt, tail[:length]) == (m.crc, m.compress_size, m.file_size):
                 return length
-        raise ZipAmbiguous(self.label, f"member {m.name!r}: its data descriptor disagrees with the central directory")
+        raise self._bad(f"member {m.name!r}: its data descriptor disagrees with the central directory")
 
     # ------------------------------------------------------------------ members
 
@@ -280,12 +281,14 @@ class StrictZip:
         """The member named `name`, looked up as miniz does (ignoring ASCII case)."""
         return self._by_key.get(name.encode("utf-8").lower())
 
-    def read(self, m: Member, limit: int) -> bytes:
-        """The member's bytes, CRC-checked; refuses before allocating if it declares more than `limit` bytes."""
+    def read(self, m: Member, limit: int, *, check_crc: bool = True) -> bytes:
+        """The member's bytes, CRC-checked; refuses before allocating if it declares more than `limit` bytes.
+
+        `check_crc=False` is for the scanner: a bad CRC must not hide a payload from it."""
         if m.file_size > limit or (m.method == DEFLATED and m.file_size > m.compress_size * MAX_DEFLATE_RATIO + 1024):
             raise MalformedCheckpoint(f"{self.label}: zip member {m.name!r} declares {m.file_size} bytes; refusing")
         data = self._read(m.data_offset, m.file_size) if m.method == STORED else self._inflate(m)
-        if zlib.crc32(data) != m.crc:
+        if check_crc and zlib.crc32(data) != m.crc:
             raise MalformedCheckpoint(f"{self.label}: zip member {m.name!r} fails its CRC check")
         return data
 
