@@ -284,7 +284,8 @@ class _Builder:
             data = _torch_zip_bytes(evil, **kw)
             if mutate is not None:
                 data = mutate(data)
-            named = "TorchScript" if kw.get("torchscript") else "os.system" if expected == EXIT_UNSAFE and not kw.get("decoy") else None
+            refused_for_payload = expected == EXIT_UNSAFE and not kw.get("decoy")  # a decoy: refused as ambiguous
+            named = "TorchScript" if kw.get("torchscript") else "os.system" if refused_for_payload else None
             self.add(name, c, data, expected, suffix=".pt", trigger="embedded", payload=evil, named=named)
 
         zip_sample("zip_plain", EXIT_UNSAFE)
