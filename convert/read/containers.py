@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MalformedCheckpoint, NotACheckpoint, UnsafeCheckpoint, UnsupportedValue
+from .framing import FramedVM, PickleAmbiguous, is_tar_header, run_checked
 from .records import GlobalRef, StorageRef
 from .source import Identity, SourceBytes, SourceChanged, open_regular
 from .torch_types import QUANTIZED_STORAGES, STORAGE_DTYPES, STORAGE_MODULES
@@ -31,7 +32,6 @@ _SIGNATURES: list[tuple[bytes, int, str]] = [
     (b"\xfd7zXZ\x00", 0, "an xz-compressed file: decompress it first"),
     (b"\x28\xb5\x2f\xfd", 0, "a zstd-compressed file: decompress it first"),
     (b"\x93NUMPY", 0, "a numpy .npy file, not a pickled checkpoint"),
-    (b"ustar", 257, "a tar archive (the pre-2017 torch.save format, or a tarball): not supported"),
 ]
 
 
@@ -121,7 +121,9 @@ class Input:
 
 def read_container(inp: Input) -> ReadResult:
     """Detect the format of `inp` and interpret it. Raises a ConvertError subclass on any problem."""
-    head = inp.read(0, min(300, inp.size))
+    head = inp.read(0, min(512, inp.size))
+    if is_tar_header(head):  # torch.load tries tarfile first: whatever it accepts is read as a tar
+        _refuse_tar(inp)
     for magic, offset, what in _SIGNATURES:
         if head[offset:offset + len(magic)] == magic:
             raise UnsupportedValue(f"{inp.name} is {what}")
@@ -130,6 +132,18 @@ def read_container(inp: Input) -> ReadResult:
     if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < inp.size:
         raise UnsupportedValue(f"{inp.name} looks like a safetensors file already; nothing to convert")
     return _tag_format(_read_pickle_or_legacy, inp, "pickle")
+
+
+def _refuse_tar(inp: Input) -> None:
+    """A tar is not read here; one that also reads as a pickle (a polyglot) is refused as ambiguous."""
+    try:
+        FramedVM(inp.buf, source=inp.name).run()
+    except MalformedCheckpoint:
+        raise UnsupportedValue(f"{inp.name} is a tar archive (torch.load reads it as the pre-2017 torch.save "
+                               "format): not supported") from None
+    except UnsafeCheckpoint:
+        pass
+    raise PickleAmbiguous(inp.name, "a tar archive (torch.load reads it with tarfile) that also reads as a pickle")
 
 
 def _tag_format(reader: Any, inp: Input, fmt: str) -> ReadResult:
@@ -230,17 +244,18 @@ class _ZipArchive:
 def _read_zip(inp: Input) -> ReadResult:
     archive = _ZipArchive(inp)
     data = archive.pickle_bytes()
-    vm = PickleVM(data, source=f"{inp.name}:{archive.prefix}data.pkl", persistent_load=archive.persistent_load)
-    root = vm.run()
+    source = f"{inp.name}:{archive.prefix}data.pkl"
+    vm = FramedVM(data, source=source, persistent_load=archive.persistent_load)
+    root = run_checked(vm, lambda at, n: data[at:at + n], source)
     return ReadResult(root, "torch-zip", vm.protocol, list(archive.storages.values()), vm.globals_used)
 
 
 # ----------------------------------------------------------------------------- legacy and pickle
 
 def _read_pickle_or_legacy(inp: Input) -> ReadResult:
-    first = PickleVM(inp.buf, source=inp.name)
+    first = FramedVM(inp.buf, source=inp.name)
     try:
-        value = first.run()
+        value = run_checked(first, inp.read, inp.name)
     except MalformedCheckpoint as exc:
         if inp.read(0, 1) == b"\x80":  # starts with PROTO: a pickle, but a broken one
             raise
@@ -282,8 +297,8 @@ def _scan_trailing_pickles(inp: Input, pos: int) -> None:
 
 def _read_legacy(inp: Input, pos: int) -> ReadResult:
     def small_pickle(what: str) -> tuple[Any, int]:
-        vm = PickleVM(inp.buf, source=f"{inp.name} ({what})", start=pos)
-        return vm.run(), vm.pos
+        vm = FramedVM(inp.buf, source=f"{inp.name} ({what})", start=pos)
+        return run_checked(vm, inp.read, vm.source), vm.pos
 
     version, pos = small_pickle("protocol version")
     if version != LEGACY_PROTOCOL:
@@ -315,8 +330,8 @@ def _read_legacy(inp: Input, pos: int) -> ReadResult:
             raise MalformedCheckpoint(f"{inp.name}: storage view {view_key!r:.20} reaches outside storage {key!r}")
         return StorageRef(str(view_key), dtype, size * dtype.itemsize, root.location, base=root, base_offset=offset)
 
-    vm = PickleVM(inp.buf, source=f"{inp.name} (main pickle)", start=pos, persistent_load=persistent_load)
-    root_value = vm.run()
+    vm = FramedVM(inp.buf, source=f"{inp.name} (main pickle)", start=pos, persistent_load=persistent_load)
+    root_value = run_checked(vm, inp.read, vm.source)
     keys, pos = small_pickle_at(inp, vm.pos)
     if type(keys) is not list or any(type(k) is not str for k in keys) or set(keys) != set(storages):
         raise MalformedCheckpoint(f"{inp.name}: legacy storage key list does not match the storages the pickle uses")
@@ -340,5 +355,5 @@ def _read_legacy(inp: Input, pos: int) -> ReadResult:
 
 
 def small_pickle_at(inp: Input, pos: int) -> tuple[Any, int]:
-    vm = PickleVM(inp.buf, source=f"{inp.name} (storage keys)", start=pos)
-    return vm.run(), vm.pos
+    vm = FramedVM(inp.buf, source=f"{inp.name} (storage keys)", start=pos)
+    return run_checked(vm, inp.read, vm.source), vm.pos
