@@ -56,7 +56,7 @@ def test_torch_runs_every_payload(samples):
 
 
 def test_scan_says_unsafe_and_names_the_ambiguity(samples):
-    paths, markers, root = samples
+    paths, _, root = samples
     proc = _cli("scan", "--format", "json", *paths.values(), cwd=root)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     reports = {Path(r["path"]).stem: r for r in json.loads(proc.stdout)["files"]}
@@ -68,7 +68,7 @@ def test_scan_says_unsafe_and_names_the_ambiguity(samples):
 
 @pytest.mark.parametrize("name", sorted(differentials.SAMPLES))
 def test_convert_refuses_in_one_line(samples, name):
-    paths, markers, root = samples
+    paths, _, root = samples
     out = root / f"out-{name}"
     proc = _cli("convert", paths[name], out, cwd=root)
     assert proc.returncode == 1, proc.stdout + proc.stderr
@@ -79,7 +79,7 @@ def test_convert_refuses_in_one_line(samples, name):
 
 def test_zipfile_sees_only_the_benign_pickle(samples):
     """The differential is real: Python's zipfile reads the benign data.pkl where torch reads the payload."""
-    paths, markers, root = samples
+    paths = samples[0]
     for name in ("zip_eocd_offset", "zip64_locator"):
         with zipfile.ZipFile(paths[name]) as zf:
             assert b"system" not in zf.read("archive/data.pkl"), name
@@ -135,7 +135,6 @@ def test_v7_tar_header_is_a_tar_and_pickles_are_not():
 
 
 def test_reader_refuses_with_unsafe(samples):
-    paths, markers, root = samples
-    for name, path in paths.items():
+    for path in samples[0].values():
         with pytest.raises(UnsafeCheckpoint, match="ambiguous"), Input(path) as inp:
             read_tree(inp)
