@@ -42,7 +42,7 @@ def main() -> int:
         cells = [("**caught**" if v in CAUGHT else "missed") + f" ({v})" for v in verdicts.values()]
         print(f"| {name} | " + " | ".join(cells) + f" | {'yes' if name in fired else 'no'} |")
     caught = {tool: sum(rows[n][tool] in CAUGHT for n in rows) for tool in tools}
-    print("| **caught (of %d)** | " % len(rows) + " | ".join(str(c) for c in caught.values()) + " | |")
+    print(f"| **caught (of {len(rows)})** | " + " | ".join(str(c) for c in caught.values()) + " | |")
     return 0
 
 
