@@ -65,8 +65,9 @@ class Member:
 
 
 def is_zip(head: bytes) -> bool:
-    """Whether a file starting with `head` is a zip archive (what this tool and torch check first)."""
-    return head.startswith((LOCAL_SIG, EOCD_SIG))
+    """Whether torch.load reads a file starting with `head` as a zip: it checks for a local header at byte 0
+    (`torch.serialization._is_zipfile`); anything else, an empty zip included, goes to its pickle path."""
+    return head.startswith(LOCAL_SIG)
 
 
 def sniff_zip(path: str | os.PathLike) -> bool:
@@ -133,9 +134,13 @@ class StrictZip:
             rec = self._read(expected, ZIP64_SIZE) if expected >= 0 else b""
             if rec[:4] != ZIP64_SIG:
                 raise self._bad("the ZIP64 locator points to no ZIP64 end-of-central-directory record")
+            plain = (on_disk, total, cdir_size, cdir_ofs)
             rec_size, _, _, disk, cd_disk, on_disk, total, cdir_size, cdir_ofs = struct.unpack("<QHHIIQQQQ", rec[4:])
             if rec_size != ZIP64_SIZE - 12:
                 raise ZipAmbiguous(self.label, "a ZIP64 record with extensible data")
+            for value, wide, full in zip(plain, (on_disk, total, cdir_size, cdir_ofs), (0xFFFF, 0xFFFF, _U32, _U32)):
+                if value not in (full, wide):  # a reader preferring the 32-bit value would read another directory
+                    raise ZipAmbiguous(self.label, "the ZIP64 record and the end-of-central-directory record disagree")
             end_of_cdir = expected
         if disk != 0 or cd_disk != 0 or on_disk != total:
             raise UnsupportedValue(f"{self.label}: multi-disk zip archive; not supported")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from convert.errors import MalformedCheckpoint, UnsafeCheckpoint
+from convert.errors import ConvertError, MalformedCheckpoint, UnsafeCheckpoint
 from convert.read import Input, read_tree
 from convert.read.framing import check_framing, is_tar_header
 from convert.read.zipfile_strict import StrictZip, ZipAmbiguous
@@ -138,3 +138,38 @@ def test_reader_refuses_with_unsafe(samples):
     for path in samples[0].values():
         with pytest.raises(UnsafeCheckpoint, match="ambiguous"), Input(path) as inp:
             read_tree(inp)
+
+
+def test_zip64_record_and_eocd_must_agree():
+    members = differentials.torch_members(differentials.benign(60))
+    locals_, central = differentials.zip_parts(members)
+    record_at = len(locals_) + len(central)
+    def build(eocd_offset: int) -> bytes:
+        return (locals_ + central + differentials.zip64_record(3, len(central), len(locals_))
+                + differentials.zip64_locator(record_at) + differentials.eocd(3, len(central), eocd_offset))
+    assert len(_strict(build(len(locals_))).members) == 3
+    assert len(_strict(build(0xFFFFFFFF)).members) == 3
+    with pytest.raises(ZipAmbiguous, match="disagree"):
+        _strict(build(0))
+
+
+def test_tar_probe_comes_before_zip(tmp_path):
+    """torch.load tries tarfile first: a zip whose first block is a valid tar header is read as a tar."""
+    data = bytearray(differentials.plain_zip(differentials.torch_members(differentials.benign(600))))
+    block = data[:512]
+    block[148:156] = b" " * 8
+    block[148:156] = f"{sum(block):06o}\x00 ".encode()
+    data[148:156] = block[148:156]  # inside data.pkl's bytes: the zip stays readable by miniz
+    assert is_tar_header(bytes(data[:512]))
+    path = tmp_path / "t.pt"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ConvertError, match="tar"), Input(path) as inp:
+        read_tree(inp)
+
+
+def test_only_a_local_header_at_byte_0_makes_a_zip(tmp_path):
+    """torch's _is_zipfile checks for PK\\x03\\x04: an empty zip (PK\\x05\\x06) goes to its pickle path."""
+    path = tmp_path / "empty.pt"
+    path.write_bytes(differentials.eocd(0, 0, 0))
+    with pytest.raises(MalformedCheckpoint, match="not a checkpoint"), Input(path) as inp:
+        read_tree(inp)
