@@ -14,10 +14,12 @@ checksum is enough; the `ustar` magic is optional) makes it a tar, read by tarfi
 
 from __future__ import annotations
 
-import io
 import struct
+import warnings
+from collections.abc import Callable
+from typing import Any
 
-from ..errors import UnsafeCheckpoint
+from ..errors import MalformedCheckpoint, UnsafeCheckpoint
 from .vm import Finding, PickleVM
 
 TAR_BLOCK = 512
@@ -41,34 +43,77 @@ class FramedVM(PickleVM):
         super().op_FRAME()
 
 
-def check_framing(data: bytes, label: str) -> None:
-    """`data` is one pickle, from its first opcode to its STOP included. Raise PickleAmbiguous where its
-    frames would make the C unpickler read it (or what follows it) differently from a linear reader."""
+class _Stream:
+    """A read-only file over `read(offset, n)` from `start` to `end` (what pickletools.genops needs)."""
+
+    def __init__(self, read: Callable[[int, int], bytes], start: int, end: int) -> None:
+        self._read, self._pos, self._start, self._end = read, start, start, end
+
+    def read(self, n: int = -1) -> bytes:
+        n = self._end - self._pos if n < 0 else min(n, self._end - self._pos)
+        data = self._read(self._pos, n)
+        self._pos += len(data)
+        return data
+
+    def readline(self) -> bytes:
+        out = b""
+        while self._pos < self._end and not out.endswith(b"\n"):
+            chunk = self._read(self._pos, min(4096, self._end - self._pos))
+            cut = chunk.find(b"\n")
+            chunk = chunk if cut < 0 else chunk[:cut + 1]
+            out += chunk
+            self._pos += len(chunk)
+        return out
+
+    def tell(self) -> int:
+        return self._pos - self._start
+
+
+def check_framing(read: Callable[[int, int], bytes], start: int, end: int, label: str) -> None:
+    """The pickle at [start, end) (its first opcode to its STOP included), read with `read(offset, n)`.
+    Raise PickleAmbiguous where its frames would make the C unpickler read it (or what follows it)
+    differently from a linear reader."""
     import pickletools  # only for framed streams (protocol 4+), which torch itself never writes
 
-    ops = [(op.name, arg, pos) for op, arg, pos in pickletools.genops(io.BytesIO(data))]
+    length = end - start
     frame_end: int | None = None
-    for k, (name, arg, pos) in enumerate(ops):
-        end = ops[k + 1][2] if k + 1 < len(ops) else pos + 1
-        if frame_end is not None and pos >= frame_end:
-            frame_end = None
-        if name == "FRAME":
-            if frame_end is not None:
-                raise PickleAmbiguous(label, f"a frame starts at byte {pos} inside the previous frame")
-            frame_end = end + arg
-        elif frame_end is not None and end > frame_end:
+    previous: tuple[str, int] | None = None  # (name, pos) of the opcode before the current one
+
+    def close(name: str, pos: int, op_end: int) -> None:
+        nonlocal frame_end
+        if frame_end is not None and op_end > frame_end and pos < frame_end:
             raise PickleAmbiguous(label, f"the {name} opcode at byte {pos} runs past the end of its frame")
-    if frame_end is not None and frame_end != len(data):
-        raise PickleAmbiguous(label, f"STOP is inside a frame that goes on for {frame_end - len(data)} more bytes "
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # protocol-0 string escapes pickletools finds deprecated
+            for op, arg, pos in pickletools.genops(_Stream(read, start, end)):
+                if previous is not None:
+                    close(*previous, pos)
+                if frame_end is not None and pos >= frame_end:
+                    frame_end = None
+                if op.name == "FRAME":
+                    if frame_end is not None:
+                        raise PickleAmbiguous(label, f"a frame starts at byte {pos} inside the previous frame")
+                    frame_end = pos + 9 + arg
+                previous = (op.name, pos)
+    except PickleAmbiguous:
+        raise
+    except Exception as exc:  # what the VM read but pickletools cannot delimit: refuse rather than guess
+        raise MalformedCheckpoint(f"{label}: framed pickle whose opcodes cannot be delimited ({exc})") from None
+    if previous is not None:
+        close(*previous, length)
+    if frame_end is not None and frame_end != length:
+        raise PickleAmbiguous(label, f"STOP is inside a frame that goes on for {frame_end - length} more bytes "
                                      "(the next pickle.load would start after the frame)")
 
 
-def run_checked(vm: FramedVM, read: object, label: str) -> object:
+def run_checked(vm: FramedVM, read: Callable[[int, int], bytes], label: str) -> Any:
     """Run `vm` and check the framing of what it read; `read(offset, n)` gives the stream's bytes."""
     start = vm.pos
     value = vm.run()
     if vm.framed:
-        check_framing(read(start, vm.pos - start), label)  # type: ignore[operator]
+        check_framing(read, start, vm.pos, label)
     return value
 
 

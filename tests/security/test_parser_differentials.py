@@ -119,14 +119,20 @@ def test_inflate_stops_at_the_declared_size_before_allocating():
         archive.read(archive.members[0], 1 << 30, check_crc=False)
 
 
+def _framing(data: bytes) -> None:
+    check_framing(lambda at, n: data[at:at + n], 0, len(data), "t")
+
+
 def test_framing_rules():
-    good = b"\x80\x04\x95" + (2).to_bytes(8, "little") + b"N."
-    check_framing(good, "t")
+    _framing(b"\x80\x04\x95" + (2).to_bytes(8, "little") + b"N.")
     with pytest.raises(UnsafeCheckpoint, match="STOP is inside a frame"):
-        check_framing(b"\x80\x04\x95" + (4).to_bytes(8, "little") + b"N.", "t")
+        _framing(b"\x80\x04\x95" + (4).to_bytes(8, "little") + b"N.")
     straddle = b"\x80\x04\x95" + (2).to_bytes(8, "little") + b"X" + (3).to_bytes(4, "little") + b"abc."
     with pytest.raises(UnsafeCheckpoint, match="runs past the end of its frame"):
-        check_framing(straddle, "t")
+        _framing(straddle)
+    nested = b"\x80\x04\x95" + (11).to_bytes(8, "little") + b"\x95" + (2).to_bytes(8, "little") + b"N."
+    with pytest.raises(UnsafeCheckpoint, match="inside the previous frame"):
+        _framing(nested)
 
 
 def test_v7_tar_header_is_a_tar_and_pickles_are_not():
