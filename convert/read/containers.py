@@ -122,7 +122,9 @@ class Input:
 def read_container(inp: Input) -> ReadResult:
     """Detect the format of `inp` and interpret it. Raises a ConvertError subclass on any problem."""
     head = inp.read(0, min(512, inp.size))
-    if is_tar_header(head):  # torch.load tries tarfile first: whatever it accepts is read as a tar
+    if is_tar_header(head):  # torch's legacy path tries tarfile first: whatever it accepts is read as a tar
+        if is_zip(head):  # torch reads a zip first, older torch and tar tools a tar: refuse the polyglot
+            raise ZipAmbiguous(inp.name, "its first block is also a valid tar header")
         _refuse_tar(inp)
     for magic, offset, what in _SIGNATURES:
         if head[offset:offset + len(magic)] == magic:
