@@ -102,7 +102,7 @@ def convert_framework_folder(src: str | os.PathLike, dst: str | os.PathLike, *, 
         for path in sorted(pickles + safe):
             digest.update(f"{path.name}\0{_sha256(path)}\n".encode())
 
-    build_folder(dst, fill, overwrite=overwrite)  # marked temp folder, exclusive create or atomic swap
+    build_folder(dst, fill, overwrite=overwrite, sources=[src])  # marked temp folder, exclusive create or atomic swap
     return {"converted": [p.name for p in pickles], "copied": [p.name for p in safe], "sha256": digest.hexdigest()}
 
 

@@ -96,7 +96,7 @@ def convert_hf_folder(src: str | Path, dst: str | Path, *, overwrite: bool = Fal
                                    for p, i, _ in results]
         plan = make_plan(merged, provenance, root_shards=shards or None)
         validate(plan.sidecar, "generated sidecar")
-        write_folder(plan, dst, overwrite=overwrite, copy_files=copied_files(src))
+        write_folder(plan, dst, overwrite=overwrite, copy_files=copied_files(src), sources=[src])
     return plan.sidecar
 
 

@@ -239,7 +239,8 @@ def _opcode_length(use: GlobalUse) -> int:
     """GLOBAL/INST carry "module\\nname\\n" after the opcode byte; the others have fixed sizes."""
     if use.opcode in _FIXED_LENGTHS:
         return _FIXED_LENGTHS[use.opcode]
-    return 3 + len(use.module.encode("utf-8", "surrogatepass")) + len(use.name.encode("utf-8", "surrogatepass"))
+    module, name = use.as_written
+    return 3 + len(module.encode("utf-8", "surrogatepass")) + len(name.encode("utf-8", "surrogatepass"))
 
 
 __all__ = ["ScanFinding", "ScanReport", "Sources", "scan_file"]
