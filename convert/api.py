@@ -11,15 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .dcp import convert_dcp_folder, is_dcp_folder, plan_dcp_folder, read_dcp_folder, scan_dcp_report, verify_dcp_folder
 from .errors import ConvertError, OutputExists
-from .pipeline import file_source, provenance, write_checkpoint_folder
+from .ops.dcp import convert_dcp_folder, is_dcp_folder, plan_dcp_folder, read_dcp_folder, scan_dcp_report, verify_dcp_folder
+from .ops.pipeline import file_source, provenance, write_checkpoint_folder
+from .primitives.hashing import BackgroundSha256, sha256_fd
 from .read import Input, read_tree
 from .scan import ScanReport, scan_file
 from .write.ownership import check_replaceable
 from .write.plan import make_plan
 from .write.safetensors_io import KernelCopySource
-from .write.source_hash import BackgroundSha256, sha256_fd
 
 
 @dataclass
@@ -150,8 +150,8 @@ def verify_checkpoint(src: str | os.PathLike, folder: str | os.PathLike) -> list
     """
     if is_dcp_folder(Path(src)):
         return verify_dcp_folder(src, folder)
-    from .compare import compare_trees  # torch: here, not at import, so convert/scan run without it
     from .load import load_checkpoint, read_sidecar
+    from .ops.compare import compare_trees  # torch: here, not at import, so convert/scan run without it
     from .read.materialize import materialize
 
     sidecar = read_sidecar(Path(folder))

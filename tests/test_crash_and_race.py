@@ -15,10 +15,10 @@ import torch
 
 from convert import ConvertError, OutputExists, convert_checkpoint, load_checkpoint, verify_folder
 from convert.errors import CorruptFolder, DestinationBusy, MalformedCheckpoint
+from convert.primitives.durable import lock_path
+from convert.primitives.temp import MARKER, is_temporary
 from convert.write import folder as folder_mod
-from convert.write.durable import lock_path
 from convert.write.folder import FAULT_ENV, FAULT_POINTS
-from convert.write.temp import MARKER, is_temporary
 from tests.helpers import run_cli, save
 
 TRIES = 10

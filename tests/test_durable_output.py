@@ -21,10 +21,10 @@ from safetensors import safe_open
 from convert import ConvertError, OutputExists, convert_checkpoint, load_checkpoint, verify_checkpoint, verify_folder
 from convert.cli import main
 from convert.errors import CannotWrite, CorruptFolder, DestinationBusy, MalformedCheckpoint
-from convert.write import durable, temp
+from convert.primitives import durable, temp
+from convert.primitives.durable import DestinationLock, rename_noreplace
+from convert.primitives.temp import TempFolder, is_temporary, remove_stale_temporaries
 from convert.write import folder as folder_mod
-from convert.write.durable import DestinationLock, rename_noreplace
-from convert.write.temp import TempFolder, is_temporary, remove_stale_temporaries
 from tests.helpers import assert_equivalent, run_python, save
 
 SIDECAR = "checkpoint.json"

@@ -23,10 +23,10 @@ from hypothesis import strategies as st
 from convert import compare_trees, convert_checkpoint, load_checkpoint
 from convert.load import cuda as cuda_mod
 from convert.load import materialize
-from convert.schema import schema, validate
-from convert.schema_compiled import UnsupportedSchema, compile_schema
+from convert.primitives.hashing import BackgroundSha256, sha256_fd
+from convert.sidecar.schema import schema, validate
+from convert.sidecar.schema_compiled import UnsupportedSchema, compile_schema
 from convert.write import safetensors_io
-from convert.write.source_hash import BackgroundSha256, sha256_fd
 from tests.helpers import assert_equivalent, comparable_snapshot, load_reference, numpy_payload, save
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..api import convert_checkpoint, verify_checkpoint
 from ..errors import ConvertError
-from ..read.dcp import is_dcp_folder
+from ..sources.dcp_folder import is_dcp_folder
 from .render import human_bytes, plain_shapes, render_tree
 
 EXIT_DIFFERENT = 3
@@ -35,7 +35,7 @@ def verify(args: argparse.Namespace) -> int:
 
 
 def verify_folder_only(folder: Path) -> int:
-    from ..integrity import verify_folder
+    from ..sidecar.integrity import verify_folder
 
     return _verdict(verify_folder(folder), f"{folder} is NOT intact:",
                     f"{folder} is intact: every data file has the digest and folder id checkpoint.json records")

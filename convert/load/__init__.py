@@ -15,11 +15,11 @@ import numpy as np
 import torch
 
 from ..errors import ConvertError, CorruptFolder, MalformedCheckpoint
-from ..integrity import check_digest, check_header, has_record, mapping_sha256
-from ..read.torch_types import DTYPES_BY_NAME
-from ..schema import SIDECAR_NAME, inside_folder, read_sidecar
-from ..torch_values import tensor_dtype
-from ..views import view_end
+from ..model.torch_types import DTYPES_BY_NAME
+from ..model.torch_values import tensor_dtype
+from ..model.views import view_end
+from ..sidecar.integrity import check_digest, check_header, has_record, mapping_sha256
+from ..sidecar.schema import SIDECAR_NAME, inside_folder, read_sidecar
 from .decode import Decoder
 from .materialize import jobs_for, read_to_host
 from .rebuild import Piece, entry_index, plain_array, plain_tensor, rebuild_storage

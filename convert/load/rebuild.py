@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from ..errors import MalformedCheckpoint
-from ..torch_values import tensor_dtype, torch_dtype_for_code
-from ..views import mark_view, view_end
+from ..model.torch_values import tensor_dtype, torch_dtype_for_code
+from ..model.views import mark_view, view_end
 from .safetensors_reader import EntryInfo, SafetensorsFile
 
 # safetensors code → numpy dtype of a plain (C-order, little-endian) array

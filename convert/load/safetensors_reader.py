@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from ..dtypes import ITEMSIZE_BY_CODE
 from ..errors import MalformedCheckpoint
-from ..jsonio import strict_json
-from ..torch_values import torch_dtype_for_code
+from ..model.dtypes import ITEMSIZE_BY_CODE
+from ..model.torch_values import torch_dtype_for_code
+from ..sidecar.jsonio import strict_json
 from .mapping import map_private
 
 MAX_HEADER = 100 * 1024 * 1024  # the limit safetensors itself applies

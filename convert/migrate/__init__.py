@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConvertError
-from ..write.temp import remove_stale_temporaries
+from ..primitives.temp import remove_stale_temporaries
 from .journal import DONE_STATUSES, JOURNAL_NAME, Journal, JournalState, output_present, read_journal
 from .lock import LOCK_NAME, DestinationLock, holder_pid
 from .manifest import MANIFEST_NAME, MIGRATED_SUFFIX, read_legacy_manifest, retire_legacy_manifest

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from ..api import convert_checkpoint, scan_checkpoint, verify_checkpoint
-from ..discover import unit_sources
 from ..errors import ConvertError, OutputExists, UnsafeCheckpoint
-from .units import convert_unit, verify_unit
+from ..ops.units import convert_unit, verify_unit
+from ..sources.discover import unit_sources
 from .walker import Job
 
 FAULT_ENV = "CKPT_CONVERT_FAULT_INJECT"  # test-only: "REL:MARKER" makes the first attempt on REL hang
@@ -32,7 +32,7 @@ def converted_from(out: Path, source: Path) -> bool:
     """Whether the folder `out` is a ckpt-convert output of exactly the file `source` (name and sha256):
     one this migration installed before a kill, or whose journal line was lost."""
     from ..load import read_sidecar
-    from ..write.source_hash import sha256_fd
+    from ..primitives.hashing import sha256_fd
 
     try:
         recorded = read_sidecar(out)["source"]

@@ -15,11 +15,11 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import MalformedCheckpoint
-from ..views import view_end
-from .collisions import check_keys, grown
-from .numpy_types import make_ndarray_from_buffer, make_npdtype, make_npscalar, new_ndarray
-from .records import GlobalRef, ObjectRecord, StorageRef, TensorRef, Unsupported
-from .torch_types import DTYPES_BY_NAME, QUANTIZED_DTYPES, Device, DType, TorchSize
+from ..model.collisions import check_keys, grown
+from ..model.numpy_types import make_ndarray_from_buffer, make_npdtype, make_npscalar, new_ndarray
+from ..model.records import GlobalRef, ObjectRecord, StorageRef, TensorRef, Unsupported
+from ..model.torch_types import DTYPES_BY_NAME, QUANTIZED_DTYPES, Device, DType, TorchSize
+from ..model.views import view_end
 
 MAX_NDIM = 64
 MAX_DIM = 1 << 62

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MalformedCheckpoint, NotACheckpoint, UnsafeCheckpoint, UnsupportedValue
+from ..model.records import GlobalRef, StorageRef
+from ..model.torch_types import QUANTIZED_STORAGES, STORAGE_DTYPES, STORAGE_MODULES
+from ..primitives.source import Identity, SourceBytes, SourceChanged, open_regular
 from .framing import FramedVM, PickleAmbiguous, is_tar_header, run_checked
-from .records import GlobalRef, StorageRef
-from .source import Identity, SourceBytes, SourceChanged, open_regular
-from .torch_types import QUANTIZED_STORAGES, STORAGE_DTYPES, STORAGE_MODULES
 from .vm import Finding, PickleVM
 from .zipfile_strict import STORED, StrictZip, ZipAmbiguous, is_zip
 

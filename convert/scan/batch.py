@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..discover import WalkStats, unit_sources, walk
+from ..sources.discover import WalkStats, unit_sources, walk
 from .scanner import ScanReport, scan_file
 from .sources import looks_like_checkpoint
 

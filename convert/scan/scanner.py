@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConvertError, UnsafeCheckpoint, UnsupportedValue
+from ..primitives.source import open_regular
 from ..read import Input, read_tree
 from ..read.gadgets import EXEC
-from ..read.source import open_regular
 from .opcodes import GlobalUse, walk_stream
 from .sources import Sources, Stream, carve_candidates, open_sources
 from .verdicts import (
@@ -110,7 +110,7 @@ def scan_file(path: str | os.PathLike) -> ScanReport:
     path = Path(path)
     report = ScanReport(path, None)
     if path.is_dir():
-        from ..dcp import is_dcp_folder, scan_dcp_report  # here: convert.dcp builds on this module
+        from ..ops.dcp import is_dcp_folder, scan_dcp_report  # here: convert.ops.dcp builds on this module
 
         if is_dcp_folder(path):
             try:
@@ -123,7 +123,7 @@ def scan_file(path: str | os.PathLike) -> ScanReport:
     except ConvertError as exc:
         return _unreadable(report, exc)
     if path.suffix == ".distcp" and path.parent.is_dir():
-        from ..dcp import is_dcp_folder, scan_dcp_report
+        from ..ops.dcp import is_dcp_folder, scan_dcp_report
 
         if is_dcp_folder(path.parent):  # a DCP part: read by dcp.load at the ranges its .metadata names
             return _dcp_part(path, report, scan_dcp_report)

@@ -32,9 +32,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from ..errors import CannotWrite, ConvertError, OutputExists, UnsupportedValue
-from ..integrity import FOLDER_ID_KEY, fd_sha256, new_folder_id, record, seal
-from ..schema import SIDECAR_NAME, check_sidecar_size
-from .durable import (
+from ..primitives.durable import (
     DestinationLock,
     ExchangeUnsupported,
     fsync_dir,
@@ -43,10 +41,12 @@ from .durable import (
     rename_exchange,
     rename_noreplace,
 )
+from ..primitives.temp import TempFolder, remove_stale_temporaries
+from ..sidecar.integrity import FOLDER_ID_KEY, fd_sha256, new_folder_id, record, seal
+from ..sidecar.schema import SIDECAR_NAME, check_sidecar_size
 from .ownership import check_replaceable
 from .plan import Plan
 from .safetensors_io import KernelCopySources, write_safetensors
-from .temp import TempFolder, remove_stale_temporaries
 
 PT_METADATA = {"format": "pt"}
 FAULT_ENV = "CKPT_CONVERT_FAULT"

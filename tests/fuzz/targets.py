@@ -206,7 +206,7 @@ def differential(data: bytes) -> str:
     Ours runs first (watched, like `pickle_reader`); torch only on what ours accepted, so it never
     sees a declared size our reader has not matched to real bytes (it would allocate it).
     """
-    from convert.compare import compare_trees
+    from convert.ops.compare import compare_trees
 
     path = SCRATCH / "input.pt"
     path.write_bytes(data)

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import torch
 
-from ..write.chunked import ChunkedSource
+from ..model.chunked import ChunkedSource
 
 CHUNK_BYTES = 64 << 20
 

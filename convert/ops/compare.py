@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .read.records import GlobalRef, ObjectRecord
+from ..model.records import GlobalRef, ObjectRecord
 
 MAX_DIFFS = 50
 _NODES = (dict, collections.OrderedDict, list, tuple, set, frozenset, ObjectRecord)

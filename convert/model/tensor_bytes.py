@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from ..dtypes import NUMPY_TO_DTYPE
-from ..read.records import NdArrayRef, StorageRef, TensorRef
-from ..read.torch_types import DType
+from .dtypes import NUMPY_TO_DTYPE
+from .records import NdArrayRef, StorageRef, TensorRef
+from .torch_types import DType
 
 
 def contiguous_strides(shape: tuple | list) -> tuple:

@@ -25,14 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..api import convert_checkpoint, verify_checkpoint
-from ..discover import entries, is_pickle, unit_kind
 from ..errors import ConvertError
-from ..read.dcp import dcp_files
-from ..read.dcp_metadata import rank_metadata_files
-from ..write.durable import copy_durably, fsync_dir
+from ..primitives.durable import copy_durably, fsync_dir
+from ..primitives.hashing import sha256_fd
+from ..sources.dcp_folder import dcp_files
+from ..sources.dcp_metadata import rank_metadata_files
+from ..sources.discover import entries, is_pickle, unit_kind
+from ..sources.hf import verify_hf_folder, weight_names, write_hf_weights
 from ..write.folder import build_folder
-from ..write.source_hash import sha256_fd
-from .hf import verify_hf_folder, weight_names, write_hf_weights
 
 WEIGHTS_TMP = ".ckpt-convert-weights"
 

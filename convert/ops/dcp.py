@@ -13,17 +13,17 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .errors import OutputExists, UnsafeCheckpoint
+from ..errors import OutputExists, UnsafeCheckpoint
+from ..primitives.hashing import PENDING_SHA256, sha256_fd
+from ..read.gadgets import EXEC
+from ..read.vm import Finding
+from ..scan.scanner import ScanFinding, ScanReport
+from ..scan.verdicts import REASONS, SAFE, UNSAFE, classify_global, worst
+from ..sources.dcp_folder import DcpFolder, is_dcp_folder
+from ..sources.dcp_metadata import METADATA_NAME
+from ..write.plan import Plan, make_plan
+from ..write.safetensors_io import KernelCopySource
 from .pipeline import provenance, write_checkpoint_folder
-from .read.dcp import DcpFolder, is_dcp_folder
-from .read.dcp_metadata import METADATA_NAME
-from .read.gadgets import EXEC
-from .read.vm import Finding
-from .scan.scanner import ScanFinding, ScanReport
-from .scan.verdicts import REASONS, SAFE, UNSAFE, classify_global, worst
-from .write.plan import Plan, make_plan
-from .write.safetensors_io import KernelCopySource
-from .write.source_hash import PENDING_SHA256, sha256_fd
 
 SOURCE_FORMAT = "torch-dcp"
 
@@ -121,7 +121,7 @@ def convert_dcp_folder(src: str | os.PathLike, dst: str | os.PathLike, *, overwr
 
 def read_dcp_folder(src: str | os.PathLike) -> Any:
     """The state dict `dcp_to_torch_save` + `torch.load` would give, read without unpickling anything."""
-    from .read.materialize import materialize  # torch: here, so convert/scan of a DCP folder need none
+    from ..read.materialize import materialize  # torch: here, so convert/scan of a DCP folder need none
 
     with DcpFolder(src) as dcp:
         return materialize(dcp.root)
@@ -129,9 +129,9 @@ def read_dcp_folder(src: str | os.PathLike) -> Any:
 
 def verify_dcp_folder(src: str | os.PathLike, folder: str | os.PathLike) -> list[str]:
     """Differences between the DCP folder `src` (read safely) and the converted `folder`; empty means equivalent."""
+    from ..load import load_checkpoint, read_sidecar
+    from ..read.materialize import materialize
     from .compare import compare_trees  # torch: here, so convert/scan of a DCP folder need none
-    from .load import load_checkpoint, read_sidecar
-    from .read.materialize import materialize
 
     sidecar = read_sidecar(Path(folder))
     diffs = []

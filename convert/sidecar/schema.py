@@ -11,8 +11,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConvertError, CorruptFolder, MalformedCheckpoint
 from .deep import json_depth, run_deep
-from .errors import ConvertError, CorruptFolder, MalformedCheckpoint
 from .integrity import check_sidecar
 from .jsonio import strict_json
 

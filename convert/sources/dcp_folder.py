@@ -24,14 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MalformedCheckpoint, UnsupportedValue
-from ..write.chunked_source import Box, tensor_pieces
-from ..write.tensor_bytes import covers_storage
-from . import read_tree
-from .containers import Input, ReadResult, read_container
+from ..model.chunked_source import Box, tensor_pieces
+from ..model.records import StorageRef, TensorRef
+from ..model.tensor_bytes import covers_storage
+from ..model.tiling import tiling_problem
+from ..primitives.source import SourceBytes, SourceChanged
+from ..read import read_tree
+from ..read.containers import Input, ReadResult, read_container
 from .dcp_metadata import METADATA_NAME, DcpMetadata, TensorMeta, read_metadata
-from .dcp_tiling import tiling_problem
-from .records import StorageRef, TensorRef
-from .source import SourceBytes, SourceChanged
 
 __all__ = ["DcpFolder", "dcp_files", "is_dcp_folder"]
 

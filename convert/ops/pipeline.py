@@ -12,14 +12,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._version import __version__
-from .errors import ConvertError
-from .schema import validate
-from .write.folder import write_folder
-from .write.plan import make_plan
-from .write.safetensors_io import KernelCopySources
-from .write.shards import parse_size
-from .write.source_hash import PENDING_SHA256
+from .._version import __version__
+from ..errors import ConvertError
+from ..primitives.hashing import PENDING_SHA256
+from ..sidecar.schema import validate
+from ..write.folder import write_folder
+from ..write.plan import make_plan
+from ..write.safetensors_io import KernelCopySources
+from ..write.shards import parse_size
 
 LIVE_FORMAT = "live"
 

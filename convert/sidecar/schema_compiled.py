@@ -9,7 +9,7 @@ implemented with jsonschema's Draft 2020-12 semantics (its type checker, `re.sea
 its bool-aware equality for const/enum), and a keyword it does not implement makes compilation fail
 with UnsupportedSchema, so the caller falls back to jsonschema. A "no" is always re-checked by
 jsonschema, which stays the authority for the error message. A RecursionError propagates:
-schema.validate bounds the depth and runs both again with room to recurse (convert/deep.py).
+schema.validate bounds the depth and runs both again with room to recurse (convert/sidecar/deep.py).
 """
 
 from __future__ import annotations
@@ -284,7 +284,7 @@ def compile_schema(schema: dict) -> Check:
     """A function `is_valid(instance) -> bool`; True only where jsonschema (Draft 2020-12) finds no error.
 
     It recurses a few frames per nesting level of the instance: deep instances raise RecursionError,
-    and the caller (schema.validate) bounds the depth and reruns it with room (convert/deep.py).
+    and the caller (schema.validate) bounds the depth and reruns it with room (convert/sidecar/deep.py).
     Raises UnsupportedSchema if the schema uses a keyword not implemented here.
     """
     root = _Compiler(schema).compile(schema)

@@ -27,13 +27,13 @@ import numpy as np
 import torch
 
 from ..errors import ConvertError, UnsafeCheckpoint, UnsupportedValue
+from ..model.numpy_types import NUMERIC_CODES
+from ..model.records import GlobalRef, NdArrayRef, ObjectRecord, StorageRef
+from ..model.torch_types import DTYPES_BY_NAME
+from ..model.tree import MAX_DEPTH
 from ..read import allowlist, gadgets
 from ..read.modules import to_module_record
-from ..read.numpy_types import NUMERIC_CODES
-from ..read.records import GlobalRef, NdArrayRef, ObjectRecord, StorageRef
-from ..read.torch_types import DTYPES_BY_NAME
 from ..read.vm import Finding, append_items, build, set_items
-from ..tree import MAX_DEPTH
 from .staging import DeviceStorage
 
 PROTOCOL = 2  # torch.save's default pickle protocol: what __reduce_ex__ is asked for

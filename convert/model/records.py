@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .source import SourceBytes
+from ..primitives.source import SourceBytes
 
 
 @dataclass(eq=False)

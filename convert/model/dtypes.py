@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import UnsupportedValue
-from .read.torch_types import CANONICAL, QUANTIZED_DTYPES, DType
+from ..errors import UnsupportedValue
+from .torch_types import CANONICAL, QUANTIZED_DTYPES, DType
 
 # torch dtype name → safetensors code, for the dtypes safetensors has.
 NATIVE_CODES: dict[str, str] = {

@@ -23,8 +23,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..discover import ACCELERATE_PICKLES, TRAINER_PICKLES, framework_of  # noqa: F401 (re-exported)
-from .units import convert_unit, verify_unit
+from ..ops.units import convert_unit, verify_unit
+from .discover import ACCELERATE_PICKLES, TRAINER_PICKLES, framework_of  # noqa: F401 (re-exported)
 
 
 def convert_framework_folder(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool = False) -> dict[str, Any]:

@@ -11,9 +11,9 @@ from typing import Any
 
 import torch
 
+from ..errors import MalformedCheckpoint
 from .dtypes import DTYPE_NAME_BY_CODE
-from .errors import MalformedCheckpoint
-from .read.torch_types import DTYPES_BY_NAME, QUANTIZED_DTYPES, Device, DType, TorchSize
+from .torch_types import DTYPES_BY_NAME, QUANTIZED_DTYPES, Device, DType, TorchSize
 
 
 def torch_dtype(name: str) -> torch.dtype:

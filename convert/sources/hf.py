@@ -15,18 +15,18 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
-from ..discover import HF_INDEX as INDEX
-from ..discover import HF_SINGLE as SINGLE
-from ..discover import is_hf_folder  # noqa: F401 (re-exported)
 from ..errors import ConvertError, MalformedCheckpoint
-from ..jsonio import strict_json
+from ..model.records import ModuleRecord
+from ..primitives.hashing import sha256_fd
 from ..read import Input, read_tree
-from ..read.records import ModuleRecord
-from ..schema import validate
+from ..sidecar.jsonio import strict_json
+from ..sidecar.schema import validate
 from ..write.folder import write_folder
 from ..write.plan import Plan, is_state_dict, make_plan
 from ..write.shards import shard_name
-from ..write.source_hash import sha256_fd
+from .discover import HF_INDEX as INDEX
+from .discover import HF_SINGLE as SINGLE
+from .discover import is_hf_folder  # noqa: F401 (re-exported)
 
 _SHARD = re.compile(r"^pytorch_model-\d{5}-of-\d{5}\.bin$")
 MAX_INDEX_BYTES = 64 << 20
@@ -106,8 +106,8 @@ def write_hf_weights(src: Path, dst: Path) -> dict:
 def verify_hf_folder(src: str | Path, dst: str | Path) -> list[str]:
     """Differences between each weight file of `src` (read safely) and the converted folder."""
     from ..api import read_checkpoint
-    from ..compare import compare_trees
     from ..load import load_checkpoint
+    from ..ops.compare import compare_trees
 
     loaded = load_checkpoint(dst)
     diffs: list[str] = []
@@ -128,6 +128,6 @@ def verify_hf_folder(src: str | Path, dst: str | Path) -> list[str]:
 
 def convert_hf_folder(src: str | Path, dst: str | Path, *, overwrite: bool = False) -> dict:
     """Convert an HF folder whole (weights, other files, module subfolders) into `dst`: see `units.convert_unit`."""
-    from .units import convert_unit
+    from ..ops.units import convert_unit
 
     return convert_unit("hf", src, dst, overwrite=overwrite)

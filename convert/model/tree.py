@@ -13,9 +13,9 @@ import collections
 from collections.abc import Callable
 from typing import Any
 
-from .codec import Field, format_path
-from .errors import MalformedCheckpoint, UnsupportedValue
-from .read.records import ModuleRecord, ObjectRecord
+from ..errors import MalformedCheckpoint, UnsupportedValue
+from ..sidecar.codec import Field, format_path
+from .records import ModuleRecord, ObjectRecord
 
 MAX_DEPTH = 400
 

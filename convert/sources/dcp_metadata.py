@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConvertError, MalformedCheckpoint, UnsafeCheckpoint, UnsupportedValue
-from ..write.source_hash import sha256_fd
-from .containers import Input
-from .records import GlobalRef, ObjectRecord
-from .source import Identity, SourceChanged
-from .torch_types import QUANTIZED_DTYPES, DType, TorchSize, dtype_name
-from .vm import Finding, PickleVM
+from ..model.records import GlobalRef, ObjectRecord
+from ..model.torch_types import QUANTIZED_DTYPES, DType, TorchSize, dtype_name
+from ..primitives.hashing import sha256_fd
+from ..primitives.source import Identity, SourceChanged
+from ..read.containers import Input
+from ..read.vm import Finding, PickleVM
 
 METADATA_NAME = ".metadata"
 # The rank-local metadata torch falls back to: f"__{rank}.metadata" for an int rank (no sign, no leading zero).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .errors import MalformedCheckpoint
+from ..errors import MalformedCheckpoint
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -151,7 +151,7 @@ def fd_sha256(fd: int) -> str:
 
 def mapping_sha256(buffer: Any) -> str:
     """sha256 of a whole mapping; pages of an mmap are handed back after each chunk (RSS stays flat)."""
-    from .load.mapping import release_pages  # torch-free, but under convert.load (which imports torch)
+    from ..load.mapping import release_pages  # torch-free, but under convert.load (which imports torch)
 
     digest = hashlib.sha256()
     if buffer is None:
@@ -207,8 +207,8 @@ def verify_folder(folder: str | os.PathLike) -> list[str]:
         MalformedCheckpoint if checkpoint.json is missing or invalid; ConvertError if the folder
         was written without an integrity record (an older version: use `verify SRC DST`).
     """
-    from .errors import ConvertError, CorruptFolder, MalformedCheckpoint
-    from .load import open_data_file  # here: convert.load imports this module's checks
+    from ..errors import ConvertError, CorruptFolder, MalformedCheckpoint
+    from ..load import open_data_file  # here: convert.load imports this module's checks
     from .schema import inside_folder, read_sidecar
 
     folder = Path(folder)

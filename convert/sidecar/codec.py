@@ -30,17 +30,17 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .errors import MalformedCheckpoint, UnsupportedValue
-from .read.allowlist import make_device
-from .read.collisions import check_keys, grown
-from .read.records import GlobalRef, ModuleRecord, NdArrayRef, NpDType, NpScalar, ObjectRecord, TensorRef, Unsupported
-from .read.torch_types import DTYPES_BY_NAME, Device, DType, TorchSize, dtype_name
+from ..errors import MalformedCheckpoint, UnsupportedValue
+from ..model.collisions import check_keys, grown
+from ..model.records import GlobalRef, ModuleRecord, NdArrayRef, NpDType, NpScalar, ObjectRecord, TensorRef, Unsupported
+from ..model.torch_types import DTYPES_BY_NAME, Device, DType, TorchSize, dtype_name
+from ..read.allowlist import make_device
 from .schema import MAX_SIDECAR_BYTES
 
 
 def _to_torch(value: Any) -> Any:
     """The loader's side of the reader's torch-free values (here, not at import: the writer needs no torch)."""
-    from .torch_values import to_torch
+    from ..model.torch_values import to_torch
 
     return to_torch(value)
 
