@@ -10,7 +10,7 @@ from ._version import __version__
 from .api import ConversionReport, ScanReport, convert_checkpoint, read_checkpoint, scan_checkpoint, verify_checkpoint
 from .errors import ConvertError, MalformedCheckpoint, OutputExists, UnsafeCheckpoint, UnsupportedValue
 from .model.records import GlobalRef, ObjectRecord
-from .sidecar.integrity import verify_folder
+from .ops.verify import verify_folder
 
 # Torch-side entry points are imported on first use, so `scan` and `convert` work without torch installed.
 _LAZY = {"compare_trees": ".ops.compare", "load_checkpoint": ".load", "save_checkpoint": ".ops.save", "SaveReport": ".ops.save"}

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from convert import convert_checkpoint, load_checkpoint, save_checkpoint
-from convert.sidecar.integrity import verify_folder
+from convert.ops.verify import verify_folder
 from tests.helpers import REPO_ROOT, assert_one_line_error, folder_snapshot, run_cli, run_python, save
 
 

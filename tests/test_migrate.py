@@ -24,8 +24,8 @@ from convert.migrate import migrate, scan_folder
 from convert.migrate.journal import JOURNAL_NAME, KILL_ENV, read_journal
 from convert.migrate.lock import LOCK_NAME
 from convert.migrate.report import REPORT_NAME
+from convert.ops.units import convert_hf_folder
 from convert.primitives.temp import is_temporary
-from convert.sources.hf import convert_hf_folder
 from tests.helpers import (
     REPO_ROOT,
     EvilEval,

@@ -93,7 +93,7 @@ def test_kernel_copy_and_fallbacks_write_identical_bytes(tmp_path, rich_checkpoi
 
 def test_writer_without_registered_input_matches_kernel_copy(tmp_path, rich_checkpoint):
     """Outside convert_checkpoint (no fd registered) the writer streams from the mapping: same bytes."""
-    from convert.api import _provenance
+    from convert.ops.checkpoint import _provenance
     from convert.read import Input, read_tree
     from convert.write.folder import PT_METADATA
     from convert.write.plan import make_plan

@@ -35,7 +35,7 @@ def verify(args: argparse.Namespace) -> int:
 
 
 def verify_folder_only(folder: Path) -> int:
-    from ..sidecar.integrity import verify_folder
+    from ..ops.verify import verify_folder
 
     return _verdict(verify_folder(folder), f"{folder} is NOT intact:",
                     f"{folder} is intact: every data file has the digest and folder id checkpoint.json records")

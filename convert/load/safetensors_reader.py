@@ -19,8 +19,8 @@ import torch
 from ..errors import MalformedCheckpoint
 from ..model.dtypes import ITEMSIZE_BY_CODE
 from ..model.torch_values import torch_dtype_for_code
+from ..primitives.mapping import map_private
 from ..sidecar.jsonio import strict_json
-from .mapping import map_private
 
 MAX_HEADER = 100 * 1024 * 1024  # the limit safetensors itself applies
 

@@ -8,9 +8,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ..api import convert_checkpoint, scan_checkpoint, verify_checkpoint
 from ..errors import ConvertError, OutputExists, UnsafeCheckpoint
+from ..ops.checkpoint import convert_checkpoint, verify_checkpoint
 from ..ops.units import convert_unit, verify_unit
+from ..scan import scan_checkpoint
 from ..sources.discover import unit_sources
 from .walker import Job
 

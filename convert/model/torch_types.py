@@ -44,6 +44,23 @@ class Device:
         return self.type if self.index is None else f"{self.type}:{self.index}"
 
 
+DEVICE_TYPES = frozenset({"cpu", "cuda", "mps", "meta", "xpu", "hpu", "xla", "privateuseone", "mtia"})
+
+
+def parse_device(text: object, index: object = None) -> Device:
+    """`torch.device(text[, index])` as data; ValueError names what is wrong (the caller labels it)."""
+    if type(text) is not str or len(text) >= 32:
+        raise ValueError("torch.device expects a short string")
+    kind, _, own_index = text.partition(":")
+    if kind not in DEVICE_TYPES or not (own_index == "" or own_index.isdigit()):
+        raise ValueError(f"unknown device {text!r}")
+    if index is not None:
+        if own_index != "" or type(index) is not int or not 0 <= index < 1 << 16:
+            raise ValueError("bad device index")
+        return Device(kind, index)
+    return Device(kind, int(own_index) if own_index else None)
+
+
 # Canonical dtype names and their element sizes (torch's own table, as data).
 _ITEMSIZES = {
     "float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "int16": 2, "int8": 1,

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import MalformedCheckpoint, UnsupportedValue
-from ..sidecar.codec import Field, format_path
+from .paths import Field, format_path
 from .records import ModuleRecord, ObjectRecord
 
 MAX_DEPTH = 400

@@ -13,22 +13,15 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ..errors import OutputExists, UnsafeCheckpoint
+from ..errors import OutputExists
 from ..primitives.hashing import PENDING_SHA256, sha256_fd
-from ..read.gadgets import EXEC
-from ..read.vm import Finding
-from ..scan.scanner import ScanFinding, ScanReport
-from ..scan.verdicts import REASONS, SAFE, UNSAFE, classify_global, worst
-from ..sources.dcp_folder import DcpFolder, is_dcp_folder
+from ..sources.dcp_folder import SOURCE_FORMAT, DcpFolder, is_dcp_folder
 from ..sources.dcp_metadata import METADATA_NAME
 from ..write.plan import Plan, make_plan
 from ..write.safetensors_io import KernelCopySource
 from .pipeline import provenance, write_checkpoint_folder
 
-SOURCE_FORMAT = "torch-dcp"
-
-__all__ = ["convert_dcp_folder", "is_dcp_folder", "plan_dcp_folder", "read_dcp_folder", "scan_dcp_folder",
-           "scan_dcp_report", "verify_dcp_folder"]
+__all__ = ["convert_dcp_folder", "is_dcp_folder", "plan_dcp_folder", "read_dcp_folder", "verify_dcp_folder"]
 
 
 def _hash_file(path: Path, stop: threading.Event | None = None) -> dict[str, Any]:
@@ -144,28 +137,3 @@ def verify_dcp_folder(src: str | os.PathLike, folder: str | os.PathLike) -> list
                          | {p["name"] for p in parts if p not in (recorded or [])})
         diffs.append(f"<source>: {folder} was converted from different files ({', '.join(changed)[:200]} differ)")
     return diffs + compare_trees(original, load_checkpoint(folder))
-
-
-def scan_dcp_folder(src: str | os.PathLike) -> tuple[dict[str, int], list[Finding]]:
-    """The globals a DCP folder's pickles name (metadata and every saved item) and the gadgets among them."""
-    try:
-        with DcpFolder(src) as dcp:
-            return dcp.globals_used, []
-    except UnsafeCheckpoint as exc:
-        return dict(getattr(exc, "globals_used", {})), exc.findings
-
-
-def scan_dcp_report(src: str | os.PathLike) -> ScanReport:
-    """scan's verdict for a DCP folder: every global its pickles name (`.metadata` and each saved item), classified."""
-    globals_used, vm_findings = scan_dcp_folder(src)
-    found = {f.name for f in vm_findings}
-    report = ScanReport(Path(src), SOURCE_FORMAT, globals=sorted(globals_used))
-    for qualname in sorted({*globals_used, *found}):
-        module, _, name = qualname.rpartition(".")
-        verdict, category = classify_global(module, name)
-        if qualname in found and verdict != UNSAFE:  # the reader's own findings (a computed call, an ambiguity)
-            verdict, category = UNSAFE, EXEC
-        if verdict != SAFE:
-            report.findings.append(ScanFinding(qualname, category, verdict, REASONS[category]))
-    report.verdict = worst([f.verdict for f in report.findings])
-    return report

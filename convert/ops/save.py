@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import OutputExists
-from .pipeline import live_source, provenance, write_checkpoint_folder
 from ..sources.live import live_tree
+from .pipeline import live_source, provenance, write_checkpoint_folder
 
 __all__ = ["SaveReport", "live_tree", "save_checkpoint"]
 

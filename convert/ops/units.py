@@ -18,21 +18,23 @@ output is built in a temporary folder and renamed into place (`write.folder.buil
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from ..api import convert_checkpoint, verify_checkpoint
 from ..errors import ConvertError
 from ..primitives.durable import copy_durably, fsync_dir
 from ..primitives.hashing import sha256_fd
 from ..sources.dcp_folder import dcp_files
 from ..sources.dcp_metadata import rank_metadata_files
 from ..sources.discover import entries, is_pickle, unit_kind
-from ..sources.hf import verify_hf_folder, weight_names, write_hf_weights
+from ..sources.hf import hf_checkpoint_files, weight_names, write_hf_weights
 from ..write.folder import build_folder
+from .checkpoint import convert_checkpoint, read_checkpoint, verify_checkpoint
 
 WEIGHTS_TMP = ".ckpt-convert-weights"
 
@@ -156,3 +158,40 @@ def verify_unit(kind: str | None, src: str | os.PathLike, dst: str | os.PathLike
         elif not (dst / e.name).is_file() or _sha256(dst / e.name) != _sha256(e.path):
             diffs.append(f"{sub}: the copy differs from the original")
     return diffs
+
+
+def verify_hf_folder(src: str | Path, dst: str | Path) -> list[str]:
+    """Differences between each weight file of `src` (read safely) and the converted folder."""
+    from ..load import load_checkpoint  # torch: here, not at import
+    from .compare import compare_trees
+
+    loaded = load_checkpoint(dst)
+    diffs: list[str] = []
+    seen = 0
+    for path in hf_checkpoint_files(Path(src)):
+        original = read_checkpoint(path)
+        part = collections.OrderedDict((k, loaded[k]) for k in original if k in loaded)
+        if list(part) != list(original):
+            diffs.append(f"{path.name}: keys missing from the converted folder")
+            continue
+        seen += len(part)
+        diffs += [f"{path.name}: {d}" for d in compare_trees(collections.OrderedDict(original), part)
+                  if "<_metadata>" not in d and "attributes" not in d]
+    if seen != len(loaded):
+        diffs.append(f"the converted folder has {len(loaded) - seen} keys no weight file has")
+    return diffs
+
+
+def convert_hf_folder(src: str | Path, dst: str | Path, *, overwrite: bool = False) -> dict:
+    """Convert an HF folder whole (weights, other files, module subfolders) into `dst`: see `units.convert_unit`."""
+    return convert_unit("hf", src, dst, overwrite=overwrite)
+
+
+def convert_framework_folder(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool = False) -> dict[str, Any]:
+    """Convert a Trainer/Accelerate checkpoint folder (every file of every subfolder) into the new folder `dst`."""
+    return convert_unit("framework", src, dst, overwrite=overwrite)
+
+
+def verify_framework_folder(src: str | os.PathLike, dst: str | os.PathLike) -> list[str]:
+    """Differences between a framework folder and its conversion (see `verify_unit`)."""
+    return verify_unit("framework", src, dst)

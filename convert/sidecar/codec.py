@@ -32,9 +32,9 @@ import numpy as np
 
 from ..errors import MalformedCheckpoint, UnsupportedValue
 from ..model.collisions import check_keys, grown
+from ..model.paths import KEY, Field, format_path
 from ..model.records import GlobalRef, ModuleRecord, NdArrayRef, NpDType, NpScalar, ObjectRecord, TensorRef, Unsupported
-from ..model.torch_types import DTYPES_BY_NAME, Device, DType, TorchSize, dtype_name
-from ..read.allowlist import make_device
+from ..model.torch_types import DTYPES_BY_NAME, Device, DType, TorchSize, dtype_name, parse_device
 from .schema import MAX_SIDECAR_BYTES
 
 
@@ -51,21 +51,6 @@ MAX_NODES = 5_000_000  # values written per sidecar; a graph is written once, so
 
 # Keys that may accompany a tag (they are not tags themselves).
 MODIFIERS = ("$id", "$attrs", "$with")
-
-
-class Field(str):
-    """A path step that is an attribute of a record (`.state`), not a key (`['state']`)."""
-
-
-KEY = Field("<key>")
-
-
-def format_path(path: list) -> str:
-    """A JSONPath-like location for messages: `$['hyper_parameters']['encoder'][0].state`."""
-    out = "$"
-    for step in path:
-        out += f".{step}" if isinstance(step, Field) else f"[{step!r:.60}]"
-    return out
 
 
 # ------------------------------------------------------------------------------------------ registry
@@ -425,7 +410,11 @@ class DeviceTag(Tag):
         return str(v)
 
     def decode(self, dec: Decoder, node: dict, depth: int) -> Any:
-        return _to_torch(make_device(node[self.name]))
+        try:
+            device = parse_device(node[self.name])
+        except ValueError as exc:
+            raise MalformedCheckpoint(f"$device: {exc}") from None
+        return _to_torch(device)
 
 
 @register

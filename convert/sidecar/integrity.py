@@ -32,7 +32,6 @@ import hashlib
 import json
 import os
 import secrets
-from pathlib import Path
 from typing import Any
 
 FOLDER_ID_KEY = "folder_id"
@@ -151,7 +150,7 @@ def fd_sha256(fd: int) -> str:
 
 def mapping_sha256(buffer: Any) -> str:
     """sha256 of a whole mapping; pages of an mmap are handed back after each chunk (RSS stays flat)."""
-    from ..load.mapping import release_pages  # torch-free, but under convert.load (which imports torch)
+    from ..primitives.mapping import release_pages  # torch-free, but under convert.load (which imports torch)
 
     digest = hashlib.sha256()
     if buffer is None:
@@ -192,57 +191,3 @@ def check_digest(sidecar: dict, name: str, actual: str) -> str | None:
 def has_record(sidecar: dict) -> bool:
     """Whether the sidecar carries an integrity record (folder id and every data file's digest)."""
     return FOLDER_ID_KEY in sidecar and all("sha256" in info for info in sidecar["files"].values())
-
-
-def verify_folder(folder: str | os.PathLike) -> list[str]:
-    """Check a converted folder without its source: every data file's digest, folder id and size.
-
-    Args:
-        folder: a folder written by `convert_checkpoint`.
-
-    Returns:
-        The problems found, one line each; empty means every data file is exactly as written.
-
-    Raises:
-        MalformedCheckpoint if checkpoint.json is missing or invalid; ConvertError if the folder
-        was written without an integrity record (an older version: use `verify SRC DST`).
-    """
-    from ..errors import ConvertError, CorruptFolder, MalformedCheckpoint
-    from ..load import open_data_file  # here: convert.load imports this module's checks
-    from .schema import inside_folder, read_sidecar
-
-    folder = Path(folder)
-    try:
-        sidecar = read_sidecar(folder, check_seal=True)
-    except CorruptFolder as exc:  # edited: what it now says cannot be trusted to check the rest against
-        return [str(exc)]
-    if not has_record(sidecar):
-        raise ConvertError(f"{folder} was written without digests (by an older ckpt-convert); "
-                           "check it against its source with `verify SRC DST`")
-    problems = []
-    for name, expected in sidecar.get(SEAL_KEY, {}).get("copied", {}).items():
-        path = folder / name
-        try:
-            actual = file_sha256(inside_folder(folder, path)) if path.is_file() else None
-        except (MalformedCheckpoint, OSError):
-            actual = None
-        if actual is None:
-            problems.append(f"{name} (copied into the folder) is missing")
-        elif actual != expected:
-            problems.append(f"{name}: sha256 {actual} differs from the {expected} recorded in checkpoint.json "
-                            "(the copied file was changed)")
-    for name in sidecar["files"]:
-        try:
-            file = open_data_file(folder, name)
-        except MalformedCheckpoint as exc:
-            problems.append(str(exc))
-            continue
-        try:
-            problem = check_header(sidecar, name, file.metadata, file.data_bytes)
-            if problem is None:  # a file of another conversion fails its digest too: say the cause only
-                problem = check_digest(sidecar, name, mapping_sha256(file.map))
-            if problem is not None:
-                problems.append(problem)
-        finally:
-            file.close()
-    return problems

@@ -33,6 +33,8 @@ from ..read import read_tree
 from ..read.containers import Input, ReadResult, read_container
 from .dcp_metadata import METADATA_NAME, DcpMetadata, TensorMeta, read_metadata
 
+SOURCE_FORMAT = "torch-dcp"  # the sidecar's source.format for a DCP folder
+
 __all__ = ["DcpFolder", "dcp_files", "is_dcp_folder"]
 
 

@@ -101,33 +101,3 @@ def write_hf_weights(src: Path, dst: Path) -> dict:
         plan = hf_plan(src, stack)
         write_folder(plan, dst, sources=[src])
     return plan.sidecar
-
-
-def verify_hf_folder(src: str | Path, dst: str | Path) -> list[str]:
-    """Differences between each weight file of `src` (read safely) and the converted folder."""
-    from ..api import read_checkpoint
-    from ..load import load_checkpoint
-    from ..ops.compare import compare_trees
-
-    loaded = load_checkpoint(dst)
-    diffs: list[str] = []
-    seen = 0
-    for path in hf_checkpoint_files(Path(src)):
-        original = read_checkpoint(path)
-        part = collections.OrderedDict((k, loaded[k]) for k in original if k in loaded)
-        if list(part) != list(original):
-            diffs.append(f"{path.name}: keys missing from the converted folder")
-            continue
-        seen += len(part)
-        diffs += [f"{path.name}: {d}" for d in compare_trees(collections.OrderedDict(original), part)
-                  if "<_metadata>" not in d and "attributes" not in d]
-    if seen != len(loaded):
-        diffs.append(f"the converted folder has {len(loaded) - seen} keys no weight file has")
-    return diffs
-
-
-def convert_hf_folder(src: str | Path, dst: str | Path, *, overwrite: bool = False) -> dict:
-    """Convert an HF folder whole (weights, other files, module subfolders) into `dst`: see `units.convert_unit`."""
-    from ..ops.units import convert_unit
-
-    return convert_unit("hf", src, dst, overwrite=overwrite)
