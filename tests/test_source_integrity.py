@@ -22,9 +22,10 @@ import pytest
 import torch
 
 from convert import ConvertError, MalformedCheckpoint, convert_checkpoint, read_checkpoint
-from convert.api import plan_in_memory, scan_checkpoint, verify_checkpoint
+from convert.api import scan_checkpoint, verify_checkpoint
 from convert.errors import UnsupportedValue
 from convert.ops import pipeline as pipeline_module
+from convert.ops.checkpoint import plan_in_memory
 from convert.primitives import source as source_module
 from convert.primitives.source import SourceBytes, SourceChanged
 from tests.helpers import REPO_ROOT

@@ -65,7 +65,7 @@ def inspect(args: argparse.Namespace) -> int:
                 entries = SafetensorsFile(path / name).entries
                 headers[name] = {key: (e.code, list(e.shape)) for key, e in entries.items()}
     else:
-        from ..api import plan_in_memory
+        from ..ops.checkpoint import plan_in_memory
 
         plan = plan_in_memory(path)
         sidecar = plan.sidecar

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from convert import ConvertError, load_checkpoint, read_checkpoint
-from convert.api import convert_checkpoint, plan_in_memory
+from convert.ops.checkpoint import convert_checkpoint, plan_in_memory
 
 SCRATCH = Path(tempfile.mkdtemp(prefix="ckpt-fuzz-"))
 atexit.register(shutil.rmtree, SCRATCH, True)
