@@ -20,6 +20,7 @@ import io
 import math
 import os
 import stat
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +29,17 @@ from ..model.chunked_source import Box, tensor_pieces
 from ..model.records import StorageRef, TensorRef
 from ..model.tensor_bytes import covers_storage
 from ..model.tiling import tiling_problem
-from ..primitives.source import SourceBytes, SourceChanged
+from ..primitives.hashing import PENDING_SHA256, sha256_fd
+from ..primitives.source import SourceBytes, SourceChanged, open_regular
 from ..read import read_tree
 from ..read.containers import Input, ReadResult, read_container
+from ..write.safetensors_io import KernelCopySource
+from .base import Source
 from .dcp_metadata import METADATA_NAME, DcpMetadata, TensorMeta, read_metadata
 
 SOURCE_FORMAT = "torch-dcp"  # the sidecar's source.format for a DCP folder
 
-__all__ = ["DcpFolder", "dcp_files", "is_dcp_folder"]
+__all__ = ["DcpFolder", "DcpSource", "dcp_files", "is_dcp_folder"]
 
 
 def is_dcp_folder(path: Path) -> bool:
@@ -288,3 +292,76 @@ def _set_element(root: dict, path: tuple, value: Any, max_index: int, where: str
             child = {} if type(path[i + 1]) is str else []
             container[key] = child
         container = child
+
+
+# ---------------------------------------------------------------------------------------------- the Source
+def _hash_file(path: Path, stop: threading.Event | None = None) -> dict[str, Any]:
+    fd, st = open_regular(path)  # regular files only: a FIFO put in place of a part cannot block
+    try:
+        return {"name": path.name, "size": st.st_size, "sha256": sha256_fd(fd, st.st_size, stop, path)}
+    finally:
+        os.close(fd)
+
+
+class _BackgroundHashes:
+    """sha256 of each input file, one after the other on a thread, while the conversion writes."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self._stop = threading.Event()
+        self._result: list[dict[str, Any]] = []
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(paths,), name="ckpt-convert-dcp-sha256", daemon=True)
+        self._thread.start()
+
+    def _run(self, paths: list[Path]) -> None:
+        try:
+            self._result = [_hash_file(p, self._stop) for p in paths]
+        except BaseException as exc:  # handed to the caller in parts()
+            self._error = exc
+
+    def parts(self) -> list[dict[str, Any]]:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def source_parts(parts: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """`source` fields known once every input file is hashed: total size, .metadata's sha256, the parts."""
+    return {"size": sum(p["size"] for p in parts) if parts else 0,
+            "sha256": parts[0]["sha256"] if parts else PENDING_SHA256, "parts": parts or []}
+
+
+class DcpSource(Source):
+    """A DCP folder as a Source: the tree of `DcpFolder`, every input file hashed on a thread meanwhile."""
+
+    kind = "dcp"
+
+    def __init__(self, path: str | os.PathLike, *, hash: bool = True) -> None:
+        self.path = Path(path)
+        self.copy_files = []
+        self.dcp = DcpFolder(self.path)
+        self.root = self.dcp.root
+        files = [self.dcp.folder / METADATA_NAME, *(self.dcp.folder / name for name in self.dcp.part_names())]
+        self._hashes = _BackgroundHashes(files) if hash else None
+        # chunks stored as they are: file-to-file in the kernel from each rank file
+        self.kernel_copy_sources = [KernelCopySource(p.buf, p.fileno()) for p in self.dcp.parts.values() if p.size]
+
+    def provenance(self) -> dict[str, Any]:
+        return {**source_parts(None), "name": self.dcp.folder.resolve().name, "format": SOURCE_FORMAT,
+                "pickle_protocol": self.dcp.metadata.protocol}
+
+    def seal(self) -> dict[str, Any]:
+        parts = self._hashes.parts() if self._hashes is not None else None
+        self.dcp.check_unchanged()  # every byte written came from the files as they were opened
+        return source_parts(parts) if parts is not None else {}
+
+    def close(self) -> None:
+        if self._hashes is not None:
+            self._hashes.close()
+        self.root = None
+        self.dcp.close()
