@@ -15,7 +15,7 @@ from typing import Any
 from ..errors import ConvertError
 from ..sources.base import Source
 from ..sources.dcp_folder import DcpSource, is_dcp_folder
-from ..sources.discover import unit_kind
+from ..sources.discover import classify
 from ..sources.file import FileSource
 from ..sources.hf import HfSource
 from ..write.plan import make_plan
@@ -26,12 +26,15 @@ from .verify import verify_source
 
 
 def kind_of(path: Path) -> str:
-    """"file", "dcp", "hf" or "framework": how `path` is opened (a folder of no kind is read as a file: refused)."""
-    if path.is_dir():
-        if is_dcp_folder(path):
-            return "dcp"
-        return unit_kind(path) or "file"
-    return "file"
+    """"file", "dcp", "hf" or "framework": what `discover.classify` says (as scan and migrate see it).
+
+    Beyond it: a folder with a `.metadata` but no part is opened as DCP (its reader says what is
+    missing), and anything else as a file (a name no checkpoint has is still read, by content, or refused).
+    """
+    kind = classify(path)
+    if kind is None and is_dcp_folder(path):
+        return "dcp"
+    return kind or "file"
 
 
 def open_source(path: str | os.PathLike, *, kind: str | None = None, converting: bool = False,
