@@ -33,13 +33,17 @@ def converted_from(out: Path, source: Path) -> bool:
     one this migration installed before a kill, or whose journal line was lost."""
     from ..load import read_sidecar
     from ..primitives.hashing import sha256_fd
+    from ..primitives.source import open_regular
 
     try:
         recorded = read_sidecar(out)["source"]
         if recorded.get("name") != source.name or recorded.get("size") != source.stat().st_size:
             return False
-        with open(source, "rb") as f:
-            return recorded.get("sha256") == sha256_fd(f.fileno(), os.fstat(f.fileno()).st_size)
+        fd, st = open_regular(source)  # a FIFO put in its place cannot block the worker
+        try:
+            return recorded.get("sha256") == sha256_fd(fd, st.st_size, path=source)
+        finally:
+            os.close(fd)
     except (ConvertError, OSError, KeyError, TypeError, AttributeError):
         return False
 
