@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import ConvertError, MalformedCheckpoint
 from ..model.records import ModuleRecord
-from ..primitives.hashing import BackgroundSha256
+from ..primitives.hashing import PENDING_SHA256, BackgroundSha256
 from ..read import Input, read_tree
 from ..sidecar.jsonio import strict_json
 from ..write.plan import is_state_dict
@@ -113,8 +113,7 @@ class HfSource(Source):
     def provenance(self) -> dict[str, Any]:
         source = file_source(self.named.name, self.named.size, self.format, self.protocol)
         if self.inputs[0] is not self.named:
-            source["parts"] = [file_source(i.name, i.size, self.format, self.protocol) for i in self.inputs]
-            source["parts"] = [{k: p[k] for k in ("name", "size", "sha256")} for p in source["parts"]]
+            source["parts"] = [{"name": i.name, "size": i.size, "sha256": PENDING_SHA256} for i in self.inputs]
         return source
 
     def seal(self) -> dict[str, Any]:
