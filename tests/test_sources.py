@@ -192,3 +192,23 @@ def test_cli_inspect_a_trainer_folder_lists_each_checkpoint(tmp_path, capsys):
     code, out, err = _cli(capsys, "inspect", src)
     assert code == 0, err
     assert "optimizer.pt:" in out and "rng_state.pth:" in out
+
+
+@pytest.mark.parametrize("kind", ["hf", "hf-sharded"])
+def test_hf_weights_changed_mid_convert_write_nothing(kind, tmp_path, monkeypatch):
+    from convert.errors import ConvertError
+    from convert.ops import pipeline
+
+    src = SOURCE_KINDS[kind](tmp_path / "src")
+    real = pipeline.make_plan
+    victim = sorted(src.glob("pytorch_model*.bin"))[-1]
+
+    def plan_then_rewrite(*args, **kwargs):
+        plan = real(*args, **kwargs)
+        victim.write_bytes(victim.read_bytes())  # same bytes, a new file: its identity changed
+        return plan
+
+    monkeypatch.setattr(pipeline, "make_plan", plan_then_rewrite)
+    with pytest.raises(ConvertError, match="changed while it was being converted"):
+        api.convert_checkpoint(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -74,15 +74,14 @@ def _sha256(path: Path) -> str:
         os.close(fd)
 
 
-def top_source(kind: str | None, src: Path, root: Path) -> Source | None:
+def top_source(kind: str, src: Path, root: Path) -> Source:
     """The Source of a unit's own top-level weights (HF weights + its plain top-level files, a DCP folder)."""
     if kind == "hf":  # config.json, tokenizer files: copied by the writer, so checkpoint.json seals them
         done = converted_by_top(kind, src)
         return HfSource(src, copy_files=[e.path for e in entries(src, root)
                                          if e.what == "file" and e.name not in done and not is_pickle(e.path)])
-    if kind == "dcp":
-        return DcpSource(src)
-    return None
+    assert kind == "dcp", kind  # `_top_kind` gives "hf", "dcp" or None
+    return DcpSource(src)
 
 
 def _fill(kind: str | None, src: Path, out: Path, root: Path, rel: str, outcome: UnitOutcome,
