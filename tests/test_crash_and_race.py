@@ -69,7 +69,7 @@ def test_overwrite_killed_at_each_step_leaves_a_complete_folder(tmp_path, src_di
 
 FALLBACK_SCRIPT = """
 import os, sys
-from convert.write import durable
+from convert.primitives import durable
 durable._renameat2_fn = None  # as on an OS or file system without renameat2
 from convert.cli import main
 sys.exit(main(["convert", sys.argv[1], sys.argv[2], "--overwrite"]))

@@ -384,7 +384,7 @@ def test_environment_error_during_overwrite_keeps_the_old_folder(tmp_path, src_d
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(folder_mod, "_write_file", no_space)
+    monkeypatch.setattr(folder_mod, "write_durable", no_space)
     with pytest.raises(CannotWrite, match="No space left on device"):
         convert_checkpoint(src_b, dst, overwrite=True)
     assert_equivalent(load_checkpoint(dst, verify=True), obj_a)

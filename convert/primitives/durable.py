@@ -10,7 +10,7 @@ renames, and a per-destination lock.
 - `DestinationLock` is an `flock` on `.NAME.ckpt-convert-lock` beside the destination; a second
   holder fails at once with `DestinationBusy` instead of waiting or racing.
 
-fsync can be turned off with CKPT_CONVERT_NO_FSYNC=1, for measuring its cost only.
+fsync can be turned off with CKPT_CONVERT_NO_FSYNC=1 (primitives/faults.py), for measuring its cost only.
 """
 
 from __future__ import annotations
@@ -22,9 +22,12 @@ import hashlib
 import os
 import shutil
 import sys
+import uuid
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from ..errors import DestinationBusy
+from . import faults
 
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
@@ -36,8 +39,7 @@ class ExchangeUnsupported(OSError):
     """The OS or file system cannot swap two paths atomically."""
 
 
-def fsync_enabled() -> bool:
-    return os.environ.get("CKPT_CONVERT_NO_FSYNC", "") in ("", "0")
+fsync_enabled = faults.fsync_enabled
 
 
 def fsync_fd(fd: int) -> None:
@@ -67,6 +69,42 @@ def fsync_dir(folder: Path) -> None:
             raise
     finally:
         os.close(fd)
+
+
+def write_durable(path: Path, data: bytes, mode: str = "wb") -> None:
+    """Write `data` as the file `path` and fsync it (inside a temp folder that is renamed into place later)."""
+    with open(path, mode) as out:
+        out.write(data)
+        out.flush()
+        fsync_fd(out.fileno())
+
+
+def write_atomic(path: Path, data: bytes | Iterable[bytes], before_rename: Callable[[], None] | None = None) -> None:
+    """Replace the small file `path` with `data` (bytes, or chunks of it) atomically and durably: a unique
+    temp file beside it (`NAME.tmp-PID-RANDOM`), fsync'd, renamed over `path`, the folder fsync'd. A crash
+    leaves the old file or the new one, never a torn one; the temp file is removed on any error.
+
+    Args:
+        path: the file to replace (or create).
+        data: its new content.
+        before_rename: runs after the fsync and before the rename (a fault point).
+    Raises:
+        OSError: as the file system reports it (the caller words it).
+    """
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "xb") as f:
+            for chunk in ([data] if isinstance(data, (bytes, bytearray, memoryview)) else data):
+                f.write(chunk)
+            f.flush()
+            fsync_fd(f.fileno())
+        if before_rename is not None:
+            before_rename()
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
 
 
 def _load_renameat2():
