@@ -15,7 +15,7 @@ import torch
 
 from convert import ConvertError, OutputExists, convert_checkpoint, load_checkpoint, verify_folder
 from convert.errors import CorruptFolder, DestinationBusy, MalformedCheckpoint
-from convert.primitives.durable import lock_path
+from convert.primitives.lock import lock_path
 from convert.primitives.temp import MARKER, is_temporary
 from convert.write import folder as folder_mod
 from convert.write.folder import FAULT_ENV, FAULT_POINTS

@@ -21,7 +21,7 @@ from typing import Any
 from ..errors import ConvertError
 from ..primitives.temp import remove_stale_temporaries
 from .journal import DONE_STATUSES, JOURNAL_NAME, Journal, JournalState, output_present, read_journal
-from .lock import LOCK_NAME, DestinationLock, holder_pid
+from .lock import LOCK_NAME, holder_pid, migrate_lock
 from .manifest import MANIFEST_NAME, MIGRATED_SUFFIX, read_legacy_manifest, retire_legacy_manifest
 from .overlap import check_overlap
 from .pool import run_bounded
@@ -115,7 +115,7 @@ def migrate(src: str | os.PathLike, dst: str | os.PathLike, *, jobs: int | None 
         dst.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConvertError(f"cannot create {dst}: {exc.strerror}") from None
-    with DestinationLock(dst), _sigterm_as_interrupt():
+    with migrate_lock(dst), _sigterm_as_interrupt():
         report = Report("migrate", str(src), str(dst))
         journal = _open_journal(dst, src, report)
         if dst_inside_src:

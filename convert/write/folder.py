@@ -33,16 +33,15 @@ from pathlib import Path
 from ..errors import CannotWrite, ConvertError, OutputExists, UnsupportedValue
 from ..primitives import faults
 from ..primitives.durable import (
-    DestinationLock,
     ExchangeUnsupported,
     fsync_dir,
     fsync_fd,
-    remove_stale_lock,
     rename_exchange,
     rename_noreplace,
     write_durable,
 )
 from ..primitives.hashing import sha256_fd
+from ..primitives.lock import WriterLock, remove_stale_lock
 from ..primitives.temp import TempFolder, remove_stale_temporaries
 from ..sidecar.integrity import FOLDER_ID_KEY, new_folder_id, record, seal
 from ..sidecar.schema import SIDECAR_NAME, check_sidecar_size
@@ -113,12 +112,12 @@ def _build_folder(dst: Path, fill: Callable[[Path], None], overwrite: bool,
     if not overwrite:
         remove_stale_lock(dst)  # an overwriting run takes (and then removes) the lock anyway
     if os.path.lexists(dst) and not overwrite:  # early and friendly; the final rename decides
-        raise OutputExists(f"{dst} already exists; pass --overwrite (overwrite=True) to replace it")
+        raise OutputExists.for_path(dst)
     if os.path.lexists(dst) and not dst.is_dir():
         raise ConvertError(f"{dst} exists and is not a folder")
     created = _make_parents(dst.parent)
     try:
-        with DestinationLock(dst) if overwrite else contextlib.nullcontext():
+        with WriterLock(dst) if overwrite else contextlib.nullcontext():
             try:
                 temp = TempFolder.create(dst)
             except FileNotFoundError:  # a parallel conversion that failed removed the parent it had made
@@ -196,8 +195,7 @@ def _install(temp: TempFolder, dst: Path, overwrite: bool) -> None:
         try:
             rename_noreplace(temp.build, dst)
         except FileExistsError:
-            raise OutputExists(f"{dst} already exists (created meanwhile by another run); "
-                               "pass --overwrite (overwrite=True) to replace it") from None
+            raise OutputExists.for_path(dst, "created meanwhile by another run") from None
         return
     for _ in range(3):  # other overwriting runs hold the lock: only a plain create can interleave
         try:
