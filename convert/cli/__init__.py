@@ -23,6 +23,7 @@ from . import commands
 EXIT_DIFFERENT = 3
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 EXIT_TERMINATED = 143  # 128 + SIGTERM
+EXIT_INTERNAL = 70  # EX_SOFTWARE (sysexits.h): a bug in ckpt-convert, not bad input
 TORCH_SIDE = {"torch"}  # what load/verify/inspect-folder/demo need beyond the lean install
 
 DESCRIPTION = """\
@@ -30,7 +31,8 @@ Convert pickled PyTorch checkpoints (torch.save zip or legacy files, plain pickl
 safetensors + a JSON sidecar without executing them, and load them back.
 
 exit codes: 0 success, 1 refused as unsafe, 2 bad input or usage, 3 verify found differences,
-130 interrupted, 143 terminated (scan: 0 safe or suspicious, 1 unsafe, 2 unreadable)"""
+70 internal error (a bug: please report it), 130 interrupted, 143 terminated
+(scan: 0 safe or suspicious, 1 unsafe, 2 unreadable)"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -217,4 +219,4 @@ def _internal_error(exc: BaseException) -> int:
     first = str(exc).splitlines()[0] if str(exc) else ""
     print(f"ckpt-convert: internal error: {type(exc).__name__}: {first} (rerun with --debug for details)",
           file=sys.stderr)
-    return 2
+    return EXIT_INTERNAL

@@ -33,11 +33,12 @@ import json
 import os
 import secrets
 
+from ..model.limits import LIMITS
 from ..primitives.hashing import sha256_mapping, sha256_path
 
 FOLDER_ID_KEY = "folder_id"
 SEAL_KEY = "integrity"
-MAX_HEADER = 100 * 1024 * 1024  # the limit safetensors itself applies
+MAX_HEADER = LIMITS.safetensors_header_bytes
 
 
 def sidecar_bytes(sidecar: dict) -> bytes:
