@@ -8,6 +8,7 @@ import hashlib
 import json
 import mmap
 import os
+import signal
 import sys
 
 import pytest
@@ -22,6 +23,7 @@ from convert.model.strides import contiguous_strides, is_contiguous
 from convert.primitives import durable, faults
 from convert.primitives.hashing import BackgroundSha256, sha256_fd, sha256_mapping, sha256_path
 from convert.primitives.lock import RunLock, WriterLock, lock_path
+from convert.primitives.signals import Terminated, sigterm_raises
 from convert.sidecar import codec, integrity, schema
 
 # ------------------------------------------------------------------ hashing
@@ -232,3 +234,16 @@ def test_an_internal_error_exits_70_in_one_line(tmp_path, monkeypatch, capsys):
 def test_bad_input_still_exits_2(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "missing.pt"), str(tmp_path / "out")]) == 2
     assert "internal error" not in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ signals
+
+
+def test_sigterm_raises_in_the_block_and_the_previous_handler_is_back_after():
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Terminated), sigterm_raises(Terminated):
+        signal.raise_signal(signal.SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) is before
+    with pytest.raises(KeyboardInterrupt), sigterm_raises(KeyboardInterrupt):  # migrate's: exit 130
+        signal.raise_signal(signal.SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) is before

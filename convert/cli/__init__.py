@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from .._version import __version__
 from ..errors import ConvertError
+from ..primitives.signals import Terminated, sigterm_raises
 from ..write.folder import ENVIRONMENT_ERRNOS
 from . import commands
 
@@ -131,27 +131,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the program is, so that it unwinds (and cleans up) as on Ctrl-C."""
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    def handler(signum: int, frame: object) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a second one must not cut the cleanup short
-        raise Terminated
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread (main() called from a thread): leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _drop_stdout() -> None:
     """The reader closed stdout (`| head`): send what is left to /dev/null, so the exit is quiet."""
     with contextlib.suppress(OSError, ValueError):
@@ -161,7 +140,7 @@ def _drop_stdout() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    with _sigterm_as_interrupt():
+    with sigterm_raises(Terminated):
         code = _main(argv)
         try:
             sys.stdout.flush()  # here, not at exit: a closed pipe is then handled like the others
