@@ -20,7 +20,6 @@ import io
 import math
 import os
 import stat
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +28,8 @@ from ..model.chunked_source import Box, tensor_pieces
 from ..model.records import StorageRef, TensorRef
 from ..model.tensor_bytes import covers_storage
 from ..model.tiling import tiling_problem
-from ..primitives.hashing import PENDING_SHA256, sha256_fd
-from ..primitives.source import SourceBytes, SourceChanged, open_regular
+from ..primitives.hashing import PENDING_SHA256, BackgroundSha256
+from ..primitives.source import SourceBytes, SourceChanged
 from ..read import read_tree
 from ..read.containers import Input, ReadResult, read_container
 from ..write.safetensors_io import KernelCopySource
@@ -295,41 +294,6 @@ def _set_element(root: dict, path: tuple, value: Any, max_index: int, where: str
 
 
 # ---------------------------------------------------------------------------------------------- the Source
-def _hash_file(path: Path, stop: threading.Event | None = None) -> dict[str, Any]:
-    fd, st = open_regular(path)  # regular files only: a FIFO put in place of a part cannot block
-    try:
-        return {"name": path.name, "size": st.st_size, "sha256": sha256_fd(fd, st.st_size, stop, path)}
-    finally:
-        os.close(fd)
-
-
-class _BackgroundHashes:
-    """sha256 of each input file, one after the other on a thread, while the conversion writes."""
-
-    def __init__(self, paths: list[Path]) -> None:
-        self._stop = threading.Event()
-        self._result: list[dict[str, Any]] = []
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(paths,), name="ckpt-convert-dcp-sha256", daemon=True)
-        self._thread.start()
-
-    def _run(self, paths: list[Path]) -> None:
-        try:
-            self._result = [_hash_file(p, self._stop) for p in paths]
-        except BaseException as exc:  # handed to the caller in parts()
-            self._error = exc
-
-    def parts(self) -> list[dict[str, Any]]:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._result
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def source_parts(parts: list[dict[str, Any]] | None) -> dict[str, Any]:
     """`source` fields known once every input file is hashed: total size, .metadata's sha256, the parts."""
     return {"size": sum(p["size"] for p in parts) if parts else 0,
@@ -347,7 +311,7 @@ class DcpSource(Source):
         self.dcp = DcpFolder(self.path)
         self.root = self.dcp.root
         files = [self.dcp.folder / METADATA_NAME, *(self.dcp.folder / name for name in self.dcp.part_names())]
-        self._hashes = _BackgroundHashes(files) if hash else None
+        self._hashes = BackgroundSha256.of_files(files) if hash else None
         # chunks stored as they are: file-to-file in the kernel from each rank file
         self.kernel_copy_sources = [KernelCopySource(p.buf, p.fileno()) for p in self.dcp.parts.values() if p.size]
 
@@ -362,6 +326,6 @@ class DcpSource(Source):
 
     def close(self) -> None:
         if self._hashes is not None:
-            self._hashes.close()
+            self._hashes.__exit__()
         self.root = None
         self.dcp.close()
