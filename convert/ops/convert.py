@@ -41,7 +41,7 @@ class ConversionReport:
 def precheck(dst: Path, sources: Sequence[str | os.PathLike], overwrite: bool) -> None:
     """Before reading a possibly large source: the destination is free, or replaceable (the writer asks again)."""
     if os.path.lexists(dst) and not overwrite:
-        raise OutputExists(f"{dst} already exists; pass --overwrite (overwrite=True) to replace it")
+        raise OutputExists.for_path(dst)
     if overwrite:
         check_replaceable(dst, sources)
 
