@@ -10,7 +10,6 @@ from typing import Any
 
 from ..errors import ConvertError, OutputExists, UnsafeCheckpoint
 from ..ops.checkpoint import convert_checkpoint, verify_checkpoint
-from ..ops.units import convert_unit, verify_unit
 from ..scan import scan_checkpoint
 from ..sources.discover import unit_sources
 from .walker import Job
@@ -34,13 +33,17 @@ def converted_from(out: Path, source: Path) -> bool:
     one this migration installed before a kill, or whose journal line was lost."""
     from ..load import read_sidecar
     from ..primitives.hashing import sha256_fd
+    from ..primitives.source import open_regular
 
     try:
         recorded = read_sidecar(out)["source"]
         if recorded.get("name") != source.name or recorded.get("size") != source.stat().st_size:
             return False
-        with open(source, "rb") as f:
-            return recorded.get("sha256") == sha256_fd(f.fileno(), os.fstat(f.fileno()).st_size)
+        fd, st = open_regular(source)  # a FIFO put in its place cannot block the worker
+        try:
+            return recorded.get("sha256") == sha256_fd(fd, st.st_size, path=source)
+        finally:
+            os.close(fd)
     except (ConvertError, OSError, KeyError, TypeError, AttributeError):
         return False
 
@@ -66,18 +69,14 @@ def run_job(job: Job, dst_root: str, max_shard_size: str | None = None) -> dict[
         if os.path.lexists(out) and not replace:
             raise OutputExists(f"{out} already exists and was not written by this migration for {job.rel}; "
                                "nothing was changed: move it away (or choose another destination) and re-run")
-        if job.kind == "file":
-            convert_checkpoint(job.source, out, overwrite=replace, max_shard_size=max_shard_size)
-            from ..load import read_sidecar
-
-            entry["sha256"] = read_sidecar(out)["source"]["sha256"]
-            diffs = verify_checkpoint(job.source, out)
-        else:
-            result = convert_unit(job.kind, job.source, out, root=job.root, overwrite=job.replace)
-            entry["sha256"] = result["sha256"]
-            if result["skipped"]:
-                entry["skipped_inside"] = result["skipped"]
-            diffs = verify_unit(job.kind, job.source, out, root=job.root)
+        # every kind the walk found (file, DCP, HF, Trainer/Accelerate unit): the same two operations
+        root = None if job.kind == "file" else job.root or job.source
+        report = convert_checkpoint(job.source, out, overwrite=replace, max_shard_size=max_shard_size,
+                                    kind=job.kind, root=root)
+        entry["sha256"] = report.sha256
+        if report.skipped:
+            entry["skipped_inside"] = report.skipped
+        diffs = verify_checkpoint(job.source, out, kind=job.kind, root=root)
         entry["verified"] = not diffs
         entry["status"] = "converted" if not diffs else "failed"
         if diffs:

@@ -14,38 +14,24 @@ from typing import Any
 
 from .._version import __version__
 from ..errors import ConvertError
-from ..primitives.hashing import PENDING_SHA256
-from ..sidecar.schema import validate
+from ..sidecar.schema import SIDECAR_NAME, validate
+from ..sources.base import file_source  # noqa: F401 (re-exported)
 from ..write.folder import write_folder
 from ..write.plan import make_plan
 from ..write.safetensors_io import KernelCopySources
 from ..write.shards import parse_size
-
-LIVE_FORMAT = "live"
 
 
 def provenance(source: dict[str, Any]) -> dict[str, Any]:
     """The provenance `make_plan` takes: who wrote the folder (`converter`) and what from (`source`).
 
     Args:
-        source: the sidecar's `source` object (see `file_source` and `live_source`).
+        source: the sidecar's `source` object (a Source's `provenance()`).
 
     Returns:
         A new dict: `source`'s fields plus `converter` (make_plan moves it to the sidecar's top level).
     """
     return {"converter": {"name": "ckpt-convert", "version": __version__}, **source}
-
-
-def file_source(name: str, size: int, fmt: str, protocol: int, sha256: str | None = None) -> dict[str, Any]:
-    """`source` for a converted file: base name, size, sha256 (PENDING until hashed), container format."""
-    return {"name": name, "size": size, "sha256": sha256 or PENDING_SHA256, "format": fmt, "pickle_protocol": protocol}
-
-
-def live_source() -> dict[str, Any]:
-    """`source` for a folder saved from live Python objects: no file, only the torch that held them."""
-    import torch  # only save_checkpoint (live tensors) gets here: convert needs no torch
-
-    return {"format": LIVE_FORMAT, "torch": torch.__version__.split("+")[0]}
 
 
 def shard_bytes(size: int | str | None) -> int | None:
@@ -63,7 +49,8 @@ def write_checkpoint_folder(root: Any, dst: str | os.PathLike, *, provenance: di
                             kernel_copy_source: KernelCopySources = None,
                             complete_source: Callable[[], dict[str, Any]] | None = None,
                             copy_files: Sequence[Path] = (),
-                            sources: Sequence[str | os.PathLike] = ()) -> dict[str, Any]:
+                            sources: Sequence[str | os.PathLike] = (),
+                            root_shards: dict[str, str] | None = None) -> dict[str, Any]:
     """Plan the record tree `root`, validate the sidecar, and write the folder `dst` atomically.
 
     Args:
@@ -78,12 +65,17 @@ def write_checkpoint_folder(root: Any, dst: str | os.PathLike, *, provenance: di
             placeholder; a DCP folder adds its parts).
         copy_files: files copied into the folder as they are.
         sources: the files or folders read (an overwrite never replaces them nor a folder holding them).
+        root_shards: the shard of each key of a root state dict (an HF sharded input).
 
     Returns:
         The sidecar written as checkpoint.json.
     """
-    plan = make_plan(root, provenance, max_shard_size=shard_bytes(max_shard_size))
+    plan = make_plan(root, provenance, max_shard_size=shard_bytes(max_shard_size), root_shards=root_shards)
     validate(plan.sidecar, "generated sidecar")  # a writer bug must never produce an unloadable folder
+    taken = {*plan.files, *plan.indexes, SIDECAR_NAME}
+    for path in copy_files:
+        if Path(path).name in taken:
+            raise ConvertError(f"{Path(path).name}: its name is taken by the converted weights; rename it in the source")
 
     def fill_in_source() -> None:
         if complete_source is not None:

@@ -7,27 +7,18 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import OutputExists
-from ..sources.live import live_tree
-from .pipeline import live_source, provenance, write_checkpoint_folder
+from ..sources.live import LiveSource, live_tree
+from .convert import ConversionReport, precheck
+from .convert import convert as convert_source
 
 __all__ = ["SaveReport", "live_tree", "save_checkpoint"]
 
 
-@dataclass
-class SaveReport:
-    """What `save_checkpoint` wrote."""
-
-    destination: Path
-    files: dict[str, dict]
-    tensors: int
-    arrays: int
-    bytes: int
-    modules: list[str]
+class SaveReport(ConversionReport):
+    """What `save_checkpoint` wrote: a ConversionReport (source None, kind "live")."""
 
 
 def save_checkpoint(obj: Any, folder: str | os.PathLike, *, overwrite: bool = False,
@@ -60,10 +51,6 @@ def save_checkpoint(obj: Any, folder: str | os.PathLike, *, overwrite: bool = Fa
         >>> save_checkpoint({"model": model.state_dict(), "opt": opt.state_dict()}, "ckpts/step100")  # doctest: +SKIP
     """
     dst = Path(folder)
-    if dst.exists() and not overwrite:
-        raise OutputExists(f"{dst} already exists; pass overwrite=True to replace it")
-    root = live_tree(obj)
-    sidecar = write_checkpoint_folder(root, dst, provenance=provenance(live_source()), overwrite=overwrite,
-                                      max_shard_size=max_shard_size)
-    return SaveReport(dst, sidecar["files"], len(sidecar["tensors"]), len(sidecar["arrays"]),
-                      sum(f["bytes"] for f in sidecar["files"].values()), [m["class"] for m in sidecar["modules"]])
+    precheck(dst, (), overwrite)
+    report = convert_source(LiveSource(obj, dst), dst, overwrite=overwrite, max_shard_size=max_shard_size)
+    return SaveReport(**vars(report))

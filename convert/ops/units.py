@@ -18,7 +18,6 @@ output is built in a temporary folder and renamed into place (`write.folder.buil
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import hashlib
 import os
@@ -29,12 +28,16 @@ from typing import Any
 from ..errors import ConvertError
 from ..primitives.durable import copy_durably, fsync_dir
 from ..primitives.hashing import sha256_fd
-from ..sources.dcp_folder import dcp_files
+from ..primitives.source import open_regular
+from ..sources.base import Source
+from ..sources.dcp_folder import DcpSource, dcp_files
 from ..sources.dcp_metadata import rank_metadata_files
 from ..sources.discover import entries, is_pickle, unit_kind
-from ..sources.hf import hf_checkpoint_files, weight_names, write_hf_weights
+from ..sources.file import FileSource
+from ..sources.hf import HfSource, weight_names
 from ..write.folder import build_folder
-from .checkpoint import convert_checkpoint, read_checkpoint, verify_checkpoint
+from .convert import convert
+from .verify import verify_source
 
 WEIGHTS_TMP = ".ckpt-convert-weights"
 
@@ -64,20 +67,34 @@ def _top_kind(kind: str | None, folder: Path) -> str | None:
 
 
 def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return sha256_fd(f.fileno(), os.fstat(f.fileno()).st_size)
+    fd, st = open_regular(path)
+    try:
+        return sha256_fd(fd, st.st_size, path=path)
+    finally:
+        os.close(fd)
+
+
+def top_source(kind: str, src: Path, root: Path) -> Source:
+    """The Source of a unit's own top-level weights (HF weights + its plain top-level files, a DCP folder)."""
+    if kind == "hf":  # config.json, tokenizer files: copied by the writer, so checkpoint.json seals them
+        done = converted_by_top(kind, src)
+        return HfSource(src, copy_files=[e.path for e in entries(src, root)
+                                         if e.what == "file" and e.name not in done and not is_pickle(e.path)])
+    assert kind == "dcp", kind  # `_top_kind` gives "hf", "dcp" or None
+    return DcpSource(src)
 
 
 def _fill(kind: str | None, src: Path, out: Path, root: Path, rel: str, outcome: UnitOutcome,
-          digest: hashlib._Hash) -> None:
+          digest: hashlib._Hash, max_shard_size: int | str | None) -> None:
     kind = _top_kind(kind, src)
     done = converted_by_top(kind, src)
     if kind is not None:  # the weights first, in a hidden folder, then moved up (names checked free below)
         weights = out / WEIGHTS_TMP
-        if kind == "hf":
-            write_hf_weights(src, weights)
-        else:
-            convert_checkpoint(src, weights)
+        with top_source(kind, src, root) as source:
+            convert(source, weights, max_shard_size=max_shard_size)
+            copied = [p.name for p in source.copy_files]
+        done |= set(copied)
+        outcome.copied += [f"{rel}/{name}" if rel else name for name in copied]
         for name in sorted(os.listdir(weights)):
             os.rename(weights / name, out / name)
         os.rmdir(weights)
@@ -94,12 +111,13 @@ def _fill(kind: str | None, src: Path, out: Path, root: Path, rel: str, outcome:
             raise ConvertError(f"{sub}: its name is taken by the unit's converted weights; rename it in the source")
         if e.what == "folder":
             (out / e.name).mkdir()
-            _fill(unit_kind(e.path), e.path, out / e.name, root, sub, outcome, digest)
+            _fill(unit_kind(e.path), e.path, out / e.name, root, sub, outcome, digest, max_shard_size)
             continue
         digest.update(f"{sub}\0{_sha256(e.path)}\n".encode("utf-8", "surrogateescape"))
         if is_pickle(e.path):
             try:
-                convert_checkpoint(e.path, out / e.name)
+                with FileSource(e.path, converting=True) as source:
+                    convert(source, out / e.name, max_shard_size=max_shard_size)
             except ConvertError as exc:
                 exc.args = (f"{sub}: {exc}",)  # the unit fails with the reason of the file that could not be
                 raise
@@ -111,13 +129,14 @@ def _fill(kind: str | None, src: Path, out: Path, root: Path, rel: str, outcome:
 
 
 def convert_unit(kind: str, src: str | os.PathLike, dst: str | os.PathLike, *, root: str | os.PathLike | None = None,
-                 overwrite: bool = False) -> dict:
+                 overwrite: bool = False, max_shard_size: int | str | None = None) -> dict:
     """Convert the unit folder `src` (of `kind`: "hf", "dcp", "framework") into the new folder `dst`.
 
     Args:
         kind: what `discover.unit_kind` said. src: the unit folder (never written to).
         dst: the folder to create, atomically. root: symlinks resolving inside it are followed (default: `src`).
         overwrite: replace an existing `dst` (the caller decides that it may).
+        max_shard_size: shards every state dict converted inside the unit (see `convert`).
 
     Returns:
         {"converted": [...], "copied": [...], "skipped": [[rel, reason], ...], "sha256": one digest
@@ -126,7 +145,8 @@ def convert_unit(kind: str, src: str | os.PathLike, dst: str | os.PathLike, *, r
     src, dst = Path(src), Path(dst)
     root = Path(root) if root is not None else src
     outcome, digest = UnitOutcome(), hashlib.sha256()
-    build_folder(dst, lambda folder: _fill(kind, src, folder, root, "", outcome, digest), overwrite=overwrite,
+    build_folder(dst, lambda folder: _fill(kind, src, folder, root, "", outcome, digest, max_shard_size),
+                 overwrite=overwrite,
                  sources=[src])
     return {"converted": outcome.converted, "copied": outcome.copied,
             "skipped": [list(s) for s in outcome.skipped], "sha256": digest.hexdigest()}
@@ -139,11 +159,13 @@ def verify_unit(kind: str | None, src: str | os.PathLike, dst: str | os.PathLike
     root = Path(root) if root is not None else src
     kind = _top_kind(kind, src)
     diffs: list[str] = []
-    if kind == "hf":
-        diffs += verify_hf_folder(src, dst)
-    elif kind == "dcp":
-        diffs += verify_checkpoint(src, dst)
     done = converted_by_top(kind, src)
+    if kind is not None:  # the weights as one tree, their provenance and sha256 (copied files: below)
+        try:
+            with top_source(kind, src, root) as source:
+                diffs += verify_source(source, dst)
+        except ConvertError as exc:
+            diffs.append(f"{rel or '.'}: {exc}")
     for e in entries(src, root):
         sub = f"{rel}/{e.name}" if rel else e.name
         if e.name in done or e.what == "skip":
@@ -151,8 +173,8 @@ def verify_unit(kind: str | None, src: str | os.PathLike, dst: str | os.PathLike
         if e.what == "folder":
             diffs += verify_unit(unit_kind(e.path), e.path, dst / e.name, root=root, rel=sub)
         elif is_pickle(e.path):
-            with contextlib.suppress(ConvertError):
-                diffs += [f"{sub}: {d}" for d in verify_checkpoint(e.path, dst / e.name)]
+            with contextlib.suppress(ConvertError), FileSource(e.path) as source:
+                diffs += [f"{sub}: {d}" for d in verify_source(source, dst / e.name)]
                 continue
             diffs.append(f"{sub}: its converted folder does not load")
         elif not (dst / e.name).is_file() or _sha256(dst / e.name) != _sha256(e.path):
@@ -161,35 +183,20 @@ def verify_unit(kind: str | None, src: str | os.PathLike, dst: str | os.PathLike
 
 
 def verify_hf_folder(src: str | Path, dst: str | Path) -> list[str]:
-    """Differences between each weight file of `src` (read safely) and the converted folder."""
-    from ..load import load_checkpoint  # torch: here, not at import
-    from .compare import compare_trees
-
-    loaded = load_checkpoint(dst)
-    diffs: list[str] = []
-    seen = 0
-    for path in hf_checkpoint_files(Path(src)):
-        original = read_checkpoint(path)
-        part = collections.OrderedDict((k, loaded[k]) for k in original if k in loaded)
-        if list(part) != list(original):
-            diffs.append(f"{path.name}: keys missing from the converted folder")
-            continue
-        seen += len(part)
-        diffs += [f"{path.name}: {d}" for d in compare_trees(collections.OrderedDict(original), part)
-                  if "<_metadata>" not in d and "attributes" not in d]
-    if seen != len(loaded):
-        diffs.append(f"the converted folder has {len(loaded) - seen} keys no weight file has")
-    return diffs
+    """Differences between an HF folder and its conversion (see `verify_unit`)."""
+    return verify_unit("hf", src, dst)
 
 
-def convert_hf_folder(src: str | Path, dst: str | Path, *, overwrite: bool = False) -> dict:
+def convert_hf_folder(src: str | Path, dst: str | Path, *, overwrite: bool = False,
+                      max_shard_size: int | str | None = None) -> dict:
     """Convert an HF folder whole (weights, other files, module subfolders) into `dst`: see `units.convert_unit`."""
-    return convert_unit("hf", src, dst, overwrite=overwrite)
+    return convert_unit("hf", src, dst, overwrite=overwrite, max_shard_size=max_shard_size)
 
 
-def convert_framework_folder(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool = False) -> dict[str, Any]:
+def convert_framework_folder(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool = False,
+                             max_shard_size: int | str | None = None) -> dict[str, Any]:
     """Convert a Trainer/Accelerate checkpoint folder (every file of every subfolder) into the new folder `dst`."""
-    return convert_unit("framework", src, dst, overwrite=overwrite)
+    return convert_unit("framework", src, dst, overwrite=overwrite, max_shard_size=max_shard_size)
 
 
 def verify_framework_folder(src: str | os.PathLike, dst: str | os.PathLike) -> list[str]:

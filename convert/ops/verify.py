@@ -1,4 +1,4 @@
-"""Checking a converted folder: its own integrity record (no source needed)."""
+"""Checking a converted folder: its own integrity record (`verify_folder`), or against its Source (`verify_source`)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 from ..errors import ConvertError, CorruptFolder, MalformedCheckpoint
 from ..sidecar.integrity import SEAL_KEY, check_digest, check_header, file_sha256, has_record, mapping_sha256
 from ..sidecar.schema import inside_folder, read_sidecar
+from ..sources.base import Source
 
 
 def verify_folder(folder: str | os.PathLike) -> list[str]:
@@ -60,3 +61,34 @@ def verify_folder(folder: str | os.PathLike) -> list[str]:
         finally:
             file.close()
     return problems
+
+
+def verify_source(source: Source, folder: str | os.PathLike) -> list[str]:
+    """Differences between the opened `source` and the converted `folder`: the tree (values and sharing)
+    and the provenance the sidecar records (format, sha256, and each part's name, size and sha256).
+
+    Returns:
+        One line per difference; empty means equivalent. The folder's own digests are `verify_folder`'s.
+    """
+    from ..load import load_checkpoint  # torch: here, not at import, so convert/scan run without it
+    from ..read.materialize import materialize
+    from .compare import compare_trees
+
+    folder = Path(folder)
+    recorded = read_sidecar(folder)["source"]
+    original = materialize(source.root)
+    expected = {**source.provenance(), **source.seal()}  # every byte read: unchanged, and its sha256
+    diffs = []
+    if "parts" in expected or "parts" in recorded:
+        if recorded.get("format") != expected["format"] or recorded.get("parts") != expected.get("parts") or \
+                recorded.get("sha256") != expected["sha256"]:
+            parts, had = expected.get("parts") or [], recorded.get("parts") or []
+            if not isinstance(had, list) or not all(isinstance(p, dict) for p in had):
+                had = []
+            changed = sorted({p["name"] for p in parts} ^ {p.get("name") for p in had}
+                             | {p["name"] for p in parts if p not in had}) or [expected["name"]]
+            diffs.append(f"<source>: {folder} was converted from different files "
+                         f"({', '.join(map(str, changed))[:200]} differ)")
+    elif recorded.get("sha256") != expected.get("sha256"):
+        diffs.append(f"<source>: {folder} was converted from a different file (sha256 differs)")
+    return diffs + compare_trees(original, load_checkpoint(folder))

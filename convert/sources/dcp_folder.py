@@ -28,14 +28,17 @@ from ..model.chunked_source import Box, tensor_pieces
 from ..model.records import StorageRef, TensorRef
 from ..model.tensor_bytes import covers_storage
 from ..model.tiling import tiling_problem
+from ..primitives.hashing import PENDING_SHA256, BackgroundSha256
 from ..primitives.source import SourceBytes, SourceChanged
 from ..read import read_tree
 from ..read.containers import Input, ReadResult, read_container
+from ..write.safetensors_io import KernelCopySource
+from .base import Source
 from .dcp_metadata import METADATA_NAME, DcpMetadata, TensorMeta, read_metadata
 
 SOURCE_FORMAT = "torch-dcp"  # the sidecar's source.format for a DCP folder
 
-__all__ = ["DcpFolder", "dcp_files", "is_dcp_folder"]
+__all__ = ["DcpFolder", "DcpSource", "dcp_files", "is_dcp_folder"]
 
 
 def is_dcp_folder(path: Path) -> bool:
@@ -288,3 +291,41 @@ def _set_element(root: dict, path: tuple, value: Any, max_index: int, where: str
             child = {} if type(path[i + 1]) is str else []
             container[key] = child
         container = child
+
+
+# ---------------------------------------------------------------------------------------------- the Source
+def source_parts(parts: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """`source` fields known once every input file is hashed: total size, .metadata's sha256, the parts."""
+    return {"size": sum(p["size"] for p in parts) if parts else 0,
+            "sha256": parts[0]["sha256"] if parts else PENDING_SHA256, "parts": parts or []}
+
+
+class DcpSource(Source):
+    """A DCP folder as a Source: the tree of `DcpFolder`, every input file hashed on a thread meanwhile."""
+
+    kind = "dcp"
+
+    def __init__(self, path: str | os.PathLike, *, hash: bool = True) -> None:
+        self.path = Path(path)
+        self.copy_files = []
+        self.dcp = DcpFolder(self.path)
+        self.root = self.dcp.root
+        files = [self.dcp.folder / METADATA_NAME, *(self.dcp.folder / name for name in self.dcp.part_names())]
+        self._hashes = BackgroundSha256.of_files(files) if hash else None
+        # chunks stored as they are: file-to-file in the kernel from each rank file
+        self.kernel_copy_sources = [KernelCopySource(p.buf, p.fileno()) for p in self.dcp.parts.values() if p.size]
+
+    def provenance(self) -> dict[str, Any]:
+        return {**source_parts(None), "name": self.dcp.folder.resolve().name, "format": SOURCE_FORMAT,
+                "pickle_protocol": self.dcp.metadata.protocol}
+
+    def seal(self) -> dict[str, Any]:
+        parts = self._hashes.parts() if self._hashes is not None else None
+        self.dcp.check_unchanged()  # every byte written came from the files as they were opened
+        return source_parts(parts) if parts is not None else {}
+
+    def close(self) -> None:
+        if self._hashes is not None:
+            self._hashes.__exit__()
+        self.root = None
+        self.dcp.close()

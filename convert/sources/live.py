@@ -21,6 +21,7 @@ import _compat_pickle
 import copyreg
 import pickle
 import types
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,7 @@ from ..read import allowlist, gadgets
 from ..read.compat_names import resolve
 from ..read.modules import to_module_record
 from ..read.vm import Finding, append_items, build, set_items
+from .base import Source
 from .staging import DeviceStorage
 
 PROTOCOL = 2  # torch.save's default pickle protocol: what __reduce_ex__ is asked for
@@ -274,3 +276,27 @@ def _host_view(storage: torch.UntypedStorage) -> Any:
         return b""
     return torch.empty(0, dtype=torch.uint8).set_(storage, 0, (n,), (1,)).numpy()
 
+
+
+LIVE_FORMAT = "live"
+
+
+class LiveSource(Source):
+    """The user's live objects (save_checkpoint) as a Source: no file, nothing to hash or check."""
+
+    kind = "live"
+
+    def __init__(self, obj: Any, folder: Path) -> None:
+        self.path = Path(folder)  # nothing is read from a path: the ownership rule has no source to protect
+        self.copy_files = []
+        self.root = live_tree(obj)
+
+    @property
+    def sources(self) -> list[Path]:
+        return []
+
+    def provenance(self) -> dict[str, Any]:
+        return {"format": LIVE_FORMAT, "torch": torch.__version__.split("+")[0]}
+
+    def seal(self) -> dict[str, Any]:
+        return {}
