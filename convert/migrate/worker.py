@@ -10,47 +10,31 @@ from typing import Any
 
 from ..errors import ConvertError, OutputExists, UnsafeCheckpoint
 from ..ops.checkpoint import convert_checkpoint, verify_checkpoint
+from ..primitives import faults
+from ..primitives.hashing import sha256_path
 from ..scan import scan_checkpoint
 from ..sources.discover import unit_sources
 from .walker import Job
 
-FAULT_ENV = "CKPT_CONVERT_FAULT_INJECT"  # test-only: "REL:MARKER" makes the first attempt on REL hang
-
-
-def hang_if_injected(job: Job) -> None:
-    """Fault injection for tests: the first attempt on the named job writes its pid to MARKER and hangs."""
-    fault = os.environ.get(FAULT_ENV, "")
-    if fault.startswith(job.rel + ":"):
-        marker = fault.split(":", 1)[1]
-        if not os.path.exists(marker):  # first attempt: announce our pid and wait to be killed
-            with open(marker, "w") as f:
-                f.write(str(os.getpid()))
-            time.sleep(600)
+FAULT_ENV = faults.HANG_ENV  # test-only: "REL:MARKER" makes the first attempt on REL hang (primitives/faults.py)
 
 
 def converted_from(out: Path, source: Path) -> bool:
     """Whether the folder `out` is a ckpt-convert output of exactly the file `source` (name and sha256):
     one this migration installed before a kill, or whose journal line was lost."""
     from ..load import read_sidecar
-    from ..primitives.hashing import sha256_fd
-    from ..primitives.source import open_regular
-
     try:
         recorded = read_sidecar(out)["source"]
         if recorded.get("name") != source.name or recorded.get("size") != source.stat().st_size:
             return False
-        fd, st = open_regular(source)  # a FIFO put in its place cannot block the worker
-        try:
-            return recorded.get("sha256") == sha256_fd(fd, st.st_size, path=source)
-        finally:
-            os.close(fd)
+        return recorded.get("sha256") == sha256_path(source)  # opened as a source: a FIFO cannot block the worker
     except (ConvertError, OSError, KeyError, TypeError, AttributeError):
         return False
 
 
 def pool_job(job: Job, dst_root: str, max_shard_size: str | None = None) -> dict[str, Any]:
     """`run_job` as a pool or Ray task runs it (with the tests' fault injection)."""
-    hang_if_injected(job)
+    faults.hang(job.rel)
     return run_job(job, dst_root, max_shard_size)
 
 

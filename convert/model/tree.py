@@ -18,7 +18,6 @@ from .limits import LIMITS
 from .paths import Field, format_path
 from .records import ModuleRecord, ObjectRecord
 
-MAX_DEPTH = LIMITS.depth  # live objects (sources/live.py): the reader's bound, so save refuses what convert refuses
 TREE_DEPTH = LIMITS.tree_depth
 
 CONTAINERS = (dict, collections.OrderedDict, list, tuple, set, frozenset)

@@ -27,8 +27,7 @@ from typing import Any
 
 from ..errors import ConvertError
 from ..primitives.durable import copy_durably, fsync_dir
-from ..primitives.hashing import sha256_fd
-from ..primitives.source import open_regular
+from ..primitives.hashing import sha256_path
 from ..sources.base import Source
 from ..sources.dcp_folder import DcpSource, dcp_files
 from ..sources.dcp_metadata import rank_metadata_files
@@ -66,14 +65,6 @@ def _top_kind(kind: str | None, folder: Path) -> str | None:
     return kind if kind in ("hf", "dcp") else None
 
 
-def _sha256(path: Path) -> str:
-    fd, st = open_regular(path)
-    try:
-        return sha256_fd(fd, st.st_size, path=path)
-    finally:
-        os.close(fd)
-
-
 def top_source(kind: str, src: Path, root: Path) -> Source:
     """The Source of a unit's own top-level weights (HF weights + its plain top-level files, a DCP folder)."""
     if kind == "hf":  # config.json, tokenizer files: copied by the writer, so checkpoint.json seals them
@@ -102,7 +93,7 @@ def _fill(kind: str | None, src: Path, out: Path, root: Path, rel: str, outcome:
     for e in entries(src, root):
         sub = f"{rel}/{e.name}" if rel else e.name
         if e.name in done:
-            digest.update(f"{sub}\0{_sha256(e.path)}\n".encode("utf-8", "surrogateescape"))
+            digest.update(f"{sub}\0{sha256_path(e.path)}\n".encode("utf-8", "surrogateescape"))
             continue
         if e.what == "skip":
             outcome.skipped.append((sub, e.reason))
@@ -113,7 +104,7 @@ def _fill(kind: str | None, src: Path, out: Path, root: Path, rel: str, outcome:
             (out / e.name).mkdir()
             _fill(unit_kind(e.path), e.path, out / e.name, root, sub, outcome, digest, max_shard_size)
             continue
-        digest.update(f"{sub}\0{_sha256(e.path)}\n".encode("utf-8", "surrogateescape"))
+        digest.update(f"{sub}\0{sha256_path(e.path)}\n".encode("utf-8", "surrogateescape"))
         if is_pickle(e.path):
             try:
                 with FileSource(e.path, converting=True) as source:
@@ -177,7 +168,7 @@ def verify_unit(kind: str | None, src: str | os.PathLike, dst: str | os.PathLike
                 diffs += [f"{sub}: {d}" for d in verify_source(source, dst / e.name)]
                 continue
             diffs.append(f"{sub}: its converted folder does not load")
-        elif not (dst / e.name).is_file() or _sha256(dst / e.name) != _sha256(e.path):
+        elif not (dst / e.name).is_file() or sha256_path(dst / e.name) != sha256_path(e.path):
             diffs.append(f"{sub}: the copy differs from the original")
     return diffs
 

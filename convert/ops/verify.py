@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 
 from ..errors import ConvertError, CorruptFolder, MalformedCheckpoint
-from ..sidecar.integrity import SEAL_KEY, check_digest, check_header, file_sha256, has_record, mapping_sha256
+from ..primitives.hashing import sha256_mapping, sha256_path
+from ..sidecar.integrity import SEAL_KEY, check_digest, check_header, has_record
 from ..sidecar.schema import inside_folder, read_sidecar
 from ..sources.base import Source
 
@@ -38,7 +39,7 @@ def verify_folder(folder: str | os.PathLike) -> list[str]:
     for name, expected in sidecar.get(SEAL_KEY, {}).get("copied", {}).items():
         path = folder / name
         try:
-            actual = file_sha256(inside_folder(folder, path)) if path.is_file() else None
+            actual = sha256_path(inside_folder(folder, path)) if path.is_file() else None
         except (MalformedCheckpoint, OSError):
             actual = None
         if actual is None:
@@ -55,7 +56,7 @@ def verify_folder(folder: str | os.PathLike) -> list[str]:
         try:
             problem = check_header(sidecar, name, file.metadata, file.data_bytes)
             if problem is None:  # a file of another conversion fails its digest too: say the cause only
-                problem = check_digest(sidecar, name, mapping_sha256(file.map))
+                problem = check_digest(sidecar, name, sha256_mapping(file.map))
             if problem is not None:
                 problems.append(problem)
         finally:

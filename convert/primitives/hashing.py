@@ -20,6 +20,7 @@ from typing import Any
 
 from ..errors import ConvertError
 from .mapping import release_pages
+from .source import open_regular
 
 CHUNK = 4 << 20
 
@@ -65,10 +66,10 @@ def sha256_fd(fd: int, size: int | None = None, stop: threading.Event | None = N
 
 
 def sha256_path(path: os.PathLike | str, stop: threading.Event | None = None) -> str:
-    """The sha256 hex digest of the whole file at `path` (opened read-only, never followed as a FIFO's reader)."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0))
+    """The sha256 hex digest of the whole regular file at `path` (opened as every source is: `open_regular`)."""
+    fd, st = open_regular(Path(path))
     try:
-        return sha256_fd(fd, os.fstat(fd).st_size, stop)
+        return sha256_fd(fd, st.st_size, stop, path)
     finally:
         os.close(fd)
 
@@ -90,10 +91,9 @@ def sha256_mapping(buffer: Any) -> str:
 
 def file_part(path: Path, stop: threading.Event | None = None) -> dict[str, Any]:
     """{"name", "size", "sha256"} of the file at `path` (a provenance part)."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0))
+    fd, st = open_regular(Path(path))
     try:
-        size = os.fstat(fd).st_size
-        return {"name": path.name, "size": size, "sha256": sha256_fd(fd, size, stop, path)}
+        return {"name": path.name, "size": st.st_size, "sha256": sha256_fd(fd, st.st_size, stop, path)}
     finally:
         os.close(fd)
 

@@ -34,7 +34,6 @@ import os
 import secrets
 
 from ..model.limits import LIMITS
-from ..primitives.hashing import sha256_mapping, sha256_path
 
 FOLDER_ID_KEY = "folder_id"
 SEAL_KEY = "integrity"
@@ -128,8 +127,6 @@ def record(sidecar: dict, folder_id: str, digests: dict[str, str]) -> None:
 
 # The hasher lives in primitives.hashing; these names stay only for callers not yet moved to it
 # (ops/verify.py): aliases, not copies. Remove once nothing imports them from here.
-file_sha256 = sha256_path
-mapping_sha256 = sha256_mapping
 
 
 def check_header(sidecar: dict, name: str, metadata: dict | None, data_bytes: int) -> str | None:

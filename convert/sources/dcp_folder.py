@@ -26,6 +26,7 @@ from typing import Any
 from ..errors import MalformedCheckpoint, UnsupportedValue
 from ..model.chunked_source import Box, tensor_pieces
 from ..model.records import StorageRef, TensorRef
+from ..model.strides import contiguous_strides
 from ..model.tensor_bytes import covers_storage
 from ..model.tiling import tiling_problem
 from ..primitives.hashing import PENDING_SHA256, BackgroundSha256
@@ -230,7 +231,7 @@ class DcpFolder:
                 raise MalformedCheckpoint(f"{where}: not a torch.save archive of the current format")
             refs.append((chunk.offsets, ref))
         nbytes = math.prod(meta.shape) * meta.dtype.itemsize
-        contiguous = tuple(_row_major(meta.shape))
+        contiguous = contiguous_strides(meta.shape)
         if len(refs) == 1 and covers_storage(refs[0][1]) and tuple(refs[0][1].shape) == meta.shape:
             storage = refs[0][1].storage  # one chunk, exactly its storage: copied file-to-file as it is
         else:
@@ -259,14 +260,6 @@ def _boxes(refs: list[tuple[tuple[int, ...], TensorRef]]) -> list[Box]:
     """The chunks of one tensor as boxes over their part files (read slab by slab with pread, never mapped)."""
     return [Box(offsets, tuple(ref.shape), ref.storage.buffer, ref.storage.offset + ref.offset * ref.dtype.itemsize,
                 tuple(ref.stride)) for offsets, ref in refs]
-
-
-def _row_major(shape: tuple[int, ...]) -> list[int]:
-    strides, acc = [], 1
-    for size in reversed(shape):
-        strides.append(acc)
-        acc *= max(size, 1)
-    return list(reversed(strides))
 
 
 def _set_element(root: dict, path: tuple, value: Any, max_index: int, where: str) -> None:

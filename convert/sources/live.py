@@ -28,10 +28,10 @@ import numpy as np
 import torch
 
 from ..errors import ConvertError, UnsafeCheckpoint, UnsupportedValue
+from ..model.limits import LIMITS
 from ..model.numpy_types import NUMERIC_CODES
 from ..model.records import GlobalRef, NdArrayRef, ObjectRecord, StorageRef
 from ..model.torch_types import DTYPES_BY_NAME
-from ..model.tree import MAX_DEPTH
 from ..read import allowlist, gadgets
 from ..read.compat_names import resolve
 from ..read.modules import to_module_record
@@ -79,8 +79,8 @@ class _LiveReader:
     # ------------------------------------------------------------------ the walk (pickle's save())
 
     def value(self, obj: Any, path: list, depth: int) -> Any:
-        if depth > MAX_DEPTH:
-            raise UnsupportedValue(f"{_where(path)}: nests deeper than {MAX_DEPTH} levels")
+        if depth > LIMITS.depth:
+            raise UnsupportedValue(f"{_where(path)}: nests deeper than {LIMITS.depth} levels")
         if isinstance(obj, (torch.UntypedStorage, torch.storage.TypedStorage)):  # torch.save's persistent_id
             return self.storage(obj, path)
         found = self.memo.get(id(obj), self)
