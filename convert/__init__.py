@@ -9,11 +9,11 @@
 from ._version import __version__
 from .api import ConversionReport, ScanReport, convert_checkpoint, read_checkpoint, scan_checkpoint, verify_checkpoint
 from .errors import ConvertError, MalformedCheckpoint, OutputExists, UnsafeCheckpoint, UnsupportedValue
-from .integrity import verify_folder
-from .read.records import GlobalRef, ObjectRecord
+from .model.records import GlobalRef, ObjectRecord
+from .ops.verify import verify_folder
 
 # Torch-side entry points are imported on first use, so `scan` and `convert` work without torch installed.
-_LAZY = {"compare_trees": ".compare", "load_checkpoint": ".load", "save_checkpoint": ".save", "SaveReport": ".save"}
+_LAZY = {"compare_trees": ".ops.compare", "load_checkpoint": ".load", "save_checkpoint": ".ops.save", "SaveReport": ".ops.save"}
 
 
 def __getattr__(name: str) -> object:

@@ -23,9 +23,9 @@ from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 
 from .api import read_checkpoint
 from .load import load_checkpoint
-from .save import save_checkpoint
-from .tree import transform
-from .write.durable import NAME_MAX, fit_name
+from .model.tree import transform
+from .ops.save import save_checkpoint
+from .primitives.durable import NAME_MAX, fit_name
 from .write.ownership import check_replaceable
 
 __all__ = ["SafetensorsCheckpointIO"]

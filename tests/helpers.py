@@ -374,7 +374,7 @@ def handmade_os_system_pickle(canary) -> bytes:
 
 def stale_temporaries(root) -> list[Path]:
     """Every marked-temporary-looking folder under `root` (what a killed conversion leaves)."""
-    from convert.write.temp import is_temporary
+    from convert.primitives.temp import is_temporary
 
     return [p for p in Path(root).rglob(".*") if is_temporary(p)]
 
@@ -385,7 +385,7 @@ def rerun_until_no_temporaries(root, rerun, seconds: float = 300.0) -> None:
     (however slowly a loaded machine lets them exit), then re-run once: nothing may be left."""
     import time
 
-    from convert.write.temp import _read_marker, owner_is_gone
+    from convert.primitives.temp import _read_marker, owner_is_gone
 
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:

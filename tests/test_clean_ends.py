@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from convert import convert_checkpoint, load_checkpoint, save_checkpoint
-from convert.integrity import verify_folder
+from convert.ops.verify import verify_folder
 from tests.helpers import REPO_ROOT, assert_one_line_error, folder_snapshot, run_cli, run_python, save
 
 
@@ -73,7 +73,7 @@ def test_long_destination_names_fit(tmp_path, src_dir, length):
 
 
 def test_cut_temporary_names_are_still_cleaned_up(tmp_path):
-    from convert.write.temp import TempFolder, remove_stale_temporaries
+    from convert.primitives.temp import TempFolder, remove_stale_temporaries
 
     dst = tmp_path / ("x" * 250)
     temp = TempFolder.create(dst)

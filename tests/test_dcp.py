@@ -15,10 +15,10 @@ from safetensors.torch import load_file
 
 from convert import api
 from convert.cli import main as cli_main
-from convert.compare import compare_trees
 from convert.load import load_checkpoint
-from convert.read.dcp_tiling import tiling_problem
-from convert.write.chunked_source import Box, tensor_pieces
+from convert.model.chunked_source import Box, tensor_pieces
+from convert.model.tiling import tiling_problem
+from convert.ops.compare import compare_trees
 from tests.dcp_build import reference, save_single, save_two_ranks, write_chunked
 from tests.helpers import SIDECAR, read_sidecar, run_cli, save
 

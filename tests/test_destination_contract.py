@@ -13,7 +13,8 @@ import torch
 
 from convert import ConvertError, convert_checkpoint, load_checkpoint, save_checkpoint
 from convert.errors import CorruptFolder, DestinationNotOwned
-from convert.integrity import sidecar_bytes, verify_folder
+from convert.ops.verify import verify_folder
+from convert.sidecar.integrity import sidecar_bytes
 from convert.write.ownership import check_replaceable
 from tests.helpers import assert_one_line_error, folder_snapshot, run_cli, save
 
@@ -158,7 +159,7 @@ def test_a_folder_that_holds_the_source_is_refused_whatever_it_holds(tmp_path):
 
 
 def test_hf_output_with_copied_files_is_replaced_but_not_with_extras(tmp_path):
-    from convert.migrate.hf import convert_hf_folder
+    from convert.ops.units import convert_hf_folder
 
     model = tmp_path / "model"
     model.mkdir()
@@ -255,7 +256,7 @@ def test_a_byte_level_edit_is_detected_too(tmp_path):
 
 
 def test_a_changed_copied_file_is_detected(tmp_path):
-    from convert.migrate.hf import convert_hf_folder
+    from convert.ops.units import convert_hf_folder
 
     model = tmp_path / "model"
     model.mkdir()
@@ -280,7 +281,7 @@ def test_folders_of_the_previous_release_still_load_and_verify_as_before(tmp_pat
 
 
 def test_framework_unit_output_is_replaced_but_not_with_user_files(tmp_path):
-    from convert.migrate.frameworks import convert_framework_folder
+    from convert.ops.units import convert_framework_folder
 
     unit = tmp_path / "checkpoint-500"
     unit.mkdir()

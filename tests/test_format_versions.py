@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from convert import MalformedCheckpoint, compare_trees, load_checkpoint, read_checkpoint, verify_checkpoint
-from convert.codec import MODIFIERS, TAGS, Decoder
-from convert.schema import FORMAT_VERSION, READABLE_VERSIONS, schema, schema_tags
+from convert.sidecar.codec import MODIFIERS, TAGS, Decoder
+from convert.sidecar.schema import FORMAT_VERSION, READABLE_VERSIONS, schema, schema_tags
 from tests.helpers import read_sidecar, run_cli, validate_sidecar
 
 V1 = Path(__file__).resolve().parent / "fixtures" / "v1"

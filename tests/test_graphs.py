@@ -26,7 +26,7 @@ from convert import (
     read_checkpoint,
     verify_checkpoint,
 )
-from convert.read.records import ObjectRecord
+from convert.model.records import ObjectRecord
 from tests.helpers import assert_equivalent, read_sidecar, roundtrip, run_cli, save, validate_sidecar
 
 

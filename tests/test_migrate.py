@@ -21,11 +21,11 @@ from safetensors.torch import load_file
 
 from convert import convert_checkpoint, load_checkpoint
 from convert.migrate import migrate, scan_folder
-from convert.migrate.hf import convert_hf_folder
 from convert.migrate.journal import JOURNAL_NAME, KILL_ENV, read_journal
 from convert.migrate.lock import LOCK_NAME
 from convert.migrate.report import REPORT_NAME
-from convert.write.temp import is_temporary
+from convert.ops.units import convert_hf_folder
+from convert.primitives.temp import is_temporary
 from tests.helpers import (
     REPO_ROOT,
     EvilEval,

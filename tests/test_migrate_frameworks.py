@@ -174,7 +174,7 @@ def test_a_broken_pickle_fails_the_whole_folder_and_leaves_nothing(runs, tmp_pat
     import shutil
 
     from convert import ConvertError
-    from convert.migrate.frameworks import convert_framework_folder
+    from convert.ops.units import convert_framework_folder
 
     src, _, _, _ = runs
     broken = tmp_path / "checkpoint-2"

@@ -99,7 +99,7 @@ def test_destination_inside_the_source_is_skipped_by_the_walker(zoo):
 def _leftover_of_a_killed_writer(dst: Path) -> Path:
     """A real marked temp folder for `dst`, made by a child process that then died without cleaning up."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    code = ("import os, sys; from pathlib import Path; from convert.write.temp import TempFolder; "
+    code = ("import os, sys; from pathlib import Path; from convert.primitives.temp import TempFolder; "
             "t = TempFolder.create(Path(sys.argv[1])); (t.build / 'model.safetensors').write_bytes(b'half written'); "
             "print(t.path, flush=True); os._exit(0)")
     child = subprocess.run([sys.executable, "-c", code, str(dst)], env=_env(), capture_output=True, text=True, timeout=60)

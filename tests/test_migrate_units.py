@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from convert.discover import WalkStats, pickle_bytes, walk
 from convert.migrate import migrate, migrate_status
 from convert.migrate.journal import JOURNAL_NAME, read_journal
 from convert.migrate.report import REPORT_NAME
 from convert.migrate.worker import FAULT_ENV
+from convert.sources.discover import WalkStats, pickle_bytes, walk
 from tests.helpers import REPO_ROOT, EvilSystem, run_cli, stale_temporaries
 
 

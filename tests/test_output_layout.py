@@ -15,7 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from convert import ConvertError, convert_checkpoint, load_checkpoint, save_checkpoint, verify_checkpoint
-from convert.integrity import verify_folder
+from convert.ops.verify import verify_folder
 from tests.helpers import (
     SIDECAR,
     EvilSystem,

@@ -23,10 +23,10 @@ from hypothesis import strategies as st
 from convert import compare_trees, convert_checkpoint, load_checkpoint
 from convert.load import cuda as cuda_mod
 from convert.load import materialize
-from convert.schema import schema, validate
-from convert.schema_compiled import UnsupportedSchema, compile_schema
+from convert.primitives.hashing import BackgroundSha256, sha256_fd
+from convert.sidecar.schema import schema, validate
+from convert.sidecar.schema_compiled import UnsupportedSchema, compile_schema
 from convert.write import safetensors_io
-from convert.write.source_hash import BackgroundSha256, sha256_fd
 from tests.helpers import assert_equivalent, comparable_snapshot, load_reference, numpy_payload, save
 
 
@@ -93,23 +93,22 @@ def test_kernel_copy_and_fallbacks_write_identical_bytes(tmp_path, rich_checkpoi
 
 def test_writer_without_registered_input_matches_kernel_copy(tmp_path, rich_checkpoint):
     """Outside convert_checkpoint (no fd registered) the writer streams from the mapping: same bytes."""
-    from convert.api import _provenance
-    from convert.read import Input, read_tree
+    from convert.ops.pipeline import provenance
+    from convert.sources.file import FileSource
     from convert.write.folder import PT_METADATA
     from convert.write.plan import make_plan
 
     src = save(rich_checkpoint, tmp_path / "src.pt", "zip")
     convert_checkpoint(src, tmp_path / "ref")
     folder_id = json.loads((tmp_path / "ref" / "checkpoint.json").read_text())["folder_id"]
-    with Input(src) as inp:
-        result = read_tree(inp)
-        plan = make_plan(result.root, _provenance(src, inp, result))
+    with FileSource(src) as source:
+        plan = make_plan(source.root, provenance(source.provenance()))
         for name, entries in plan.files.items():
             assert any(e.source is not None for e in entries)
             with open(tmp_path / name, "wb") as out:
                 safetensors_io.write_safetensors(out, entries, {**PT_METADATA, "folder_id": folder_id})
             assert (tmp_path / name).read_bytes() == (tmp_path / "ref" / name).read_bytes()
-        del result, plan
+        del plan
 
 
 def test_sidecar_sha256_is_the_source_files(converted):

@@ -22,7 +22,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from convert import compare_trees, convert_checkpoint, load_checkpoint, read_checkpoint, verify_checkpoint
-from convert.integrity import verify_folder
+from convert.ops.verify import verify_folder
 from tests.helpers import (
     PICKLE_FORMATS,
     TORCH_FORMATS,

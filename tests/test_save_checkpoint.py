@@ -37,8 +37,8 @@ from convert import (
     load_checkpoint,
     save_checkpoint,
 )
-from convert.save import live_tree
-from convert.save.staging import DeviceStorage
+from convert.ops.save import live_tree
+from convert.sources.staging import DeviceStorage
 from convert.write.plan import Entry
 from convert.write.safetensors_io import write_safetensors
 from tests.helpers import (

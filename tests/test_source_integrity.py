@@ -22,11 +22,12 @@ import pytest
 import torch
 
 from convert import ConvertError, MalformedCheckpoint, convert_checkpoint, read_checkpoint
-from convert import pipeline as pipeline_module
-from convert.api import plan_in_memory, scan_checkpoint, verify_checkpoint
+from convert.api import scan_checkpoint, verify_checkpoint
 from convert.errors import UnsupportedValue
-from convert.read import source as source_module
-from convert.read.source import SourceBytes, SourceChanged
+from convert.ops import pipeline as pipeline_module
+from convert.ops.checkpoint import plan_in_memory
+from convert.primitives import source as source_module
+from convert.primitives.source import SourceBytes, SourceChanged
 from tests.helpers import REPO_ROOT
 
 PY = sys.executable
@@ -206,7 +207,7 @@ def test_source_changed_during_convert_writes_nothing(tmp_path, zip_ckpt, monkey
 
 
 def test_source_changed_between_reads_is_reported_by_the_cli(tmp_path, zip_ckpt):
-    hook = ("import os, convert.pipeline as a\nreal = a.make_plan\n"
+    hook = ("import os, convert.ops.pipeline as a\nreal = a.make_plan\n"
             f"def mp(*x, **k):\n    p = real(*x, **k)\n    os.utime({str(zip_ckpt)!r}, ns=(1, 1))\n    return p\n"
             "a.make_plan = mp")
     done = cli("convert", str(zip_ckpt), str(tmp_path / "out"), pre=hook)
@@ -249,11 +250,11 @@ def test_plain_pickle_truncated_mid_read_is_a_clean_error(tmp_path, big_plain_pi
 
 def test_truncation_mid_run_in_a_real_process_exits_2(tmp_path, big_plain_pickle, zip_ckpt):
     """The same in a separate process, through the CLI: exit 2, one line, no folder; never a signal."""
-    for src, hook in ((big_plain_pickle, "import convert.read.source as s\nreal = s.SourceBytes.read\n"
+    for src, hook in ((big_plain_pickle, "import convert.primitives.source as s\nreal = s.SourceBytes.read\n"
                        "n = [0]\ndef read(self, o, k):\n    n[0] += 1\n"
                        "    if n[0] == 2: os.truncate(self.path, 1000)\n    return real(self, o, k)\n"
                        "s.SourceBytes.read = read"),
-                      (zip_ckpt, "import convert.pipeline as a\nreal = a.make_plan\n"
+                      (zip_ckpt, "import convert.ops.pipeline as a\nreal = a.make_plan\n"
                        "def mp(*x, **k):\n    p = real(*x, **k)\n    os.truncate(" + repr(str(zip_ckpt)) + ", 2000)\n"
                        "    return p\na.make_plan = mp")):
         out = tmp_path / f"out-{src.stem}"

@@ -152,8 +152,8 @@ def test_lstm_pieces_are_mapped_not_copied_when_lazy(tmp_path):
 
 def _expand_to_v1(sidecar: dict, folder: Path) -> dict:
     """The verbose form version 1 writers produced: a row for every tensor, storage and array."""
-    from convert.dtypes import DTYPE_NAME_BY_CODE
     from convert.load.rebuild import NUMPY_BY_CODE
+    from convert.model.dtypes import DTYPE_NAME_BY_CODE
 
     for name, ids in sidecar.pop("entries", {}).items():
         header = SafetensorsFile(folder / name).entries

@@ -99,7 +99,7 @@ def test_torch_side_commands_say_what_is_missing(tmp_path, command):
 def test_no_module_imports_torch_on_the_lean_path():
     """The modules scan/convert use import no torch at import time (a new import would break the lean install)."""
     proc = run_python("import sys, convert, convert.cli, convert.cli.commands, convert.migrate, convert.write.folder, "
-                      "convert.write.plan, convert.read, convert.schema\n"
+                      "convert.write.plan, convert.read, convert.sidecar.schema\n"
                       "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch')[:3])",
                       pythonpath=[REPO_ROOT])
     assert proc.returncode == 0, proc.stderr

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from ..api import convert_checkpoint, verify_checkpoint
 from ..errors import ConvertError
-from ..read.dcp import is_dcp_folder
 from .render import human_bytes, plain_shapes, render_tree
 
 EXIT_DIFFERENT = 3
@@ -22,6 +21,10 @@ def convert(args: argparse.Namespace) -> int:
         files = ", ".join(f"{name} ({info['tensors']})" for name, info in report.files.items()) or "no tensors"
         print(f"converted {report.source} ({report.source_format}) → {report.destination}: {report.tensors} tensors, "
               f"{human_bytes(report.bytes)} in {files}")
+        if report.copied:
+            print(f"  copied {len(report.copied)} file(s) as they are: {', '.join(report.copied[:10])}")
+        for rel, reason in report.skipped:
+            print(f"  skipped {rel}: {reason}")
         for cls in report.modules:
             print(f"  module {cls} stored as its state_dict")
     return 0
@@ -35,7 +38,7 @@ def verify(args: argparse.Namespace) -> int:
 
 
 def verify_folder_only(folder: Path) -> int:
-    from ..integrity import verify_folder
+    from ..ops.verify import verify_folder
 
     return _verdict(verify_folder(folder), f"{folder} is NOT intact:",
                     f"{folder} is intact: every data file has the digest and folder id checkpoint.json records")
@@ -53,8 +56,18 @@ def _verdict(problems: list[str], bad: str, good: str) -> int:
 
 
 def inspect(args: argparse.Namespace) -> int:
+    from ..ops.checkpoint import kind_of
+
     path = Path(args.path)
-    if path.is_dir() and not is_dcp_folder(path):  # a DCP folder is a checkpoint, read like a file
+    kind = kind_of(path)
+    if kind == "framework":  # a Trainer/Accelerate folder: each checkpoint in it
+        from ..sources.discover import unit_sources
+
+        for member in unit_sources(kind, path, path):
+            print(f"{member.relative_to(path)}:")
+            _inspect_one(member, args.max_items)
+        return 0
+    if path.is_dir() and kind == "file":  # a converted folder (a DCP or HF folder is read like a file)
         from ..load import read_sidecar
         from ..load.safetensors_reader import SafetensorsFile
 
@@ -64,14 +77,19 @@ def inspect(args: argparse.Namespace) -> int:
             if name in sidecar["files"] and (path / name).is_file():
                 entries = SafetensorsFile(path / name).entries
                 headers[name] = {key: (e.code, list(e.shape)) for key, e in entries.items()}
+        print(render_tree(sidecar, args.max_items, plain_shapes(sidecar, headers)))
     else:
-        from ..api import plan_in_memory
-
-        plan = plan_in_memory(path)
-        sidecar = plan.sidecar
-        headers = {name: {e.key: (e.code, e.shape) for e in entries} for name, entries in plan.files.items()}
-    print(render_tree(sidecar, args.max_items, plain_shapes(sidecar, headers)))
+        _inspect_one(path, args.max_items)
     return 0
+
+
+def _inspect_one(path: Path, max_items: int) -> None:
+    """The tree of the checkpoint `path` (a file, a DCP or HF folder), read without writing anything."""
+    from ..ops.checkpoint import plan_in_memory
+
+    plan = plan_in_memory(path)
+    headers = {name: {e.key: (e.code, e.shape) for e in entries} for name, entries in plan.files.items()}
+    print(render_tree(plan.sidecar, max_items, plain_shapes(plan.sidecar, headers)))
 
 
 def migrate_status(args: argparse.Namespace) -> int:

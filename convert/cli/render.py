@@ -1,6 +1,6 @@
 """Text rendering of a sidecar tree for `inspect`: keys, dtypes, shapes, sizes and values.
 
-Every tagged value is described by its tag in convert/codec.py; shared values show `(#N)` where
+Every tagged value is described by its tag in convert/sidecar/codec.py; shared values show `(#N)` where
 they are defined and "→ the same object as #N" where they are referenced again.
 """
 
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..codec import tag_of
-from ..dtypes import DTYPE_NAME_BY_CODE, ITEMSIZE_BY_CODE
-from ..read.torch_types import DTYPES_BY_NAME
+from ..model.dtypes import DTYPE_NAME_BY_CODE, ITEMSIZE_BY_CODE
+from ..model.torch_types import DTYPES_BY_NAME
+from ..sidecar.codec import tag_of
 
 
 def human_bytes(n: float) -> str:

@@ -15,11 +15,12 @@ import numpy as np
 import torch
 
 from ..errors import ConvertError, CorruptFolder, MalformedCheckpoint
-from ..integrity import check_digest, check_header, has_record, mapping_sha256
-from ..read.torch_types import DTYPES_BY_NAME
-from ..schema import SIDECAR_NAME, inside_folder, read_sidecar
-from ..torch_values import tensor_dtype
-from ..views import view_end
+from ..model.torch_types import DTYPES_BY_NAME
+from ..model.torch_values import tensor_dtype
+from ..model.views import view_end
+from ..primitives.hashing import sha256_mapping
+from ..sidecar.integrity import check_digest, check_header, has_record
+from ..sidecar.schema import SIDECAR_NAME, inside_folder, read_sidecar
 from .decode import Decoder
 from .materialize import jobs_for, read_to_host
 from .rebuild import Piece, entry_index, plain_array, plain_tensor, rebuild_storage
@@ -98,7 +99,7 @@ class _Loader:
             raise ConvertError(f"{self.folder} was written without digests (by an older ckpt-convert); "
                                "load it without verify=True, or check it against its source with verify_checkpoint")
         for name in self.sidecar["files"]:
-            problem = check_digest(self.sidecar, name, mapping_sha256(self.file(name).map))
+            problem = check_digest(self.sidecar, name, sha256_mapping(self.file(name).map))
             if problem is not None:
                 raise CorruptFolder(f"{self.folder}: {problem}")
 

@@ -16,13 +16,14 @@ from typing import Any
 
 import torch
 
-from ..dtypes import ITEMSIZE_BY_CODE
 from ..errors import MalformedCheckpoint
-from ..jsonio import strict_json
-from ..torch_values import torch_dtype_for_code
-from .mapping import map_private
+from ..model.dtypes import ITEMSIZE_BY_CODE
+from ..model.limits import LIMITS
+from ..model.torch_values import torch_dtype_for_code
+from ..primitives.mapping import map_private
+from ..sidecar.jsonio import strict_json
 
-MAX_HEADER = 100 * 1024 * 1024  # the limit safetensors itself applies
+MAX_HEADER = LIMITS.safetensors_header_bytes
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..discover import CHECKPOINT_SUFFIXES, WalkStats, looks_like_checkpoint, walk  # noqa: F401 (re-exported)
+from ..sources.discover import CHECKPOINT_SUFFIXES, WalkStats, looks_like_checkpoint, walk  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)

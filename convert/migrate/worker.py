@@ -8,45 +8,33 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ..api import convert_checkpoint, scan_checkpoint, verify_checkpoint
-from ..discover import unit_sources
 from ..errors import ConvertError, OutputExists, UnsafeCheckpoint
-from .units import convert_unit, verify_unit
+from ..ops.checkpoint import convert_checkpoint, verify_checkpoint
+from ..primitives import faults
+from ..primitives.hashing import sha256_path
+from ..scan import scan_checkpoint
+from ..sources.discover import unit_sources
 from .walker import Job
 
-FAULT_ENV = "CKPT_CONVERT_FAULT_INJECT"  # test-only: "REL:MARKER" makes the first attempt on REL hang
-
-
-def hang_if_injected(job: Job) -> None:
-    """Fault injection for tests: the first attempt on the named job writes its pid to MARKER and hangs."""
-    fault = os.environ.get(FAULT_ENV, "")
-    if fault.startswith(job.rel + ":"):
-        marker = fault.split(":", 1)[1]
-        if not os.path.exists(marker):  # first attempt: announce our pid and wait to be killed
-            with open(marker, "w") as f:
-                f.write(str(os.getpid()))
-            time.sleep(600)
+FAULT_ENV = faults.HANG_ENV  # test-only: "REL:MARKER" makes the first attempt on REL hang (primitives/faults.py)
 
 
 def converted_from(out: Path, source: Path) -> bool:
     """Whether the folder `out` is a ckpt-convert output of exactly the file `source` (name and sha256):
     one this migration installed before a kill, or whose journal line was lost."""
     from ..load import read_sidecar
-    from ..write.source_hash import sha256_fd
-
     try:
         recorded = read_sidecar(out)["source"]
         if recorded.get("name") != source.name or recorded.get("size") != source.stat().st_size:
             return False
-        with open(source, "rb") as f:
-            return recorded.get("sha256") == sha256_fd(f.fileno(), os.fstat(f.fileno()).st_size)
+        return recorded.get("sha256") == sha256_path(source)  # opened as a source: a FIFO cannot block the worker
     except (ConvertError, OSError, KeyError, TypeError, AttributeError):
         return False
 
 
 def pool_job(job: Job, dst_root: str, max_shard_size: str | None = None) -> dict[str, Any]:
     """`run_job` as a pool or Ray task runs it (with the tests' fault injection)."""
-    hang_if_injected(job)
+    faults.hang(job.rel)
     return run_job(job, dst_root, max_shard_size)
 
 
@@ -65,18 +53,14 @@ def run_job(job: Job, dst_root: str, max_shard_size: str | None = None) -> dict[
         if os.path.lexists(out) and not replace:
             raise OutputExists(f"{out} already exists and was not written by this migration for {job.rel}; "
                                "nothing was changed: move it away (or choose another destination) and re-run")
-        if job.kind == "file":
-            convert_checkpoint(job.source, out, overwrite=replace, max_shard_size=max_shard_size)
-            from ..load import read_sidecar
-
-            entry["sha256"] = read_sidecar(out)["source"]["sha256"]
-            diffs = verify_checkpoint(job.source, out)
-        else:
-            result = convert_unit(job.kind, job.source, out, root=job.root, overwrite=job.replace)
-            entry["sha256"] = result["sha256"]
-            if result["skipped"]:
-                entry["skipped_inside"] = result["skipped"]
-            diffs = verify_unit(job.kind, job.source, out, root=job.root)
+        # every kind the walk found (file, DCP, HF, Trainer/Accelerate unit): the same two operations
+        root = None if job.kind == "file" else job.root or job.source
+        report = convert_checkpoint(job.source, out, overwrite=replace, max_shard_size=max_shard_size,
+                                    kind=job.kind, root=root)
+        entry["sha256"] = report.sha256
+        if report.skipped:
+            entry["skipped_inside"] = report.skipped
+        diffs = verify_checkpoint(job.source, out, kind=job.kind, root=root)
         entry["verified"] = not diffs
         entry["status"] = "converted" if not diffs else "failed"
         if diffs:

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..model.records import ObjectRecord
 from .containers import Input, ReadResult, read_container
 from .modules import module_state, to_module_record
-from .records import ObjectRecord
 
 __all__ = ["Input", "ReadResult", "read_tree"]
 
 
 def read_tree(inp: Input) -> ReadResult:
     """Interpret `inp` and replace every pickled nn.Module by a ModuleRecord (its state_dict)."""
-    from ..tree import transform  # here: tree builds on the codec, which builds on read's records
+    from ..model.tree import transform  # here: tree builds on the codec, which builds on read's records
 
     result = read_container(inp)
 

@@ -15,14 +15,15 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import MalformedCheckpoint
-from ..views import view_end
-from .collisions import check_keys, grown
-from .numpy_types import make_ndarray_from_buffer, make_npdtype, make_npscalar, new_ndarray
-from .records import GlobalRef, ObjectRecord, StorageRef, TensorRef, Unsupported
-from .torch_types import DTYPES_BY_NAME, QUANTIZED_DTYPES, Device, DType, TorchSize
+from ..model.collisions import check_keys, grown
+from ..model.limits import LIMITS
+from ..model.numpy_types import make_ndarray_from_buffer, make_npdtype, make_npscalar, new_ndarray
+from ..model.records import GlobalRef, ObjectRecord, StorageRef, TensorRef, Unsupported
+from ..model.torch_types import DTYPES_BY_NAME, QUANTIZED_DTYPES, Device, DType, TorchSize, parse_device
+from ..model.views import view_end
 
-MAX_NDIM = 64
-MAX_DIM = 1 << 62
+MAX_NDIM = LIMITS.ndim
+MAX_DIM = LIMITS.dim
 
 Reconstructor = Callable[..., Any]
 
@@ -221,19 +222,12 @@ def make_size(*args: Any) -> TorchSize:
     return TorchSize(_int_tuple(args[0], "torch.Size") if args else ())
 
 
-DEVICE_TYPES = {"cpu", "cuda", "mps", "meta", "xpu", "hpu", "xla", "privateuseone", "mtia"}
-
-
 def make_device(*args: Any) -> Device:
     _args(args, "torch.device", 1, 2)
-    text = args[0]
-    _expect(type(text) is str and len(text) < 32, "torch.device expects a short string")
-    kind, _, index = text.partition(":")
-    _expect(kind in DEVICE_TYPES and (index == "" or index.isdigit()), f"unknown device {text!r}")
-    if len(args) == 2:
-        _expect(index == "" and type(args[1]) is int and 0 <= args[1] < 1 << 16, "bad device index")
-        return Device(kind, args[1])
-    return Device(kind, int(index) if index else None)
+    try:
+        return parse_device(*args)
+    except ValueError as exc:
+        raise MalformedCheckpoint(str(exc)) from None
 
 
 def newobj(*args: Any) -> Any:

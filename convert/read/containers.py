@@ -14,16 +14,17 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MalformedCheckpoint, NotACheckpoint, UnsafeCheckpoint, UnsupportedValue
+from ..model.limits import LIMITS
+from ..model.records import GlobalRef, StorageRef
+from ..model.torch_types import QUANTIZED_STORAGES, STORAGE_DTYPES, STORAGE_MODULES
+from ..primitives.source import Identity, SourceBytes, SourceChanged, open_regular
 from .framing import FramedVM, PickleAmbiguous, is_tar_header, run_checked
-from .records import GlobalRef, StorageRef
-from .source import Identity, SourceBytes, SourceChanged, open_regular
-from .torch_types import QUANTIZED_STORAGES, STORAGE_DTYPES, STORAGE_MODULES
 from .vm import Finding, PickleVM
 from .zipfile_strict import STORED, StrictZip, ZipAmbiguous, is_zip
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
-MAX_PICKLE_MEMBER = 1 << 34  # a data.pkl beyond 16 GiB is not a checkpoint
+MAX_PICKLE_MEMBER = LIMITS.pickle_member_bytes
 
 _SIGNATURES: list[tuple[bytes, int, str]] = [
     (b"\x1f\x8b", 0, "a gzip-compressed file: decompress it first (gunzip)"),
@@ -275,7 +276,7 @@ def _read_pickle_or_legacy(inp: Input) -> ReadResult:
     return ReadResult(value, "pickle", first.protocol, [], first.globals_used)
 
 
-MAX_TRAILING_PICKLES = 1000
+MAX_TRAILING_PICKLES = LIMITS.trailing_pickles
 
 
 def _scan_trailing_pickles(inp: Input, pos: int) -> None:

@@ -12,9 +12,9 @@ import numpy as np
 import torch
 
 from ..errors import MalformedCheckpoint, UnsupportedValue
-from ..torch_values import to_torch
-from ..tree import transform
-from .records import ModuleRecord, NdArrayRef, NpDType, NpScalar, StorageRef, TensorRef, Unsupported
+from ..model.records import ModuleRecord, NdArrayRef, NpDType, NpScalar, StorageRef, TensorRef, Unsupported
+from ..model.torch_values import to_torch
+from ..model.tree import transform
 
 
 def materialize(root: Any) -> Any:

@@ -13,7 +13,7 @@ import dataclasses
 from typing import Any
 
 from ..errors import MalformedCheckpoint
-from .records import ModuleRecord, ObjectRecord, TensorRef
+from ..model.records import ModuleRecord, ObjectRecord, TensorRef
 
 MODULE_KEYS = ("_parameters", "_buffers", "_modules")
 

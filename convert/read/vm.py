@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConvertError, MalformedCheckpoint, UnsafeCheckpoint
-from . import allowlist, compat_names, gadgets, limits
-from .collisions import check_keys, grown
-from .numpy_types import build_ndarray, build_npdtype
-from .records import GlobalRef, NdArrayRef, NpDType, ObjectRecord, TensorRef
-from .source import SourceBytes
+from ..model import limits
+from ..model.collisions import check_keys, grown
+from ..model.numpy_types import build_ndarray, build_npdtype
+from ..model.records import GlobalRef, NdArrayRef, NpDType, ObjectRecord, TensorRef
+from ..primitives.source import SourceBytes
+from . import allowlist, compat_names, gadgets
 
 HIGHEST_PROTOCOL = 5
 MAX_LINE = 1 << 16  # text operands (protocol 0) longer than this are not from a real checkpoint

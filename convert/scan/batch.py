@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..discover import WalkStats, unit_sources, walk
-from .scanner import ScanReport, scan_file
+from ..sources.discover import WalkStats, unit_sources, walk
+from .report import ScanReport
+from .scanner import scan_file
 from .sources import looks_like_checkpoint
 
 POOL_THRESHOLD = 8  # fewer files than this are scanned in-process: a pool's start-up costs more

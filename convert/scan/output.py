@@ -15,9 +15,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from .._version import __version__
 from ..read.gadgets import CATEGORY_REASONS
-from .scanner import ScanFinding, ScanReport
+from .report import ScanFinding, ScanReport
 from .verdicts import CUSTOM_CLASS, REASONS, SUSPICIOUS, UNREADABLE, UNREADABLE_CATEGORY, UNSAFE, VERDICTS
 
 TOOL_NAME = "ckpt-convert"

@@ -13,9 +13,9 @@
 
 from __future__ import annotations
 
+from ..model.torch_types import QUANTIZED_STORAGES, STORAGE_DTYPES, STORAGE_MODULES
 from ..read import allowlist
 from ..read.gadgets import CATEGORY_REASONS, EXEC, KNOWN_DATA_CLASSES, gadget_category
-from ..read.torch_types import QUANTIZED_STORAGES, STORAGE_DTYPES, STORAGE_MODULES
 
 SAFE, SUSPICIOUS, UNSAFE, UNREADABLE = "safe", "suspicious", "unsafe", "unreadable"
 VERDICTS = (SAFE, SUSPICIOUS, UNSAFE, UNREADABLE)

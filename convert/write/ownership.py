@@ -24,8 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import ConvertError, DestinationNotOwned
-from ..integrity import FOLDER_ID_KEY, check_header, copied_names, header_identity
-from ..schema import SIDECAR_NAME, read_sidecar
+from ..sidecar.integrity import FOLDER_ID_KEY, check_header, copied_names, header_identity
+from ..sidecar.schema import SIDECAR_NAME, read_sidecar
 
 SHOWN = 3  # names of files in the way quoted in the message
 

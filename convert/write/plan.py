@@ -18,17 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..codec import MAX_NODES, EncodeHooks, Encoder, Field
-from ..dtypes import NATIVE, Encoding, encoding_for
 from ..errors import MalformedCheckpoint
-from ..read.records import ModuleRecord, NdArrayRef, StorageRef, TensorRef, Unsupported
-from ..read.torch_types import CANONICAL, dtype_name
-from ..schema import BARE_FILE, EXTRA_FILE, FORMAT_NAME, FORMAT_VERSION
-from ..views import non_overlapping
-from .shards import assign_shards, index_bytes
-from .tensor_bytes import (
+from ..model.dtypes import NATIVE, Encoding, encoding_for
+from ..model.records import ModuleRecord, NdArrayRef, StorageRef, TensorRef, Unsupported
+from ..model.strides import contiguous_strides
+from ..model.tensor_bytes import (
     contiguous_source,
-    contiguous_strides,
     covered_bytes,
     covers_storage,
     dense_span,
@@ -38,6 +33,11 @@ from .tensor_bytes import (
     tensor_bytes,
     uncovered_bytes,
 )
+from ..model.torch_types import CANONICAL, dtype_name
+from ..model.views import non_overlapping
+from ..sidecar.codec import MAX_NODES, EncodeHooks, Encoder, Field
+from ..sidecar.schema import BARE_FILE, EXTRA_FILE, FORMAT_NAME, FORMAT_VERSION
+from .shards import assign_shards, index_bytes
 
 _NAME_OK = re.compile(r"[^A-Za-z0-9_.-]")
 
@@ -208,7 +208,7 @@ class Planner(EncodeHooks):
         return items
 
     def value(self, v: Any, path: list, depth: int) -> Any:
-        """`v` as typed JSON (convert/codec.py); tensors, arrays and modules come back to this planner."""
+        """`v` as typed JSON (convert/sidecar/codec.py); tensors, arrays and modules come back to this planner."""
         return self.encoder.value(v, path, depth)
 
     def module(self, m: ModuleRecord, path: list, file: str | None, depth: int) -> Any:

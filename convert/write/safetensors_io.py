@@ -22,9 +22,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from ..dtypes import ITEMSIZE_BY_CODE
 from ..errors import ConvertError
-from .chunked import ChunkedSource
+from ..model.chunked import ChunkedSource
+from ..model.dtypes import ITEMSIZE_BY_CODE
 from .plan import Entry
 
 CHUNK = 32 << 20  # bytes per write() from the input mapping: bounds the pages of it held at once

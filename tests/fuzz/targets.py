@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from convert import ConvertError, load_checkpoint, read_checkpoint
-from convert.api import convert_checkpoint, plan_in_memory
+from convert.ops.checkpoint import convert_checkpoint, plan_in_memory
 
 SCRATCH = Path(tempfile.mkdtemp(prefix="ckpt-fuzz-"))
 atexit.register(shutil.rmtree, SCRATCH, True)
@@ -206,7 +206,7 @@ def differential(data: bytes) -> str:
     Ours runs first (watched, like `pickle_reader`); torch only on what ours accepted, so it never
     sees a declared size our reader has not matched to real bytes (it would allocate it).
     """
-    from convert.compare import compare_trees
+    from convert.ops.compare import compare_trees
 
     path = SCRATCH / "input.pt"
     path.write_bytes(data)

@@ -16,7 +16,7 @@ import torch
 
 from convert import ConvertError, MalformedCheckpoint, convert_checkpoint, load_checkpoint
 from convert.load import read_sidecar
-from convert.schema import (
+from convert.sidecar.schema import (
     LOCATE_SECONDS,
     MAX_SIDECAR_BYTES,
     MAX_SIDECAR_DEPTH,
@@ -137,7 +137,7 @@ def test_deep_valid_root_is_validated_without_recursion_error(folder, depth):
 
 def test_locating_the_error_is_bounded_in_time():
     """An invalid value 14 levels deep: jsonschema alone ran for minutes (every anyOf branch, a repr each)."""
-    from convert.schema import schema
+    from convert.sidecar.schema import schema
 
     root: dict = {"$tuple": [{"$nosuchtag": 1}]}
     for _ in range(14):

@@ -286,8 +286,8 @@ def test_a_fifo_part_does_not_hang(tmp_path):
 
 
 def test_a_part_changed_after_reading_is_noticed(tmp_path):
-    from convert.read.dcp import DcpFolder
-    from convert.read.source import SourceChanged
+    from convert.primitives.source import SourceChanged
+    from convert.sources.dcp_folder import DcpFolder
 
     folder = _dcp(tmp_path)
     with DcpFolder(folder) as dcp_folder:
@@ -299,7 +299,7 @@ def test_a_part_changed_after_reading_is_noticed(tmp_path):
 
 
 def test_tiling_of_many_chunks():
-    from convert.read.dcp_tiling import tiling_problem
+    from convert.model.tiling import tiling_problem
 
     n = 20_000
     columns = [((0, i), (4, 1)) for i in range(n)]  # every chunk shares the first offset: the old quadratic case
@@ -366,7 +366,7 @@ def test_dict_keys_that_all_hash_alike_are_refused_in_the_reader(tmp_path):
         proc = _limited_cli("convert", path, tmp_path / f"out-{name}", cwd=tmp_path)
         assert_clean_failure(proc, "hash")
     # ordinary int keys are not affected
-    from convert.read.collisions import check_keys
+    from convert.model.collisions import check_keys
 
     check_keys(range(1_000_000), "ints")
     check_keys([(i, i + 1) for i in range(100_000)], "pairs")
