@@ -244,3 +244,18 @@ def test_export_without_torch(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "s" / "model.safetensors.index.json").is_file()
 
+
+
+def test_converted_folder_exports_like_its_source(tmp_path):
+    from convert import convert_checkpoint
+
+    sd, _ = _lightning_ckpt(tmp_path / "last.ckpt")
+    convert_checkpoint(tmp_path / "last.ckpt", tmp_path / "converted")
+    direct = export_weights(tmp_path / "last.ckpt", tmp_path / "a.safetensors", strip_prefix="model.", dtype="bf16")
+    via = export_weights(tmp_path / "converted", tmp_path / "b.safetensors", strip_prefix="model.", dtype="bf16")
+    assert via.key == direct.key == "state_dict"
+    a, b = load_file(tmp_path / "a.safetensors"), load_file(tmp_path / "b.safetensors")
+    _assert_equal(b, a)
+    _assert_equal(b, {k[6:]: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in sd.items()})
+    with safe_open(tmp_path / "b.safetensors", "pt") as f:
+        assert f.metadata()[SHA_KEY] == sha256_file(tmp_path / "last.ckpt")  # the original's provenance

@@ -40,7 +40,7 @@ def select_state_dict(root: Any, key: str | None = None) -> tuple[dict, str]:
             raise ConvertError(f"--key {key!r}: no such entry; candidates: {_candidates(root)}")
         value, path = found
         value = _unwrap(value)
-        if type(value) not in _DICTS or not any(isinstance(v, TENSORS) for v in _leaves(value)):
+        if not _holds_tensors(value, 0):
             raise ConvertError(f"--key {key!r} is a {type(value).__name__}, not a dict of tensors; "
                                f"candidates: {_candidates(root)}")
         return value, path
@@ -93,8 +93,11 @@ def _child(node: Any, name: str) -> Any:
     return _MISSING
 
 
-def _leaves(node: Any) -> list[Any]:
-    return [v for v in node.values()] if type(node) in _DICTS else []
+def _holds_tensors(node: Any, depth: int) -> bool:
+    """A dict with a tensor in it, directly or in nested dicts (which export joins with ".")."""
+    node = _unwrap(node)
+    return type(node) in _DICTS and depth < 16 and any(
+        isinstance(v, TENSORS) or _holds_tensors(v, depth + 1) for v in node.values())
 
 
 def tensor_bytes(value: Any) -> int:

@@ -20,6 +20,9 @@ from ..errors import ConvertError, MalformedCheckpoint
 from ..read import Input, read_tree
 from ..read.dcp import DcpFolder, is_dcp_folder
 from ..read.dcp_metadata import METADATA_NAME
+from ..read.records import StorageRef, TensorRef
+from ..read.torch_types import CANONICAL
+from ..schema import SIDECAR_NAME
 from ..write.safetensors_io import KernelCopySource
 from ..write.source_hash import BackgroundSha256, sha256_fd
 
@@ -50,6 +53,9 @@ def open_source(src: Path) -> Iterator[Source]:
         with DcpFolder(src) as dcp:
             yield Source(dcp.root, "torch-dcp", [KernelCopySource(p.buf, p.fd) for p in dcp.parts.values() if p.size],
                          lambda: _file_digest(src / METADATA_NAME), [src / METADATA_NAME])
+        return
+    if src.is_dir() and (src / SIDECAR_NAME).is_file():
+        yield _converted_folder(src)
         return
     if src.is_dir():
         files = unit_weight_files(src)
@@ -90,6 +96,42 @@ def open_source(src: Path) -> Iterator[Source]:
             return value
 
         yield Source(result.root, "file", [KernelCopySource(inp.buf, inp.fileno())], digest, [src])
+
+
+def _converted_folder(folder: Path) -> Source:
+    """A folder `convert` wrote: loaded lazily (mmap) with `load_checkpoint` (this input alone needs torch),
+    its tensors described as the reader describes them, so the same selection and writer apply."""
+    import torch
+
+    from ..load import load_checkpoint, read_sidecar
+
+    sidecar = read_sidecar(folder)
+    tree = load_checkpoint(folder, map_location="cpu", verify=True)  # the integrity record is checked
+    storages: dict[int, StorageRef] = {}
+
+    def ref(t: torch.Tensor) -> TensorRef:
+        untyped = t.untyped_storage()
+        storage = storages.get(untyped.data_ptr())
+        if storage is None:
+            raw = torch.empty(0, dtype=torch.uint8).set_(untyped).numpy() if untyped.nbytes() else b""
+            storage = storages[untyped.data_ptr()] = StorageRef(
+                str(len(storages)), CANONICAL[str(t.dtype).removeprefix("torch.")], untyped.nbytes(), "cpu",
+                buffer=memoryview(raw).cast("B"))
+        return TensorRef(storage, CANONICAL[str(t.dtype).removeprefix("torch.")], t.storage_offset(), tuple(t.shape),
+                         tuple(t.stride()))
+
+    def walk(node: Any, depth: int = 0) -> Any:
+        if isinstance(node, torch.Tensor):
+            return ref(node) if node.layout == torch.strided else node
+        if isinstance(node, dict) and depth < 64:
+            return type(node)((k, walk(v, depth + 1)) for k, v in node.items()) \
+                if type(node) in (dict, collections.OrderedDict) else node
+        if isinstance(node, (list, tuple)) and depth < 64 and type(node) in (list, tuple):
+            return type(node)(walk(v, depth + 1) for v in node)
+        return node
+
+    digest = sidecar["source"].get("sha256", "")
+    return Source(walk(tree), "converted-folder", [], lambda: digest, [folder])
 
 
 def unit_weight_files(folder: Path) -> list[Path]:
