@@ -259,3 +259,28 @@ def test_converted_folder_exports_like_its_source(tmp_path):
     _assert_equal(b, {k[6:]: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in sd.items()})
     with safe_open(tmp_path / "b.safetensors", "pt") as f:
         assert f.metadata()[SHA_KEY] == sha256_file(tmp_path / "last.ckpt")  # the original's provenance
+
+
+def test_failed_export_leaves_nothing_and_file_rename_without_renameat2(tmp_path, monkeypatch):
+    import convert.export.write as write
+    import convert.write.durable as durable
+
+    torch.save({"w": torch.zeros(3)}, tmp_path / "a.pt")
+
+    def broken(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(write, "seal", broken)
+    with pytest.raises(ConvertError, match="cannot write"):
+        export_weights(tmp_path / "a.pt", tmp_path / "m.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt"]  # no OUT, no temporary folder, no lock
+    monkeypatch.undo()
+
+    monkeypatch.setattr(durable, "_renameat2_fn", None)  # the OS lacks renameat2: a hard link claims the name
+    export_weights(tmp_path / "a.pt", tmp_path / "m.safetensors")
+    assert torch.equal(load_file(tmp_path / "m.safetensors")["w"], torch.zeros(3))
+    (tmp_path / "other").write_bytes(b"x")
+    with pytest.raises(FileExistsError):
+        durable.rename_noreplace(tmp_path / "other", tmp_path / "m.safetensors")
+    assert (tmp_path / "other").read_bytes() == b"x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt", "m.safetensors", "other"]
