@@ -45,6 +45,9 @@ def flatten(state_dict: dict) -> tuple[list[tuple[str, Any]], list[str]]:
 
     def walk(node: dict, prefix: str, depth: int) -> None:
         for key, value in node.items():
+            if type(key) is not str and type(key) is not int:  # a tuple, a record...: no tensor name
+                skipped.append(f"{prefix}<{type(key).__name__} key>")
+                continue
             name = f"{prefix}{key}"
             if isinstance(value, ModuleRecord):
                 value = value.state_dict
@@ -52,7 +55,7 @@ def flatten(state_dict: dict) -> tuple[list[tuple[str, Any]], list[str]]:
                 pairs.append((name, value))
             elif isinstance(value, Unsupported):
                 raise ConvertError(f"{name}: {value.reason}")
-            elif type(value) in _DICTS and depth < 16 and all(type(k) is str for k in value):
+            elif type(value) in _DICTS and depth < 16:
                 walk(value, f"{name}.", depth + 1)
             else:
                 skipped.append(name)
