@@ -244,6 +244,19 @@ def test_export_without_torch(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "s" / "model.safetensors.index.json").is_file()
 
+    from tests.dcp_build import save_single, single_state
+
+    unit = tmp_path / "checkpoint-1"  # a Trainer unit and a DCP folder, torch-free too
+    unit.mkdir()
+    torch.save(sd, unit / "pytorch_model.bin")
+    (unit / "trainer_state.json").write_text("{}")
+    save_single(tmp_path / "dcp")
+    for src, expected in ((unit, sd), (tmp_path / "dcp", single_state()["model"])):
+        out = tmp_path / f"{src.name}.safetensors"
+        proc = run_python(NO_TORCH, "export", src, out, "--dtype", "bf16", cwd=tmp_path, pythonpath=[REPO_ROOT])
+        assert proc.returncode == 0, proc.stderr
+        _assert_equal(load_file(out), {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in expected.items()})
+
 
 
 def test_converted_folder_exports_like_its_source(tmp_path):
