@@ -40,15 +40,22 @@ def _to_f32(raw: np.ndarray, code: str) -> np.ndarray:
 
 def _f32_to_bf16(values: np.ndarray, nan: int = 0xFFFF) -> np.ndarray:
     bits = values.view(np.uint32)
-    out = ((bits + (((bits >> 16) & 1) + 0x7FFF)) >> 16).astype(np.uint16)
-    out[np.isnan(values)] = nan
+    rounded = bits >> 16  # in place from here: one temporary, a few passes (this runs over every weight)
+    rounded &= 1
+    rounded += 0x7FFF
+    rounded += bits
+    rounded >>= 16
+    out = rounded.astype(np.uint16)
+    isnan = values != values
+    if isnan.any():
+        out[isnan] = nan
     return out
 
 
 def _f32_to_f16(values: np.ndarray) -> np.ndarray:
     with np.errstate(all="ignore"):
         out = values.astype(np.float16).view(np.uint16)
-    nan = np.isnan(values)
+    nan = values != values
     if nan.any():
         bits = values.view(np.uint32)[nan]
         out[nan] = (((bits >> 16) & 0x8000) | 0x7E00 | ((bits >> 13) & 0x3FF)).astype(np.uint16)
