@@ -68,6 +68,8 @@ def test_gpt2_with_tied_embeddings_loads_with_from_pretrained(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "lm_head.weight not written" in proc.stdout  # the dropped name is listed, never silently
     assert "lm_head.weight" not in load_file(out / "model.safetensors")
+    model.save_pretrained(tmp_path / "reference")  # transformers' own choice of names to drop
+    _assert_equal(load_file(out / "model.safetensors"), load_file(tmp_path / "reference" / "model.safetensors"))
 
     loaded = transformers.GPT2LMHeadModel.from_pretrained(out).eval()
     ids = torch.tensor([[1, 5, 7, 42, 99]])
