@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> None:
     summary = {m: {"seconds": statistics.median(r["seconds"] for r in rs),
                    "peak_rss_mib": statistics.median(r["peak_rss"] for r in rs) / 2**20} for m, rs in results.items()}
     doc = {"source_mb": src.stat().st_size / 1e6, "dtype": args.dtype, "reps": args.reps,
-           "machine": f"{platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end", "when": time.strftime("%Y-%m-%d"), **summary,
+           "machine": f"{platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end",
+           "when": time.strftime("%Y-%m-%d"), **summary,
            "time_ratio": summary["ours"]["seconds"] / summary["usual"]["seconds"],
            "rss_ratio": summary["ours"]["peak_rss_mib"] / summary["usual"]["peak_rss_mib"]}
     args.out.mkdir(parents=True, exist_ok=True)

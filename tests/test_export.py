@@ -299,3 +299,18 @@ def test_failed_export_leaves_nothing_and_file_rename_without_renameat2(tmp_path
         durable.rename_noreplace(tmp_path / "other", tmp_path / "m.safetensors")
     assert (tmp_path / "other").read_bytes() == b"x"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt", "m.safetensors", "other"]
+
+
+def test_sharded_overwrite_only_replaces_an_export_folder(tmp_path):
+    torch.save({"a": torch.zeros(100), "b": torch.ones(100)}, tmp_path / "sd.pt")
+    out = tmp_path / "out"
+    report = export_weights(tmp_path / "sd.pt", out, max_shard_size=500)
+    assert sorted(report.files) == ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    report = export_weights(tmp_path / "sd.pt", out, max_shard_size="1MB", overwrite=True, dtype="fp16")
+    assert sorted(p.name for p in out.iterdir()) == ["model.safetensors"]  # one shard: HF's single-file name
+    _assert_equal(load_file(out / "model.safetensors"), {"a": torch.zeros(100, dtype=torch.float16),
+                                                         "b": torch.ones(100, dtype=torch.float16)})
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(OutputExists, match="not written by"):
+        export_weights(tmp_path / "sd.pt", out, max_shard_size=500, overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine"
