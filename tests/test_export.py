@@ -139,8 +139,10 @@ def test_cast_is_bitwise_torch(tmp_path, src):
 
 def test_cast_streams_large_tensor_in_pieces(tmp_path, monkeypatch):
     import convert.export.cast as cast
+    import convert.export.write as write
 
-    monkeypatch.setattr(cast, "CHUNK", 1000)  # many pieces, not a multiple of the element size on purpose
+    monkeypatch.setattr(cast, "CHUNK", 1000)  # many pieces, cast 250 elements at a time
+    monkeypatch.setattr(write, "READ_CHUNK", 1001)  # read pieces that split elements, on purpose
     x = _special(3001).to(torch.float32)
     torch.save({"x": x}, tmp_path / "x.pt")
     export_weights(tmp_path / "x.pt", tmp_path / "x.safetensors", dtype="bf16")

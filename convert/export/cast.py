@@ -23,7 +23,7 @@ FLOAT_CODES = ("F64", "F32", "F16", "BF16")
 DTYPE_CODES = {"fp32": "F32", "float32": "F32", "fp16": "F16", "float16": "F16", "half": "F16",
                "bf16": "BF16", "bfloat16": "BF16"}
 ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
-CHUNK = 8 << 20  # source bytes cast at a time: bounds the memory a cast adds
+CHUNK = 1 << 20  # source bytes cast at a time: bounds the memory a cast adds; cache-sized, as each cast is several passes
 
 
 def _to_f32(raw: np.ndarray, code: str) -> np.ndarray:

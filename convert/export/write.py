@@ -1,7 +1,7 @@
 """Write the exported tensors: one safetensors file, or HF shards + index in a folder; atomically.
 
 The bytes stream from the source a tensor at a time (file-to-file in the kernel where nothing is cast,
-in CHUNK pieces through numpy where it is), through the project's one safetensors writer
+in bounded pieces through numpy where it is), through the project's one safetensors writer
 (`write/safetensors_io.py`). The header carries `{"format": "pt"}`, ckpt-convert's version and the
 source's sha256; the digest is computed on a thread while the data is copied, so the header is
 written with a placeholder of the same length and the digest put in its place at the end.
@@ -32,13 +32,14 @@ from ..write.shards import index_bytes, shard_name
 from ..write.source_hash import PENDING_SHA256
 from ..write.temp import TempFolder, remove_stale_temporaries
 from ..write.tensor_bytes import contiguous_source, is_contiguous, ndarray_bytes, tensor_bytes
-from .cast import CHUNK, FLOAT_CODES, ITEMSIZE, cast_bytes, cast_chunks
+from .cast import FLOAT_CODES, ITEMSIZE, cast_bytes, cast_chunks
 
 MARK_KEY = "ckpt_convert_export"  # metadata key that marks a file this command wrote (its value: the version)
 SHA_KEY = "source_sha256"
 STEM = "model"
 INDEX_NAME = f"{STEM}.safetensors.index.json"
 _MAX_HEADER = 100 << 20
+READ_CHUNK = 8 << 20  # bytes read from the input at a time for a cast
 
 
 def metadata(dropped: dict[str, str]) -> dict[str, str]:
@@ -107,8 +108,8 @@ def _raw_pieces(ref: TensorRef) -> Iterator[Any]:
         return
     buffer, offset = source
     end = offset + ref.numel * ref.dtype.itemsize
-    for start in range(offset, end, CHUNK):
-        n = min(CHUNK, end - start)
+    for start in range(offset, end, READ_CHUNK):
+        n = min(READ_CHUNK, end - start)
         yield buffer.read(start, n) if isinstance(buffer, SourceBytes) else memoryview(buffer)[start:start + n]
 
 
