@@ -316,3 +316,17 @@ def test_sharded_overwrite_only_replaces_an_export_folder(tmp_path):
     with pytest.raises(OutputExists, match="not written by"):
         export_weights(tmp_path / "sd.pt", out, max_shard_size=500, overwrite=True)
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_numpy_arrays_in_a_plain_pickle(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    arrays = {"w": np.linspace(-3, 3, 12, dtype=np.float32).reshape(3, 4), "big_endian": np.arange(4, dtype=">f8"),
+              "fortran": np.asfortranarray(np.arange(6, dtype=np.int16).reshape(2, 3))}
+    (tmp_path / "arrays.pkl").write_bytes(pickle.dumps(arrays, protocol=4))
+    export_weights(tmp_path / "arrays.pkl", tmp_path / "a.safetensors", dtype="bf16")
+    expected = {k: torch.from_numpy(np.ascontiguousarray(v.astype(v.dtype.newbyteorder("=")))) for k, v in arrays.items()}
+    _assert_equal(load_file(tmp_path / "a.safetensors"),
+                  {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in expected.items()})

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from .._version import __version__
-from ..dtypes import NATIVE, NUMPY_TO_DTYPE
+from ..dtypes import ITEMSIZE_BY_CODE, NATIVE, NUMPY_TO_DTYPE
 from ..errors import CannotWrite, ConvertError, OutputExists, UnsupportedValue
 from ..read.records import NdArrayRef, TensorRef
 from ..read.source import SourceBytes
@@ -32,7 +33,7 @@ from ..write.shards import index_bytes, shard_name
 from ..write.source_hash import PENDING_SHA256
 from ..write.temp import TempFolder, remove_stale_temporaries
 from ..write.tensor_bytes import contiguous_source, is_contiguous, ndarray_bytes, tensor_bytes
-from .cast import FLOAT_CODES, ITEMSIZE, cast_bytes, cast_chunks
+from .cast import FLOAT_CODES, cast_bytes, cast_chunks
 
 MARK_KEY = "ckpt_convert_export"  # metadata key that marks a file this command wrote (its value: the version)
 SHA_KEY = "source_sha256"
@@ -56,41 +57,24 @@ def make_entries(tensors: dict[str, Any], dtype: str | None) -> tuple[list[Entry
     entries, cast = [], 0
     for name, ref in tensors.items():
         if isinstance(ref, NdArrayRef):
-            code = NATIVE.get(NUMPY_TO_DTYPE.get(ref.dtype[1:]))  # type: ignore[arg-type]
-            shape = list(ref.shape)
+            code, what = NATIVE.get(NUMPY_TO_DTYPE.get(ref.dtype[1:])), ref.dtype  # type: ignore[arg-type]
         else:
             if ref.conj or ref.neg:
                 raise UnsupportedValue(f"{name} has torch's conj/neg bit set; resolve it (.resolve_conj()) first")
-            code = NATIVE.get(ref.dtype)
-            shape = list(ref.shape)
+            code, what = NATIVE.get(ref.dtype), ref.dtype.name
         if code is None:
-            what = ref.dtype if isinstance(ref, NdArrayRef) else ref.dtype.name
             raise UnsupportedValue(f"{name} is {what}, which safetensors has no type for")
         target = dtype if dtype and code in FLOAT_CODES else code
-        numel = 1
-        for n in shape:
-            numel *= n
-        itemsize = ITEMSIZE.get(target) or _itemsize(ref)
+        shape = list(ref.shape)
+        nbytes = math.prod(shape) * ITEMSIZE_BY_CODE[target]
         if target != code:
             cast += 1
-            entries.append(Entry(name, target, shape, numel * itemsize, _cast_data(ref, code, target)))
+            entries.append(Entry(name, target, shape, nbytes, _cast_data(ref, code, target)))
         elif isinstance(ref, NdArrayRef):
-            entries.append(Entry(name, code, shape, numel * itemsize, lambda ref=ref: ndarray_bytes(ref)))
+            entries.append(Entry(name, code, shape, nbytes, lambda ref=ref: ndarray_bytes(ref)))
         else:
-            entries.append(Entry(name, code, shape, numel * itemsize, lambda ref=ref: tensor_bytes(ref),
-                                 contiguous_source(ref)))
+            entries.append(Entry(name, code, shape, nbytes, lambda ref=ref: tensor_bytes(ref), contiguous_source(ref)))
     return entries, cast
-
-
-def _itemsize(ref: Any) -> int:
-    return len(ref.data) // max(1, _numel(ref.shape)) if isinstance(ref, NdArrayRef) else ref.dtype.itemsize
-
-
-def _numel(shape: Any) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 def _cast_data(ref: Any, src: str, dst: str) -> Callable[[], Any]:
