@@ -48,10 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="write a checkpoint's model weights as one plain model.safetensors (or HF shards)",
                        description="Export the model state dict of SRC (a checkpoint file, a torch.distributed.checkpoint "
-                       "folder, or a Trainer/Accelerate/HF folder with pytorch_model.bin) as the safetensors file OUT that "
+                       "folder, a Trainer/Accelerate/HF folder with pytorch_model.bin, or a converted folder) as the "
+                       "safetensors file OUT that "
                        "from_pretrained, timm, ComfyUI... load directly. Tied tensors are written once (the dropped names "
                        "are listed). Nothing in SRC is executed; OUT appears atomically; no torch needed.")
-    p.add_argument("src", help="checkpoint file, DCP folder, or Trainer/Accelerate/HF checkpoint folder")
+    p.add_argument("src", help="checkpoint file, DCP folder, Trainer/Accelerate/HF checkpoint folder, or converted folder")
     p.add_argument("out", help="OUT.safetensors (with --max-shard-size: a folder)")
     p.add_argument("--key", metavar="PATH", help="where the state dict is (state_dict, model_state_dict, ema, module, "
                    "model.ema, a/b); default: the root if it is one, else the first of state_dict, model_state_dict, "
