@@ -9,6 +9,7 @@
 from ._version import __version__
 from .api import ConversionReport, ScanReport, convert_checkpoint, read_checkpoint, scan_checkpoint, verify_checkpoint
 from .errors import ConvertError, MalformedCheckpoint, OutputExists, UnsafeCheckpoint, UnsupportedValue
+from .export import ExportReport, export_weights
 from .model.records import GlobalRef, ObjectRecord
 from .ops.verify import verify_folder
 
@@ -29,6 +30,7 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "ConversionReport",
     "ConvertError",
+    "ExportReport",
     "GlobalRef",
     "MalformedCheckpoint",
     "ObjectRecord",
@@ -40,6 +42,7 @@ __all__ = [
     "__version__",
     "compare_trees",
     "convert_checkpoint",
+    "export_weights",
     "load_checkpoint",
     "read_checkpoint",
     "save_checkpoint",

@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("sidecar",),               # the format: codec, schema, JSON I/O, integrity checks
     ("read", "write", "load"),  # the pickle reader; the folder writer; the folder loader
     ("sources",),               # every input kind as a Source; discovery
-    ("ops", "scan"),            # convert/verify/inspect/read/save over any Source; scan beside it
+    ("ops", "scan", "export"),  # convert/verify/inspect/read/save over any Source; scan and export beside it
     ("migrate",),               # folders and fleets: discovery + ops
     ("api",),                   # the public API: re-exports of the operations
     ("cli", "lightning"),       # front ends

@@ -56,6 +56,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     p.set_defaults(run=commands.convert)
 
+    p = sub.add_parser("export", help="write a checkpoint's model weights as one plain model.safetensors (or HF shards)",
+                       description="Export the model state dict of SRC (a checkpoint file, a torch.distributed.checkpoint "
+                       "folder, a Trainer/Accelerate/HF folder with pytorch_model.bin, or a converted folder) as the "
+                       "safetensors file OUT that "
+                       "from_pretrained, timm, ComfyUI... load directly. Tied tensors are written once (the dropped names "
+                       "are listed). Nothing in SRC is executed; OUT appears atomically; no torch needed.")
+    p.add_argument("src", help="checkpoint file, DCP folder, Trainer/Accelerate/HF checkpoint folder, or converted folder")
+    p.add_argument("out", help="OUT.safetensors (with --max-shard-size: a folder)")
+    p.add_argument("--key", metavar="PATH", help="where the state dict is (state_dict, model_state_dict, ema, module, "
+                   "model.ema, a/b); default: the root if it is one, else the first of state_dict, model_state_dict, "
+                   "model_state, model, module, net, network, params, weights")
+    p.add_argument("--strip-prefix", metavar="PREFIX", help="remove PREFIX from the names that start with it (e.g. model.)")
+    p.add_argument("--add-prefix", metavar="PREFIX", help="put PREFIX before every name (after --strip-prefix)")
+    p.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), help="cast floating tensors (bit-exact with torch's .to)")
+    p.add_argument("--max-shard-size", metavar="SIZE", help="write OUT as a folder of model-0000N-of-0000M.safetensors "
+                   "shards of at most SIZE (e.g. 5GB) + model.safetensors.index.json")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if an earlier export wrote it (never anything else)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    p.set_defaults(run=commands.export)
+
     p = sub.add_parser("verify", help="check a converted folder: against its source, or on its own",
                        description="verify SRC DST: exit 0 iff DST loads to a tree equivalent to SRC (types, key "
                        "order, dtypes, bitwise values, aliasing). verify FOLDER: exit 0 iff every data file of "

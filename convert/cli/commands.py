@@ -27,6 +27,24 @@ def convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def export(args: argparse.Namespace) -> int:
+    from ..export import export_weights
+
+    report = export_weights(args.src, args.out, key=args.key, strip_prefix=args.strip_prefix, add_prefix=args.add_prefix,
+                            dtype=args.dtype, max_shard_size=args.max_shard_size, overwrite=args.overwrite)
+    if not args.quiet:
+        where = f" [{report.key}]" if report.key else ""
+        cast = f", {report.cast} cast to {args.dtype}" if report.cast else ""
+        print(f"exported {report.source}{where} → {report.destination}: {report.tensors} tensors, "
+              f"{human_bytes(report.bytes)} in {len(report.files)} file(s){cast}")
+        for name, kept in report.dropped.items():
+            print(f"  tied: {name} not written (shares {kept}'s storage; loaders re-tie it)")
+        if report.skipped:
+            print(f"  not tensors, left out: {', '.join(report.skipped[:20])}"
+                  + (f" and {len(report.skipped) - 20} more" if len(report.skipped) > 20 else ""))
+    return 0
+
+
 def verify(args: argparse.Namespace) -> int:
     if args.dst is None:
         return verify_folder_only(Path(args.src))
