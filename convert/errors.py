@@ -61,3 +61,14 @@ class DestinationBusy(ConvertError):
 
 class CorruptFolder(MalformedCheckpoint):
     """A converted folder fails its own integrity record: a digest, a size, or files from different conversions."""
+
+
+class SignatureInvalid(ConvertError):
+    """A signed folder fails its signature: a file changed, added or removed, or a key/certificate not trusted."""
+
+    exit_code = 3
+    label = "untrusted"
+
+
+class UnsignedFolder(SignatureInvalid):
+    """A trust policy asks for a signature and the folder has none."""

@@ -20,6 +20,7 @@ from ..integrity import check_digest, check_header, has_record, mapping_sha256
 from ..jsonio import strict_json
 from ..read.torch_types import DTYPES_BY_NAME
 from ..schema import MAX_SIDECAR_DEPTH, SIDECAR_NAME, check_sidecar_size, validate
+from ..sign import TrustPolicy, check_trust
 from ..torch_values import torch_dtype
 from ..views import view_end
 from .decode import Decoder
@@ -257,7 +258,7 @@ class _Loader:
 
 
 def load_checkpoint(folder: str | os.PathLike, map_location: MapLocation = None, *, mmap: bool = True,
-                    verify: bool = False) -> Any:
+                    verify: bool = False, trust: TrustPolicy | None = None) -> Any:
     """Load a folder written by `convert_checkpoint`, equivalent to `torch.load` of the original.
 
     Reads only `checkpoint.json` and the safetensors files: no pickle is involved. Tensors are
@@ -273,13 +274,15 @@ def load_checkpoint(folder: str | os.PathLike, map_location: MapLocation = None,
     Every load checks that each data file carries the sidecar's folder id and the recorded data
     size (a checkpoint.json from another conversion is refused, with CorruptFolder). `verify=True`
     also checks the sha256 of every data file first (reads every byte once; ConvertError for a
-    folder written without digests).
+    folder written without digests). `trust=TrustPolicy(...)` (convert.sign) first checks the
+    folder's signature: UnsignedFolder or SignatureInvalid before any tensor is built.
 
     Example:
         >>> ck = load_checkpoint("new/checkpoint")            # doctest: +SKIP
         >>> model.load_state_dict(ck["model_state_dict"])     # doctest: +SKIP
     """
     folder = Path(folder)
+    check_trust(folder, trust)  # before anything of the folder is parsed
     device = _device(map_location)
     sidecar = read_sidecar(folder)
     loader = _Loader(folder, sidecar, device)

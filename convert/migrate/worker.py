@@ -10,6 +10,7 @@ from typing import Any
 
 from ..api import convert_checkpoint, scan_checkpoint, verify_checkpoint
 from ..errors import ConvertError, UnsafeCheckpoint
+from ..sign.context import signing
 from .frameworks import convert_framework_folder, folder_files, verify_framework_folder
 from .hf import convert_hf_folder, hf_checkpoint_files, verify_hf_folder
 from .walker import Job
@@ -28,10 +29,11 @@ def hang_if_injected(job: Job) -> None:
             time.sleep(600)
 
 
-def pool_job(job: Job, dst_root: str, max_shard_size: str | None = None) -> dict[str, Any]:
+def pool_job(job: Job, dst_root: str, max_shard_size: str | None = None, sign_key: str | None = None) -> dict[str, Any]:
     """`run_job` as a pool or Ray task runs it (with the tests' fault injection)."""
     hang_if_injected(job)
-    return run_job(job, dst_root, max_shard_size)
+    with signing(sign_key):  # each folder written is signed before it appears (convert.sign)
+        return run_job(job, dst_root, max_shard_size)
 
 
 def run_job(job: Job, dst_root: str, max_shard_size: str | None = None) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from pathlib import Path
 from ..errors import CannotWrite, ConvertError, OutputExists, UnsupportedValue
 from ..integrity import FOLDER_ID_KEY, fd_sha256, new_folder_id, record
 from ..schema import SIDECAR_NAME, check_sidecar_size
+from ..sign.context import sign_finished
 from .durable import (
     DestinationLock,
     ExchangeUnsupported,
@@ -125,6 +126,7 @@ def _build_folder(dst: Path, fill: Callable[[Path], None], overwrite: bool) -> N
                 temp = TempFolder.create(dst)
             try:
                 fill(temp.build)
+                sign_finished(temp.build)  # signing asked for (convert.sign.signing): part of the atomic folder
                 fault_point("before-rename")
                 _install(temp, dst, overwrite)
                 fsync_dir(dst.parent)
