@@ -393,3 +393,57 @@ def test_without_model_signing_sign_options_say_what_to_install_and_the_rest_nev
     for args in (["scan", src], ["convert", src, tmp_path / "y"]):  # nothing of signing unless asked for
         proc = run_python(NO_MODEL_SIGNING, "pass", *args, pythonpath=[REPO_ROOT])
         assert proc.returncode == 0, proc.stderr
+
+
+# ------------------------------------------------------------------------------ certificates
+
+
+def _certificate_authority(folder: Path, name: str):
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def certificate(subject: str, key, issuer_name, issuer_key, ca: bool):
+        builder = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+                   .issuer_name(issuer_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=30))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+                   .add_extension(x509.KeyUsage(digital_signature=not ca, content_commitment=False, key_encipherment=False,
+                                                data_encipherment=False, key_agreement=False, key_cert_sign=ca,
+                                                crl_sign=ca, encipher_only=False, decipher_only=False), critical=True))
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{name} root")])
+    ca = certificate(f"{name} root", ca_key, ca_name, ca_key, True)
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    leaf = certificate(f"{name} release signer", leaf_key, ca_name, ca_key, False)
+    paths = {"root": folder / f"{name}-root.pem", "leaf": folder / f"{name}-leaf.pem", "key": folder / f"{name}-leaf.key"}
+    paths["root"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths["leaf"].write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    paths["key"].write_bytes(leaf_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                    serialization.NoEncryption()))
+    return paths
+
+
+def test_certificate_signed_folder_verifies_against_its_root_only(tmp_path):
+    ours, theirs = _certificate_authority(tmp_path, "ours"), _certificate_authority(tmp_path, "theirs")
+    folder = tmp_path / "out"
+    convert_checkpoint(_sharded_source(tmp_path), folder)
+    proc = run_cli("sign", folder, "--private-key", ours["key"], "--signing-certificate", ours["leaf"],
+                   "--certificate-chain", ours["root"])
+    assert proc.returncode == 0, proc.stderr
+    assert_equivalent(load_checkpoint(folder, trust=TrustPolicy(certificate_roots=(ours["root"],))), _state(0))
+    proc = run_cli("verify", folder, "--certificate-root", ours["root"])
+    assert proc.returncode == 0, proc.stderr
+    model_signing.verifying.Config().use_certificate_verifier(certificate_chain=[ours["root"]]).verify(
+        folder, folder / SIGNATURE_NAME)  # upstream agrees
+    with pytest.raises(SignatureInvalid, match="not by an accepted signer"):
+        verify_signature(folder, TrustPolicy(certificate_roots=(theirs["root"],)))
+    (folder / "checkpoint.json").write_bytes((folder / "checkpoint.json").read_bytes() + b" ")
+    with pytest.raises(SignatureInvalid, match=r"changed: checkpoint\.json"):
+        load_checkpoint(folder, trust=TrustPolicy(certificate_roots=(ours["root"],)))
