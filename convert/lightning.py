@@ -26,7 +26,7 @@ from .errors import ConvertError
 from .load import load_checkpoint
 from .save import save_checkpoint
 from .schema import SIDECAR_NAME
-from .sign import Signer, TrustPolicy
+from .sign import Signer, TrustPolicy, check_trust
 from .tree import transform
 
 __all__ = ["SafetensorsCheckpointIO"]
@@ -84,6 +84,7 @@ class SafetensorsCheckpointIO(CheckpointIO):
         if path.is_dir():
             return load_checkpoint(path, map_location=device, trust=self.trust)
         if path.is_file():
+            check_trust(path, self.trust)  # a pickled .ckpt carries no signature: refused unless allow_unsigned
             checkpoint = read_checkpoint(path)
             if device is not None and torch.device(device).type != "cpu":
                 checkpoint = transform(checkpoint, lambda v: v.to(device) if isinstance(v, torch.Tensor) else v)

@@ -318,6 +318,11 @@ def test_lightning_plugin_signs_checkpoints_and_loads_them_with_a_trust_policy(t
     (folder / "checkpoint.json").write_bytes((folder / "checkpoint.json").read_bytes() + b" ")
     with pytest.raises(SignatureInvalid):
         plugin.load_checkpoint(folder)
+    pickled = tmp_path / "old.ckpt"
+    torch.save({"epoch": 1}, pickled)
+    with pytest.raises(UnsignedFolder):  # an old pickled .ckpt has no signature: refused under a policy
+        plugin.load_checkpoint(pickled)
+    assert SafetensorsCheckpointIO(trust=_policy(keys, allow_unsigned=True)).load_checkpoint(pickled) == {"epoch": 1}
 
 
 # ------------------------------------------------------------------------------ failures while signing
