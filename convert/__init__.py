@@ -13,7 +13,8 @@ from .integrity import verify_folder
 from .read.records import GlobalRef, ObjectRecord
 
 # Torch-side entry points are imported on first use, so `scan` and `convert` work without torch installed.
-_LAZY = {"compare_trees": ".compare", "load_checkpoint": ".load", "save_checkpoint": ".save", "SaveReport": ".save"}
+_LAZY = {"compare_trees": ".compare", "load_checkpoint": ".load", "save_checkpoint": ".save", "SaveReport": ".save",
+         "TrustPolicy": ".sign"}
 
 
 def __getattr__(name: str) -> object:
@@ -35,6 +36,7 @@ __all__ = [
     "OutputExists",
     "SaveReport",
     "ScanReport",
+    "TrustPolicy",
     "UnsafeCheckpoint",
     "UnsupportedValue",
     "__version__",

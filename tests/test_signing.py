@@ -21,12 +21,12 @@ import model_signing.verifying  # noqa: E402
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 
-from convert import convert_checkpoint, load_checkpoint  # noqa: E402
+from convert import TrustPolicy, convert_checkpoint, load_checkpoint  # noqa: E402
 from convert.errors import ConvertError, SignatureInvalid, UnsignedFolder  # noqa: E402
 from convert.integrity import verify_folder  # noqa: E402
 from convert.migrate.hf import convert_hf_folder  # noqa: E402
 from convert.save import save_checkpoint  # noqa: E402
-from convert.sign import SIGNATURE_NAME, TrustPolicy, verify_signature  # noqa: E402
+from convert.sign import SIGNATURE_NAME, verify_signature  # noqa: E402
 from tests.helpers import REPO_ROOT, assert_equivalent, assert_one_line_error, run_cli, run_python  # noqa: E402
 
 UPSTREAM_CLI = Path(sys.executable).with_name("model_signing")
