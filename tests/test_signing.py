@@ -452,3 +452,14 @@ def test_certificate_signed_folder_verifies_against_its_root_only(tmp_path):
     (folder / "checkpoint.json").write_bytes((folder / "checkpoint.json").read_bytes() + b" ")
     with pytest.raises(SignatureInvalid, match=r"changed: checkpoint\.json"):
         load_checkpoint(folder, trust=TrustPolicy(certificate_roots=(ours["root"],)))
+
+
+def test_convert_sign_key_and_sign_need_no_torch(tmp_path, keys):
+    from tests.test_torch_free import run_without_torch
+
+    src = _sharded_source(tmp_path)
+    proc = run_without_torch("convert", src, tmp_path / "out", "--sign-key", keys["ours"][0], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    proc = run_without_torch("sign", tmp_path / "out", "--private-key", keys["ours"][0], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    verify_signature(tmp_path / "out", _policy(keys))
