@@ -234,6 +234,22 @@ def test_folder_signed_by_upstream_api_and_cli_verifies_with_ckpt_convert(tmp_pa
     _assert_refused(by_cli, keys, match="changed: checkpoint.json")
 
 
+def test_a_signature_that_leaves_a_present_file_out_is_refused(tmp_path, keys):
+    folder = tmp_path / "out"
+    convert_checkpoint(_sharded_source(tmp_path), folder)
+    (folder / "README.md").write_text("model card")
+    proc = subprocess.run([UPSTREAM_CLI, "sign", "key", folder, "--signature", folder / SIGNATURE_NAME,
+                           "--private_key", keys["ours"][0], "--ignore-paths", folder / "README.md"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    (folder / "README.md").write_text("changed, and upstream does not notice")
+    model_signing.verifying.Config().use_elliptic_key_verifier(public_key=keys["ours"][1]).verify(
+        folder, folder / SIGNATURE_NAME)
+    _assert_refused(folder, keys, match="left out of the signature")
+    (folder / "README.md").unlink()  # nothing present is left out: accepted
+    verify_signature(folder, _policy(keys))
+
+
 # ------------------------------------------------------------------------------ signing as it writes
 
 

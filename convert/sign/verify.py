@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 from pathlib import Path
 
-from ..errors import SignatureInvalid, UnsignedFolder
+from ..errors import MalformedCheckpoint, SignatureInvalid, UnsignedFolder
+from ..jsonio import strict_json
 from .library import hashing_config, model_signing
 from .policy import TrustPolicy
 from .sign import SIGNATURE_NAME
@@ -51,15 +53,35 @@ def verify_signature(folder: str | os.PathLike, policy: TrustPolicy) -> None:
         config = use(ms.verifying.Config()).set_hashing_config(hashing_config(ms, SIGNATURE_NAME))
         try:
             config.verify(folder, signature)
-            return
         except Exception as exc:  # the library raises ValueError and others; any failure is a refusal
             reasons.append(" ".join(str(exc).split()) or type(exc).__name__)
+            continue
+        _check_every_file_is_covered(folder, signature)
+        return
     # A "Signature mismatch" means the signer is accepted and the files differ: the most useful reason.
     mismatch = [r for r in reasons if r.startswith("Signature mismatch")]
     if mismatch:
         raise SignatureInvalid(f"{folder} is not as signed: {_files_differing(mismatch[0])}")
     reason = (reasons or ["no accepted key or certificate root"])[0]
     raise SignatureInvalid(f"{folder}: the signature is not by an accepted signer or is damaged: {_shorten(reason)}")
+
+
+def _check_every_file_is_covered(folder: Path, signature: Path) -> None:
+    """Refuse files the (verified) signature leaves out on purpose: a signer may list paths to ignore
+    (upstream's `--ignore-paths`), and a file there could change unnoticed. Only the signature itself
+    and the git names (refused above) may be left out."""
+    try:
+        bundle = strict_json(signature.read_bytes(), str(signature))
+        statement = strict_json(base64.b64decode(bundle["dsseEnvelope"]["payload"], validate=True), str(signature))
+        ignored = statement["predicate"]["serialization"].get("ignore_paths", [])
+    except (KeyError, TypeError, ValueError, AttributeError, MalformedCheckpoint):
+        raise SignatureInvalid(f"{signature}: the signed statement has no serialization record") from None
+    for name in ignored:
+        if not isinstance(name, str):
+            raise SignatureInvalid(f"{signature}: the signed statement's ignore_paths is malformed")
+        if name != SIGNATURE_NAME and name not in UNSIGNABLE and os.path.lexists(folder / name):
+            raise SignatureInvalid(f"{folder / name} is left out of the signature (its signer ignored it); "
+                                   "sign the folder without ignored paths")
 
 
 def check_trust(folder: str | os.PathLike, trust: TrustPolicy | None) -> None:
