@@ -276,6 +276,11 @@ def test_cli_convert_sign_key_and_sign_command(tmp_path, keys):
     assert not (tmp_path / "nokey").exists()
     assert_one_line_error(run_cli("sign", plain, "--private-key", keys["ours"][1]))  # a public key cannot sign
     assert_one_line_error(run_cli("verify", src, plain, "--public-key", keys["ours"][1]))
+    assert_one_line_error(run_cli("verify", plain, "--public-key", tmp_path / "missing.pub"))
+    (plain / "alias.json").symlink_to("checkpoint.json")
+    proc = run_cli("sign", plain, "--private-key", keys["ours"][0])
+    assert_one_line_error(proc)
+    assert "symlink" in proc.stderr and "allow_symlinks" not in proc.stderr
 
 
 def test_save_checkpoint_sign_and_overwrite_keep_the_folder_signed(tmp_path, keys):

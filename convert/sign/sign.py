@@ -59,5 +59,7 @@ def sign_folder(folder: str | os.PathLike, *, private_key: str | os.PathLike,
         with contextlib.suppress(OSError):
             partial.unlink()
         reason = " ".join(str(exc).split()) or type(exc).__name__
+        reason = reason.replace(" This behavior can be changed with `allow_symlinks`.",  # not an option here
+                                " (a signed folder holds regular files only)")
         raise ConvertError(f"cannot sign {folder}: {reason}") from None
     return folder / SIGNATURE_NAME

@@ -7,7 +7,7 @@ import os
 import re
 from pathlib import Path
 
-from ..errors import MalformedCheckpoint, SignatureInvalid, UnsignedFolder
+from ..errors import ConvertError, MalformedCheckpoint, SignatureInvalid, UnsignedFolder
 from ..jsonio import strict_json
 from .library import hashing_config, model_signing
 from .policy import TrustPolicy
@@ -45,6 +45,9 @@ def verify_signature(folder: str | os.PathLike, policy: TrustPolicy) -> None:
         if os.path.lexists(folder / name):
             raise SignatureInvalid(f"{folder / name} is not covered by the signature (model-signing never signs git "
                                    "files); remove it")
+    for path in (*policy.public_keys, *policy.certificate_roots):  # the service's own files: exit 2, not "untrusted"
+        if not path.is_file():
+            raise ConvertError(f"cannot verify {folder}: {path} (a trust-policy key or certificate) is not a readable file")
     ms = model_signing()
     reasons = []
     verifiers = [lambda c, k=key: c.use_elliptic_key_verifier(public_key=k) for key in policy.public_keys]
