@@ -44,6 +44,7 @@ from ..primitives.durable import (
 from ..primitives.temp import TempFolder, remove_stale_temporaries
 from ..sidecar.integrity import FOLDER_ID_KEY, fd_sha256, new_folder_id, record, seal
 from ..sidecar.schema import SIDECAR_NAME, check_sidecar_size
+from ..sign.context import sign_finished
 from .ownership import check_replaceable
 from .plan import Plan
 from .safetensors_io import KernelCopySources, write_safetensors
@@ -135,6 +136,7 @@ def _build_folder(dst: Path, fill: Callable[[Path], None], overwrite: bool,
                 temp = TempFolder.create(dst)
             try:
                 fill(temp.build)
+                sign_finished(temp.build)  # signing asked for (convert.sign.signing): part of the atomic folder
                 fault_point("before-rename")
                 if overwrite:
                     check_replaceable(dst, sources)  # again: files may have been added meanwhile
