@@ -14,7 +14,8 @@ from .model.records import GlobalRef, ObjectRecord
 from .ops.verify import verify_folder
 
 # Torch-side entry points are imported on first use, so `scan` and `convert` work without torch installed.
-_LAZY = {"compare_trees": ".ops.compare", "load_checkpoint": ".load", "save_checkpoint": ".ops.save", "SaveReport": ".ops.save"}
+_LAZY = {"compare_trees": ".ops.compare", "load_checkpoint": ".load", "save_checkpoint": ".ops.save", "SaveReport": ".ops.save",
+         "TrustPolicy": ".sign"}
 
 
 def __getattr__(name: str) -> object:
@@ -37,6 +38,7 @@ __all__ = [
     "OutputExists",
     "SaveReport",
     "ScanReport",
+    "TrustPolicy",
     "UnsafeCheckpoint",
     "UnsupportedValue",
     "__version__",

@@ -18,7 +18,7 @@ from .._version import __version__
 from ..errors import ConvertError
 from ..primitives.signals import Terminated, sigterm_raises
 from ..write.folder import ENVIRONMENT_ERRNOS
-from . import commands
+from . import commands, signing
 
 EXIT_DIFFERENT = 3
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "holding nothing else (never a folder of other files, the source's folder or the current folder)")
     p.add_argument("--max-shard-size", metavar="SIZE", help="split state dicts larger than SIZE (e.g. 5GB, 500MiB) into "
                    "NAME-00001-of-0000N.safetensors shards with a NAME.safetensors.index.json")
+    p.add_argument("--sign-key", metavar="KEY", help="sign DST before it appears (model.sig, OpenSSF model-signing "
+                   "format) with this PEM private key; needs pip install 'ckpt-convert[sign]'")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     p.set_defaults(run=commands.convert)
 
@@ -83,7 +85,23 @@ def build_parser() -> argparse.ArgumentParser:
                        "Exit 3 and list the differences otherwise.")
     p.add_argument("src", metavar="SRC|FOLDER")
     p.add_argument("dst", nargs="?", metavar="DST")
+    p.add_argument("--public-key", action="append", default=[], metavar="KEY", help="verify FOLDER: also check its "
+                   "signature (model.sig) against this PEM public key (repeatable: any one may have signed); exit 3 if "
+                   "unsigned or not exactly as signed")
+    p.add_argument("--certificate-root", action="append", default=[], metavar="CERT",
+                   help="like --public-key, for folders signed with a certificate that chains to CERT")
     p.set_defaults(run=commands.verify)
+
+    p = sub.add_parser("sign", help="sign a converted folder (OpenSSF model-signing format, model.sig)",
+                       description="Write FOLDER/model.sig: a signature over the sha256 of every file of FOLDER "
+                       "(checkpoint.json included), made and checkable by the model-signing package. Needs pip install "
+                       "'ckpt-convert[sign]'.")
+    p.add_argument("folder", metavar="FOLDER")
+    p.add_argument("--private-key", required=True, metavar="KEY", help="PEM elliptic-curve private key")
+    p.add_argument("--signing-certificate", metavar="CERT", help="sign as this certificate (its key is --private-key)")
+    p.add_argument("--certificate-chain", action="append", metavar="CERT", help="intermediate certificate (repeatable)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    p.set_defaults(run=signing.sign)
 
     p = sub.add_parser("inspect", help="print the tree of a converted folder (or a checkpoint file)",
                        description="Print keys, dtypes, shapes, sizes and values of a converted folder, from its "
@@ -135,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "in SRC_DIR, default the journal's source, and not done yet); converts nothing")
     p.add_argument("--jobs", "-j", type=int, default=None, help="worker processes (default: number of cores)")
     p.add_argument("--max-shard-size", metavar="SIZE", help="shard state dicts larger than SIZE (e.g. 5GB)")
+    p.add_argument("--sign-key", metavar="KEY", help="sign every converted folder (model.sig) with this PEM private key")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar; print only the summary")
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the summary table")
     p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",

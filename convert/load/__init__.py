@@ -21,6 +21,7 @@ from ..model.views import view_end
 from ..primitives.hashing import sha256_mapping
 from ..sidecar.integrity import check_digest, check_header, has_record
 from ..sidecar.schema import SIDECAR_NAME, inside_folder, read_sidecar
+from ..sign import TrustPolicy, check_trust
 from .decode import Decoder
 from .materialize import jobs_for, read_to_host
 from .rebuild import Piece, entry_index, plain_array, plain_tensor, rebuild_storage
@@ -223,7 +224,7 @@ class _Loader:
 
 
 def load_checkpoint(folder: str | os.PathLike, map_location: MapLocation = None, *, mmap: bool = True,
-                    verify: bool = False) -> Any:
+                    verify: bool = False, trust: TrustPolicy | None = None) -> Any:
     """Load a folder written by `convert_checkpoint`, equivalent to `torch.load` of the original.
 
     Reads only `checkpoint.json` and the safetensors files: no pickle is involved. Tensors are
@@ -240,12 +241,15 @@ def load_checkpoint(folder: str | os.PathLike, map_location: MapLocation = None,
     size (a checkpoint.json from another conversion is refused, with CorruptFolder). `verify=True`
     also checks that checkpoint.json is exactly as written (its seal) and the sha256 of every data
     file first (reads every byte once; ConvertError for a folder written without digests).
+    folder written without digests). `trust=TrustPolicy(...)` (convert.sign) first checks the
+    folder's signature: UnsignedFolder or SignatureInvalid before any tensor is built.
 
     Example:
         >>> ck = load_checkpoint("new/checkpoint")            # doctest: +SKIP
         >>> model.load_state_dict(ck["model_state_dict"])     # doctest: +SKIP
     """
     folder = Path(folder)
+    check_trust(folder, trust)  # before anything of the folder is parsed
     device = _device(map_location)
     sidecar = read_sidecar(folder, check_seal=verify)  # verify: an edited checkpoint.json is CorruptFolder
     loader = _Loader(folder, sidecar, device)

@@ -12,6 +12,7 @@ from ..errors import ConvertError, OutputExists, UnsafeCheckpoint
 from ..ops.checkpoint import convert_checkpoint, verify_checkpoint
 from ..ops.units import convert_unit, verify_unit
 from ..scan import scan_checkpoint
+from ..sign.context import signing
 from ..sources.discover import unit_sources
 from .walker import Job
 
@@ -45,10 +46,11 @@ def converted_from(out: Path, source: Path) -> bool:
         return False
 
 
-def pool_job(job: Job, dst_root: str, max_shard_size: str | None = None) -> dict[str, Any]:
+def pool_job(job: Job, dst_root: str, max_shard_size: str | None = None, sign_key: str | None = None) -> dict[str, Any]:
     """`run_job` as a pool or Ray task runs it (with the tests' fault injection)."""
     hang_if_injected(job)
-    return run_job(job, dst_root, max_shard_size)
+    with signing(sign_key):  # each folder written is signed before it appears (convert.sign)
+        return run_job(job, dst_root, max_shard_size)
 
 
 def run_job(job: Job, dst_root: str, max_shard_size: str | None = None) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import Any
 from ..errors import OutputExists
 from ..primitives.hashing import BackgroundSha256, sha256_fd
 from ..read import Input, read_tree
+from ..sign.context import Signer, signing
 from ..write.ownership import check_replaceable
 from ..write.plan import make_plan
 from ..write.safetensors_io import KernelCopySource
@@ -36,7 +37,8 @@ class ConversionReport:
 
 
 def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool = False,
-                       max_shard_size: int | str | None = None) -> ConversionReport:
+                       max_shard_size: int | str | None = None, sign: Signer | str | os.PathLike | None = None
+                       ) -> ConversionReport:
     """Convert a pickled checkpoint file (or a torch.distributed.checkpoint folder) to a folder of
     safetensors files plus `checkpoint.json`.
 
@@ -46,9 +48,15 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, overwr
     `max_shard_size` ("5GB", "500MiB" or bytes) splits larger state dicts into
     `NAME-00001-of-0000N.safetensors` shards with a `NAME.safetensors.index.json`.
 
+    `sign` (a private key's path or a convert.sign.Signer; needs `ckpt-convert[sign]`) signs the
+    folder before it appears: `model.sig`, OpenSSF model-signing format.
+
     Example:
         >>> convert_checkpoint("old/checkpoint.pth", "new/checkpoint")   # doctest: +SKIP
     """
+    if sign is not None:
+        with signing(sign):
+            return convert_checkpoint(src, dst, overwrite=overwrite, max_shard_size=max_shard_size)
     src, dst = Path(src), Path(dst)
     if dst.exists() and not overwrite:  # before reading a possibly large source (write_folder checks again)
         raise OutputExists(f"{dst} already exists; pass --overwrite (overwrite=True) to replace it")

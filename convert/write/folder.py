@@ -45,6 +45,7 @@ from ..primitives.lock import WriterLock, remove_stale_lock
 from ..primitives.temp import TempFolder, remove_stale_temporaries
 from ..sidecar.integrity import FOLDER_ID_KEY, new_folder_id, record, seal
 from ..sidecar.schema import SIDECAR_NAME, check_sidecar_size
+from ..sign.context import sign_finished
 from .ownership import check_replaceable
 from .plan import Plan
 from .safetensors_io import KernelCopySources, write_safetensors
@@ -125,6 +126,7 @@ def _build_folder(dst: Path, fill: Callable[[Path], None], overwrite: bool,
                 temp = TempFolder.create(dst)
             try:
                 fill(temp.build)
+                sign_finished(temp.build)  # signing asked for (convert.sign.signing): part of the atomic folder
                 faults.point("before-rename")
                 if overwrite:
                     check_replaceable(dst, sources)  # again: files may have been added meanwhile

@@ -26,6 +26,7 @@ from pathlib import Path
 from ..errors import ConvertError, DestinationNotOwned
 from ..sidecar.integrity import FOLDER_ID_KEY, check_header, copied_names, header_identity
 from ..sidecar.schema import SIDECAR_NAME, read_sidecar
+from ..sign.sign import SIGNATURE_NAME
 
 SHOWN = 3  # names of files in the way quoted in the message
 EXPORT_MARK_KEY = "ckpt_convert_export"  # safetensors metadata key marking a file `export` wrote (value: the version)
@@ -106,7 +107,7 @@ def output_names(folder: Path) -> set[str]:
             raise DestinationNotOwned(f"{folder} is not an intact ckpt-convert output ({problem}); refusing to "
                                       "replace it: move it away or write the output to another folder")
     indexes = {sd["file"] for sd in sidecar["state_dicts"] if sd.get("file", "").endswith(".index.json")}
-    return {SIDECAR_NAME, *sidecar["files"], *indexes, *copied_names(sidecar)}
+    return {SIDECAR_NAME, SIGNATURE_NAME, *sidecar["files"], *indexes, *copied_names(sidecar)}  # the signature: ours too
 
 
 def is_export(path: Path) -> bool:
