@@ -26,7 +26,7 @@ from convert.load import materialize
 from convert.schema import schema, validate
 from convert.schema_compiled import UnsupportedSchema, compile_schema
 from convert.write import safetensors_io
-from convert.write.source_hash import BackgroundSha256, sha256_fd
+from convert.write.source_hash import BackgroundSha256, OutputDigest, sha256_fd
 from tests.helpers import assert_equivalent, comparable_snapshot, load_reference, numpy_payload, save
 
 
@@ -110,6 +110,39 @@ def test_writer_without_registered_input_matches_kernel_copy(tmp_path, rich_chec
                 safetensors_io.write_safetensors(out, entries, {**PT_METADATA, "folder_id": folder_id})
             assert (tmp_path / name).read_bytes() == (tmp_path / "ref" / name).read_bytes()
         del result, plan
+
+
+@pytest.mark.parametrize("step,mapped", [(1, 4096 * 8), (5000, 65536 * 2), (1 << 30, 1 << 26)])
+def test_output_digest_follows_the_writer(tmp_path, monkeypatch, step, mapped):
+    """Hashed range by range while the file grows (unaligned ends, ranges spanning several mappings,
+    or all at the end): the digest is the finished file's."""
+    monkeypatch.setattr(OutputDigest, "STEP", step)
+    monkeypatch.setattr(OutputDigest, "MAP", mapped)
+    rng = np.random.default_rng(0)
+    written = bytearray()
+    with open(tmp_path / "f", "wb+") as out:
+        digest = OutputDigest(out.fileno())
+        for size in rng.integers(0, 150_000, 40):
+            piece = rng.bytes(int(size))
+            os.write(out.fileno(), piece)
+            written += piece
+            digest.written(len(written))
+        os.write(out.fileno(), b"tail not reported")  # finish() hashes up to the file's end
+        written += b"tail not reported"
+        assert digest.finish() == hashlib.sha256(written).hexdigest()
+        cancelled = OutputDigest(out.fileno())
+        cancelled.written(len(written))
+        cancelled.cancel()  # returns, the thread gone
+
+
+def test_converted_digests_hashed_while_writing_match_the_files(tmp_path, rich_checkpoint, monkeypatch):
+    monkeypatch.setattr(OutputDigest, "STEP", 1)  # the helper thread hashes after every entry and slice
+    monkeypatch.setattr(safetensors_io, "PROGRESS_STEP", 4096)
+    src = save(rich_checkpoint, tmp_path / "src.pt", "zip")
+    convert_checkpoint(src, tmp_path / "out")
+    files = json.loads((tmp_path / "out" / "checkpoint.json").read_text())["files"]
+    for name, info in files.items():
+        assert info["sha256"] == hashlib.sha256((tmp_path / "out" / name).read_bytes()).hexdigest()
 
 
 def test_sidecar_sha256_is_the_source_files(converted):

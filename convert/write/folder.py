@@ -2,7 +2,7 @@
 
 Steps (each named as a fault-injection point, see `fault_point`):
 1. In a marked temporary folder beside the destination (`temp.TempFolder`), write the data files,
-   each hashed (sha256, read back from the page cache on a helper thread) and fsync'd; then index
+   each hashed as it is written (sha256, `OutputDigest`) and fsync'd; then index
    and copied files.                                                                   after-data
 2. checkpoint.json last, with the folder id and the digests (`integrity.record`).      after-sidecar
 3. fsync the new folder.                                                               after-fsync
@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from ..errors import CannotWrite, ConvertError, OutputExists, UnsupportedValue
-from ..integrity import FOLDER_ID_KEY, fd_sha256, new_folder_id, record
+from ..integrity import FOLDER_ID_KEY, new_folder_id, record
 from ..schema import SIDECAR_NAME, check_sidecar_size
 from .durable import (
     DestinationLock,
@@ -44,6 +44,7 @@ from .durable import (
 )
 from .plan import Plan
 from .safetensors_io import KernelCopySources, write_safetensors
+from .source_hash import OutputDigest
 from .temp import TempFolder, remove_stale_temporaries
 
 PT_METADATA = {"format": "pt"}
@@ -143,14 +144,21 @@ def _write_contents(plan: Plan, folder: Path, copy_files: list[Path], before_sid
                     kernel_copy_source: KernelCopySources) -> None:
     folder_id = new_folder_id()
     metadata = {**PT_METADATA, FOLDER_ID_KEY: folder_id}
-    # Hash + fsync each data file on a helper thread while the next one is written (both release the GIL).
+    # Each data file is hashed as it is written (OutputDigest), then fsync'd on a helper thread while the next is written.
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as finisher:
         pending = {}
         try:
             for name, entries in plan.files.items():
                 with open(folder / name, "xb+") as out:  # readable: hashed back through a dup of its fd
-                    write_safetensors(out, entries, metadata, kernel_copy_source=kernel_copy_source)
-                    pending[name] = finisher.submit(_hash_and_sync, os.dup(out.fileno()))
+                    digest = OutputDigest(os.dup(out.fileno()))  # hashes (and flushes) it as it is written
+                    try:
+                        write_safetensors(out, entries, metadata, kernel_copy_source=kernel_copy_source,
+                                          progress=digest.written)
+                    except BaseException:
+                        digest.cancel()
+                        os.close(digest.fd)
+                        raise
+                    pending[name] = finisher.submit(_hash_and_sync, digest)
             digests = {name: future.result() for name, future in pending.items()}
         finally:
             for future in pending.values():  # on failure: close the fds of hashes that still run
@@ -176,13 +184,13 @@ def _write_contents(plan: Plan, folder: Path, copy_files: list[Path], before_sid
     fault_point("after-fsync")
 
 
-def _hash_and_sync(fd: int) -> str:
+def _hash_and_sync(digest: OutputDigest) -> str:
     try:
-        digest = fd_sha256(fd)
-        fsync_fd(fd)
-        return digest
+        hexdigest = digest.finish()
+        fsync_fd(digest.fd)
+        return hexdigest
     finally:
-        os.close(fd)
+        os.close(digest.fd)
 
 
 def _write_file(path: Path, data: bytes) -> None:

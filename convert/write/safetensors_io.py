@@ -18,7 +18,7 @@ import errno
 import json
 import mmap
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -29,6 +29,7 @@ from .plan import Entry
 
 CHUNK = 32 << 20  # bytes per write() from the input mapping: bounds the pages of it held at once
 KERNEL_CHUNK = 1 << 30  # bytes per copy_file_range/sendfile: small calls cost far more than their bytes
+PROGRESS_STEP = 64 << 20  # with a progress callback, copies are reported at least this often
 _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF, errno.EPERM, errno.ETXTBSY}
 
 
@@ -66,7 +67,8 @@ KernelCopySources = KernelCopySource | Sequence[KernelCopySource] | None
 
 
 def write_safetensors(out: BinaryIO, entries: list[Entry], metadata: dict[str, str], *,
-                      kernel_copy_source: KernelCopySources = None) -> None:
+                      kernel_copy_source: KernelCopySources = None,
+                      progress: Callable[[int], None] | None = None) -> None:
     """Write `entries` as one safetensors file to the open binary file `out` (left positioned at its end).
 
     Args:
@@ -75,38 +77,61 @@ def write_safetensors(out: BinaryIO, entries: list[Entry], metadata: dict[str, s
         metadata: the header's `__metadata__`.
         kernel_copy_source: the input file (or files: a DCP folder's rank files), if entries refer to
             them: their bytes are copied in the kernel.
+        progress: called with the number of bytes in the file so far, after each entry and every
+            PROGRESS_STEP bytes of a large copy (an `OutputDigest` hashes the file as it grows).
     """
     by_buffer = {id(s.buffer): s for s in _as_sequence(kernel_copy_source)}
     ordered = layout(entries)
-    out.write(header_bytes(ordered, metadata))
+    header = header_bytes(ordered, metadata)
+    out.write(header)
     out.flush()  # from here on everything goes to the descriptor directly
     fd = out.fileno()
+    position = len(header)
     for entry in ordered:
-        if entry.nbytes and entry.source is not None:
-            buffer, offset = entry.source
-            source = by_buffer.get(id(buffer))
-            if source is not None and buffer is source.buffer:
-                _copy_file_range(source.fd, offset, fd, entry.nbytes)
-            elif isinstance(buffer, ChunkedSource):
-                _write_chunks(fd, buffer, offset, entry.nbytes)
-            elif hasattr(buffer, "fileno"):  # an input file read with pread (read.source.SourceBytes): no mapping
-                _copy_file_range(buffer.fileno(), offset, fd, entry.nbytes)
-            else:
-                _write_mapped(fd, buffer, offset, entry.nbytes)
-            continue
-        data = entry.data()
-        if not isinstance(data, (bytes, bytearray, memoryview)):  # an iterator of consecutive byte pieces
-            _write_pieces(fd, entry, data)
-            continue
-        try:
-            if len(data) != entry.nbytes:  # a planning bug, never input-dependent: fail loudly
-                raise AssertionError(f"entry {entry.key!r}: produced {len(data)} bytes, planned {entry.nbytes}")
-            _write_all(fd, data)
-        finally:
-            if isinstance(data, memoryview):
-                data.release()
-        for source in by_buffer.values():  # a strided gather may have read a whole storage through the mapping
-            _drop_pages(source.buffer, 0, len(source.buffer))
+        _write_entry(fd, entry, by_buffer, position, progress)
+        position += entry.nbytes
+        if progress is not None:
+            progress(position)
+
+
+def _write_entry(fd: int, entry: Entry, by_buffer: dict[int, KernelCopySource], position: int,
+                 progress: Callable[[int], None] | None) -> None:
+    if entry.nbytes and entry.source is not None:
+        buffer, offset = entry.source
+        source = by_buffer.get(id(buffer))
+        if source is not None and buffer is source.buffer:
+            _copy_reporting(source.fd, offset, fd, entry.nbytes, position, progress)
+        elif isinstance(buffer, ChunkedSource):
+            _write_chunks(fd, buffer, offset, entry.nbytes)
+        elif hasattr(buffer, "fileno"):  # an input file read with pread (read.source.SourceBytes): no mapping
+            _copy_reporting(buffer.fileno(), offset, fd, entry.nbytes, position, progress)
+        else:
+            _write_mapped(fd, buffer, offset, entry.nbytes)
+        return
+    data = entry.data()
+    if not isinstance(data, (bytes, bytearray, memoryview)):  # an iterator of consecutive byte pieces
+        _write_pieces(fd, entry, data)
+        return
+    try:
+        if len(data) != entry.nbytes:  # a planning bug, never input-dependent: fail loudly
+            raise AssertionError(f"entry {entry.key!r}: produced {len(data)} bytes, planned {entry.nbytes}")
+        _write_all(fd, data)
+    finally:
+        if isinstance(data, memoryview):
+            data.release()
+    for source in by_buffer.values():  # a strided gather may have read a whole storage through the mapping
+        _drop_pages(source.buffer, 0, len(source.buffer))
+
+
+def _copy_reporting(src: int, offset: int, dst: int, nbytes: int, position: int,
+                    progress: Callable[[int], None] | None) -> None:
+    """`_copy_file_range` in PROGRESS_STEP slices, reporting the file's size after each (if asked)."""
+    step = nbytes if progress is None else PROGRESS_STEP
+    for start in range(0, nbytes, step):
+        n = min(step, nbytes - start)
+        _copy_file_range(src, offset + start, dst, n)
+        if progress is not None:
+            progress(position + start + n)
 
 
 def _as_sequence(sources: KernelCopySources) -> Sequence[KernelCopySource]:
