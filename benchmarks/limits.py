@@ -100,7 +100,7 @@ class Runner:
         text = b"".join(chunks).decode(errors="replace")
         if proc.returncode not in ok_rc:
             raise SystemExit(f"{' '.join(map(str, argv))} exited {proc.returncode}:\n{text[-3000:]}")
-        result = {"wall": wall, "peak_rss": usage.ru_maxrss * 1024}
+        result = {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "peak_rss": usage.ru_maxrss * 1024}
         last = text.strip().splitlines()[-1] if text.strip() else ""
         if last.startswith("{"):
             child = json.loads(last)
@@ -119,6 +119,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--name", default="limits", help="results file stem (default limits)")
     ap.add_argument("--only", default="", help="comma-separated groups: big,many,scan (default all)")
     ap.add_argument("--keep", action="store_true", help="keep the generated files")
+    ap.add_argument("--baseline", type=Path, help="another checkout (e.g. the previous release): its convert and "
+                    "loads are measured too, interleaved, as '(baseline)' rows")
     args = ap.parse_args(argv)
     groups = set(args.only.split(",")) if args.only else {"big", "many", "scan"}
     args.work.mkdir(parents=True, exist_ok=True)
@@ -129,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
         src = args.work / f"gpt2-{int(args.size_mb)}mb.pt"
         if not src.exists():
             build_gpt2(args.size_mb, src)
-        doc["tables"]["big"] = measure_big(src, args.work, args.reps)
+        doc["tables"]["big"] = measure_big(src, args.work, args.reps, args.baseline)
     if "many" in groups and args.tensors:
         from benchmarks.perf.many_tensors import generate
 
@@ -156,21 +158,24 @@ def interleave(methods: dict, reps: int) -> dict[str, list[dict]]:
             os.sync()
             r = fn()
             runs[name].append(r)
-            print(f"  {name:28s} wall {r['wall']:7.3f} s" + (f"  op {r['op']:7.3f} s" if r.get("op") else "")
+            print(f"  {name:28s} wall {r['wall']:7.3f} s  cpu {r['cpu']:7.3f} s"
+                  + (f"  op {r['op']:7.3f} s" if r.get("op") else "")
                   + f"  peak {r['peak_rss'] / 2**20:6.0f} MiB", flush=True)
     return runs
 
 
 def summary(runs: list[dict]) -> dict:
-    out = {"wall": statistics.median(r["wall"] for r in runs), "peak_rss": statistics.median(r["peak_rss"] for r in runs),
-           "walls": [r["wall"] for r in runs]}
+    out = {"wall": statistics.median(r["wall"] for r in runs), "cpu": statistics.median(r["cpu"] for r in runs),
+           "peak_rss": statistics.median(r["peak_rss"] for r in runs), "walls": [r["wall"] for r in runs]}
     if all(r.get("op") is not None for r in runs):
         out["op"] = statistics.median(r["op"] for r in runs)
         out["ops"] = [r["op"] for r in runs]
     return out
 
 
-def convert_fn(src: Path, dst: Path, env: dict | None = None):
+def convert_fn(src: Path, dst: Path, env: dict | None = None, checkout: Path | None = None):
+    env = {**(env or {}), **({"PYTHONPATH": str(checkout)} if checkout else {})}
+
     def fn() -> dict:
         remove(dst)
         warm(src)
@@ -178,14 +183,16 @@ def convert_fn(src: Path, dst: Path, env: dict | None = None):
     return fn
 
 
-def measure_fn(method: str, path: Path):
+def measure_fn(method: str, path: Path, checkout: Path | None = None):
+    env = {"PYTHONPATH": f"{checkout}:{REPO}"} if checkout else None  # the checkout's convert, this measure.py
+
     def fn() -> dict:
         warm(path)
-        return Runner.run([PY, "-m", "benchmarks.perf.measure", method, str(path)])
+        return Runner.run([PY, "-m", "benchmarks.perf.measure", method, str(path)], env=env)
     return fn
 
 
-def measure_big(src: Path, work: Path, reps: int) -> dict:
+def measure_big(src: Path, work: Path, reps: int, baseline: Path | None) -> dict:
     size = src.stat().st_size
     print(f"GPT-2 + AdamW checkpoint {src} ({size / 1e9:.2f} GB)", flush=True)
     copy, folder = work / "copy.pt", work / "big.converted"
@@ -213,6 +220,10 @@ def measure_big(src: Path, work: Path, reps: int) -> dict:
         "load_checkpoint": measure_fn("load_ours_lazy", folder),
         "load_checkpoint mmap=False": measure_fn("load_ours_full", folder),
     }
+    if baseline is not None:
+        methods |= {"convert (baseline)": convert_fn(src, out, checkout=baseline),
+                    "load_checkpoint (baseline)": measure_fn("load_ours_lazy", folder, baseline),
+                    "load_checkpoint mmap=False (baseline)": measure_fn("load_ours_full", folder, baseline)}
     runs = interleave(methods, reps)
     remove(copy)
     remove(out)
@@ -302,11 +313,12 @@ def render(doc: dict) -> str:
              f"{', '.join(f'{x:.1f}' for x in m['load_average_at_start'])}. Fresh process per measurement, interleaved, "
              f"page cache warm, sync before each, median of {doc['reps']}.", ""]
     for table in doc["tables"].values():
-        lines += [f"## {table['title']}", "", "| what | process wall s | operation s | peak RSS MiB |", "|---|---:|---:|---:|"]
+        lines += [f"## {table['title']}", "", "| what | process wall s | process CPU s | operation s | peak RSS MiB |",
+                  "|---|---:|---:|---:|---:|"]
         for name, row in table["rows"].items():
             op = f"{row['op']:.3f}" if row.get("op") is not None else ""
             extra = f" ({row['per_file'] * 1e3:.1f} ms/file)" if "per_file" in row else ""
-            lines.append(f"| {name} | {row['wall']:.3f}{extra} | {op} | {row['peak_rss'] / 2**20:,.0f} |")
+            lines.append(f"| {name} | {row['wall']:.3f}{extra} | {row['cpu']:.3f} | {op} | {row['peak_rss'] / 2**20:,.0f} |")
         lines += ["", "| target | ratio | met |", "|---|---:|---|"]
         for t in table["targets"]:
             shown = f"{t['value']:.0f} MiB" if t["basis"] == "MiB" else f"{t['ratio']:.2f}× ({t['basis']})"

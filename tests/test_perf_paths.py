@@ -8,7 +8,6 @@ exactly what the simple path gives.
 from __future__ import annotations
 
 import copy
-import errno
 import hashlib
 import json
 import os
@@ -21,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from convert import compare_trees, convert_checkpoint, load_checkpoint
+from convert.errors import ConvertError
 from convert.load import cuda as cuda_mod
 from convert.load import materialize
 from convert.schema import schema, validate
@@ -62,33 +62,28 @@ def _folder_bytes(folder) -> dict[str, bytes]:
 
 # ------------------------------------------------------------------------------------------ writer
 
-@pytest.mark.parametrize("broken", ["none", "copy_file_range", "both"])
-def test_kernel_copy_and_fallbacks_write_identical_bytes(tmp_path, rich_checkpoint, monkeypatch, broken):
+def test_copy_in_small_chunks_writes_identical_bytes(tmp_path, rich_checkpoint, monkeypatch):
     src = save(rich_checkpoint, tmp_path / "src.pt", "zip")
     convert_checkpoint(src, tmp_path / "reference")
+    copies = []
+    real_copy = safetensors_io._Copier.copy
 
-    calls = {"copy_file_range": 0, "sendfile": 0}
-    real_cfr, real_sendfile = os.copy_file_range, os.sendfile
+    def counting(self, *args):
+        copies.append(args)
+        return real_copy(self, *args)
 
-    def fake_cfr(*args, **kwargs):
-        calls["copy_file_range"] += 1
-        if broken in ("copy_file_range", "both"):
-            raise OSError(errno.EXDEV, "cross-device")
-        return real_cfr(*args, **kwargs)
-
-    def fake_sendfile(*args, **kwargs):
-        calls["sendfile"] += 1
-        if broken == "both":
-            raise OSError(errno.EINVAL, "not supported")
-        return real_sendfile(*args, **kwargs)
-
-    monkeypatch.setattr(os, "copy_file_range", fake_cfr)
-    monkeypatch.setattr(os, "sendfile", fake_sendfile)
-    monkeypatch.setattr(safetensors_io, "KERNEL_CHUNK", 4096)  # many chunks per tensor
+    monkeypatch.setattr(safetensors_io._Copier, "copy", counting)
+    monkeypatch.setattr(safetensors_io, "COPY_CHUNK", 4096)  # many reads per tensor, a last one shorter
     convert_checkpoint(src, tmp_path / "fast")
-    assert calls["copy_file_range"] > 0  # the kernel path was really taken
-    assert (calls["sendfile"] > 0) == (broken != "none")
+    assert any(nbytes > 4096 for _, _, nbytes, _ in copies)  # the copy path was really taken, in several reads
     assert _folder_bytes(tmp_path / "fast") == _folder_bytes(tmp_path / "reference")
+
+
+def test_copy_from_an_input_that_shrank_is_refused(tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 10_000)
+    with open(path, "rb") as src, open(tmp_path / "out", "wb") as out, pytest.raises(ConvertError, match="shrank"):
+        safetensors_io._Copier(out.fileno(), None).copy(src.fileno(), 5_000, 6_000, 0)
 
 
 def test_writer_without_registered_input_matches_kernel_copy(tmp_path, rich_checkpoint):
@@ -137,7 +132,7 @@ def test_output_digest_follows_the_writer(tmp_path, monkeypatch, step, mapped):
 
 def test_converted_digests_hashed_while_writing_match_the_files(tmp_path, rich_checkpoint, monkeypatch):
     monkeypatch.setattr(OutputDigest, "STEP", 1)  # the helper thread hashes after every entry and slice
-    monkeypatch.setattr(safetensors_io, "PROGRESS_STEP", 4096)
+    monkeypatch.setattr(safetensors_io, "COPY_CHUNK", 4096)
     src = save(rich_checkpoint, tmp_path / "src.pt", "zip")
     convert_checkpoint(src, tmp_path / "out")
     files = json.loads((tmp_path / "out" / "checkpoint.json").read_text())["files"]
