@@ -89,9 +89,29 @@ def read_to_host(jobs: list[Job], threads: int | None = None) -> dict[tuple[int,
                 pieces.append((fds[id(job.file)], view[start:start + CHUNK], job.offset + start, job.file.path.name))
         pieces.sort(key=lambda p: -len(p[1]))  # big reads first: the pool finishes evenly
         with ThreadPoolExecutor(threads or read_threads(), thread_name_prefix="ckpt-load") as pool:
-            for result in [pool.submit(pread_exact, *piece) for piece in pieces]:
+            for result in [pool.submit(_read_all, batch) for batch in _batches(pieces)]:
                 result.result()
     finally:
         for fd in fds.values():
             os.close(fd)
     return out
+
+
+def _read_all(batch: list[tuple[int, memoryview, int, str]]) -> None:
+    for piece in batch:
+        pread_exact(*piece)
+
+
+def _batches(pieces: list[tuple[int, memoryview, int, str]]) -> list[list[tuple[int, memoryview, int, str]]]:
+    """Consecutive runs of the (size-sorted) pieces, each about CHUNK bytes or one piece: one pool job per
+    run instead of per piece, so hundreds of thousands of small tensors cost as many reads, not as many
+    futures."""
+    batches: list[list[tuple[int, memoryview, int, str]]] = []
+    size = CHUNK
+    for piece in pieces:
+        if size >= CHUNK:
+            batches.append([])
+            size = 0
+        batches[-1].append(piece)
+        size += len(piece[1])
+    return batches
