@@ -337,3 +337,29 @@ def test_cuda_stager_is_reused(converted):
     first = cuda_mod.stager(torch.device("cuda"))
     load_checkpoint(dst, map_location="cuda:0")
     assert cuda_mod.stager(torch.device("cuda:0")) is first
+
+
+# ------------------------------------------------------------------------------------------ reader
+
+@pytest.mark.parametrize("info,message", [
+    ({"dtype": "F32", "shape": [2]}, "must have exactly dtype, shape and data_offsets"),
+    ({"dtype": "F32", "shape": [2], "data_offsets": [0, 8], "x": 1}, "must have exactly"),
+    ({"dtype": "F33", "shape": [2], "data_offsets": [0, 8]}, "unknown dtype"),
+    ({"dtype": ["F32"], "shape": [2], "data_offsets": [0, 8]}, "unknown dtype"),  # unhashable: no TypeError
+    ({"dtype": "F32", "shape": [True, 2], "data_offsets": [0, 8]}, "invalid shape"),
+    ({"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}, "invalid shape"),
+    ({"dtype": "F32", "shape": [2.0], "data_offsets": [0, 8]}, "invalid shape"),
+    ({"dtype": "F32", "shape": {"a": 2}, "data_offsets": [0, 8]}, "invalid shape"),
+    ({"dtype": "F32", "shape": [2], "data_offsets": [0, 9]}, "outside the 8-byte data area"),
+    ({"dtype": "F32", "shape": [2], "data_offsets": [False, 8]}, "outside"),
+    ({"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}, "needs 12 bytes, data_offsets give 8"),
+])
+def test_hostile_safetensors_entries_are_refused_with_one_line(tmp_path, info, message):
+    from convert.errors import MalformedCheckpoint
+    from convert.load.safetensors_reader import SafetensorsFile
+
+    header = json.dumps({"w": info}).encode()
+    path = tmp_path / "x.safetensors"
+    path.write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 8)
+    with pytest.raises(MalformedCheckpoint, match=message):
+        SafetensorsFile(path)
