@@ -44,31 +44,6 @@ def fsync_fd(fd: int) -> None:
         os.fsync(fd)
 
 
-def _load_sync_file_range():
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (AttributeError, OSError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_sync_file_range_fn = _load_sync_file_range()
-_SYNC_FILE_RANGE_WRITE = 2
-
-
-def start_writeback(fd: int, offset: int, nbytes: int) -> None:
-    """Start writing these bytes of `fd` to disk now, without waiting for it (Linux `sync_file_range`
-    with SYNC_FILE_RANGE_WRITE), so the disk works while the rest is written and the final fsync waits
-    only for the tail. A hint, not a guarantee: fsync still makes the file durable (and reports any I/O
-    error); nothing happens where the call is missing or fsync is off."""
-    if _sync_file_range_fn is not None and nbytes > 0 and fsync_enabled():
-        _sync_file_range_fn(fd, offset, nbytes, _SYNC_FILE_RANGE_WRITE)
-
-
 def copy_durably(src: Path, dst: Path) -> None:
     """Copy the file `src` to `dst` (a new file) and fsync it."""
     shutil.copyfile(src, dst)
