@@ -50,20 +50,6 @@ def record(sidecar: dict, folder_id: str, digests: dict[str, str]) -> None:
         sidecar["files"][name]["sha256"] = digest
 
 
-def fd_sha256(fd: int) -> str:
-    """sha256 of the whole open file `fd`, read with pread (its position is not used)."""
-    digest = hashlib.sha256()
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
-    offset = 0
-    while True:
-        n = os.preadv(fd, [view], offset)
-        if n == 0:
-            return digest.hexdigest()
-        digest.update(view[:n])
-        offset += n
-
-
 def mapping_sha256(buffer: Any) -> str:
     """sha256 of a whole mapping; pages of an mmap are handed back after each chunk (RSS stays flat)."""
     digest = hashlib.sha256()

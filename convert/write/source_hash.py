@@ -102,8 +102,8 @@ class OutputDigest:
 
     Call `written(end)` whenever the first `end` bytes are in the file (cheap: the thread is woken
     every STEP bytes), then `finish()` for the hex digest of the whole file, or `cancel()`. The digest
-    is of the bytes in the file (read back from it), exactly what `fd_sha256` of the finished file
-    gives. `fd` stays open and owned by the caller.
+    is of the bytes in the file (read back from it): exactly the finished file's sha256, which `verify`
+    recomputes. `fd` stays open and owned by the caller.
     """
 
     STEP = 16 << 20  # bytes written before the thread is woken: few wake-ups, and the page cache stays hot
