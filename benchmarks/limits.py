@@ -8,8 +8,10 @@ folder of small checkpoints (`--scan-files`), then measures every line below in 
 interleaved round by round (so each line sees the same machine state), page cache warm, `sync`
 before every run (no writeback left over from the previous one), median of `--reps`.
 
-Each row has the process wall time (start-up included, measured from here with wait4) and, for
-the Python methods, the operation's own time (imports excluded, measured in the child). Targets are
+Each row has the process wall time (start-up included), its CPU time (user + sys, from wait4: far
+less sensitive to other jobs on a shared machine), its peak RSS and, for the Python loads, the
+operation's own time (imports excluded, measured in the child, every page touched). `--baseline
+CHECKOUT` adds that checkout's convert and loads, interleaved, as "(baseline)" rows. Targets are
 ratios within this run: convert (durable) ≤ 1.3 × max(cp + fsync, one sha256 pass), process walls;
 loads ≤ 1.0 × their references, operation times (both sides import torch); scan ≤ 1.0 × picklescan
 per file, process walls. Writes limits.json and limits.md to --out.
