@@ -32,8 +32,10 @@ import numpy as np
 
 from .errors import MalformedCheckpoint, UnsupportedValue
 from .read.allowlist import make_device
+from .read.collisions import check_keys, grown
 from .read.records import GlobalRef, ModuleRecord, NdArrayRef, NpDType, NpScalar, ObjectRecord, TensorRef, Unsupported
 from .read.torch_types import DTYPES_BY_NAME, Device, DType, TorchSize, dtype_name
+from .schema import MAX_SIDECAR_BYTES
 
 
 def _to_torch(value: Any) -> Any:
@@ -167,6 +169,7 @@ class _MappingTag(Tag):
         d = depth + 1
         for key, value in node[self.name]:
             obj[_hashable(dec.value(key, d))] = dec.value(value, d)
+            grown(obj, f"sidecar {self.name}")
 
     def items(self, payload: list) -> list:
         return [(describe_short(k), x) for k, x in payload]
@@ -258,6 +261,7 @@ class SetTag(_ItemsTag):
     def fill(self, dec: Decoder, obj: set, node: dict, depth: int) -> None:
         for x in node[self.name]:
             obj.add(_hashable(dec.value(x, depth + 1)))
+            grown(obj, "sidecar $set")
 
 
 @register
@@ -268,7 +272,9 @@ class FrozensetTag(_ItemsTag):
         return [enc.value(x, [*path, i], depth + 1) for i, x in enumerate(_ordered_members(v))]
 
     def decode(self, dec: Decoder, node: dict, depth: int) -> Any:
-        return dec.register(frozenset(_hashable(dec.value(x, depth + 1)) for x in node[self.name]), node)
+        items = [_hashable(dec.value(x, depth + 1)) for x in node[self.name]]
+        check_keys(items, "sidecar $frozenset")
+        return dec.register(frozenset(items), node)
 
 
 @register
@@ -564,10 +570,16 @@ class Encoder:
     supply a node's encoded contents itself (state dicts whose tensors go to their own file).
     """
 
-    def __init__(self, hooks: EncodeHooks | None = None, max_nodes: int = MAX_NODES) -> None:
+    def __init__(self, hooks: EncodeHooks | None = None, max_nodes: int = MAX_NODES,
+                 max_bytes: int = MAX_SIDECAR_BYTES) -> None:
         self.hooks = hooks or EncodeHooks()
         self.max_nodes = max_nodes
         self.nodes = 0
+        # A lower bound of the JSON written so far, counted before each string, bytes or big int is written:
+        # strings (immutable, unshared in JSON) reached many times would otherwise make the sidecar a multiple
+        # of the input (one 1 MB string referenced 4000 times: 4 GB), and only the final size check would see it.
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self.refs: dict[int, int] = {}  # id → number of references, for shareable values
         self.ids: dict[int, int] = {}  # id → $id, once defined
         self.open: dict[int, int] = {}  # containers being written (a tuple re-entered by a cycle: twice)
@@ -615,10 +627,18 @@ class Encoder:
         if depth > ENCODE_MAX_DEPTH:
             raise MalformedCheckpoint(f"{format_path(path)}: checkpoint nests deeper than {ENCODE_MAX_DEPTH} levels")
         kind = type(v)
-        if v is None or kind is bool or kind is str:
+        if v is None or kind is bool:
+            return v
+        if kind is str:
+            self.add_bytes(len(v) + 3, path)
             return v
         if kind is int:
-            return v if -(1 << 63) <= v < (1 << 63) else {"$int": hex(v)}
+            if -(1 << 63) <= v < (1 << 63):
+                return v
+            self.add_bytes(v.bit_length() // 4 + 12, path)  # before hex() allocates it
+            return {"$int": hex(v)}
+        if kind is bytes or kind is bytearray:
+            self.add_bytes(len(v) * 4 // 3 + 16, path)  # before base64 allocates it
         if kind is float:
             return v if math.isfinite(v) else {"$float": struct.pack(">d", v).hex()}
         tag = _BY_TYPE.get(kind)
@@ -629,6 +649,13 @@ class Encoder:
         if tag.shared:
             return self.node(v, path, depth)
         return {tag.name: tag.encode(self, v, path, depth)}
+
+    def add_bytes(self, n: int, path: list) -> None:
+        """Count `n` more bytes of JSON; UnsupportedValue as soon as the sidecar cannot fit its largest allowance."""
+        self.bytes += n
+        if self.bytes > self.max_bytes:
+            raise UnsupportedValue(f"{format_path(path)}: the non-tensor values would make a sidecar of more than "
+                                   f"{self.max_bytes} bytes (the same large value referenced many times?); refusing")
 
     def node(self, v: Any, path: list, depth: int, payload: Callable[[], Any] | None = None) -> Any:
         """A container, record or module: a `$ref` if already written, else its definition (with `$id`

@@ -17,9 +17,10 @@ from .errors import OutputExists, UnsafeCheckpoint
 from .pipeline import provenance, write_checkpoint_folder
 from .read.dcp import DcpFolder, is_dcp_folder
 from .read.dcp_metadata import METADATA_NAME
+from .read.gadgets import EXEC
 from .read.vm import Finding
 from .scan.scanner import ScanFinding, ScanReport
-from .scan.verdicts import REASONS, SAFE, classify_global, worst
+from .scan.verdicts import REASONS, SAFE, UNSAFE, classify_global, worst
 from .write.plan import Plan, make_plan
 from .write.safetensors_io import KernelCopySource
 from .write.source_hash import PENDING_SHA256, sha256_fd
@@ -107,10 +108,15 @@ def convert_dcp_folder(src: str | os.PathLike, dst: str | os.PathLike, *, overwr
         raise OutputExists(f"{dst} already exists; pass --overwrite (overwrite=True) to replace it")
     with DcpFolder(src) as dcp, _BackgroundHashes(_input_files(dcp)) as hashes:
         # chunks stored as they are: file-to-file in the kernel from each rank file
-        sources = [KernelCopySource(part.buf, part.fd) for part in dcp.parts.values() if part.size]
+        sources = [KernelCopySource(part.buf, part.fileno()) for part in dcp.parts.values() if part.size]
+
+        def complete_source() -> dict[str, Any]:
+            dcp.check_unchanged()  # every byte written came from the files as they were opened
+            return _source_parts(hashes.parts())
+
         return write_checkpoint_folder(dcp.root, dst, provenance=_provenance(dcp, None), overwrite=overwrite,
                                        max_shard_size=max_shard_size, kernel_copy_source=sources,
-                                       complete_source=lambda: _source_parts(hashes.parts()))
+                                       complete_source=complete_source, sources=[src])
 
 
 def read_dcp_folder(src: str | os.PathLike) -> Any:
@@ -152,11 +158,13 @@ def scan_dcp_folder(src: str | os.PathLike) -> tuple[dict[str, int], list[Findin
 def scan_dcp_report(src: str | os.PathLike) -> ScanReport:
     """scan's verdict for a DCP folder: every global its pickles name (`.metadata` and each saved item), classified."""
     globals_used, vm_findings = scan_dcp_folder(src)
-    names = sorted({*globals_used, *(f.name for f in vm_findings)})
+    found = {f.name for f in vm_findings}
     report = ScanReport(Path(src), SOURCE_FORMAT, globals=sorted(globals_used))
-    for qualname in names:
+    for qualname in sorted({*globals_used, *found}):
         module, _, name = qualname.rpartition(".")
         verdict, category = classify_global(module, name)
+        if qualname in found and verdict != UNSAFE:  # the reader's own findings (a computed call, an ambiguity)
+            verdict, category = UNSAFE, EXEC
         if verdict != SAFE:
             report.findings.append(ScanFinding(qualname, category, verdict, REASONS[category]))
     report.verdict = worst([f.verdict for f in report.findings])

@@ -12,7 +12,8 @@ from typing import Any
 import torch
 
 from .dtypes import DTYPE_NAME_BY_CODE
-from .read.torch_types import DTYPES_BY_NAME, Device, DType, TorchSize
+from .errors import MalformedCheckpoint
+from .read.torch_types import DTYPES_BY_NAME, QUANTIZED_DTYPES, Device, DType, TorchSize
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -22,6 +23,18 @@ def torch_dtype(name: str) -> torch.dtype:
     if not isinstance(found, torch.dtype):
         raise ValueError(f"unknown dtype {name!r}" + (f" (this torch {torch.__version__} lacks it)" if dtype else ""))
     return found
+
+
+def tensor_dtype(name: str, where: str) -> torch.dtype:
+    """The dtype of a tensor the sidecar describes: only dtypes convert writes (`dtypes.encoding_for`).
+
+    A quantized dtype has no safetensors encoding, so convert never writes one; a sidecar naming it is
+    hand-made, and the tensor it would build fails later inside torch (an INTERNAL ASSERT on use).
+    """
+    dtype = DTYPES_BY_NAME.get(name)
+    if dtype in QUANTIZED_DTYPES:
+        raise MalformedCheckpoint(f"{where} has dtype {name}, which ckpt-convert never writes (quantized); refusing")
+    return torch_dtype(name)
 
 
 @functools.cache

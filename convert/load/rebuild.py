@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import MalformedCheckpoint
-from ..torch_values import torch_dtype, torch_dtype_for_code
+from ..torch_values import tensor_dtype, torch_dtype_for_code
 from ..views import mark_view, view_end
 from .safetensors_reader import EntryInfo, SafetensorsFile
 
@@ -110,7 +110,7 @@ def rebuild_storage(sid: str, nbytes: int, pieces: list[Piece], rest: Piece | No
 def _view(sid: str, piece: Piece) -> tuple[torch.dtype, list[int], list[int], int, int]:
     """(dtype, shape, stride, offset, numel) of a piece's row, its view checked against nothing yet."""
     row = piece.row
-    dtype = torch_dtype(row["dtype"])
+    dtype = tensor_dtype(row["dtype"], f"storage {sid}: piece {piece.name}")
     shape, stride, offset = row["shape"], row["stride"], row["offset"]
     if len(shape) != len(stride):
         raise MalformedCheckpoint(f"storage {sid}: piece {piece.name} has shape and stride of different rank")
@@ -144,7 +144,7 @@ def _adjacent_span(nbytes: int, pieces: list[Piece]) -> torch.Tensor | None:
     ordered = []
     for piece in pieces:
         row = piece.row
-        dtype = torch_dtype(row["dtype"])
+        dtype = tensor_dtype(row["dtype"], f"piece {piece.name}")
         entry = file.entries.get(piece.key)
         numel = math.prod(row["shape"])
         if (piece.file is not file or entry is None or numel == 0 or entry.nbytes != numel * dtype.itemsize

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..errors import MalformedCheckpoint
 from ..views import view_end
+from .collisions import check_keys, grown
 from .numpy_types import make_ndarray_from_buffer, make_npdtype, make_npscalar, new_ndarray
 from .records import GlobalRef, ObjectRecord, StorageRef, TensorRef, Unsupported
 from .torch_types import DTYPES_BY_NAME, QUANTIZED_DTYPES, Device, DType, TorchSize
@@ -161,6 +162,7 @@ def make_ordered_dict(*args: Any) -> collections.OrderedDict:
         for pair in args[0]:
             _expect(type(pair) in (list, tuple) and len(pair) == 2, "OrderedDict argument must be a list of pairs")
             result[pair[0]] = pair[1]
+            grown(result, "OrderedDict")
     return result
 
 
@@ -170,6 +172,8 @@ def _make_collection(kind: type) -> Reconstructor:
         if not args:
             return kind()
         _expect(type(args[0]) in (list, tuple, set, frozenset), f"{kind.__name__} argument must be a sequence")
+        if kind in (set, frozenset):
+            check_keys(args[0], kind.__name__)
         return kind(args[0])
     return make
 
@@ -242,6 +246,8 @@ def newobj(*args: Any) -> Any:
 
 _NUMPY_CORE = ("numpy.core", "numpy._core")
 
+# Names as pickle's find_class imports them: Python 2 spellings (`__builtin__.set`, `copy_reg`) are mapped by
+# fix_imports before this table is consulted (`compat_names.py`), and at protocol 3+ pickle cannot import them.
 RECONSTRUCTORS: dict[str, Reconstructor] = {
     **TENSOR_REBUILDERS,
     "torch._tensor._rebuild_from_type_v2": rebuild_from_type_v2,
@@ -261,15 +267,9 @@ RECONSTRUCTORS: dict[str, Reconstructor] = {
     "builtins.tuple": _make_collection(tuple),
     "builtins.bytearray": make_bytearray,
     "builtins.bytes": make_bytes,
-    "__builtin__.bytes": make_bytes,
     "builtins.complex": make_complex,
-    "__builtin__.set": _make_collection(set),
-    "__builtin__.frozenset": _make_collection(frozenset),
-    "__builtin__.bytearray": make_bytearray,
-    "__builtin__.complex": make_complex,
     "_codecs.encode": codecs_encode,
     "copyreg._reconstructor": reconstructor,
-    "copy_reg._reconstructor": reconstructor,
     "copyreg.__newobj__": newobj,
     **{f"{core}.multiarray._reconstruct": new_ndarray for core in _NUMPY_CORE},
     **{f"{core}.multiarray.scalar": make_npscalar for core in _NUMPY_CORE},

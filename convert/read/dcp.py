@@ -6,31 +6,32 @@ chunk (a box of the whole tensor) or a non-tensor value. Every archive goes thro
 container reader as any checkpoint (nothing is unpickled); chunk boxes are checked to tile their
 tensor exactly, and each chunk's archive to hold a tensor of the box's shape and the tensor's dtype.
 
-A tensor saved in one chunk that is exactly its storage stays a zero-copy view of the `.distcp`
-mapping (the writer copies it file-to-file); a tensor split over chunks gets a storage made of
-`pieces` that reassemble it in row-major order with bounded memory (`write/chunked_source.py`).
+Every `.distcp` part is opened like any source (`containers.Input`: regular files only, no blocking
+open, pread and never a mapping, its identity checked again once read). A tensor saved in one chunk
+that is exactly its storage is copied file-to-file by the writer; a tensor split over chunks gets a
+storage made of `pieces` that reassemble it in row-major order with bounded memory
+(`write/chunked_source.py`), reading each slab's bytes from the parts with pread.
 Values are placed into nested dicts/lists by the planner paths, as DCP's `set_element` does.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import math
-import mmap
 import os
 import stat
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConvertError, MalformedCheckpoint, UnsupportedValue
-from ..write.chunked_source import Box, tensor_pieces, tiling_problem
+from ..errors import MalformedCheckpoint, UnsupportedValue
+from ..write.chunked_source import Box, tensor_pieces
 from ..write.tensor_bytes import covers_storage
 from . import read_tree
-from .containers import ReadResult, read_container
+from .containers import Input, ReadResult, read_container
 from .dcp_metadata import METADATA_NAME, DcpMetadata, TensorMeta, read_metadata
+from .dcp_tiling import tiling_problem
 from .records import StorageRef, TensorRef
-from .source import SourceChanged
+from .source import SourceBytes, SourceChanged
 
 __all__ = ["DcpFolder", "dcp_files", "is_dcp_folder"]
 
@@ -76,65 +77,56 @@ class _Window(io.RawIOBase):
         return got
 
 
+class _Slice(SourceBytes):
+    """Bytes [start, start + length) of a part's `SourceBytes`: what a saved item's archive reader sees."""
+
+    def __init__(self, whole: SourceBytes, start: int, length: int) -> None:
+        super().__init__(whole.fileno(), length, whole.path)
+        self.whole, self.start = whole, start
+
+    def read(self, offset: int, n: int) -> bytes:
+        if n <= 0:
+            return b""
+        if offset < 0 or offset + n > len(self):
+            raise ValueError(f"read of {n} bytes at {offset} outside a {len(self)}-byte archive")
+        return self.whole.read(self.start + offset, n)
+
+
 class _ArchiveInput:
     """One saved item (a `torch.save` archive inside a `.distcp` file), shaped like `containers.Input`."""
 
-    def __init__(self, part: _Part, start: int, length: int, what: str) -> None:
+    def __init__(self, part: Input, start: int, length: int, what: str) -> None:
         self.path = part.path
         self.name = f"{part.path.name} [{what}, bytes {start}..{start + length}]"
         self.size = length
-        self.buf = memoryview(part.buf)[start:start + length]
-        self._file = _Window(part.fd, start, length)
+        self.buf = _Slice(part.buf, start, length)
+        self._file = _Window(part.fileno(), start, length)
         self._part, self._start = part, start
 
     def read(self, offset: int, n: int) -> bytes:
         """Exactly `n` bytes of the archive at `offset` (what `containers.Input.read` gives)."""
-        if n <= 0:
-            return b""
-        if offset < 0 or offset + n > self.size:
-            raise ValueError(f"read of {n} bytes at {offset} outside a {self.size}-byte archive")
-        return bytes(self.buf[offset:offset + n])
+        return self.buf.read(offset, n)
+
+    def fileno(self) -> int:
+        return self._part.fileno()
 
     def changed(self) -> bool:
-        return False  # the rank file is checked as a whole: its sha256 is in the sidecar's source parts
+        return self._part.changed()  # the part file's identity, as when it was opened
 
     def changed_error(self) -> SourceChanged:
-        return SourceChanged(f"{self.path} changed while it was being read")
+        return self._part.changed_error()
+
+    def check_unchanged(self) -> None:
+        self._part.check_unchanged()
 
     def rebase(self, result: ReadResult) -> None:
-        """Point storages at the whole file's mapping (file offsets): no view of the window outlives it."""
+        """Point storages at the whole part (file offsets): nothing refers to the slice once it is read."""
         for storage in result.storages:
             if storage.buffer is self.buf:
                 storage.buffer, storage.offset = self._part.buf, storage.offset + self._start
 
     def close(self) -> None:
-        with contextlib.suppress(BufferError):
-            self.buf.release()
-
-
-class _Part:
-    """One `.distcp` file, opened read-only (no symlinks, regular file) and mapped."""
-
-    def __init__(self, folder: Path, name: str) -> None:
-        self.path = folder / name
-        try:
-            self.fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
-        except FileNotFoundError:
-            raise MalformedCheckpoint(f"{self.path}: named by .metadata but missing") from None
-        except OSError as exc:
-            raise ConvertError(f"{self.path}: cannot open ({exc.strerror})") from None
-        st = os.fstat(self.fd)
-        if not stat.S_ISREG(st.st_mode):
-            os.close(self.fd)
-            raise MalformedCheckpoint(f"{self.path}: not a regular file")
-        self.size = st.st_size
-        self.buf: Any = mmap.mmap(self.fd, 0, access=mmap.ACCESS_READ) if self.size else b""
-
-    def close(self) -> None:
-        if isinstance(self.buf, mmap.mmap):
-            with contextlib.suppress(BufferError):
-                self.buf.close()
-        os.close(self.fd)
+        pass
 
 
 class DcpFolder:
@@ -146,19 +138,34 @@ class DcpFolder:
     def __init__(self, folder: str | os.PathLike) -> None:
         self.folder = Path(folder)
         self.metadata: DcpMetadata = read_metadata(self.folder)
-        self.parts: dict[str, _Part] = {}
+        self.parts: dict[str, Input] = {}
         self.globals_used: dict[str, int] = dict(self.metadata.globals_used)
         try:
             self.root = self._read()
+            self.check_unchanged()
         except BaseException:
             self.close()
             raise
 
     # ------------------------------------------------------------------ files
-    def part(self, name: str) -> _Part:
+    def part(self, name: str) -> Input:
+        """The `.distcp` file `name`, opened like any source: regular file only (a FIFO cannot block),
+        read with pread (a truncation is a clean error, never SIGBUS), its identity kept for `check_unchanged`."""
         if name not in self.parts:
-            self.parts[name] = _Part(self.folder, name)
+            path = self.folder / name
+            if not os.path.lexists(path):
+                raise MalformedCheckpoint(f"{path}: named by .metadata but missing")
+            part = self.parts[name] = Input(path)
+            st = os.lstat(path)  # the file opened must be the folder's own entry, not reached through a link
+            if stat.S_ISLNK(st.st_mode) or (st.st_dev, st.st_ino) != (part.identity.dev, part.identity.ino):
+                raise MalformedCheckpoint(f"{path}: not a regular file of the folder (a symbolic link?)")
         return self.parts[name]
+
+    def check_unchanged(self) -> None:
+        """Raise SourceChanged if `.metadata` (and its rank-local copies) or any part read differs from when opened."""
+        self.metadata.check_unchanged()
+        for part in self.parts.values():
+            part.check_unchanged()
 
     def part_names(self) -> list[str]:
         """The `.distcp` files the metadata refers to, sorted."""
@@ -182,10 +189,10 @@ class DcpFolder:
         if info is None:
             raise MalformedCheckpoint(f"{self.folder}: {what} has no storage record in .metadata")
         part = self.part(info.relative_path)
-        if info.offset + info.length > part.size:
+        if info.offset + info.length > part.size or info.length < 4:
             raise MalformedCheckpoint(f"{part.path}: {what} is recorded at bytes {info.offset}..{info.offset + info.length} "
                                       f"but the file holds {part.size} bytes")
-        if bytes(part.buf[info.offset:info.offset + 4]) != b"PK\x03\x04":
+        if part.read(info.offset, 4) != b"PK\x03\x04":
             raise MalformedCheckpoint(f"{part.path}: {what} at byte {info.offset} is not a torch.save archive")
         inp = _ArchiveInput(part, info.offset, info.length, what)
         try:
@@ -201,8 +208,7 @@ class DcpFolder:
         problem = tiling_problem(meta.shape, [(c.offsets, c.sizes) for c in meta.chunks])
         if problem:
             raise MalformedCheckpoint(f"{self.folder}/.metadata: tensor {fqn!r} of shape {list(meta.shape)}: {problem}")
-        boxes: list[Box] = []
-        refs: list[TensorRef] = []
+        refs: list[tuple[tuple[int, ...], TensorRef]] = []
         for chunk in meta.chunks:
             if meta.shape and math.prod(chunk.sizes) == 0:
                 continue  # an empty shard (more ranks than rows): nothing to read
@@ -217,17 +223,14 @@ class DcpFolder:
                 raise UnsupportedValue(f"{where}: a chunk saved with a lazy conj/neg bit is not supported")
             if ref.storage.base is not None:
                 raise MalformedCheckpoint(f"{where}: not a torch.save archive of the current format")
-            refs.append(ref)
-            boxes.append(Box(chunk.offsets, chunk.sizes, ref.storage.buffer, ref.storage.offset + ref.offset * ref.dtype.itemsize,
-                             tuple(ref.stride)))
+            refs.append((chunk.offsets, ref))
         nbytes = math.prod(meta.shape) * meta.dtype.itemsize
         contiguous = tuple(_row_major(meta.shape))
-        if len(refs) == 1 and covers_storage(refs[0]) and tuple(refs[0].shape) == meta.shape:
-            storage = refs[0].storage  # one chunk, exactly its storage: a view of the file as it is
+        if len(refs) == 1 and covers_storage(refs[0][1]) and tuple(refs[0][1].shape) == meta.shape:
+            storage = refs[0][1].storage  # one chunk, exactly its storage: copied file-to-file as it is
         else:
             shape, itemsize = meta.shape, meta.dtype.itemsize
-            storage = StorageRef(fqn, meta.dtype, nbytes, "cpu",
-                                 pieces=lambda: tensor_pieces(shape, itemsize, boxes))
+            storage = StorageRef(fqn, meta.dtype, nbytes, "cpu", pieces=lambda: tensor_pieces(shape, itemsize, _boxes(refs)))
         return TensorRef(storage, meta.dtype, 0, meta.shape, contiguous)
 
     def _read(self) -> dict:
@@ -245,6 +248,12 @@ class DcpFolder:
             value = self._tensor(fqn, item) if isinstance(item, TensorMeta) else self._archive(fqn, None, read_tree).root
             _set_element(root, md.paths.get(fqn, (fqn,)), value, limit, f"{self.folder}/.metadata: {fqn!r}")
         return root
+
+
+def _boxes(refs: list[tuple[tuple[int, ...], TensorRef]]) -> list[Box]:
+    """The chunks of one tensor as boxes over their part files (read slab by slab with pread, never mapped)."""
+    return [Box(offsets, tuple(ref.shape), ref.storage.buffer, ref.storage.offset + ref.offset * ref.dtype.itemsize,
+                tuple(ref.stride)) for offsets, ref in refs]
 
 
 def _row_major(shape: tuple[int, ...]) -> list[int]:

@@ -5,21 +5,33 @@ through our own pickle VM, which turns those classes into inert `ObjectRecord`s 
 this module then interprets the records field by field, checking the type of every value: the file
 is hostile until proven otherwise. The names in `DCP_DATA_CLASSES` are exempted from the gadget
 check's `torch.distributed` prefix rule for this one stream; anything else it names is judged as usual.
+
+torch reads more than `.metadata`: `dcp.load` unpickles it with `pickle.load`, and if that raises (or
+gives a falsy value) it falls back to the rank-local `__<rank>.metadata` (FileSystemReader.read_metadata
+with `rank=`). Every such file in the folder is read and gadget-checked too, and a folder whose
+rank-local metadata is not byte-for-byte `.metadata` is refused as ambiguous: which one a loader
+reads would depend on whether it fails to unpickle `.metadata`, a question our reader cannot settle.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import MalformedCheckpoint, UnsupportedValue
+from ..errors import ConvertError, MalformedCheckpoint, UnsafeCheckpoint, UnsupportedValue
+from ..write.source_hash import sha256_fd
 from .containers import Input
 from .records import GlobalRef, ObjectRecord
+from .source import Identity, SourceChanged
 from .torch_types import QUANTIZED_DTYPES, DType, TorchSize, dtype_name
-from .vm import PickleVM
+from .vm import Finding, PickleVM
 
 METADATA_NAME = ".metadata"
+# The rank-local metadata torch falls back to: f"__{rank}.metadata" for an int rank (no sign, no leading zero).
+RANK_METADATA = re.compile(r"__(0|[1-9][0-9]*)\.metadata")
 _MD = "torch.distributed.checkpoint.metadata."
 METADATA = _MD + "Metadata"
 TENSOR_STORAGE = _MD + "TensorStorageMetadata"
@@ -36,6 +48,8 @@ DCP_DATA_CLASSES: frozenset[str] = frozenset({
     METADATA, TENSOR_STORAGE, TENSOR_PROPERTIES, CHUNK, BYTES_STORAGE, METADATA_INDEX, STORAGE_META, MEM_FORMAT,
     STORAGE_INFO,
 })
+# The metadata classes whose every field has a default: the only ones pickle can call with no arguments.
+_CALLABLE_WITHOUT_ARGUMENTS = frozenset({TENSOR_PROPERTIES, BYTES_STORAGE, STORAGE_META})
 MAX_METADATA_BYTES = 1 << 32
 MAX_PATH_PARTS = 64
 _MEMORY_FORMATS = {0: "contiguous_format", 1: "channels_last", 2: "channels_last_3d", 3: "preserve_format"}
@@ -79,6 +93,17 @@ class DcpMetadata:
     storage: dict[tuple[str, tuple[int, ...] | None], StorageInfo]  # (fqn, chunk offsets or None) → bytes
     protocol: int
     globals_used: dict[str, int]
+    identities: dict[Path, Identity] = field(default_factory=dict)  # every metadata file read, as when opened
+
+    def check_unchanged(self) -> None:
+        """Raise SourceChanged if a metadata file read is not the one (or not as it was) when opened."""
+        for path, identity in self.identities.items():
+            try:
+                now = Identity.of(os.stat(path))
+            except OSError:
+                now = None
+            if now != identity:
+                raise SourceChanged(f"{path} changed while it was being read")
 
 
 def _bad(where: str, message: str) -> MalformedCheckpoint:
@@ -92,6 +117,10 @@ def _fields(value: Any, qualname: str, where: str, allowed: set[str]) -> dict[st
         raise _bad(where, f"expected a {qualname.rsplit('.', 1)[1]}, found {got}")
     if value.args not in ((),) or value.dictitems or value.listitems or value.via not in ("newobj", "reduce"):
         raise _bad(where, f"{qualname.rsplit('.', 1)[1]} is not pickled as a plain dataclass")
+    if value.via == "reduce" and qualname not in _CALLABLE_WITHOUT_ARGUMENTS:
+        # REDUCE calls the class: pickle.load fails on a dataclass with required fields (and dcp.load then
+        # falls back to another file), so reading it as data would not be reading what torch reads
+        raise _bad(where, f"{qualname.rsplit('.', 1)[1]} is called without its required fields; pickle.load fails on it")
     state = value.state
     if type(state) is tuple and len(state) == 2 and all(s is None or type(s) is dict for s in state):
         state = {**(state[0] or {}), **(state[1] or {})}
@@ -203,6 +232,29 @@ def _storage(value: Any, where: str) -> dict[tuple[str, tuple[int, ...] | None],
     return out
 
 
+def rank_metadata_files(folder: Path) -> list[Path]:
+    """The rank-local `__<rank>.metadata` files of `folder`, sorted (torch's fallback when `.metadata` fails)."""
+    try:
+        names = os.listdir(folder)
+    except OSError as exc:
+        raise ConvertError(f"{folder}: cannot list ({exc.strerror or exc})") from None
+    return sorted(folder / name for name in names if RANK_METADATA.fullmatch(name))
+
+
+def _read_pickle(path: Path, identities: dict[Path, Identity], digest: bool = True) -> tuple[Any, PickleVM, str]:
+    """Run one metadata pickle through the VM: (root, the VM, the file's sha256 or "" without `digest`).
+    Its identity goes into `identities`."""
+    with Input(path) as inp:
+        identities[path] = inp.identity
+        if inp.size > MAX_METADATA_BYTES:
+            raise MalformedCheckpoint(f"{path}: {inp.size} bytes is too large for DCP metadata")
+        vm = PickleVM(inp.buf, source=str(path), data_classes=DCP_DATA_CLASSES)
+        root = vm.run()
+        if vm.pos != inp.size:
+            raise MalformedCheckpoint(f"{path}: {inp.size - vm.pos} bytes of trailing data after the pickle")
+        return root, vm, sha256_fd(inp.fileno(), inp.size) if digest else ""
+
+
 def read_metadata(folder: Path) -> DcpMetadata:
     """Read and check `folder/.metadata`.
 
@@ -213,13 +265,36 @@ def read_metadata(folder: Path) -> DcpMetadata:
         gadget, MalformedCheckpoint/UnsupportedValue for anything that is not DCP metadata.
     """
     path = folder / METADATA_NAME
-    with Input(path) as inp:
-        if inp.size > MAX_METADATA_BYTES:
-            raise MalformedCheckpoint(f"{path}: {inp.size} bytes is too large for DCP metadata")
-        vm = PickleVM(inp.buf, source=str(path), data_classes=DCP_DATA_CLASSES)
-        root = vm.run()
-        if vm.pos != inp.size:
-            raise MalformedCheckpoint(f"{path}: {inp.size - vm.pos} bytes of trailing data after the pickle")
+    identities: dict[Path, Identity] = {}
+    unsafe: list[UnsafeCheckpoint] = []
+    raw: dict[Path, str] = {}
+    for rank_path in rank_metadata_files(folder):  # what torch reads when `.metadata` fails: gadget-checked too
+        try:
+            _, _, raw[rank_path] = _read_pickle(rank_path, identities)
+        except UnsafeCheckpoint as exc:
+            unsafe.append(exc)
+        except ConvertError:
+            raw[rank_path] = ""  # not metadata we can read: cannot be the same as `.metadata`
+    try:
+        root, vm, data = _read_pickle(path, identities, digest=bool(raw))
+    except UnsafeCheckpoint as exc:
+        unsafe.insert(0, exc)
+    except ConvertError:
+        if not unsafe:
+            raise
+    if unsafe:
+        first = unsafe[0]
+        first.globals_used = {k: v for exc in unsafe for k, v in getattr(exc, "globals_used", {}).items()}
+        raise first
+    differing = sorted(p.name for p, b in raw.items() if b != data)
+    if differing:
+        finding = Finding(f"rank-local metadata {differing[0]} that differs from .metadata",
+                          f"{folder}: dcp.load reads it when .metadata fails to unpickle")
+        exc = UnsafeCheckpoint(f"{folder} holds {', '.join(differing)[:120]} besides a different .metadata: "
+                               f"torch.distributed.checkpoint.load reads it whenever .metadata fails to unpickle, "
+                               f"so the two readers could disagree; remove the rank-local metadata", [finding])
+        exc.globals_used = dict(vm.globals_used)
+        raise exc
     where = str(path)
     state = _fields(root, METADATA, where, {"state_dict_metadata", "planner_data", "storage_data", "storage_meta",
                                             "version"})
@@ -246,4 +321,4 @@ def read_metadata(folder: Path) -> DcpMetadata:
         _fields(state["storage_meta"], STORAGE_META, f"{where}.storage_meta",
                 {"checkpoint_id", "save_id", "load_id", "modules"})
     return DcpMetadata(items, paths, _storage(state.get("storage_data"), f"{where}.storage_data"), vm.protocol,
-                       dict(vm.globals_used))
+                       dict(vm.globals_used), identities)

@@ -175,6 +175,52 @@ DANGEROUS_MODULES: frozenset[str] = frozenset(_MODULES)
 DANGEROUS_MEMBERS: frozenset[str] = frozenset(_MEMBERS)
 DANGEROUS_ATTRS: frozenset[str] = frozenset(_ATTRS)
 
+# Standard-library modules whose names user packages also take (a project's own `code/`, `site/`, `test/`,
+# `profile/` package). There only (module, name) pairs the standard-library module really has are gadgets:
+# for a plain module, its attributes (all of them as of Python 3.11, plus any private/dunder name); nothing
+# below it is a module, so `code.models.Net` is a user class (suspicious), never the stdlib. For the `test`
+# package, its submodules (`test_*`, private ones, and the helper modules listed). A name that could be the
+# standard library's stays a gadget, and the generic checks (dunders, dotted chains to `os.system`) still run.
+_STDLIB_ATTRS: dict[str, frozenset[str]] = {module: frozenset(names.split()) for module, names in {
+    "code": "CommandCompiler InteractiveConsole InteractiveInterpreter compile_command interact sys traceback codeop",
+    "codeop": "CommandCompiler Compile PyCF_ALLOW_INCOMPLETE_INPUT PyCF_DONT_IMPLY_DEDENT compile_command warnings",
+    "site": "ENABLE_USER_SITE PREFIXES USER_BASE USER_SITE abs_paths addpackage addsitedir addsitepackages "
+            "addusersitepackages builtins check_enableusersite enablerlcompleter execsitecustomize execusercustomize "
+            "getsitepackages getuserbase getusersitepackages io main makepath os removeduppaths setcopyright "
+            "sethelper setquit sys venv gethistoryfile register_readline",
+    "profile": "Profile io main marshal run runctx sys time",
+    "cProfile": "Profile io label main run runctx",
+    "timeit": "Timer default_number default_repeat default_timer dummy_src_name gc itertools main reindent repeat sys "
+              "template time timeit",
+    "trace": "CoverageResults PRAGMA_NOCOVER Trace dis gc inspect io linecache main os pickle sys sysconfig threading "
+             "token tokenize",
+}.items()}
+_STDLIB_TEST_MODULES = frozenset(" ".join((
+    "audiodata audiotests audit-tests autotest bisect_cmd certdata cjkencodings configdata crashers curses_tests data "
+    "datetimetester decimaltestdata dis_module doctest_aliases doctest_lineno double_const dtracedata encoded_modules "
+    "fork_wait imghdrdata imp_dummy leakers libregrtest list_tests lock_tests mapping_tests memory_watchdog mock_socket "
+    "mp_fork_bomb mp_preload multibytecodec_support pickletester profilee pyclbr_input pydoc_mod pydocfodder "
+    "pythoninfo re_tests regrtest relimport reperf sample_doctest sample_doctest_no_docstrings "
+    "sample_doctest_no_doctests seq_tests signalinterproctester sndhdrdata sortperf ssl_servers ssltests string_tests "
+    "subprocessdata support testcodec tf_inherit_check time_hashlib tokenizedata tracedmodules typinganndata "
+    "win_console_handler xmltestdata xmltests ziptestdata archivetestdata wheeldata cov levenshtein_examples "
+    "test_support",
+)).split())
+
+
+def _may_be_stdlib(module: str, name: str) -> bool | None:
+    """For a module name user packages also take: can `module.name` be the standard library's? None: not such a name."""
+    root, _, below = module.partition(".")
+    if root != "test" and root not in _STDLIB_ATTRS:
+        return None
+    first = (below.split(".") if below else name.split("."))[0]
+    if first.startswith("_"):
+        return True
+    if root == "test":
+        return first.startswith("test_") or first in _STDLIB_TEST_MODULES
+    return not below and first in _STDLIB_ATTRS[root]
+
+
 # Tensor rebuild helpers that take a function to call: the function must itself be allowlisted.
 CALLABLE_TAKING_REBUILDERS: frozenset[str] = frozenset({"torch._tensor._rebuild_from_type_v2"})
 
@@ -206,7 +252,10 @@ def gadget_category(module: str, name: str) -> str | None:
         return None
     if qual in _MEMBERS:
         return _MEMBERS[qual]
-    if module in _MODULES:
+    stdlib = _may_be_stdlib(module, name)
+    if stdlib:
+        return _in_module(_MODULES[module.split(".")[0]], last)
+    if module in _MODULES and stdlib is None:
         return _in_module(_MODULES[module], last)
     parts = qual.split(".")
     # Any dunder reaches into interpreter internals (`numpy.__builtins__`, `x.__class__`, ...).
@@ -215,7 +264,7 @@ def gadget_category(module: str, name: str) -> str | None:
     if parts[0].startswith("__") and parts[0].endswith("__") and parts[0] != "__main__":
         return EXEC
     # Submodules of dangerous packages (`os.path`, `torch.hub.load`, `uuid._popen.x`).
-    for i in range(1, len(parts)):
+    for i in range(1 if stdlib is None else 2, len(parts)):
         prefix = ".".join(parts[:i])
         if prefix in _MODULES:
             return _in_module(_MODULES[prefix], last)

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConvertError, MalformedCheckpoint, UnsafeCheckpoint
-from . import allowlist, gadgets, limits
+from . import allowlist, compat_names, gadgets, limits
+from .collisions import check_keys, grown
 from .numpy_types import build_ndarray, build_npdtype
 from .records import GlobalRef, NdArrayRef, NpDType, ObjectRecord, TensorRef
 from .source import SourceBytes
@@ -220,11 +221,15 @@ class PickleVM:
     def _global(self, module: Any, name: Any) -> Any:
         if type(module) is not str or type(name) is not str or not module or not name:
             raise MalformedCheckpoint("global name must be two non-empty strings")
+        written = (module, name)
+        # The name pickle's find_class really imports: Python 2 names mapped at protocol < 3 (fix_imports).
+        module, name = compat_names.resolve(module, name, self.protocol)
         qual = f"{module}.{name}"
         self.globals_used.setdefault(qual, self._op_pos)
         if qual in allowlist.VALUE_GLOBALS:
             return allowlist.VALUE_GLOBALS[qual]
-        if qual not in allowlist.RECONSTRUCTORS and qual not in self.data_classes and gadgets.is_dangerous(module, name):
+        if qual not in allowlist.RECONSTRUCTORS and qual not in self.data_classes and (
+                gadgets.is_dangerous(module, name) or gadgets.is_dangerous(*written)):
             self.findings.append(Finding(qual, f"{self.source}, byte {self._op_pos}, {self._op_name}"))
         return GlobalRef(module, name)
 
@@ -372,7 +377,9 @@ class PickleVM:
         raise MalformedCheckpoint("uses an out-of-band buffer (pickle protocol 5) that a file cannot carry")
 
     def op_READONLY_BUFFER(self) -> None:
-        self._top()
+        # pickle takes a memoryview of the top: anything but bytes-like data makes it fail, so must we
+        if type(self._top()) not in (bytes, bytearray):
+            raise MalformedCheckpoint(f"READONLY_BUFFER on a {type(self._top()).__name__}, not a buffer")
 
     # containers
     def op_EMPTY_TUPLE(self) -> None:
@@ -408,6 +415,7 @@ class PickleVM:
         items = self._pop_mark()
         if len(items) % 2:
             raise MalformedCheckpoint("DICT with an odd number of items")
+        check_keys(items[::2], "DICT")
         self.stack.append(dict(zip(items[::2], items[1::2])))
 
     def op_EMPTY_SET(self) -> None:
@@ -415,6 +423,7 @@ class PickleVM:
 
     def op_FROZENSET(self) -> None:
         items = self._pop_mark()
+        check_keys(items, "FROZENSET")
         self.stack.append(frozenset(items))
 
     def op_ADDITEMS(self) -> None:
@@ -422,7 +431,9 @@ class PickleVM:
         target = self._top()
         if type(target) is not set:
             raise MalformedCheckpoint(f"ADDITEMS on a {type(target).__name__}")
-        target.update(items)
+        for item in items:
+            target.add(item)
+            grown(target, "ADDITEMS")
 
     def _append(self, items: list[Any]) -> None:
         append_items(self._top(), items)
@@ -577,6 +588,7 @@ def set_items(target: Any, pairs: list[tuple[Any, Any]]) -> None:
     if type(target) in (dict, collections.OrderedDict):
         for key, value in pairs:
             target[key] = value
+            grown(target, "SETITEMS")
     elif isinstance(target, ObjectRecord):
         target.dictitems.extend(pairs)
     else:

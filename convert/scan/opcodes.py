@@ -3,7 +3,8 @@
 Unlike the reader's VM (`convert/read/vm.py`), it builds no values and never stops at the first
 thing it cannot reconstruct: it follows the stack only far enough to resolve `STACK_GLOBAL`
 operands (strings pushed directly or fetched from the memo) and carries on after `STOP`, so a
-gadget in a second, concatenated pickle or after a later corruption is still seen. Pure standard
+gadget in a second, concatenated pickle or after a later corruption is still seen. Globals are named as
+pickle's find_class imports them (fix_imports at protocol < 3, `compat_names.py`). Pure standard
 library (`pickletools` parses the operands); nothing named is imported.
 """
 
@@ -12,6 +13,9 @@ from __future__ import annotations
 import pickletools
 from dataclasses import dataclass, field
 from typing import Any
+
+from ..read.compat_names import resolve
+from ..read.gadgets import is_dangerous
 
 MAX_PICKLES = 1000  # concatenated pickles followed in one stream (the reader's trailing-pickle limit)
 _STRING_OPS = frozenset({"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE",
@@ -36,6 +40,12 @@ class GlobalUse:
     name: str  # for EXT opcodes "copyreg extension code N"
     offset: int  # byte offset of the opcode in the stream
     opcode: str
+    written: tuple[str, str] | None = None  # (module, name) in the stream, where fix_imports mapped them
+
+    @property
+    def as_written(self) -> tuple[str, str]:
+        """(module, name) as the opcode spells them (what its length counts)."""
+        return self.written or (self.module, self.name)
 
     @property
     def qualname(self) -> str:
@@ -93,6 +103,7 @@ def _walk_one(stream: Any, start: int, size: int) -> tuple[list[GlobalUse], int,
     """One pickle from `start`: (global uses, position after STOP, error or None)."""
     uses: list[GlobalUse] = []
     sim = _Stack()
+    protocol = 0  # each pickle is read by a new Unpickler: protocol 0 until a PROTO opcode says otherwise
     try:
         for op, arg, pos in pickletools.genops(stream):
             if pos is None or pos >= size:
@@ -100,20 +111,37 @@ def _walk_one(stream: Any, start: int, size: int) -> tuple[list[GlobalUse], int,
             name = op.name
             if name == "STOP":
                 return uses, stream.tell(), None
+            if name == "PROTO":
+                protocol = arg
             if name in ("GLOBAL", "INST"):
                 module, _, member = str(arg).partition(" ")
-                uses.append(GlobalUse(module, member, pos, name))
+                uses += _uses(module, member, protocol, pos, name)
             elif name == "STACK_GLOBAL":
                 member, module = sim.pop(), sim.pop()
                 sim.items.extend((module, member))  # the generic stack effect below pops them again
                 resolved = type(module) is str and type(member) is str and module and member
-                uses.append(GlobalUse(module, member, pos, name) if resolved else GlobalUse("", "", pos, name))
+                uses += _uses(module, member, protocol, pos, name) if resolved else [GlobalUse("", "", pos, name)]
             elif name in _EXT_OPS:
                 uses.append(GlobalUse("", f"copyreg extension code {arg}", pos, name))
             sim.apply(op, arg)
     except Exception as exc:
         return uses, stream.tell(), f"{type(exc).__name__}: {exc}"[:200]
     return uses, stream.tell(), "the stream ends without STOP"
+
+
+def _uses(module: str, member: str, protocol: int, pos: int, opcode: str) -> list[GlobalUse]:
+    """The global as pickle's find_class imports it (fix_imports at protocol < 3).
+
+    Where the mapping changed it, the name as written is a use too if it is itself a gadget: an unpickler
+    with other tables (another Python version) could import it unmapped.
+    """
+    fixed = resolve(module, member, protocol)
+    if fixed == (module, member):
+        return [GlobalUse(module, member, pos, opcode)]
+    uses = [GlobalUse(*fixed, pos, opcode, written=(module, member))]
+    if is_dangerous(module, member) and not is_dangerous(*fixed):
+        uses.append(GlobalUse(module, member, pos, opcode))
+    return uses
 
 
 class _Stack:

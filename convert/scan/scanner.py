@@ -122,6 +122,11 @@ def scan_file(path: str | os.PathLike) -> ScanReport:
         os.close(fd)
     except ConvertError as exc:
         return _unreadable(report, exc)
+    if path.suffix == ".distcp" and path.parent.is_dir():
+        from ..dcp import is_dcp_folder, scan_dcp_report
+
+        if is_dcp_folder(path.parent):  # a DCP part: read by dcp.load at the ranges its .metadata names
+            return _dcp_part(path, report, scan_dcp_report)
     reader_error = _read(path, report)
     walked_ok = _walk(path, report)
     if isinstance(reader_error, UnsafeCheckpoint):  # what only the VM sees: a call of a computed callable, ...
@@ -134,6 +139,20 @@ def scan_file(path: str | os.PathLike) -> ScanReport:
     if reader_error is not None and not readable_anyway:
         report.error, report.exception = str(reader_error), reader_error
         report.findings.append(ScanFinding("<unreadable>", UNREADABLE_CATEGORY, UNREADABLE, str(reader_error)))
+    report.verdict = worst([f.verdict for f in report.findings])
+    return report
+
+
+def _dcp_part(path: Path, report: ScanReport, scan_dcp_report: Any) -> ScanReport:
+    """A `.distcp` file is no archive of its own (saved items back to back): its folder's verdict, plus every
+    global the opcode walk finds anywhere in the file."""
+    try:
+        folder = scan_dcp_report(path.parent)
+    except ConvertError as exc:
+        return _unreadable(report, exc)
+    report.format, report.findings, report.globals = folder.format, list(folder.findings), list(folder.globals)
+    _walk(path, report)
+    report.globals = sorted({*report.globals, *folder.globals})
     report.verdict = worst([f.verdict for f in report.findings])
     return report
 
@@ -220,7 +239,8 @@ def _opcode_length(use: GlobalUse) -> int:
     """GLOBAL/INST carry "module\\nname\\n" after the opcode byte; the others have fixed sizes."""
     if use.opcode in _FIXED_LENGTHS:
         return _FIXED_LENGTHS[use.opcode]
-    return 3 + len(use.module.encode("utf-8", "surrogatepass")) + len(use.name.encode("utf-8", "surrogatepass"))
+    module, name = use.as_written
+    return 3 + len(module.encode("utf-8", "surrogatepass")) + len(name.encode("utf-8", "surrogatepass"))
 
 
 __all__ = ["ScanFinding", "ScanReport", "Sources", "scan_file"]

@@ -29,7 +29,7 @@ class Box:
     """One saved part of a tensor: its place in the whole tensor and where its elements are.
 
     Element `i` of the box (a multi-index) is at byte `byte_offset + itemsize * sum(i[d] * strides[d])`
-    of `buffer` (a mapping of an input file, or bytes).
+    of `buffer` (an input file read with pread — a `read.source.SourceBytes` — or bytes).
     """
 
     offsets: tuple[int, ...]
@@ -41,27 +41,6 @@ class Box:
     @property
     def numel(self) -> int:
         return math.prod(self.sizes)
-
-
-def tiling_problem(shape: tuple[int, ...], boxes: list[tuple[tuple[int, ...], tuple[int, ...]]]) -> str | None:
-    """Why `boxes` ((offsets, sizes) pairs) do not tile `shape` exactly once, or None if they do."""
-    for offsets, sizes in boxes:
-        if len(offsets) != len(shape) or len(sizes) != len(shape):
-            return f"a chunk with offsets {list(offsets)} and sizes {list(sizes)} does not have the tensor's {len(shape)} dims"
-        if any(o + s > n for o, s, n in zip(offsets, sizes, shape)):
-            return f"the chunk at offsets {list(offsets)} with sizes {list(sizes)} reaches outside the shape {list(shape)}"
-    full = [b for b in boxes if all(s > 0 for s in b[1])]
-    full.sort(key=lambda b: b[0])
-    for i, (off_a, size_a) in enumerate(full):
-        for off_b, size_b in full[i + 1:]:
-            if shape and off_b[0] >= off_a[0] + size_a[0]:
-                break  # sorted by the first offset: no later box can meet this one
-            if all(ob < oa + sa and oa < ob + sb for oa, sa, ob, sb in zip(off_a, size_a, off_b, size_b)):
-                return f"the chunks at offsets {list(off_a)} and {list(off_b)} overlap"
-    covered, total = sum(math.prod(s) for _, s in full), math.prod(shape)
-    if covered != total:
-        return f"the chunks cover {covered} of its {total} elements (a gap)"
-    return None
 
 
 def _contiguous(sizes: tuple[int, ...], strides: tuple[int, ...]) -> bool:
@@ -105,11 +84,19 @@ def _span(box: Box, lo: int, hi: int, k: int, prefix: tuple[int, ...], itemsize:
     return first, [*sizes, itemsize], [st * itemsize for st in strides] + [1], last
 
 
+def _window(buffer: Any, first: int, last: int) -> memoryview:
+    """Bytes [first, last) of a box's buffer: read with pread from a file (`read.source.SourceBytes`: never
+    mapped, so a file truncated underneath is a clean error, not SIGBUS), or a view of bytes in memory."""
+    if hasattr(buffer, "read"):
+        return memoryview(buffer.read(first, last - first))
+    return memoryview(buffer)[first:last]
+
+
 def tensor_pieces(shape: tuple[int, ...], itemsize: int, boxes: list[Box],
                   block_bytes: int = BLOCK_BYTES) -> Iterator[memoryview]:
     """The tensor's bytes in row-major order, as consecutive pieces of at most about `block_bytes`.
 
-    `boxes` must tile `shape` exactly (see `tiling_problem`). A piece is only valid until the next one
+    `boxes` must tile `shape` exactly (see `read/dcp_tiling.py`). A piece is only valid until the next one
     is asked for: its input pages are handed back then, and a copied slab's buffer is reused.
     """
     numel = math.prod(shape)
@@ -117,7 +104,7 @@ def tensor_pieces(shape: tuple[int, ...], itemsize: int, boxes: list[Box],
         return
     if not shape:  # a 0-d tensor: one element, one box
         box = boxes[0]
-        yield memoryview(box.buffer)[box.byte_offset:box.byte_offset + itemsize]
+        yield _window(box.buffer, box.byte_offset, box.byte_offset + itemsize)
         return
     buffers = _Buffers()
     inner = [math.prod(shape[d + 1:]) * itemsize for d in range(len(shape))]
@@ -135,7 +122,7 @@ def tensor_pieces(shape: tuple[int, ...], itemsize: int, boxes: list[Box],
             if (whole is not None and whole.offsets[k] <= lo and hi <= whole.offsets[k] + whole.sizes[k]
                     and whole.sizes[k + 1:] == shape[k + 1:] and _contiguous(whole.sizes[k:], whole.strides[k:])):
                 first, _, _, last = _span(whole, lo, hi, k, prefix, itemsize)
-                yield memoryview(whole.buffer)[first:last]
+                yield _window(whole.buffer, first, last)
                 touched.append((whole.buffer, first, last))
             else:
                 if scratch is None:  # one buffer for every slab: freed-and-reallocated blocks fragment the heap
@@ -144,8 +131,9 @@ def tensor_pieces(shape: tuple[int, ...], itemsize: int, boxes: list[Box],
                 for box in meeting:
                     b_lo, b_hi = max(lo, box.offsets[k]), min(hi, box.offsets[k] + box.sizes[k])
                     first, sizes, strides, last = _span(box, b_lo, b_hi, k, prefix, itemsize)
-                    source = np.lib.stride_tricks.as_strided(buffers.tensor(box.buffer)[first:], shape=sizes,
-                                                             strides=strides, writeable=False)
+                    base = (np.frombuffer(box.buffer.read(first, last - first), dtype=np.uint8)
+                            if hasattr(box.buffer, "read") else buffers.tensor(box.buffer)[first:])
+                    source = np.lib.stride_tricks.as_strided(base, shape=sizes, strides=strides, writeable=False)
                     target = block[(slice(b_lo - lo, b_hi - lo),
                                     *(slice(o, o + s) for o, s in zip(box.offsets[k + 1:], box.sizes[k + 1:])))]
                     target[...] = source

@@ -19,7 +19,15 @@ PICKLESCAN_UNSAFE = picklescan_scanner._unsafe_globals  # picklescan has no publ
 EXCEPTIONS: dict[tuple[str, str], str] = {
     ("uuid", "*"): "uuid.UUID (and uuid3/4/5) are plain value constructors real checkpoints hold; the helpers that "
                    "run ifconfig/ip/arp/netstat are gadgets by name (UUID_COMMAND_HELPERS below)",
+    **{(module, "*"): "a standard-library name user packages also take (a project's own `test/` or `profile/`): only "
+                      "what the standard-library module really has is unsafe (STDLIB_SHADOW_GADGETS below); a user "
+                      "class there is a custom class"
+       for module in ("test", "profile", "cProfile", "timeit")},
 }
+# The real members of those modules: unsafe whatever the user packages are called.
+STDLIB_SHADOW_GADGETS = [("test", "support"), ("test.support", "run_in_subinterp"), ("test.support.os_helper", "rmtree"),
+                         ("test.test_os", "anything"), ("profile", "run"), ("profile", "Profile"),
+                         ("cProfile", "runctx"), ("timeit", "timeit"), ("timeit", "Timer"), ("test", "_private")]
 UUID_COMMAND_HELPERS = ["_get_command_stdout", "_popen", "_find_mac", "_ifconfig_getnode", "_ip_getnode",
                         "_arp_getnode", "_netstat_getnode", "_lanscan_getnode", "_unix_getnode", "getnode", "uuid1"]
 PROBE = "some_member"  # stands for "any member" of a module a tool denies as a whole
@@ -62,6 +70,8 @@ def test_exceptions_are_real_and_narrow():
     assert classify_global("uuid", "UUID") == (SUSPICIOUS, "custom-class")
     for helper in UUID_COMMAND_HELPERS:
         assert classify_global("uuid", helper)[0] == UNSAFE, helper
+    for module, name in STDLIB_SHADOW_GADGETS:
+        assert classify_global(module, name)[0] == UNSAFE, (module, name)
 
 
 # What the categories mean, by example (the list, plus the ways around it).
