@@ -24,9 +24,9 @@ from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from convert import TrustPolicy, convert_checkpoint, load_checkpoint  # noqa: E402
 from convert.errors import ConvertError, SignatureInvalid, UnsignedFolder  # noqa: E402
 from convert.ops.save import save_checkpoint  # noqa: E402
+from convert.ops.units import convert_hf_folder  # noqa: E402
 from convert.ops.verify import verify_folder  # noqa: E402
 from convert.sign import SIGNATURE_NAME, verify_signature  # noqa: E402
-from convert.ops.units import convert_hf_folder  # noqa: E402
 from tests.helpers import REPO_ROOT, assert_equivalent, assert_one_line_error, run_cli, run_python  # noqa: E402
 
 UPSTREAM_CLI = Path(sys.executable).with_name("model_signing")
