@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import codecs
 import collections
+import contextlib
+import contextvars
 import struct
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConvertError, MalformedCheckpoint, UnsafeCheckpoint
@@ -33,6 +35,60 @@ MIN_WINDOW, MAX_WINDOW = 1 << 16, 1 << 20
 # imports anything, not even a codec module.
 for _codec in ("raw-unicode-escape", "unicode-escape", "latin-1", "ascii", "utf-8", "cp437"):
     codecs.lookup(_codec)
+
+
+# Globals whose harm depends on how they are used, judged where they are called rather than where named:
+# `getattr(Class, "name")` stored as a value is an inert attribute reference (mmengine's HistoryBuffer);
+# `torch.storage._load_from_bytes(blob)` is how plain `pickle.dump` writes a tensor's storage, and the blob
+# is a legacy torch.save file this reader parses itself.
+GETATTR, LOAD_FROM_BYTES = "builtins.getattr", "torch.storage._load_from_bytes"
+JUDGED_AT_CALL = frozenset({GETATTR, LOAD_FROM_BYTES})
+ATTRIBUTE_VIA = "getattr"  # the `via` of an ObjectRecord that is an attribute reference
+SALVAGED_VIA = "salvaged-call"  # the `via` of a call that salvage neutralised instead of refusing the file
+MAX_NESTED_BLOBS = 2  # _load_from_bytes inside a blob inside a blob...: real files nest once
+# Allowlisted reconstructors that would call (or instantiate) one of their arguments.
+_TAKES_CALLABLE = frozenset({"copyreg._reconstructor", "copyreg.__newobj__", "torch._tensor._rebuild_from_type_v2"})
+
+
+@dataclass
+class ReadSession:
+    """State shared by every VM of one read (nested blobs included): salvage mode, nesting, what was found.
+
+    `neutralised` lists, in salvage mode, each call or use that would have run code (it became an inert
+    record instead); `attribute_refs` counts the getattr globals accepted as inert attribute references.
+    """
+
+    salvage: bool = False
+    nesting: int = 0
+    neutralised: list[Finding] = field(default_factory=list)
+    attribute_refs: int = 0
+    blobs: int = 0  # _load_from_bytes blobs read through
+
+    def judged_inert(self) -> dict[str, int]:
+        """How many uses of each JUDGED_AT_CALL global were accepted as inert (for `scan`)."""
+        return {GETATTR: self.attribute_refs, LOAD_FROM_BYTES: self.blobs}
+
+
+_SESSION: contextvars.ContextVar[ReadSession | None] = contextvars.ContextVar("read_session", default=None)
+
+
+@contextlib.contextmanager
+def reading(*, salvage: bool = False) -> Iterator[ReadSession]:
+    """Every PickleVM created inside shares the returned session (salvage mode, counters)."""
+    session = ReadSession(salvage=salvage)
+    token = _SESSION.set(session)
+    try:
+        yield session
+    finally:
+        _SESSION.reset(token)
+
+
+def _session() -> ReadSession:
+    session = _SESSION.get()
+    if session is None:
+        session = ReadSession()
+        _SESSION.set(session)  # this context only: a plain read without `reading()`
+    return session
 
 
 @dataclass(frozen=True)
@@ -74,6 +130,9 @@ class PickleVM:
         # as inert ObjectRecords like any unknown class, but not reported as gadgets by module prefix.
         self.data_classes = data_classes
         self.findings: list[Finding] = []
+        self.session = _session()
+        self.salvage = self.session.salvage
+        self._gadgets: set[str] = set()  # qualnames of gadget globals named so far (salvage marks their calls)
         self.globals_used: dict[str, int] = {}
         self.protocol = 0
         self._dispatch = {op: getattr(self, "op_" + name) for op, name in _OPCODES.items()}
@@ -104,7 +163,7 @@ class PickleVM:
                 if handler():  # only STOP returns True
                     break
         except ConvertError as exc:
-            if self.findings and not isinstance(exc, UnsafeCheckpoint):
+            if self.findings and not self.salvage and not isinstance(exc, UnsafeCheckpoint):
                 raise self._unsafe() from None
             if isinstance(exc, MalformedCheckpoint) and not getattr(exc, "located", False):
                 located = MalformedCheckpoint(f"{self.source}: {exc} (byte {self._op_pos}, {self._op_name})")
@@ -114,12 +173,14 @@ class PickleVM:
         except (RecursionError, MemoryError):
             raise MalformedCheckpoint(f"{self.source}: structure too large or too deep (byte {self._op_pos})") from None
         except Exception as exc:  # any other failure on hostile input is malformed input, reported in one line
-            if self.findings:
+            if self.findings and not self.salvage:
                 raise self._unsafe() from None
             raise MalformedCheckpoint(f"{self.source}: invalid pickle at byte {self._op_pos} ({self._op_name}): "
                                       f"{type(exc).__name__}: {exc}") from None
         if self.findings:
-            raise self._unsafe()
+            if not self.salvage:
+                raise self._unsafe()
+            self.session.neutralised.extend(self.findings)
         limits.check_structure(self._result)
         return self._result
 
@@ -218,6 +279,9 @@ class PickleVM:
 
     # ------------------------------------------------------------------ globals and calls
 
+    def _finding(self, name: str, op: str | None = None) -> None:
+        self.findings.append(Finding(name, f"{self.source}, byte {self._op_pos}, {op or self._op_name}"))
+
     def _global(self, module: Any, name: Any) -> Any:
         if type(module) is not str or type(name) is not str or not module or not name:
             raise MalformedCheckpoint("global name must be two non-empty strings")
@@ -230,27 +294,80 @@ class PickleVM:
             return allowlist.VALUE_GLOBALS[qual]
         if qual not in allowlist.RECONSTRUCTORS and qual not in self.data_classes and (
                 gadgets.is_dangerous(module, name) or gadgets.is_dangerous(*written)):
-            self.findings.append(Finding(qual, f"{self.source}, byte {self._op_pos}, {self._op_name}"))
+            self._gadgets.add(qual)
+            if qual not in JUDGED_AT_CALL:
+                self._finding(qual)
         return GlobalRef(module, name)
 
     def _call(self, func: Any, args: Any) -> Any:
         if type(args) is not tuple:
             raise MalformedCheckpoint(f"call arguments must be a tuple, got {type(args).__name__}")
         if not isinstance(func, GlobalRef):
-            # Calling a computed value (the result of another call) is how gadget chains work:
-            # `resolve_name(...)(cmd)`, `attrgetter(...)(module)`. No checkpoint does it.
+            # Calling a computed value (the result of another call, an attribute reference) is how gadget
+            # chains work: `resolve_name(...)(cmd)`, `attrgetter(...)(module)`. No checkpoint does it.
             what = func.qualname if isinstance(func, ObjectRecord) else type(func).__name__
-            self.findings.append(Finding(f"a call of the result of {what}", f"{self.source}, byte {self._op_pos}, REDUCE"))
-            return ObjectRecord("<computed callable>", args=args)
-        reconstructor = allowlist.RECONSTRUCTORS.get(func.qualname)
+            self._finding(f"a call of the result of {what}", "REDUCE")
+            return ObjectRecord(f"<call of {what}>" if self.salvage else "<computed callable>", args=args,
+                                via=SALVAGED_VIA if self.salvage else "reduce")
+        qual = func.qualname
+        if qual == GETATTR:
+            return self._getattr(args)
+        if qual == LOAD_FROM_BYTES:
+            return self._load_from_bytes(args)
+        if qual in _TAKES_CALLABLE and any(_is_attribute(a) for a in args):
+            self._finding(f"{qual} of an attribute reference", "REDUCE")
+        reconstructor = allowlist.RECONSTRUCTORS.get(qual)
         if reconstructor is None:
-            return ObjectRecord(func.qualname, args=args)
+            return ObjectRecord(qual, args=args, via=SALVAGED_VIA if self.salvage and qual in self._gadgets else "reduce")
         return reconstructor(*args)
+
+    def _getattr(self, args: tuple) -> Any:
+        """`getattr(Class, "name")`: an inert attribute reference, never looked up; anything else is a gadget."""
+        target, attr = args if len(args) == 2 else (None, None)
+        if (isinstance(target, GlobalRef) and type(attr) is str and attr.isidentifier() and not attr.startswith("__")
+                and target.qualname not in JUDGED_AT_CALL
+                and not gadgets.is_dangerous(target.module, f"{target.name}.{attr}")):
+            self.session.attribute_refs += 1
+            return ObjectRecord(f"{target.qualname}.{attr}", via=ATTRIBUTE_VIA)
+        what = target.qualname if isinstance(target, GlobalRef) else type(target).__name__
+        self._finding(f"{GETATTR}({what}, {attr!r:.40})", "REDUCE")
+        return ObjectRecord(GETATTR, args=args, via=SALVAGED_VIA if self.salvage else "reduce")
+
+    def _load_from_bytes(self, args: tuple) -> Any:
+        """`torch.storage._load_from_bytes(blob)`: the blob is a legacy torch.save file; read it like the input."""
+        if len(args) != 1 or type(args[0]) not in (bytes, bytearray):
+            self._finding(f"{LOAD_FROM_BYTES} of a {type(args[0] if args else None).__name__}", "REDUCE")
+            return ObjectRecord(LOAD_FROM_BYTES, args=args, via=SALVAGED_VIA if self.salvage else "reduce")
+        if self.session.nesting >= MAX_NESTED_BLOBS:
+            raise MalformedCheckpoint(f"a torch.save blob nested more than {MAX_NESTED_BLOBS} deep")
+        from .blobs import read_blob  # here: blobs builds on containers, which builds on this module
+
+        self.session.nesting += 1
+        try:
+            storage = read_blob(bytes(args[0]), f"{self.source} (blob at byte {self._op_pos})")
+            self.session.blobs += 1
+            return storage
+        finally:
+            self.session.nesting -= 1
 
     def _instantiate(self, cls: Any, args: tuple, via: str) -> Any:
         if not isinstance(cls, GlobalRef):
+            if _is_attribute(cls) or (self.salvage and isinstance(cls, ObjectRecord)):
+                what = cls.qualname if isinstance(cls, ObjectRecord) else type(cls).__name__
+                self._finding(f"an instance of the result of {what}")
+                return ObjectRecord(f"<instance of {what}>", args=args, via=SALVAGED_VIA if self.salvage else via)
             raise MalformedCheckpoint(f"instantiates a {type(cls).__name__}, not a class")
-        return allowlist.instantiate(cls, args, via)
+        if cls.qualname in JUDGED_AT_CALL:
+            self._finding(f"an instance of {cls.qualname}")
+        record = allowlist.instantiate(cls, args, via)
+        if self.salvage and cls.qualname in self._gadgets and isinstance(record, ObjectRecord):
+            record.via = SALVAGED_VIA
+        return record
+
+    def _check_target(self, what: str) -> None:
+        """An attribute reference is a function or class: APPEND/SETITEM/BUILD on it would call its code."""
+        if self.stack and _is_attribute(self.stack[-1]):
+            self._finding(f"{what} on the attribute reference {self.stack[-1].qualname}")
 
     # ------------------------------------------------------------------ opcodes
 
@@ -436,7 +553,18 @@ class PickleVM:
             grown(target, "ADDITEMS")
 
     def _append(self, items: list[Any]) -> None:
-        append_items(self._top(), items)
+        self._check_target("APPEND")
+        self._salvaging(append_items, self._top(), items)
+
+    def _salvaging(self, apply: Callable[[Any, Any], None], target: Any, arg: Any) -> None:
+        """APPEND/SETITEMS/BUILD; in salvage mode, one on a value no loader could apply it to is dropped, noted."""
+        try:
+            apply(target, arg)
+        except MalformedCheckpoint:
+            if not self.salvage:
+                raise
+            self.session.neutralised.append(Finding(f"{self._op_name} on a {type(target).__name__}",
+                                                    f"{self.source}, byte {self._op_pos}, {self._op_name}"))
 
     def op_APPEND(self) -> None:
         self._append([self._pop()])
@@ -447,7 +575,8 @@ class PickleVM:
     def _setitems(self, items: list[Any]) -> None:
         if len(items) % 2:
             raise MalformedCheckpoint("SETITEMS with an odd number of items")
-        set_items(self._top(), list(zip(items[::2], items[1::2])))
+        self._check_target("SETITEMS")
+        self._salvaging(set_items, self._top(), list(zip(items[::2], items[1::2])))
 
     def op_SETITEM(self) -> None:
         value = self._pop()
@@ -542,7 +671,8 @@ class PickleVM:
 
     def op_BUILD(self) -> None:
         state = self._pop()
-        build(self._top(), state)
+        self._check_target("BUILD")
+        self._salvaging(build, self._top(), state)
 
     def _ext(self, code: int) -> None:
         self.findings.append(Finding(f"copyreg extension code {code}",
@@ -568,6 +698,10 @@ class PickleVM:
 
     def op_BINPERSID(self) -> None:
         self._persistent(self._pop())
+
+
+def _is_attribute(value: Any) -> bool:
+    return isinstance(value, ObjectRecord) and value.via == ATTRIBUTE_VIA
 
 
 # What APPEND(S), SETITEM(S) and BUILD do to the value they apply to; also used by save_checkpoint,

@@ -12,6 +12,7 @@ Every global is classified by `verdicts.classify_global`; the file's verdict is 
 
 from __future__ import annotations
 
+import dataclasses
 import mmap
 import os
 from dataclasses import dataclass, field
@@ -22,10 +23,12 @@ from ..errors import ConvertError, UnsafeCheckpoint, UnsupportedValue
 from ..read import Input, read_tree
 from ..read.gadgets import EXEC
 from ..read.source import open_regular
+from ..read.vm import JUDGED_AT_CALL, reading
 from .opcodes import GlobalUse, walk_stream
 from .sources import Sources, Stream, carve_candidates, open_sources
 from .verdicts import (
     EXIT_CODES,
+    JUDGED_CATEGORIES,
     REASONS,
     SAFE,
     SUSPICIOUS,
@@ -76,6 +79,7 @@ class ScanReport:
     globals: list[str] = field(default_factory=list)
     error: str | None = None  # why the file could not be read through (verdict unreadable, or unsafe and broken)
     exception: ConvertError | None = field(default=None, repr=False, compare=False)
+    judged_uses: dict[str, int] = field(default_factory=dict, repr=False, compare=False)  # getattr/_load_from_bytes
 
     @property
     def unsafe(self) -> list[ScanFinding]:
@@ -122,8 +126,11 @@ def scan_file(path: str | os.PathLike) -> ScanReport:
         os.close(fd)
     except ConvertError as exc:
         return _unreadable(report, exc)
-    reader_error = _read(path, report)
+    with reading() as session:
+        reader_error = _read(path, report)
     walked_ok = _walk(path, report)
+    if reader_error is None:
+        _downgrade_judged(report, session.judged_inert())
     if isinstance(reader_error, UnsafeCheckpoint):  # what only the VM sees: a call of a computed callable, ...
         known = {f.name for f in report.unsafe}
         for vm_finding in reader_error.findings:
@@ -136,6 +143,17 @@ def scan_file(path: str | os.PathLike) -> ScanReport:
         report.findings.append(ScanFinding("<unreadable>", UNREADABLE_CATEGORY, UNREADABLE, str(reader_error)))
     report.verdict = worst([f.verdict for f in report.findings])
     return report
+
+
+def _downgrade_judged(report: ScanReport, accepted: dict[str, int]) -> None:
+    """getattr / _load_from_bytes that the reader read through as inert (attribute references, checked
+    torch.save blobs) are not gadgets in this file: suspicious, when the reader accepted every use the walk saw."""
+    for i, finding in enumerate(report.findings):
+        uses = report.judged_uses.get(finding.name, 0)
+        if finding.name in accepted and finding.verdict == UNSAFE and 0 < uses <= accepted[finding.name]:
+            category = JUDGED_CATEGORIES[finding.name]
+            report.findings[i] = dataclasses.replace(finding, verdict=SUSPICIOUS, category=category,
+                                                     reason=REASONS[category])
 
 
 def _unreadable(report: ScanReport, exc: ConvertError) -> ScanReport:
@@ -205,6 +223,8 @@ def _add_findings(report: ScanReport, stream: Stream, uses: list[GlobalUse], nam
         if qual in seen:
             continue
         seen.add(qual)
+        if qual in JUDGED_AT_CALL:
+            report.judged_uses[qual] = report.judged_uses.get(qual, 0) + sum(u.qualname == qual for u in uses)
         verdict, category = classify_global(use.module, use.name)
         if verdict == SAFE:
             continue
