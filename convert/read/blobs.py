@@ -1,39 +1,51 @@
-"""A legacy `torch.save` file held in memory: the blob of `torch.storage._load_from_bytes(b"...")`.
+"""A `torch.save` file held in memory: the blob of `torch.storage._load_from_bytes(b"...")`.
 
 Plain `pickle.dump` of a tensor (skorch's saved nets, research repos) pickles its storage as a call of
-`_load_from_bytes` on a whole legacy torch.save file. The blob is read by the same legacy reader as a file
-on disk (same VM, limits and gadget checks); the storage it describes is what the call gives back.
+`_load_from_bytes` on a whole torch.save file (legacy format; torch.load also takes a zip one). The blob
+is read by the reader's own container entry point, as a file on disk would be (same VM, limits and gadget
+checks, in the same read session, whose nesting depth the VM bounds); the storage it describes is what
+the call gives back.
 """
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
 from typing import Any
 
 from ..errors import MalformedCheckpoint
-from .containers import LEGACY_MAGIC, _read_legacy
-from .records import StorageRef
-from .vm import PickleVM
+from . import vm
+from .containers import read_container
+
+
+class _BlobBytes(bytes):
+    """The blob: bytes (the VM reads it in memory) that also answer `read(offset, n)` like SourceBytes."""
+
+    def read(self, offset: int, n: int) -> bytes:
+        if offset < 0 or n < 0 or offset + n > len(self):
+            raise MalformedCheckpoint(f"truncated: needs {n} bytes at byte {offset}, the blob holds {len(self)}")
+        return bytes(self[offset:offset + n])
 
 
 class _BlobInput:
-    """The part of `containers.Input` the legacy reader uses, over bytes in memory."""
+    """The part of `containers.Input` the container readers use, over bytes in memory."""
 
     def __init__(self, data: bytes, name: str) -> None:
-        self.buf, self.size, self.name = data, len(data), name
+        self.buf = _BlobBytes(data)
+        self.size, self.name, self.path = len(data), name, Path(name)
+        self._file = io.BytesIO(self.buf)
+        self.converting = False
 
     def read(self, offset: int, n: int) -> bytes:
-        return self.buf[offset:offset + n]
+        return self.buf.read(offset, n)
+
+    def fileno(self) -> int:
+        raise io.UnsupportedOperation("a blob in memory has no file descriptor")
 
 
-def read_blob(data: bytes, name: str) -> StorageRef:
-    """The storage a `_load_from_bytes` blob holds. Raises MalformedCheckpoint for anything else."""
-    inp = _BlobInput(data, name)
-    first = PickleVM(data, source=f"{name} (magic number)")
-    magic = first.run()
-    if type(magic) is not int or magic != LEGACY_MAGIC:
-        raise MalformedCheckpoint(f"{name}: _load_from_bytes of bytes that are not a legacy torch.save file")
-    result = _read_legacy(inp, first.pos)  # type: ignore[arg-type]  # duck-typed Input
-    root: Any = result.root
-    if not isinstance(root, StorageRef):
-        raise MalformedCheckpoint(f"{name}: _load_from_bytes blob holds a {type(root).__name__}, not a storage")
-    return root
+def read_blob(data: bytes, name: str) -> Any:
+    """What a `_load_from_bytes` blob holds: a storage (the VM refuses anything else outside salvage)."""
+    return read_container(_BlobInput(data, name)).root  # type: ignore[arg-type]  # duck-typed Input
+
+
+vm.register_blob_reader(read_blob)

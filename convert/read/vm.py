@@ -23,7 +23,7 @@ from ..errors import ConvertError, MalformedCheckpoint, UnsafeCheckpoint
 from . import allowlist, compat_names, gadgets, limits
 from .collisions import check_keys, grown
 from .numpy_types import build_ndarray, build_npdtype
-from .records import GlobalRef, NdArrayRef, NpDType, ObjectRecord, TensorRef
+from .records import GlobalRef, NdArrayRef, NpDType, ObjectRecord, StorageRef, TensorRef
 from .source import SourceBytes
 
 HIGHEST_PROTOCOL = 5
@@ -340,15 +340,19 @@ class PickleVM:
             return ObjectRecord(LOAD_FROM_BYTES, args=args, via=SALVAGED_VIA if self.salvage else "reduce")
         if self.session.nesting >= MAX_NESTED_BLOBS:
             raise MalformedCheckpoint(f"a torch.save blob nested more than {MAX_NESTED_BLOBS} deep")
-        from .blobs import read_blob  # here: blobs builds on containers, which builds on this module
-
+        if _blob_reader is None:
+            raise MalformedCheckpoint("torch.save blobs cannot be read (convert.read.blobs is not loaded)")
         self.session.nesting += 1
         try:
-            storage = read_blob(bytes(args[0]), f"{self.source} (blob at byte {self._op_pos})")
-            self.session.blobs += 1
-            return storage
+            value = _blob_reader(bytes(args[0]), f"{self.source} ({LOAD_FROM_BYTES} blob at byte {self._op_pos})")
         finally:
             self.session.nesting -= 1
+        if isinstance(value, StorageRef):
+            self.session.blobs += 1
+            return value
+        if not self.salvage:
+            raise MalformedCheckpoint(f"a {LOAD_FROM_BYTES} blob holds a {type(value).__name__}, not a storage")
+        return ObjectRecord(LOAD_FROM_BYTES, args=(value,), via=SALVAGED_VIA)
 
     def _instantiate(self, cls: Any, args: tuple, via: str) -> Any:
         if not isinstance(cls, GlobalRef):
@@ -698,6 +702,15 @@ class PickleVM:
 
     def op_BINPERSID(self) -> None:
         self._persistent(self._pop())
+
+
+_blob_reader: Callable[[bytes, str], Any] | None = None
+
+
+def register_blob_reader(reader: Callable[[bytes, str], Any]) -> None:
+    """Set by convert.read.blobs (which builds on the containers, which build on this module)."""
+    global _blob_reader
+    _blob_reader = reader
 
 
 def _is_attribute(value: Any) -> bool:
