@@ -83,14 +83,6 @@ def reading(*, salvage: bool = False) -> Iterator[ReadSession]:
         _SESSION.reset(token)
 
 
-def _session() -> ReadSession:
-    session = _SESSION.get()
-    if session is None:
-        session = ReadSession()
-        _SESSION.set(session)  # this context only: a plain read without `reading()`
-    return session
-
-
 @dataclass(frozen=True)
 class Finding:
     """One use of a known code-execution gadget: what and where."""
@@ -130,7 +122,7 @@ class PickleVM:
         # as inert ObjectRecords like any unknown class, but not reported as gadgets by module prefix.
         self.data_classes = data_classes
         self.findings: list[Finding] = []
-        self.session = _session()
+        self.session = _SESSION.get() or ReadSession()  # a read outside `reading()`: this VM's own
         self.salvage = self.session.salvage
         self._gadgets: set[str] = set()  # qualnames of gadget globals named so far (salvage marks their calls)
         self.globals_used: dict[str, int] = {}
@@ -343,9 +335,11 @@ class PickleVM:
         if _blob_reader is None:
             raise MalformedCheckpoint("torch.save blobs cannot be read (convert.read.blobs is not loaded)")
         self.session.nesting += 1
+        token = _SESSION.set(self.session)  # the blob's VMs share this session: its nesting, mode and counts
         try:
             value = _blob_reader(bytes(args[0]), f"{self.source} ({LOAD_FROM_BYTES} blob at byte {self._op_pos})")
         finally:
+            _SESSION.reset(token)
             self.session.nesting -= 1
         if isinstance(value, StorageRef):
             self.session.blobs += 1
