@@ -41,11 +41,16 @@ for _codec in ("raw-unicode-escape", "unicode-escape", "latin-1", "ascii", "utf-
 # `getattr(Class, "name")` stored as a value is an inert attribute reference (mmengine's HistoryBuffer);
 # `torch.storage._load_from_bytes(blob)` is how plain `pickle.dump` writes a tensor's storage, and the blob
 # is a legacy torch.save file this reader parses itself.
-GETATTR, LOAD_FROM_BYTES = "builtins.getattr", "torch.storage._load_from_bytes"
-JUDGED_AT_CALL = frozenset({GETATTR, LOAD_FROM_BYTES})
+# `functools.partial(func, ...)` only stores its arguments (skorch pickles its optimizer setters so); calling
+# the partial is what would run `func`, and a call of any computed value is refused.
+GETATTR, LOAD_FROM_BYTES, PARTIAL = "builtins.getattr", "torch.storage._load_from_bytes", "functools.partial"
+JUDGED_AT_CALL = frozenset({GETATTR, LOAD_FROM_BYTES, PARTIAL})
 ATTRIBUTE_VIA = "getattr"  # the `via` of an ObjectRecord that is an attribute reference
 SALVAGED_VIA = "salvaged-call"  # the `via` of a call that salvage neutralised instead of refusing the file
-MAX_NESTED_BLOBS = 2  # _load_from_bytes inside a blob inside a blob...: real files nest once
+MAX_NESTED_BLOBS = 3  # pickles in blobs in blobs...: real files nest twice (skorch: its pickle, then storages)
+# A BUILD state key whose bytes value the class's __setstate__ unpickles and merges into the state: skorch's
+# NeuralNet keeps its modules, criteria and optimizers so (`pickle.dump(net)`, skorch's documented way to save).
+NESTED_STATE_KEYS = frozenset({"__cuda_dependent_attributes__"})
 # Allowlisted reconstructors that would call (or instantiate) one of their arguments.
 _TAKES_CALLABLE = frozenset({"copyreg._reconstructor", "copyreg.__newobj__", "torch._tensor._rebuild_from_type_v2"})
 
@@ -55,18 +60,13 @@ class ReadSession:
     """State shared by every VM of one read (nested blobs included): salvage mode, nesting, what was found.
 
     `neutralised` lists, in salvage mode, each call or use that would have run code (it became an inert
-    record instead); `attribute_refs` counts the getattr globals accepted as inert attribute references.
+    record instead); `accepted` counts, per JUDGED_AT_CALL global, the calls accepted as inert.
     """
 
     salvage: bool = False
     nesting: int = 0
     neutralised: list[Finding] = field(default_factory=list)
-    attribute_refs: int = 0
-    blobs: int = 0  # _load_from_bytes blobs read through
-
-    def judged_inert(self) -> dict[str, int]:
-        """How many uses of each JUDGED_AT_CALL global were accepted as inert (for `scan`)."""
-        return {GETATTR: self.attribute_refs, LOAD_FROM_BYTES: self.blobs}
+    accepted: collections.Counter = field(default_factory=collections.Counter)
 
 
 _SESSION: contextvars.ContextVar[ReadSession | None] = contextvars.ContextVar("read_session", default=None)
@@ -306,7 +306,12 @@ class PickleVM:
             return self._getattr(args)
         if qual == LOAD_FROM_BYTES:
             return self._load_from_bytes(args)
-        if qual in _TAKES_CALLABLE and any(_is_attribute(a) for a in args):
+        if qual == PARTIAL:
+            if args and type(args[0]) in (GlobalRef, ObjectRecord):
+                self.session.accepted[PARTIAL] += 1
+            else:
+                self._finding(f"{PARTIAL} of a {type(args[0] if args else None).__name__}", "REDUCE")
+        if qual in _TAKES_CALLABLE and any(_is_attribute(a) or _is_partial(a) for a in args):
             self._finding(f"{qual} of an attribute reference", "REDUCE")
         reconstructor = allowlist.RECONSTRUCTORS.get(qual)
         if reconstructor is None:
@@ -319,7 +324,7 @@ class PickleVM:
         if (isinstance(target, GlobalRef) and type(attr) is str and attr.isidentifier() and not attr.startswith("__")
                 and target.qualname not in JUDGED_AT_CALL
                 and not gadgets.is_dangerous(target.module, f"{target.name}.{attr}")):
-            self.session.attribute_refs += 1
+            self.session.accepted[GETATTR] += 1
             return ObjectRecord(f"{target.qualname}.{attr}", via=ATTRIBUTE_VIA)
         what = target.qualname if isinstance(target, GlobalRef) else type(target).__name__
         self._finding(f"{GETATTR}({what}, {attr!r:.40})", "REDUCE")
@@ -330,23 +335,44 @@ class PickleVM:
         if len(args) != 1 or type(args[0]) not in (bytes, bytearray):
             self._finding(f"{LOAD_FROM_BYTES} of a {type(args[0] if args else None).__name__}", "REDUCE")
             return ObjectRecord(LOAD_FROM_BYTES, args=args, via=SALVAGED_VIA if self.salvage else "reduce")
-        if self.session.nesting >= MAX_NESTED_BLOBS:
-            raise MalformedCheckpoint(f"a torch.save blob nested more than {MAX_NESTED_BLOBS} deep")
         if _blob_reader is None:
             raise MalformedCheckpoint("torch.save blobs cannot be read (convert.read.blobs is not loaded)")
-        self.session.nesting += 1
-        token = _SESSION.set(self.session)  # the blob's VMs share this session: its nesting, mode and counts
-        try:
-            value = _blob_reader(bytes(args[0]), f"{self.source} ({LOAD_FROM_BYTES} blob at byte {self._op_pos})")
-        finally:
-            _SESSION.reset(token)
-            self.session.nesting -= 1
+        reader, where = _blob_reader, f"{self.source} ({LOAD_FROM_BYTES} blob at byte {self._op_pos})"
+        value = self._nested(lambda: reader(bytes(args[0]), where))
         if isinstance(value, StorageRef):
-            self.session.blobs += 1
+            self.session.accepted[LOAD_FROM_BYTES] += 1
             return value
         if not self.salvage:
             raise MalformedCheckpoint(f"a {LOAD_FROM_BYTES} blob holds a {type(value).__name__}, not a storage")
         return ObjectRecord(LOAD_FROM_BYTES, args=(value,), via=SALVAGED_VIA)
+
+    def _nested(self, read: Callable[[], Any]) -> Any:
+        """Run `read` (of bytes the stream holds) in this read's session, one level deeper, to a small bound."""
+        if self.session.nesting >= MAX_NESTED_BLOBS:
+            raise MalformedCheckpoint(f"pickles nested more than {MAX_NESTED_BLOBS} deep (a blob in a blob in ...)")
+        self.session.nesting += 1
+        token = _SESSION.set(self.session)  # the nested VMs share this session: its nesting, mode and counts
+        try:
+            return read()
+        finally:
+            _SESSION.reset(token)
+            self.session.nesting -= 1
+
+    def _merge_nested_state(self, state: Any) -> Any:
+        """A state dict holding a NESTED_STATE_KEYS pickle: what __setstate__ would make of it (keys merged in)."""
+        if type(state) is not dict or not NESTED_STATE_KEYS & state.keys():
+            return state
+        merged = dict(state)
+        for key in NESTED_STATE_KEYS & state.keys():
+            data = merged.pop(key)
+            if type(data) is not bytes:
+                raise MalformedCheckpoint(f"state {key} is a {type(data).__name__}, not a pickle's bytes")
+            where = f"{self.source} ({key} at byte {self._op_pos})"
+            inner = self._nested(lambda data=data, where=where: PickleVM(data, source=where).run())
+            if type(inner) is not dict:
+                raise MalformedCheckpoint(f"{where}: holds a {type(inner).__name__}, not a dict of attributes")
+            merged.update(inner)
+        return merged
 
     def _instantiate(self, cls: Any, args: tuple, via: str) -> Any:
         if not isinstance(cls, GlobalRef):
@@ -668,7 +694,7 @@ class PickleVM:
         self.stack.append(self._instantiate(items[0], tuple(items[1:]), "obj"))
 
     def op_BUILD(self) -> None:
-        state = self._pop()
+        state = self._merge_nested_state(self._pop())
         self._check_target("BUILD")
         self._salvaging(build, self._top(), state)
 
@@ -709,6 +735,10 @@ def register_blob_reader(reader: Callable[[bytes, str], Any]) -> None:
 
 def _is_attribute(value: Any) -> bool:
     return isinstance(value, ObjectRecord) and value.via == ATTRIBUTE_VIA
+
+
+def _is_partial(value: Any) -> bool:
+    return isinstance(value, ObjectRecord) and value.qualname == PARTIAL
 
 
 # What APPEND(S), SETITEM(S) and BUILD do to the value they apply to; also used by save_checkpoint,

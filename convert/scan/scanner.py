@@ -130,7 +130,7 @@ def scan_file(path: str | os.PathLike) -> ScanReport:
         reader_error = _read(path, report)
     walked_ok = _walk(path, report)
     if reader_error is None:
-        _downgrade_judged(report, session.judged_inert())
+        _downgrade_judged(report, dict(session.accepted))
     if isinstance(reader_error, UnsafeCheckpoint):  # what only the VM sees: a call of a computed callable, ...
         known = {f.name for f in report.unsafe}
         for vm_finding in reader_error.findings:
@@ -146,8 +146,9 @@ def scan_file(path: str | os.PathLike) -> ScanReport:
 
 
 def _downgrade_judged(report: ScanReport, accepted: dict[str, int]) -> None:
-    """getattr / _load_from_bytes that the reader read through as inert (attribute references, checked
-    torch.save blobs) are not gadgets in this file: suspicious, when the reader accepted every use the walk saw."""
+    """getattr / _load_from_bytes / partial calls the reader read through as inert (attribute references, checked
+    torch.save blobs, stored partials) are not gadgets in this file: suspicious, when the reader accepted every
+    use the walk saw."""
     for i, finding in enumerate(report.findings):
         uses = report.judged_uses.get(finding.name, 0)
         if finding.name in accepted and finding.verdict == UNSAFE and 0 < uses <= accepted[finding.name]:
