@@ -171,7 +171,8 @@ def verify_checkpoint(src: str | os.PathLike, folder: str | os.PathLike) -> list
     sidecar = read_sidecar(Path(folder))
     with Input(src) as inp:  # one open: the hash and the tree are of the same file
         digest = sha256_fd(inp.fileno(), inp.size, path=inp.path)  # pread: RSS stays flat
-        original = materialize(read_tree(inp).root)
+        with reading(salvage=sidecar["source"].get("salvaged") is True):  # read as the folder was written
+            original = materialize(read_tree(inp).root)
         inp.check_unchanged()
     diffs = []
     if sidecar["source"]["sha256"] != digest:

@@ -314,3 +314,14 @@ CATEGORY_TABLE = [
 @pytest.mark.parametrize("module,name,verdict,category", CATEGORY_TABLE)
 def test_scan_categories_by_what_a_call_can_do(module, name, verdict, category):
     assert classify_global(module, name) == (verdict, category)
+
+
+def test_a_salvaged_folder_verifies_against_its_source(tmp_path):
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(pk.proto(pk.dct((pk.text("w"), pk.call(pk.glob("builtins", "list"), pk.lst(pk.integer(1)))),
+                                     (pk.text("hook"), pk.call(pk.glob("posix", "system"), _touch()))), 4))
+    convert_checkpoint(evil, tmp_path / "out", salvage=True)
+    from convert import verify_checkpoint
+
+    assert verify_checkpoint(evil, tmp_path / "out") == []
+    assert not list(tmp_path.rglob(MARKER))
