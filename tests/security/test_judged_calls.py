@@ -325,3 +325,19 @@ def test_a_salvaged_folder_verifies_against_its_source(tmp_path):
 
     assert verify_checkpoint(evil, tmp_path / "out") == []
     assert not list(tmp_path.rglob(MARKER))
+
+
+def test_cli_salvage_flag(tmp_path):
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(pk.proto(pk.dct((pk.text("hook"), pk.call(pk.glob("posix", "system"), _touch()))), 4))
+    cli = [sys.executable, "-m", "convert", "convert"]
+    refused = subprocess.run([*cli, str(evil), str(tmp_path / "a")], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and refused.stderr.startswith("ckpt-convert: refused:")
+    salvaged = subprocess.run([*cli, "--salvage", str(evil), str(tmp_path / "b")], capture_output=True, text=True,
+                              timeout=120)
+    assert salvaged.returncode == 0, salvaged.stderr
+    assert read_sidecar(tmp_path / "b")["source"]["salvaged"] is True and not (tmp_path / "a").exists()
+    shown = subprocess.run([sys.executable, "-m", "convert", "inspect", str(tmp_path / "b")], capture_output=True,
+                           text=True, timeout=120)
+    assert "salvaged call of posix.system (not run)" in shown.stdout
+    assert not list(tmp_path.rglob(MARKER))
