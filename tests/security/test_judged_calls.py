@@ -341,3 +341,31 @@ def test_cli_salvage_flag(tmp_path):
                            text=True, timeout=120)
     assert "salvaged call of posix.system (not run)" in shown.stdout and "salvaged: 1 call(s)" in shown.stdout
     assert not list(tmp_path.rglob(MARKER))
+
+
+def test_salvage_of_a_hand_built_function_export(tmp_path):
+    """Without cloudpickle: a pickle that rebuilds a function from code (types.CodeType + types.FunctionType)
+    next to a tensor, as whole-object exports do. Salvage records the calls and gives the tensor back."""
+    code = pk.call(pk.glob("types", "CodeType"), *(pk.integer(0) for _ in range(6)), pk.raw_bytes(b"d\x00S\x00"),
+                   pk.tup(pk.none()), pk.tup(), pk.tup(), pk.text("x.py"), pk.text("f"), pk.text("f"),
+                   pk.integer(1), pk.raw_bytes(b""), pk.raw_bytes(b""), pk.tup(), pk.tup())
+    function = pk.call(pk.glob("types", "FunctionType"), code, pk.dct())
+    tensor_file = _nested_file(1)  # {"t": tensor} through _load_from_bytes
+    body = pk.dct((pk.text("fn"), function), (pk.text("t"), tensor_file[2:-1]))
+    path = tmp_path / "export.pkl"
+    path.write_bytes(pk.proto(body, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = pickle.loads(tensor_file)
+        if sys.version_info[:2] == (3, 11):  # CodeType's arguments are 3.11's: there the file really builds it
+            live = pickle.loads(path.read_bytes())
+            assert callable(live["fn"]) and live["fn"]() is None
+    with pytest.raises(UnsafeCheckpoint):
+        read_checkpoint(path)
+    convert_checkpoint(path, tmp_path / "out", salvage=True)
+    got = load_checkpoint(tmp_path / "out")
+    assert torch.equal(got["t"]["t"], reference["t"])
+    assert got["fn"].qualname == "types.FunctionType" and got["fn"].via == "salvaged-call"
+    assert got["fn"].args[0].qualname == "types.CodeType"
+    calls = read_sidecar(tmp_path / "out")["source"]["neutralised_calls"]
+    assert any("types.CodeType" in c for c in calls) and any("types.FunctionType" in c for c in calls)
