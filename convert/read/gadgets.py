@@ -162,7 +162,8 @@ _MEMBERS: dict[str, str] = {
 # `pathlib` + `Path.write_bytes`); inside a dangerous module they also say which category applies.
 _ATTRS: dict[str, str] = {
     **dict.fromkeys(("system", "popen", "spawn", "spawnl", "spawnv", "spawnve", "spawnlp", "execv", "execve", "execl",
-                     "execvp", "execlp", "startfile", "eval", "exec", "compile", "getattr", "setattr", "run", "call",
+                     "execvp", "execlp", "execle", "execlpe", "execvpe", "spawnle", "spawnlpe", "spawnvp", "spawnvpe",
+                     "posix_spawn", "posix_spawnp", "startfile", "eval", "exec", "compile", "getattr", "setattr", "run", "call",
                      "check_call", "check_output", "Popen", "import_module", "resolve_name", "runcode", "runsource"),
                     EXEC),
     **dict.fromkeys(("open", "remove", "unlink", "rmtree", "rmdir", "removedirs", "rename", "renames", "replace",

@@ -51,8 +51,10 @@ MAX_NESTED_BLOBS = 3  # pickles in blobs in blobs...: real files nest twice (sko
 # A BUILD state key whose bytes value the class's __setstate__ unpickles and merges into the state: skorch's
 # NeuralNet keeps its modules, criteria and optimizers so (`pickle.dump(net)`, skorch's documented way to save).
 NESTED_STATE_KEYS = frozenset({"__cuda_dependent_attributes__"})
-# Allowlisted reconstructors that would call (or instantiate) one of their arguments.
-_TAKES_CALLABLE = frozenset({"copyreg._reconstructor", "copyreg.__newobj__", "torch._tensor._rebuild_from_type_v2"})
+# An attribute reference or a partial is only ever *stored*: passed to a call, the callee could call it
+# (`dict(map(getattr(X, "f"), cmds))`), so that is refused, except to these, which only store their argument.
+_STORES_CALLABLE = frozenset({PARTIAL, "collections.defaultdict"})
+MAX_ARGUMENT_WALK = 100_000  # values looked at in one call's arguments (beyond: refused, never seen in real files)
 
 
 @dataclass
@@ -311,8 +313,7 @@ class PickleVM:
                 self.session.accepted[PARTIAL] += 1
             else:
                 self._finding(f"{PARTIAL} of a {type(args[0] if args else None).__name__}", "REDUCE")
-        if qual in _TAKES_CALLABLE and any(_is_attribute(a) or _is_partial(a) for a in args):
-            self._finding(f"{qual} of an attribute reference", "REDUCE")
+        self._check_arguments(qual, args)
         reconstructor = allowlist.RECONSTRUCTORS.get(qual)
         if reconstructor is None:
             return ObjectRecord(qual, args=args, via=SALVAGED_VIA if self.salvage and qual in self._gadgets else "reduce")
@@ -383,10 +384,36 @@ class PickleVM:
             raise MalformedCheckpoint(f"instantiates a {type(cls).__name__}, not a class")
         if cls.qualname in JUDGED_AT_CALL:
             self._finding(f"an instance of {cls.qualname}")
+        self._check_arguments(cls.qualname, args)
         record = allowlist.instantiate(cls, args, via)
         if self.salvage and cls.qualname in self._gadgets and isinstance(record, ObjectRecord):
             record.via = SALVAGED_VIA
         return record
+
+    def _check_arguments(self, qual: str, args: Any) -> None:
+        """Refuse a call whose arguments hold (at any depth) an attribute reference or a partial: the callee
+        could call it (`dict(itertools.chain.from_iterable(map(map, [getattr(X, "f")], [cmds])))`). Only files
+        that made such records pay for the walk; records that only store a callable are not looked into."""
+        if qual in _STORES_CALLABLE or not (self.session.accepted[GETATTR] or self.session.accepted[PARTIAL]):
+            return
+        todo, seen, budget = list(args), set(), MAX_ARGUMENT_WALK
+        while todo:
+            value = todo.pop()
+            if id(value) in seen or isinstance(value, (str, bytes, int, float, TensorRef, GlobalRef)):
+                continue
+            seen.add(id(value))
+            budget -= 1
+            if _is_attribute(value) or _is_partial(value) or budget < 0:
+                self._finding(f"{qual} called with an attribute reference or partial among its arguments, "
+                              "which it could call" if budget >= 0 else f"{qual} called with arguments too large to check")
+                return
+            if type(value) in (list, tuple, set, frozenset):
+                todo.extend(value)
+            elif isinstance(value, dict):
+                todo.extend(value.keys())
+                todo.extend(value.values())
+            elif isinstance(value, ObjectRecord) and value.qualname not in _STORES_CALLABLE:
+                todo.extend((value.args, value.state, value.listitems, value.dictitems))
 
     def _check_target(self, what: str) -> None:
         """An attribute reference is a function or class: APPEND/SETITEM/BUILD on it would call its code."""
@@ -676,6 +703,7 @@ class PickleVM:
         if kwargs:
             if not isinstance(cls, GlobalRef):
                 raise MalformedCheckpoint("NEWOBJ_EX on a value that is not a class")
+            self._check_arguments(cls.qualname, (*args, *kwargs.values()))
             self.stack.append(ObjectRecord(cls.qualname, args=(args, kwargs), via="newobj_ex"))
         else:
             self.stack.append(self._instantiate(cls, args, "newobj"))

@@ -32,14 +32,17 @@ def _touch() -> bytes:
     return pk.text(f"touch {MARKER}")
 
 
+LOAD = "import pickle, time\ntry:\n    pickle.load(open('p.pkl', 'rb'))\nexcept Exception:\n    pass\ntime.sleep(0.5)"
+
+
 def _live(tmp_path, payload: bytes) -> bool:
-    """True if pickle.load of `payload` (in a fresh interpreter, cwd tmp_path) writes the marker file."""
+    """True if pickle.load of `payload` (in a fresh interpreter, cwd tmp_path) writes the marker file
+    (a spawned child is given half a second; the load may fail after the payload ran)."""
     work = tmp_path / "live"
     work.mkdir(exist_ok=True)
     (work / MARKER).unlink(missing_ok=True)
     (work / "p.pkl").write_bytes(payload)
-    subprocess.run([sys.executable, "-c", "import pickle; pickle.load(open('p.pkl', 'rb'))"], cwd=work,
-                   capture_output=True, timeout=60)
+    subprocess.run([sys.executable, "-c", LOAD], cwd=work, capture_output=True, timeout=60)
     alive = (work / MARKER).exists()
     (work / MARKER).unlink(missing_ok=True)
     return alive
@@ -54,6 +57,16 @@ LIVE_PAYLOADS = {
     # getattr(builtins, "exec") reached through codecs.builtins
     "getattr_builtins_exec": pk.call(pk.attr(pk.glob("codecs", "builtins"), "exec"),
                                      pk.text(f"open({MARKER!r}, 'w').close()")),
+    # the getattr result never called by the pickle, but passed to a builtin that calls it while dict() consumes it
+    "getattr_through_starmap": pk.call(pk.glob("builtins", "dict"), pk.call(
+        pk.glob("itertools", "starmap"), pk.attr(OS_VIA_ARGPARSE, "posix_spawnp"),
+        pk.lst(pk.tup(pk.text("touch"), pk.lst(pk.text("touch"), pk.text(MARKER)), pk.dct())))),
+    # the same, the reference one list deeper: chain.from_iterable(map(starmap, [f], [[job]]))
+    "getattr_nested_in_arguments": pk.call(pk.glob("builtins", "dict"), pk.call(
+        pk.glob("itertools", "chain.from_iterable"),
+        pk.call(pk.glob("builtins", "map"), pk.glob("itertools", "starmap"),
+                pk.lst(pk.attr(OS_VIA_ARGPARSE, "posix_spawnp")),
+                pk.lst(pk.lst(pk.tup(pk.text("touch"), pk.lst(pk.text("touch"), pk.text(MARKER)), pk.dct())))))),
     # the getattr result stored first, then fetched from the memo and called
     "getattr_memo_then_call": pk.lst(pk.attr(OS_VIA_ARGPARSE, "system") + pk.put(1)) + pk.pop()
                               + pk.call(pk.get(1), _touch()),
@@ -90,6 +103,15 @@ REFUSED_USES = {
     "target_not_a_global": pk.attr(pk.dct(), "update"),
     "gadget_attribute_of_innocent_class": pk.attr(pk.glob("pathlib", "Path"), "write_text"),
     "getattr_of_getattr": pk.attr(pk.glob("builtins", "getattr"), "x"),
+    # passed (at any depth) to a call that could call it: map/starmap/chain consumed by dict
+    "argument_of_a_call": pk.call(pk.glob("builtins", "dict"), pk.call(pk.glob("itertools", "starmap"), ATTR,
+                                                                       pk.lst(pk.tup(pk.text("a"))))),
+    "argument_nested_in_lists": pk.call(pk.glob("builtins", "map"), pk.glob("itertools", "starmap"),
+                                        pk.lst(pk.lst(pk.dct((pk.text("k"), ATTR))))),
+    "partial_as_argument": pk.call(pk.glob("builtins", "map"), pk.call(pk.glob("functools", "partial"),
+                                                                       pk.glob("collections", "OrderedDict")),
+                                   pk.lst()),
+    "partial_of_a_non_callable": pk.call(pk.glob("functools", "partial"), pk.integer(3)),
     "getattr_instantiated": pk.glob("builtins", "getattr") + pk.tup() + b"\x81",
 }
 
