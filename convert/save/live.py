@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..errors import ConvertError, UnsafeCheckpoint, UnsupportedValue
-from ..read import allowlist, gadgets
+from ..read import allowlist, compat_names, gadgets
 from ..read.modules import to_module_record
 from ..read.numpy_types import NUMERIC_CODES
 from ..read.records import GlobalRef, NdArrayRef, ObjectRecord, StorageRef
@@ -184,6 +184,7 @@ class _LiveReader:
             module, name = _compat_pickle.REVERSE_NAME_MAPPING[(module, name)]
         elif module in _compat_pickle.REVERSE_IMPORT_MAPPING:
             module = _compat_pickle.REVERSE_IMPORT_MAPPING[module]
+        module, name = compat_names.resolve(module, name, 2)  # the VM's GLOBAL: fix_imports when read back
         qual = f"{module}.{name}"
         if qual in allowlist.VALUE_GLOBALS:
             return allowlist.VALUE_GLOBALS[qual]
