@@ -391,3 +391,28 @@ def test_salvage_of_a_hand_built_function_export(tmp_path):
     assert got["fn"].args[0].qualname == "types.CodeType"
     calls = read_sidecar(tmp_path / "out")["source"]["neutralised_calls"]
     assert any("types.CodeType" in c for c in calls) and any("types.FunctionType" in c for c in calls)
+
+
+def test_sarif_has_rules_for_the_judged_categories(tmp_path):
+    import json
+    from pathlib import Path
+
+    import jsonschema
+
+    from convert.scan.output import to_sarif
+
+    ref = tmp_path / "ref.pkl"
+    ref.write_bytes(pk.proto(pk.dct((pk.text("m"), ATTR),
+                                    (pk.text("p"), pk.call(pk.glob("functools", "partial"),
+                                                           pk.glob("collections", "OrderedDict")))), 4))
+    blobs = tmp_path / "blobs.pkl"
+    blobs.write_bytes(pickle.dumps({"t": torch.ones(2)}))
+    reports = [scan_file(ref), scan_file(blobs)]
+    assert [r.verdict for r in reports] == [SUSPICIOUS, SUSPICIOUS]
+    log = json.loads(json.dumps(to_sarif(reports)))
+    schema = json.loads((Path(__file__).parent / "data" / "sarif-schema-2.1.0.json").read_text())
+    assert not list(jsonschema.Draft4Validator(schema).iter_errors(log))
+    rules = log["runs"][0]["tool"]["driver"]["rules"]
+    got = {rules[r["ruleIndex"]]["id"] for r in log["runs"][0]["results"]}
+    assert {"ckpt-scan/attribute-reference", "ckpt-scan/stored-partial", "ckpt-scan/nested-torch-blob"} <= got
+    assert {r["level"] for r in log["runs"][0]["results"]} == {"warning"}
