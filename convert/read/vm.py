@@ -54,6 +54,7 @@ NESTED_STATE_KEYS = frozenset({"__cuda_dependent_attributes__"})
 # An attribute reference or a partial is only ever *stored*: passed to a call, the callee could call it
 # (`dict(map(getattr(X, "f"), cmds))`), so that is refused, except to these, which only store their argument.
 _STORES_CALLABLE = frozenset({PARTIAL, "collections.defaultdict"})
+_MAKES_INSTANCES = frozenset({"copyreg._reconstructor", "copyreg.__newobj__"})  # (cls, ...): an instance of cls
 MAX_ARGUMENT_WALK = 100_000  # values looked at in one call's arguments (beyond: refused, never seen in real files)
 
 
@@ -317,6 +318,10 @@ class PickleVM:
         reconstructor = allowlist.RECONSTRUCTORS.get(qual)
         if reconstructor is None:
             return ObjectRecord(qual, args=args, via=SALVAGED_VIA if self.salvage and qual in self._gadgets else "reduce")
+        if self.salvage and qual in _MAKES_INSTANCES and args and isinstance(args[0], ObjectRecord):
+            # an instance of a class the file rebuilt by value (cloudpickle at protocol 0/1): a record of it
+            self._finding(f"an instance of the result of {args[0].qualname}", "REDUCE")
+            return ObjectRecord(f"<instance of {args[0].qualname}>", args=args[1:], via=SALVAGED_VIA)
         return reconstructor(*args)
 
     def _getattr(self, args: tuple) -> Any:

@@ -416,3 +416,24 @@ def test_sarif_has_rules_for_the_judged_categories(tmp_path):
     got = {rules[r["ruleIndex"]]["id"] for r in log["runs"][0]["results"]}
     assert {"ckpt-scan/attribute-reference", "ckpt-scan/stored-partial", "ckpt-scan/nested-torch-blob"} <= got
     assert {r["level"] for r in log["runs"][0]["results"]} == {"warning"}
+
+
+@pytest.mark.parametrize("protocol", [0, 1, 2, 5])
+def test_salvage_of_cloudpickle_at_every_protocol(tmp_path, protocol):
+    pytest.importorskip("cloudpickle")
+    path = tmp_path / "obj.pkl"
+    code = f"""
+import cloudpickle, torch
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__(); self.fc = torch.nn.Linear(3, 2)
+torch.manual_seed(0)
+open({str(path)!r}, "wb").write(cloudpickle.dumps({{"model": Net(), "f": lambda x: x + 1}}, protocol={protocol}))
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=120)
+    assert scan_file(path).verdict == UNSAFE
+    convert_checkpoint(path, tmp_path / "out", salvage=True)
+    got = load_checkpoint(tmp_path / "out")
+    live = pickle.loads(path.read_bytes())  # our own file: the reference may run its code
+    assert_equivalent(got["model"], live["model"].state_dict())
+    assert isinstance(got["f"], ObjectRecord) and got["f"].via == "salvaged-call"
