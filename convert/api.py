@@ -17,6 +17,7 @@ from .pipeline import file_source, provenance, write_checkpoint_folder
 from .read import Input, read_tree
 from .read.vm import reading
 from .scan import ScanReport, scan_file
+from .write.ownership import check_replaceable
 from .write.plan import make_plan
 from .write.safetensors_io import KernelCopySource
 from .write.source_hash import BackgroundSha256, sha256_fd
@@ -56,6 +57,8 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, overwr
     src, dst = Path(src), Path(dst)
     if dst.exists() and not overwrite:  # before reading a possibly large source (write_folder checks again)
         raise OutputExists(f"{dst} already exists; pass --overwrite (overwrite=True) to replace it")
+    if overwrite:  # the writer asks again before the swap; here, before reading a possibly large source
+        check_replaceable(dst, [src])
     if is_dcp_folder(src):  # torch.distributed.checkpoint folder: its own reader, the same pipeline
         return _report(src, dst, convert_dcp_folder(src, dst, overwrite=overwrite, max_shard_size=max_shard_size))
     with Input(src, converting=True) as inp, BackgroundSha256(inp.fileno(), inp.size, inp.path) as hasher:
@@ -74,7 +77,7 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, overwr
             result.root, dst, provenance=provenance(source),
             overwrite=overwrite, max_shard_size=max_shard_size,
             kernel_copy_source=KernelCopySource(inp.buf, inp.fileno()),  # stored tensors: file-to-file
-            complete_source=seal)
+            complete_source=seal, sources=[src])
         del result
     return _report(src, dst, sidecar)
 

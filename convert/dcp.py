@@ -116,7 +116,7 @@ def convert_dcp_folder(src: str | os.PathLike, dst: str | os.PathLike, *, overwr
 
         return write_checkpoint_folder(dcp.root, dst, provenance=_provenance(dcp, None), overwrite=overwrite,
                                        max_shard_size=max_shard_size, kernel_copy_source=sources,
-                                       complete_source=complete_source)
+                                       complete_source=complete_source, sources=[src])
 
 
 def read_dcp_folder(src: str | os.PathLike) -> Any:

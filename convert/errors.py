@@ -61,3 +61,8 @@ class DestinationBusy(ConvertError):
 
 class CorruptFolder(MalformedCheckpoint):
     """A converted folder fails its own integrity record: a digest, a size, or files from different conversions."""
+
+
+class DestinationNotOwned(ConvertError):
+    """--overwrite would replace a folder ckpt-convert did not write (or one that holds the source):
+    refused, nothing touched."""

@@ -16,20 +16,105 @@ Checks, cheapest first:
 
 Folders written before this record existed (no `folder_id` in the sidecar) load without these
 checks; a data file that carries a folder id under a sidecar without one is refused (mixed).
+
+The sidecar itself is sealed (`integrity`, its last key, written last): `copied` holds the
+sha256 of each file copied in as it is (an HF config.json), and `sidecar_sha256` the sha256 of the
+file's own bytes with that one value set to "". The file must also be exactly the compact
+serialization (`sidecar_bytes`) of what it parses to, so any edit of checkpoint.json (an epoch,
+a stride, a digest, even a space) is detected by `check_sidecar`; the data files are tied to it by
+their digests in it. This detects accidents and tampering that does not recompute the seal; it is
+not a signature. Folders without `integrity` (earlier releases) load without this check.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import mmap
+import json
 import os
 import secrets
 from pathlib import Path
 from typing import Any
 
 FOLDER_ID_KEY = "folder_id"
+SEAL_KEY = "integrity"
 CHUNK = 8 << 20
+MAX_HEADER = 100 * 1024 * 1024  # the limit safetensors itself applies
+
+
+def sidecar_bytes(sidecar: dict) -> bytes:
+    """checkpoint.json's bytes: compact, key order kept, UTF-8 (the one serialization the seal accepts).
+
+    A source name that is not UTF-8 (kept by surrogateescape) is written with ASCII `\\udcXX` escapes instead."""
+    text = json.dumps(sidecar, separators=(",", ":"), ensure_ascii=False, allow_nan=False) + "\n"
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return (json.dumps(sidecar, separators=(",", ":"), ensure_ascii=True, allow_nan=False) + "\n").encode("ascii")
+
+
+_UNSEALED_TAIL = b'"sidecar_sha256":""}}\n'  # how a sidecar ends with its seal (the last key) still blank
+
+
+def _sealed_tail(digest: str) -> bytes:
+    return f'"sidecar_sha256":"{digest}"}}}}\n'.encode()
+
+
+def seal(sidecar: dict, copied: dict[str, str]) -> bytes:
+    """Add the seal (copied files' digests, the sidecar's own digest) to `sidecar`; returns its final bytes."""
+    sidecar.pop(SEAL_KEY, None)
+    sidecar[SEAL_KEY] = {"copied": dict(copied), "sidecar_sha256": ""}  # last: its value ends the file
+    data = sidecar_bytes(sidecar)
+    if not data.endswith(_UNSEALED_TAIL):  # cannot happen: the seal is the last key
+        raise AssertionError("the seal is not the sidecar's last key")
+    digest = hashlib.sha256(data).hexdigest()
+    sidecar[SEAL_KEY]["sidecar_sha256"] = digest
+    return data[:-len(_UNSEALED_TAIL)] + _sealed_tail(digest)  # = sidecar_bytes(sidecar), serialized once
+
+
+def check_sidecar(sidecar: dict, raw: bytes) -> str | None:
+    """The problem if checkpoint.json (`raw`, parsed as `sidecar`) is not exactly as sealed, else None."""
+    if not isinstance(sidecar, dict) or SEAL_KEY not in sidecar:
+        return None  # written before sealed sidecars (or not a sidecar: the schema check says so)
+    seal = sidecar[SEAL_KEY]
+    digest = seal.get("sidecar_sha256") if isinstance(seal, dict) else None
+    tail = _sealed_tail(digest) if isinstance(digest, str) else None
+    if (tail is None or list(sidecar)[-1] != SEAL_KEY or list(seal)[-1] != "sidecar_sha256"
+            or not raw.endswith(tail)
+            or hashlib.sha256(raw[:-len(tail)] + _UNSEALED_TAIL).hexdigest() != digest
+            or sidecar_bytes(sidecar) != raw):  # last: the costly one (any other serialization is an edit)
+        return "checkpoint.json was changed after it was written (its seal does not match)"
+    return None
+
+
+def copied_names(sidecar: dict) -> list[str]:
+    """The files the conversion copied into the folder as they are (recorded by sealed sidecars only)."""
+    return list(sidecar.get(SEAL_KEY, {}).get("copied", {}))
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of the whole file at `path`."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        return fd_sha256(fd)
+    finally:
+        os.close(fd)
+
+
+def header_identity(path: str | os.PathLike) -> tuple[dict | None, int] | None:
+    """(`__metadata__`, data-area size) of a safetensors file, without torch; None if it is not one."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            header_len = int.from_bytes(f.read(8), "little")
+            if size < 8 or header_len > MAX_HEADER or 8 + header_len > size:
+                return None
+            header = json.loads(f.read(header_len))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(header, dict):
+        return None
+    metadata = header.get("__metadata__")
+    return (metadata if isinstance(metadata, dict) else None), size - 8 - header_len
 
 
 def new_folder_id() -> str:
@@ -66,6 +151,8 @@ def fd_sha256(fd: int) -> str:
 
 def mapping_sha256(buffer: Any) -> str:
     """sha256 of a whole mapping; pages of an mmap are handed back after each chunk (RSS stays flat)."""
+    from .load.mapping import release_pages  # torch-free, but under convert.load (which imports torch)
+
     digest = hashlib.sha256()
     if buffer is None:
         return digest.hexdigest()
@@ -73,9 +160,7 @@ def mapping_sha256(buffer: Any) -> str:
     try:
         for start in range(0, len(view), CHUNK):
             digest.update(view[start:start + CHUNK])
-            if isinstance(buffer, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
-                with contextlib.suppress(OSError, ValueError):
-                    buffer.madvise(mmap.MADV_DONTNEED, start, min(CHUNK, len(view) - start))
+            release_pages(buffer, start, min(CHUNK, len(view) - start))
     finally:
         view.release()
     return digest.hexdigest()
@@ -122,15 +207,30 @@ def verify_folder(folder: str | os.PathLike) -> list[str]:
         MalformedCheckpoint if checkpoint.json is missing or invalid; ConvertError if the folder
         was written without an integrity record (an older version: use `verify SRC DST`).
     """
-    from .errors import ConvertError, MalformedCheckpoint
-    from .load import open_data_file, read_sidecar  # here: convert.load imports this module's checks
+    from .errors import ConvertError, CorruptFolder, MalformedCheckpoint
+    from .load import open_data_file  # here: convert.load imports this module's checks
+    from .schema import inside_folder, read_sidecar
 
     folder = Path(folder)
-    sidecar = read_sidecar(folder)
+    try:
+        sidecar = read_sidecar(folder, check_seal=True)
+    except CorruptFolder as exc:  # edited: what it now says cannot be trusted to check the rest against
+        return [str(exc)]
     if not has_record(sidecar):
         raise ConvertError(f"{folder} was written without digests (by an older ckpt-convert); "
                            "check it against its source with `verify SRC DST`")
     problems = []
+    for name, expected in sidecar.get(SEAL_KEY, {}).get("copied", {}).items():
+        path = folder / name
+        try:
+            actual = file_sha256(inside_folder(folder, path)) if path.is_file() else None
+        except (MalformedCheckpoint, OSError):
+            actual = None
+        if actual is None:
+            problems.append(f"{name} (copied into the folder) is missing")
+        elif actual != expected:
+            problems.append(f"{name}: sha256 {actual} differs from the {expected} recorded in checkpoint.json "
+                            "(the copied file was changed)")
     for name in sidecar["files"]:
         try:
             file = open_data_file(folder, name)

@@ -22,11 +22,11 @@ import torch
 from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 
 from .api import read_checkpoint
-from .errors import ConvertError
 from .load import load_checkpoint
 from .save import save_checkpoint
-from .schema import SIDECAR_NAME
 from .tree import transform
+from .write.durable import NAME_MAX, fit_name
+from .write.ownership import check_replaceable
 
 __all__ = ["SafetensorsCheckpointIO"]
 
@@ -54,10 +54,9 @@ class SafetensorsCheckpointIO(CheckpointIO):
         if storage_options is not None:
             raise TypeError(f"`storage_options` is not supported by {type(self).__name__}")
         path = Path(path)
-        if path.is_dir() and not (path / SIDECAR_NAME).is_file():
-            raise ConvertError(f"{path} is a folder that is not a checkpoint; refusing to replace it")
         if path.is_file() or path.is_symlink():  # an old pickled .ckpt of the same name: a folder takes its place
             path.unlink()
+        # an existing folder is replaced only if it is a checkpoint holding nothing else (the writer's ownership rule)
         save_checkpoint(checkpoint, path, overwrite=True, max_shard_size=self.max_shard_size)
 
     def load_checkpoint(self, path: str | os.PathLike, map_location: Any | None = None,
@@ -88,10 +87,9 @@ class SafetensorsCheckpointIO(CheckpointIO):
         """Remove a checkpoint folder written by this plugin (or a `.ckpt` file); other folders are left alone."""
         path = Path(path)
         if path.is_dir() and not path.is_symlink():
-            if not (path / SIDECAR_NAME).is_file():
-                raise ConvertError(f"{path} is a folder that is not a checkpoint; refusing to remove it")
+            check_replaceable(path)  # the writer's ownership rule: a checkpoint folder holding nothing else
             # Rename first, so that a crash mid-way leaves a hidden leftover, never a half-removed checkpoint.
-            doomed = path.with_name(f".{path.name}.removing")
+            doomed = path.with_name(f".{fit_name(path.name, NAME_MAX - 10)}.removing")
             shutil.rmtree(doomed, ignore_errors=True)
             os.rename(path, doomed)
             shutil.rmtree(doomed)

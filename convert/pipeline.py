@@ -62,7 +62,8 @@ def write_checkpoint_folder(root: Any, dst: str | os.PathLike, *, provenance: di
                             overwrite: bool = False, max_shard_size: int | str | None = None,
                             kernel_copy_source: KernelCopySources = None,
                             complete_source: Callable[[], dict[str, Any]] | None = None,
-                            copy_files: Sequence[Path] = ()) -> dict[str, Any]:
+                            copy_files: Sequence[Path] = (),
+                            sources: Sequence[str | os.PathLike] = ()) -> dict[str, Any]:
     """Plan the record tree `root`, validate the sidecar, and write the folder `dst` atomically.
 
     Args:
@@ -76,6 +77,7 @@ def write_checkpoint_folder(root: Any, dst: str | os.PathLike, *, provenance: di
             `source` known only then (the sha256 computed meanwhile on a thread replaces the PENDING
             placeholder; a DCP folder adds its parts).
         copy_files: files copied into the folder as they are.
+        sources: the files or folders read (an overwrite never replaces them nor a folder holding them).
 
     Returns:
         The sidecar written as checkpoint.json.
@@ -88,5 +90,5 @@ def write_checkpoint_folder(root: Any, dst: str | os.PathLike, *, provenance: di
             plan.sidecar["source"].update(complete_source())
 
     write_folder(plan, Path(dst), overwrite=overwrite, copy_files=list(copy_files), before_sidecar=fill_in_source,
-                 kernel_copy_source=kernel_copy_source)
+                 kernel_copy_source=kernel_copy_source, sources=sources)
     return plan.sidecar

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from .deep import json_depth, run_deep
-from .errors import ConvertError, MalformedCheckpoint
+from .errors import ConvertError, CorruptFolder, MalformedCheckpoint
+from .integrity import check_sidecar
+from .jsonio import strict_json
 
 SIDECAR_NAME = "checkpoint.json"
 FORMAT_NAME = "ckpt-convert"
@@ -168,3 +170,44 @@ def validate(sidecar: Any, where: str) -> None:
     if error is not None:
         path = "/".join(str(p) for p in error.absolute_path) or "<root>"
         raise MalformedCheckpoint(f"{where}: sidecar does not match the schema at {path}: {error.message[:200]}")
+
+
+def read_sidecar(folder: Path, *, check_seal: bool = False) -> dict:
+    """The folder's checkpoint.json, parsed strictly and validated against the schema.
+
+    With `check_seal`, CorruptFolder unless the file is exactly as its writer sealed it (folders
+    written before sealed sidecars pass: they have no seal).
+    """
+    path = folder / SIDECAR_NAME
+    if not folder.is_dir():
+        raise ConvertError(f"{folder}: no such folder")
+    if not path.is_file():
+        raise MalformedCheckpoint(f"{folder}: no {SIDECAR_NAME}; not a converted checkpoint folder")
+    inside_folder(folder, path)
+    check_sidecar_size(folder, path.stat().st_size, str(path))  # before reading it: proportionate to the data
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConvertError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        sidecar = strict_json(raw, SIDECAR_NAME)
+    except MalformedCheckpoint as exc:
+        if not isinstance(exc.__context__, RecursionError):
+            raise
+        sidecar = run_deep(strict_json, raw, SIDECAR_NAME, depth=MAX_SIDECAR_DEPTH)  # deep: parse with room
+    except MemoryError:
+        raise MalformedCheckpoint(f"{path}: does not fit in memory once parsed; refusing") from None
+    problem = check_sidecar(sidecar, raw) if check_seal else None
+    del raw
+    validate(sidecar, SIDECAR_NAME)
+    if problem is not None:
+        raise CorruptFolder(f"{folder}: {problem}")
+    return sidecar
+
+
+def inside_folder(folder: Path, path: Path) -> Path:
+    """`path` resolved, refused unless it lies inside `folder` (no `..`, no symlink out)."""
+    real_folder, real = os.path.realpath(folder), os.path.realpath(path)
+    if os.path.commonpath([real_folder, real]) != real_folder:
+        raise MalformedCheckpoint(f"{path.name} resolves outside the checkpoint folder; refusing")
+    return Path(real)

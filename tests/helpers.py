@@ -190,7 +190,7 @@ def folder_snapshot(folder) -> dict:
 
 def comparable_snapshot(folder) -> dict:
     """`folder_snapshot` without what differs by design between two conversions of the same source:
-    the random folder id (replaced by zeros wherever it occurs) and the file digests that cover it.
+    the random folder id (replaced by zeros wherever it occurs) and the file and sidecar digests that cover it.
     Works for one converted folder and for a tree of them (a migrate destination)."""
     snap = folder_snapshot(folder)
     for name in [n for n in snap if n == "checkpoint.json" or n.endswith("/checkpoint.json")]:
@@ -199,6 +199,8 @@ def comparable_snapshot(folder) -> dict:
         folder_id = sidecar.pop("folder_id", None)
         for info in sidecar.get("files", {}).values():
             info.pop("sha256", None)
+        if "integrity" in sidecar:
+            sidecar["integrity"]["sidecar_sha256"] = ""
         snap[name] = json.dumps(sidecar).encode()
         if folder_id:
             for other in snap:
@@ -377,13 +379,20 @@ def stale_temporaries(root) -> list[Path]:
     return [p for p in Path(root).rglob(".*") if is_temporary(p)]
 
 
-def rerun_until_no_temporaries(root, rerun, seconds: float = 20.0) -> None:
+def rerun_until_no_temporaries(root, rerun, seconds: float = 300.0) -> None:
     """A killed run's workers may still be exiting when the next run starts; their temp folders are then
-    not yet stale (the owner lives) and a later run removes them. Re-run until none is left."""
+    not yet stale (the owner lives) and a later run removes them. Wait until every such owner is gone
+    (however slowly a loaded machine lets them exit), then re-run once: nothing may be left."""
     import time
 
+    from convert.write.temp import _read_marker, owner_is_gone
+
     deadline = time.monotonic() + seconds
-    while stale_temporaries(root) and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        markers = [_read_marker(p) for p in stale_temporaries(root)]
+        if all(m is None or owner_is_gone(m) for m in markers):
+            break
         time.sleep(0.5)
+    if stale_temporaries(root):
         rerun()
     assert not stale_temporaries(root), stale_temporaries(root)

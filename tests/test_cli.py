@@ -93,9 +93,14 @@ def test_convert_refuses_existing_destination_then_overwrites(tmp_path, src_dir)
     proc = run_cli("convert", src, dst)
     assert_one_line_error(proc, 2)
     assert os.listdir(dst) == ["keep.txt"]
-    proc = run_cli("convert", src, dst, "--overwrite")
+    proc = run_cli("convert", src, dst, "--overwrite")  # a folder of the user's files: never replaced
+    assert_one_line_error(proc, 2)
+    assert "keep.txt" in proc.stderr and os.listdir(dst) == ["keep.txt"]
+    (dst / "keep.txt").unlink()
+    dst.rmdir()
+    assert run_cli("convert", src, dst).returncode == 0
+    proc = run_cli("convert", src, dst, "--overwrite")  # a previous output: replaced
     assert proc.returncode == 0, proc.stderr
-    assert not (dst / "keep.txt").exists()
     assert (dst / "model.safetensors").is_file()
 
 

@@ -193,8 +193,8 @@ def test_load_between_reading_the_sidecar_and_the_data_of_a_replaced_folder_is_r
     convert_checkpoint(old, dst)
     real_read = load_mod.read_sidecar
 
-    def read_then_replaced(folder):
-        sidecar = real_read(folder)
+    def read_then_replaced(folder, **options):
+        sidecar = real_read(folder, **options)
         convert_checkpoint(new, dst, overwrite=True)
         return sidecar
 

@@ -360,7 +360,7 @@ def test_migrate_converts_dcp_folders_as_units(tmp_path, capsys):
     assert report["files"]["exp1/step-1"]["status"] == "converted"
     assert report["files"]["exp1/step-1"]["kind"] == "dcp"
     _same(reference(step, tmp_path), load_checkpoint(out / "exp1" / "step-1"))
-    assert (out / "exp1" / "final" / SIDECAR).is_file()
+    assert (out / "exp1" / "final.pt" / SIDECAR).is_file()  # the stable name keeps the file name
     again = json.loads(_cli(capsys, "migrate", runs, out, "-j", "1", "--json")[1])
     assert again["files"]["exp1/step-1"]["status"] == "skipped"
 

@@ -132,8 +132,8 @@ def test_first_run_converts_every_checkpoint_and_reports_the_rest(zoo, first_run
         if entry["status"] == "converted":
             assert entry["verified"] is True
             assert (dst / entry["output"] / "checkpoint.json").is_file()
-    # the folder structure is mirrored: group3/sub1/ckpt_003.pkl → group3/sub1/ckpt_003/
-    assert report.files["group3/sub0/ckpt_003.pkl"]["output"] == "group3/sub0/ckpt_003"
+    # the folder structure is mirrored, full file names kept: group3/sub0/ckpt_003.pkl → group3/sub0/ckpt_003.pkl/
+    assert report.files["group3/sub0/ckpt_003.pkl"]["output"] == "group3/sub0/ckpt_003.pkl"
     on_disk = json.loads((dst / REPORT_NAME).read_text())
     assert on_disk["summary"]["converted"] == N_GOOD and on_disk["exit_code"] == 1
 
@@ -166,8 +166,10 @@ def test_killed_run_resumes_to_the_same_result(zoo, first_run, tmp_path):
                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
     assert proc.returncode == -signal.SIGKILL
     journal = read_journal(dst)
-    assert len(journal.entries) == 40 and journal.dropped == 0
-    finished = {k for k, e in journal.entries.items() if e["status"] == "converted"}
+    assert journal.dropped == 0
+    finished = {k for k, e in journal.entries.items() if e["status"] != "started"}  # the rest: in flight when killed
+    assert len(finished) == 40
+    finished = {k for k in finished if journal.entries[k]["status"] == "converted"}
     assert 20 <= len(finished) <= 40
     stamps = {k: (dst / e["output"] / "checkpoint.json").stat().st_ino for k, e in journal.entries.items()
               if k in finished}
@@ -244,7 +246,7 @@ def test_migrate_passes_the_shard_size(tmp_path):
     torch.save({f"w{i}": torch.randn(32, 32) for i in range(6)}, src / "m.pt")
     report = migrate(src, tmp_path / "dst", jobs=1, max_shard_size="10KB")
     assert report.files["m.pt"]["status"] == "converted"
-    assert (tmp_path / "dst" / "m" / "model.safetensors.index.json").is_file()
+    assert (tmp_path / "dst" / "m.pt" / "model.safetensors.index.json").is_file()
 
 
 # ------------------------------------------------------------------------------------- Hugging Face

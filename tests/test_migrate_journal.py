@@ -134,7 +134,8 @@ def test_driver_killed_at_any_point_resumes_to_the_same_outputs(reference, tmp_p
     assert state.dropped == 0
     recorded = {rel: e for rel, e in state.entries.items() if e["status"] == "converted"}
     if point.startswith("journal:"):
-        assert len(state.entries) == int(point.split(":")[1])
+        # the journal's finished lines; "started" lines name what was in flight when it was killed
+        assert len([e for e in state.entries.values() if e["status"] != "started"]) == int(point.split(":")[1])
     else:
         assert len(recorded) == N_FILES and list(dst.glob(f"{JOURNAL_NAME}.tmp-*"))
     inodes = {rel: (dst / e["output"] / "checkpoint.json").stat().st_ino for rel, e in recorded.items()}

@@ -86,7 +86,7 @@ def test_same_folder_and_symlinked_destination_are_refused(zoo, tmp_path):
 def test_destination_inside_the_source_is_skipped_by_the_walker(zoo):
     src, dst = zoo / "old", zoo / "old" / "converted"
     first = migrate(src, dst, jobs=1)
-    assert first.summary["converted"] == 1 and (dst / "m" / "checkpoint.json").is_file()
+    assert first.summary["converted"] == 1 and (dst / "m.pt" / "checkpoint.json").is_file()
     again = migrate(src, dst, jobs=1)
     assert again.summary == first.summary | {"converted": 0, "skipped": 1}
     assert set(again.files) == {"m.pt", ".backup.old-2023/weights.pt"}  # nothing under dst taken for a source
@@ -115,7 +115,7 @@ def test_killed_writer_temp_folder_is_cleaned_by_the_next_migrate(tmp_path):
     src = tmp_path / "src"
     (src / "a").mkdir(parents=True)
     torch.save({"w": torch.ones(2)}, src / "a" / "m.pt")
-    leftover = _leftover_of_a_killed_writer(tmp_path / "dst" / "a" / "m")
+    leftover = _leftover_of_a_killed_writer(tmp_path / "dst" / "a" / "m.pt")
     assert leftover.is_dir()
     report = migrate(src, tmp_path / "dst", jobs=1)
     assert report.summary["converted"] == 1 and not leftover.exists()

@@ -14,7 +14,7 @@ import torch.nn as nn
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from convert import ConvertError, convert_checkpoint, load_checkpoint, verify_checkpoint
+from convert import ConvertError, convert_checkpoint, load_checkpoint, save_checkpoint, verify_checkpoint
 from convert.integrity import verify_folder
 from tests.helpers import (
     SIDECAR,
@@ -230,11 +230,12 @@ def test_existing_destination_is_refused_and_untouched(tmp_path, general_checkpo
 
 def test_overwrite_replaces_destination(tmp_path, general_checkpoint_file):
     dst = tmp_path / "out"
-    dst.mkdir()
-    (dst / "stale.safetensors").write_bytes(b"junk")
+    save_checkpoint({"old": torch.zeros(3)}, dst)  # a previous output (a folder of other files is refused:
+    old_id = read_sidecar(dst)["folder_id"]        # tests/test_destination_contract.py)
     report = convert_checkpoint(general_checkpoint_file, dst, overwrite=True)
     assert report is not None
-    assert not (dst / "stale.safetensors").exists()
+    assert read_sidecar(dst)["folder_id"] != old_id
+    assert not (dst / "model.safetensors").exists()
     assert (dst / "model_state_dict.safetensors").exists()
     assert verify_checkpoint(general_checkpoint_file, dst) == []
     assert sorted(os.listdir(tmp_path)) == ["out", "src"]

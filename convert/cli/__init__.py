@@ -1,14 +1,19 @@
 """Command-line front end: `ckpt-convert` and `python -m convert`.
 
-Exit codes: 0 success · 1 refused as unsafe (scan: an unsafe file) · 2 bad input or usage · 3 verify found differences.
-Every failure is one line on stderr; `--debug` shows the traceback instead.
+Exit codes: 0 success · 1 refused as unsafe (scan: an unsafe file) · 2 bad input or usage · 3 verify found differences
+· 130 interrupted (SIGINT) · 143 terminated (SIGTERM). Every failure is one line on stderr; `--debug` shows the traceback
+instead. SIGTERM ends a run as Ctrl-C does (temporary folders and locks removed); a stdout closed by the reader
+(`| head`) is not an error: the rest of the output is dropped.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from .._version import __version__
 from ..errors import ConvertError
@@ -16,14 +21,16 @@ from ..write.folder import ENVIRONMENT_ERRNOS
 from . import commands
 
 EXIT_DIFFERENT = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 TORCH_SIDE = {"torch"}  # what load/verify/inspect-folder/demo need beyond the lean install
 
 DESCRIPTION = """\
 Convert pickled PyTorch checkpoints (torch.save zip or legacy files, plain pickles) to
 safetensors + a JSON sidecar without executing them, and load them back.
 
-exit codes: 0 success, 1 refused as unsafe, 2 bad input or usage, 3 verify found differences
-(scan: 0 safe or suspicious, 1 unsafe, 2 unreadable)"""
+exit codes: 0 success, 1 refused as unsafe, 2 bad input or usage, 3 verify found differences,
+130 interrupted, 143 terminated (scan: 0 safe or suspicious, 1 unsafe, 2 unreadable)"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="checkpoint file (.pt .pth .bin .pkl .tar .ckpt, any name), or a torch.distributed.checkpoint "
                    "folder (.metadata + *.distcp)")
     p.add_argument("dst", help="output folder (must not exist unless --overwrite)")
-    p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    p.add_argument("--overwrite", action="store_true", help="replace DST if it is an earlier ckpt-convert output "
+                   "holding nothing else (never a folder of other files, the source's folder or the current folder)")
     p.add_argument("--max-shard-size", metavar="SIZE", help="split state dicts larger than SIZE (e.g. 5GB, 500MiB) into "
                    "NAME-00001-of-0000N.safetensors shards with a NAME.safetensors.index.json")
     p.add_argument("--salvage", action="store_true", help="convert a file that scan calls unsafe instead of refusing "
@@ -123,7 +131,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so that it unwinds (and cleans up) as on Ctrl-C."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    def handler(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a second one must not cut the cleanup short
+        raise Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (main() called from a thread): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _drop_stdout() -> None:
+    """The reader closed stdout (`| head`): send what is left to /dev/null, so the exit is quiet."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    with _sigterm_as_interrupt():
+        code = _main(argv)
+        try:
+            sys.stdout.flush()  # here, not at exit: a closed pipe is then handled like the others
+        except BrokenPipeError:
+            _drop_stdout()
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -133,6 +180,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"ckpt-convert: {exc.label}: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # stdout closed by its reader after the work was done: not a failure
+        _drop_stdout()
+        return 0
     except OSError as exc:  # the user's environment (disk full, permissions...) wherever it surfaced: not a bug
         if args.debug or exc.errno not in ENVIRONMENT_ERRNOS:
             if args.debug:
@@ -141,9 +191,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"ckpt-convert: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("ckpt-convert: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("ckpt-convert: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except MemoryError:
+        if args.debug:
+            raise
+        print("ckpt-convert: error: out of memory; free some memory or raise the limit (ulimit -v) and retry",
+              file=sys.stderr)
+        return 2
     except ModuleNotFoundError as exc:
         if args.debug or exc.name not in TORCH_SIDE:  # torch is optional: scan/convert run without it
             raise

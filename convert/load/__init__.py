@@ -14,12 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..deep import run_deep
 from ..errors import ConvertError, CorruptFolder, MalformedCheckpoint
 from ..integrity import check_digest, check_header, has_record, mapping_sha256
-from ..jsonio import strict_json
 from ..read.torch_types import DTYPES_BY_NAME
-from ..schema import MAX_SIDECAR_DEPTH, SIDECAR_NAME, check_sidecar_size, validate
+from ..schema import SIDECAR_NAME, inside_folder, read_sidecar
 from ..torch_values import tensor_dtype
 from ..views import view_end
 from .decode import Decoder
@@ -30,45 +28,12 @@ from .safetensors_reader import SafetensorsFile
 MapLocation = str | torch.device | None
 
 
-def read_sidecar(folder: Path) -> dict:
-    """The folder's checkpoint.json, parsed strictly and validated against the schema."""
-    path = folder / SIDECAR_NAME
-    if not folder.is_dir():
-        raise ConvertError(f"{folder}: no such folder")
-    if not path.is_file():
-        raise MalformedCheckpoint(f"{folder}: no {SIDECAR_NAME}; not a converted checkpoint folder")
-    _inside(folder, path)
-    check_sidecar_size(folder, path.stat().st_size, str(path))  # before reading it: proportionate to the data
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConvertError(f"{path}: cannot read ({exc.strerror})") from None
-    try:
-        sidecar = strict_json(raw, SIDECAR_NAME)
-    except MalformedCheckpoint as exc:
-        if not isinstance(exc.__context__, RecursionError):
-            raise
-        sidecar = run_deep(strict_json, raw, SIDECAR_NAME, depth=MAX_SIDECAR_DEPTH)  # deep: parse with room
-    except MemoryError:
-        raise MalformedCheckpoint(f"{path}: does not fit in memory once parsed; refusing") from None
-    del raw
-    validate(sidecar, SIDECAR_NAME)
-    return sidecar
-
-
-def _inside(folder: Path, path: Path) -> Path:
-    real_folder, real = os.path.realpath(folder), os.path.realpath(path)
-    if os.path.commonpath([real_folder, real]) != real_folder:
-        raise MalformedCheckpoint(f"{path.name} resolves outside the checkpoint folder; refusing")
-    return Path(real)
-
-
 def open_data_file(folder: Path, name: str) -> SafetensorsFile:
     """The data file `name` of `folder`, header-checked; it must be a plain file inside the folder."""
     path = folder / name
     if not path.is_file():
         raise MalformedCheckpoint(f"{folder}: {name} is missing")
-    return SafetensorsFile(_inside(folder, path))
+    return SafetensorsFile(inside_folder(folder, path))
 
 
 def _device(map_location: MapLocation) -> torch.device:
@@ -272,8 +237,8 @@ def load_checkpoint(folder: str | os.PathLike, map_location: MapLocation = None,
 
     Every load checks that each data file carries the sidecar's folder id and the recorded data
     size (a checkpoint.json from another conversion is refused, with CorruptFolder). `verify=True`
-    also checks the sha256 of every data file first (reads every byte once; ConvertError for a
-    folder written without digests).
+    also checks that checkpoint.json is exactly as written (its seal) and the sha256 of every data
+    file first (reads every byte once; ConvertError for a folder written without digests).
 
     Example:
         >>> ck = load_checkpoint("new/checkpoint")            # doctest: +SKIP
@@ -281,7 +246,7 @@ def load_checkpoint(folder: str | os.PathLike, map_location: MapLocation = None,
     """
     folder = Path(folder)
     device = _device(map_location)
-    sidecar = read_sidecar(folder)
+    sidecar = read_sidecar(folder, check_seal=verify)  # verify: an edited checkpoint.json is CorruptFolder
     loader = _Loader(folder, sidecar, device)
     loader.decoder = Decoder(loader.tensor, loader.array)
     if verify:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +22,7 @@ from ..errors import MalformedCheckpoint
 from .safetensors_reader import SafetensorsFile
 
 CHUNK = 16 << 20  # bytes per read: small enough to spread one big storage over all threads
+FILES_AT_ONCE = 8  # descriptors held at once by a full load
 
 
 @dataclass(frozen=True)
@@ -72,26 +73,41 @@ def pread_exact(fd: int, view: memoryview, offset: int, name: str) -> None:
 
 
 def read_to_host(jobs: list[Job], threads: int | None = None) -> dict[tuple[int, str], torch.Tensor]:
-    """(id(file), key) → a fresh uint8 tensor holding the entry's bytes."""
+    """(id(file), key) → a fresh uint8 tensor holding the entry's bytes.
+
+    Files are read a few at a time (FILES_AT_ONCE descriptors at most, whatever their number), so a
+    folder of many shards loads under a low `ulimit -n`.
+    """
     out: dict[tuple[int, str], torch.Tensor] = {}
-    if not jobs:
+    by_file: dict[int, list[Job]] = {}
+    for job in jobs:
+        by_file.setdefault(id(job.file), []).append(job)
+    groups = list(by_file.values())
+    if not groups:
         return out
-    fds: dict[int, int] = {}
+    with ThreadPoolExecutor(threads or read_threads(), thread_name_prefix="ckpt-load") as pool:
+        for start in range(0, len(groups), FILES_AT_ONCE):
+            _read_files(groups[start:start + FILES_AT_ONCE], pool, out)
+    return out
+
+
+def _read_files(groups: list[list[Job]], pool: ThreadPoolExecutor, out: dict[tuple[int, str], torch.Tensor]) -> None:
+    fds: list[int] = []
     pieces: list[tuple[int, memoryview, int, str]] = []
     try:
-        for job in jobs:
-            if id(job.file) not in fds:
-                fds[id(job.file)] = open_checked(job.file)
-            dst = torch.empty(job.nbytes, dtype=torch.uint8)
-            out[(id(job.file), job.key)] = dst
-            view = memoryview(dst.numpy())
-            for start in range(0, job.nbytes, CHUNK):
-                pieces.append((fds[id(job.file)], view[start:start + CHUNK], job.offset + start, job.file.path.name))
+        for group in groups:
+            fds.append(open_checked(group[0].file))
+            for job in group:
+                dst = torch.empty(job.nbytes, dtype=torch.uint8)
+                out[(id(job.file), job.key)] = dst
+                view = memoryview(dst.numpy())
+                for start in range(0, job.nbytes, CHUNK):
+                    pieces.append((fds[-1], view[start:start + CHUNK], job.offset + start, job.file.path.name))
         pieces.sort(key=lambda p: -len(p[1]))  # big reads first: the pool finishes evenly
-        with ThreadPoolExecutor(threads or read_threads(), thread_name_prefix="ckpt-load") as pool:
-            for result in [pool.submit(pread_exact, *piece) for piece in pieces]:
-                result.result()
+        futures = [pool.submit(pread_exact, *piece) for piece in pieces]
+        wait(futures)  # all done before the descriptors close, even when one read failed
+        for future in futures:
+            future.result()
     finally:
-        for fd in fds.values():
+        for fd in fds:
             os.close(fd)
-    return out

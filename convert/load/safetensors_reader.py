@@ -1,8 +1,8 @@
 """A safetensors reader that treats the file as hostile: every header field is checked first.
 
-The file is mapped copy-on-write (private): tensors are zero-copy views the user may modify
-without touching the file. Entries must lie inside the data area, must not overlap, and must
-hold exactly dtype-size × numel bytes.
+The file is mapped copy-on-write (private) and its descriptor closed (`mapping.map_private`):
+tensors are zero-copy views the user may modify without touching the file. Entries must lie
+inside the data area, must not overlap, and must hold exactly dtype-size × numel bytes.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from ..dtypes import ITEMSIZE_BY_CODE
 from ..errors import MalformedCheckpoint
 from ..jsonio import strict_json
 from ..torch_values import torch_dtype_for_code
+from .mapping import map_private
 
 MAX_HEADER = 100 * 1024 * 1024  # the limit safetensors itself applies
 
@@ -48,7 +49,7 @@ class SafetensorsFile:
             if header_len > MAX_HEADER or 8 + header_len > size:
                 raise MalformedCheckpoint(f"{name}: header claims {header_len} bytes, file has {size}")
             header = strict_json(f.read(header_len), name)
-            self.map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size > 0 else None
+            self.map = map_private(f.fileno(), size) if size > 0 else None  # holds no descriptor
         if not isinstance(header, dict):
             raise MalformedCheckpoint(f"{name}: header is not a JSON object")
         self.metadata = header.pop("__metadata__", None)
@@ -100,10 +101,10 @@ class SafetensorsFile:
         return EntryInfo(code, tuple(shape), data_start + offsets[0], nbytes)
 
     def close(self) -> None:
-        """Unmap the file (only when no tensor shares the mapping, e.g. after a check)."""
-        if self.map is not None:
+        """Let go of the mapping: unmapped now if no tensor shares it (e.g. after a check), else with the last one."""
+        if isinstance(self.map, mmap.mmap):
             self.map.close()
-            self.map = None
+        self.map = None
 
     def raw(self, key: str) -> torch.Tensor:
         """The entry's bytes as a flat uint8 tensor sharing the private mapping (no copy)."""

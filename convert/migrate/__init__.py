@@ -10,22 +10,25 @@ overlap and cleanup (never touch anything but DST's own temp folders), report, p
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
+import signal
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConvertError
 from ..write.temp import remove_stale_temporaries
-from .journal import JOURNAL_NAME, Journal, JournalState, read_journal
-from .lock import DestinationLock, holder_pid
+from .journal import DONE_STATUSES, JOURNAL_NAME, Journal, JournalState, output_present, read_journal
+from .lock import LOCK_NAME, DestinationLock, holder_pid
 from .manifest import MANIFEST_NAME, MIGRATED_SUFFIX, read_legacy_manifest, retire_legacy_manifest
 from .overlap import check_overlap
 from .pool import run_bounded
 from .progress import MigrateProgress
 from .report import REPORT_NAME, Report
 from .walker import Job, WalkStats, iter_jobs
-from .worker import pool_job, scan_job
+from .worker import converted_from, pool_job, scan_job
 
 __all__ = ["Report", "migrate", "migrate_status", "scan_folder"]
 
@@ -50,6 +53,38 @@ def _open_journal(dst: Path, src: Path, report: Report) -> Journal:
         report.notes.append(f"{dst / MANIFEST_NAME}: {len(legacy)} entries of the version-1 manifest moved into "
                             f"{JOURNAL_NAME}; the old file is kept as {MANIFEST_NAME}{MIGRATED_SUFFIX}")
     return journal
+
+
+RESERVED = frozenset({JOURNAL_NAME, REPORT_NAME, LOCK_NAME, MANIFEST_NAME, MANIFEST_NAME + MIGRATED_SUFFIX})
+
+
+def _refusal(job: Job, dst: Path, journal: Journal) -> str | None:
+    """Why `job` must not run (its output path holds something this migration did not write), else None."""
+    if job.output_rel in RESERVED:
+        return f"{job.rel}: its output name is one of migrate's own files in {dst}; rename the source"
+    out = dst / job.output_rel
+    if os.path.lexists(out) and not journal.state.owns(job.rel, job.output_rel) and \
+            not (job.kind == "file" and converted_from(out, job.source)):
+        return (f"{out} already exists and was not written by this migration for {job.rel}; nothing was changed: "
+                "move it away (or choose another destination) and re-run")
+    return None
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM ends a migrate like Ctrl-C: temp folders removed, lock released, one line, exit 130."""
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def migrate(src: str | os.PathLike, dst: str | os.PathLike, *, jobs: int | None = None, quiet: bool = True,
@@ -80,9 +115,11 @@ def migrate(src: str | os.PathLike, dst: str | os.PathLike, *, jobs: int | None 
         dst.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConvertError(f"cannot create {dst}: {exc.strerror}") from None
-    with DestinationLock(dst):
+    with DestinationLock(dst), _sigterm_as_interrupt():
         report = Report("migrate", str(src), str(dst))
         journal = _open_journal(dst, src, report)
+        if dst_inside_src:
+            report.notes.append(f"{dst} lies inside the source {src}: it is not walked, so nothing in it is converted")
         stats = WalkStats()
         progress = MigrateProgress(not quiet)
 
@@ -90,12 +127,22 @@ def migrate(src: str | os.PathLike, dst: str | os.PathLike, *, jobs: int | None 
             walk = iter_jobs(src, stats, skip=dst if dst_inside_src else None,
                              on_folder=lambda rel: remove_stale_temporaries(dst / rel))
             for job in walk:
-                previous = journal.state.is_done(job.rel, job.size, job.mtime_ns, dst)
+                previous = journal.state.is_done(job.rel, job.size, job.mtime_ns, dst, job.output_rel)
                 if previous:
                     report.add(job.rel, {**previous, "status": "skipped"})
-                else:
-                    progress.found_job(job)
-                    yield job
+                    continue
+                refused = _refusal(job, dst, journal)
+                if refused:
+                    entry = {"kind": job.kind, "output": job.output_rel, "bytes": job.size, "status": "failed",
+                             "reason": refused, "size": job.size, "mtime_ns": job.mtime_ns}
+                    journal.record(job.rel, entry)
+                    report.add(job.rel, entry)
+                    continue
+                if os.path.lexists(dst / job.output_rel):  # _refusal said it is ours
+                    job = dataclasses.replace(job, replace=True)
+                journal.started(job.rel, job.output_rel)
+                progress.found_job(job)
+                yield job
             progress.walk_finished()
 
         args = (str(dst), max_shard_size)
@@ -105,12 +152,17 @@ def migrate(src: str | os.PathLike, dst: str | os.PathLike, *, jobs: int | None 
             try:
                 for job, entry in results:
                     entry.update(size=job.size, mtime_ns=job.mtime_ns)
+                    # dispatched with its output path free or ours: whatever is there now, this run put there
+                    entry.setdefault("owner", os.path.lexists(dst / job.output_rel))
+                    report.skip_paths([(job.rel if p == "." else p if job.rel == "." else f"{job.rel}/{p}", why)
+                                       for p, why in entry.get("skipped_inside", ())])
                     journal.record(job.rel, entry)
                     report.add(job.rel, entry)
                     progress.finished_job(job)
             finally:
                 progress.stop()
             report.other_files, report.special_files = stats.others, stats.special
+            report.skip_paths(stats.skipped)
             if journal.needs_compaction():
                 journal.compact()
         finally:
@@ -139,32 +191,55 @@ def migrate_status(dst: str | os.PathLike, src: str | os.PathLike | None = None)
         if legacy is None and not (dst / JOURNAL_NAME).exists():
             raise ConvertError(f"{dst}: no migration journal here ({note or 'nothing migrated yet'})")
         state = JournalState(entries=legacy or {}, source=None)
+    source = Path(src) if src is not None else Path(state.source) if state.source else None
+    source_ok = source is not None and source.is_dir()
     counts = {"done": 0, "failed": 0, "unsafe": 0}
     problems = []
     for rel, entry in state.entries.items():
+        if source_ok and rel != "." and not os.path.lexists(os.path.join(source, rel)):
+            continue  # the file is gone from the source: its old failure (or output) is no longer the migration's
         status = entry.get("status")
-        if status in ("converted", "skipped") and entry.get("verified"):
-            counts["done"] += 1
+        if status in DONE_STATUSES:
+            if _done_on_disk(dst, rel, entry):
+                counts["done"] += 1
         elif status in ("failed", "unsafe"):
             counts[status] += 1
             if len(problems) < 50:
                 problems.append({"file": rel, "status": status, "reason": str(entry.get("reason", ""))[:300]})
-        else:
+        elif status != "started":  # started: in flight when a run was killed (pending)
             counts["failed"] += 1
-    source = Path(src) if src is not None else Path(state.source) if state.source else None
     pending = None
-    if source is not None and source.is_dir():
+    if source_ok:
         pending = 0
         inside = Path(os.path.realpath(dst)).is_relative_to(os.path.realpath(source))
         for job in iter_jobs(source, WalkStats(), skip=dst if inside else None):
             entry = state.entries.get(job.rel)
             recorded = entry is not None and entry.get("size") == job.size and entry.get("mtime_ns") == job.mtime_ns
             if not recorded or not (entry.get("status") in ("failed", "unsafe")
-                                    or state.is_done(job.rel, job.size, job.mtime_ns, dst)):
+                                    or state.is_done(job.rel, job.size, job.mtime_ns, dst, job.output_rel)):
                 pending += 1
     return {"destination": str(dst), "source": str(source) if source is not None else None, **counts,
             "pending": pending, "dropped_lines": state.dropped, "running_pid": holder_pid(dst),
             "failed_files": problems}
+
+
+def _done_on_disk(dst: Path, rel: str, entry: dict[str, Any]) -> bool:
+    """A done line counts only if it is verified, names the stable output of `rel`, and that output is there
+    (a file's with a checkpoint.json that parses and validates)."""
+    output = entry.get("output")
+    if not entry.get("verified") or not isinstance(output, str) or (rel != "." and output != rel):
+        return False
+    if not output_present(dst, output, entry.get("kind")):
+        return False
+    if entry.get("kind") in ("hf", "dcp", "framework"):
+        return True
+    from ..load import read_sidecar
+
+    try:
+        read_sidecar(dst / output)
+    except ConvertError:
+        return False
+    return True
 
 
 def scan_folder(src: str | os.PathLike, *, jobs: int | None = None) -> Report:
@@ -178,4 +253,5 @@ def scan_folder(src: str | os.PathLike, *, jobs: int | None = None) -> Report:
     for job, entry in run_bounded(scan_job, iter_jobs(src, stats), (), jobs or os.cpu_count() or 1, min_for_pool=8):
         report.add(job.rel, entry)
     report.other_files, report.special_files = stats.others, stats.special
+    report.skip_paths(stats.skipped)
     return report

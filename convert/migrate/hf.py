@@ -1,8 +1,8 @@
 """Hugging Face model folders: `config.json` + `pytorch_model.bin` (or its shards and index).
 
-The result is a folder `transformers.from_pretrained` loads: `model.safetensors` (or
+The weights become what `transformers.from_pretrained` loads: `model.safetensors` (or
 `model-0000i-of-0000N.safetensors` + `model.safetensors.index.json`, one output shard per input
-shard), the folder's other files copied (config, tokenizer, ...), plus our `checkpoint.json`.
+shard) plus our `checkpoint.json`; the rest of the folder is handled by `units.py` (the unit is whole).
 """
 
 from __future__ import annotations
@@ -15,24 +15,21 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
+from ..discover import HF_INDEX as INDEX
+from ..discover import HF_SINGLE as SINGLE
+from ..discover import is_hf_folder  # noqa: F401 (re-exported)
 from ..errors import ConvertError, MalformedCheckpoint
 from ..jsonio import strict_json
 from ..read import Input, read_tree
 from ..read.records import ModuleRecord
 from ..schema import validate
 from ..write.folder import write_folder
-from ..write.plan import is_state_dict, make_plan
+from ..write.plan import Plan, is_state_dict, make_plan
 from ..write.shards import shard_name
 from ..write.source_hash import sha256_fd
 
-SINGLE = "pytorch_model.bin"
-INDEX = "pytorch_model.bin.index.json"
 _SHARD = re.compile(r"^pytorch_model-\d{5}-of-\d{5}\.bin$")
 MAX_INDEX_BYTES = 64 << 20
-
-
-def is_hf_folder(folder: Path) -> bool:
-    return (folder / "config.json").is_file() and ((folder / SINGLE).is_file() or (folder / INDEX).is_file())
 
 
 def hf_checkpoint_files(folder: Path) -> list[Path]:
@@ -51,11 +48,9 @@ def hf_checkpoint_files(folder: Path) -> list[Path]:
     return [folder / SINGLE]
 
 
-def copied_files(folder: Path) -> list[Path]:
-    """Everything else in the folder (config, tokenizer, generation config, ...), not the weights."""
-    weights = {p.name for p in hf_checkpoint_files(folder)} | {INDEX}
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.is_symlink() and p.name not in weights and not p.name.startswith("."))
+def weight_names(folder: Path) -> set[str]:
+    """The names of an HF folder's weight files and index (what `hf_plan` converts)."""
+    return {p.name for p in hf_checkpoint_files(folder)} | {INDEX}
 
 
 def _sha256(path: Path) -> str:
@@ -63,40 +58,48 @@ def _sha256(path: Path) -> str:
         return sha256_fd(f.fileno(), os.fstat(f.fileno()).st_size)
 
 
-def convert_hf_folder(src: str | Path, dst: str | Path, *, overwrite: bool = False) -> dict:
-    """Convert an HF folder; returns the sidecar. Every weight file must hold a bare state dict."""
-    src, dst = Path(src), Path(dst)
+def hf_plan(src: Path, stack: contextlib.ExitStack) -> Plan:
+    """The plan of an HF folder's weights (merged into model.safetensors or one shard per input shard).
+
+    Every weight file must hold a bare state dict; the inputs stay open on `stack` while the plan is written.
+    """
     files = hf_checkpoint_files(src)
     merged: collections.OrderedDict = collections.OrderedDict()
     shards: dict[str, str] = {}
+    results = []
+    for i, path in enumerate(files):
+        inp = stack.enter_context(Input(path))
+        result = read_tree(inp)
+        root = result.root.state_dict if isinstance(result.root, ModuleRecord) else result.root
+        if not is_state_dict(root):
+            raise ConvertError(f"{path.name}: expected a state dict (str → tensor), found {type(root).__name__}")
+        for key, value in root.items():
+            if key in merged:
+                raise MalformedCheckpoint(f"{path.name}: key {key!r} appears in two shards")
+            merged[key] = value
+            if len(files) > 1:
+                shards[key] = shard_name("model", i + 1, len(files))
+        results.append((path, inp, result))
+    first = results[0][2]
+    named = src / (INDEX if len(files) > 1 else SINGLE)
+    provenance: dict[str, Any] = {
+        "converter": {"name": "ckpt-convert", "version": __version__},
+        "name": named.name, "size": named.stat().st_size, "sha256": _sha256(named),
+        "format": first.format, "pickle_protocol": first.protocol,
+    }
+    if len(files) > 1:
+        provenance["parts"] = [{"name": p.name, "size": i.size, "sha256": sha256_fd(i._file.fileno(), i.size)}
+                               for p, i, _ in results]
+    plan = make_plan(merged, provenance, root_shards=shards or None)
+    validate(plan.sidecar, "generated sidecar")
+    return plan
+
+
+def write_hf_weights(src: Path, dst: Path) -> dict:
+    """Write the converted weights of the HF folder `src` as the new folder `dst`; returns the sidecar."""
     with contextlib.ExitStack() as stack:
-        results = []
-        for i, path in enumerate(files):
-            inp = stack.enter_context(Input(path))
-            result = read_tree(inp)
-            root = result.root.state_dict if isinstance(result.root, ModuleRecord) else result.root
-            if not is_state_dict(root):
-                raise ConvertError(f"{path.name}: expected a state dict (str → tensor), found {type(root).__name__}")
-            for key, value in root.items():
-                if key in merged:
-                    raise MalformedCheckpoint(f"{path.name}: key {key!r} appears in two shards")
-                merged[key] = value
-                if len(files) > 1:
-                    shards[key] = shard_name("model", i + 1, len(files))
-            results.append((path, inp, result))
-        first = results[0][2]
-        named = src / (INDEX if len(files) > 1 else SINGLE)
-        provenance: dict[str, Any] = {
-            "converter": {"name": "ckpt-convert", "version": __version__},
-            "name": named.name, "size": named.stat().st_size, "sha256": _sha256(named),
-            "format": first.format, "pickle_protocol": first.protocol,
-        }
-        if len(files) > 1:
-            provenance["parts"] = [{"name": p.name, "size": i.size, "sha256": sha256_fd(i._file.fileno(), i.size)}
-                                   for p, i, _ in results]
-        plan = make_plan(merged, provenance, root_shards=shards or None)
-        validate(plan.sidecar, "generated sidecar")
-        write_folder(plan, dst, overwrite=overwrite, copy_files=copied_files(src))
+        plan = hf_plan(src, stack)
+        write_folder(plan, dst, sources=[src])
     return plan.sidecar
 
 
@@ -121,3 +124,10 @@ def verify_hf_folder(src: str | Path, dst: str | Path) -> list[str]:
     if seen != len(loaded):
         diffs.append(f"the converted folder has {len(loaded) - seen} keys no weight file has")
     return diffs
+
+
+def convert_hf_folder(src: str | Path, dst: str | Path, *, overwrite: bool = False) -> dict:
+    """Convert an HF folder whole (weights, other files, module subfolders) into `dst`: see `units.convert_unit`."""
+    from .units import convert_unit
+
+    return convert_unit("hf", src, dst, overwrite=overwrite)

@@ -44,7 +44,9 @@ def _fault(point: str, count: int = 0) -> None:
 
 
 def _line(obj: dict[str, Any]) -> bytes:
-    return (json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False) + "\n").encode("utf-8")
+    # ASCII with \\u escapes: a file name that is not UTF-8 is kept as Python's surrogateescape string
+    # (b"caf\\xe9.pt" is "caf\\udce9.pt") and round-trips exactly; UTF-8 could not encode it.
+    return (json.dumps(obj, ensure_ascii=True, separators=(",", ":"), allow_nan=False) + "\n").encode("ascii")
 
 
 def fsync_folder(folder: Path) -> None:
@@ -72,20 +74,32 @@ class JournalState:
     torn_bytes: int = 0  # bytes after the last newline: a write a crash cut short
     good_bytes: int = 0  # length of the prefix that ends with the last newline
 
-    def is_done(self, rel: str, size: int, mtime_ns: int, dst: Path) -> dict[str, Any] | None:
-        """The entry if `rel` was converted and verified from a file of this size and mtime, and its output is there."""
+    def is_done(self, rel: str, size: int, mtime_ns: int, dst: Path, output: str | None = None) -> dict[str, Any] | None:
+        """The entry if `rel` was converted and verified from a file of this size and mtime into `output`
+        (default: whatever the entry names), and that output is there."""
         entry = self.entries.get(rel)
         if not entry or entry.get("status") not in DONE_STATUSES or not entry.get("verified"):
             return None
         if entry.get("size") != size or entry.get("mtime_ns") != mtime_ns:
             return None
-        output = entry.get("output")
-        if not isinstance(output, str):
-            return None
-        # a framework folder (frameworks.py) is renamed into place whole: its existence means complete
-        complete = os.path.isdir if entry.get("kind") == "framework" else \
-            (lambda out: os.path.isfile(os.path.join(out, "checkpoint.json")))
-        return entry if complete(os.path.join(dst, output)) else None
+        recorded = entry.get("output")
+        if not isinstance(recorded, str) or (output is not None and recorded != output):
+            return None  # e.g. the previous release's name for it: converted again under the stable name
+        return entry if output_present(dst, recorded, entry.get("kind")) else None
+
+    def owns(self, rel: str, output: str) -> bool:
+        """Whether this migration wrote (or was writing, when killed) `output` for `rel`: only then may it be replaced."""
+        entry = self.entries.get(rel)
+        return bool(entry) and entry.get("output") == output and \
+            (entry.get("status") in DONE_STATUSES or entry.get("owner") is True)
+
+
+def output_present(dst: Path, output: str, kind: Any) -> bool:
+    """A unit's output is renamed into place whole (it exists: it is complete); a file's has its checkpoint.json."""
+    path = os.path.join(dst, output)
+    if kind in ("hf", "dcp", "framework"):
+        return os.path.isdir(path) and not os.path.islink(path)
+    return os.path.isfile(os.path.join(path, "checkpoint.json"))
 
 
 def parse_journal(data: bytes) -> JournalState:
@@ -141,6 +155,7 @@ class Journal:
         self.source = source
         self.state = state
         self.appended = 0
+        self.started_lines = 0  # not counted in `appended`: the fault points count finished files
         try:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             if state.torn_bytes or os.fstat(self._fd).st_size != state.good_bytes:
@@ -175,6 +190,19 @@ class Journal:
         self.appended += 1
         _fault("journal", self.appended)
 
+    def started(self, rel: str, output: str) -> None:
+        """Note that `rel` is being converted into `output`, which was free or ours (no fsync: a kill of
+        the process keeps it, and it only lets a re-run replace an output a killed run installed)."""
+        entry = {"status": "started", "output": output, "owner": True}
+        try:
+            view = memoryview(_line({"rel": rel, **entry}))
+            while view:
+                view = view[os.write(self._fd, view):]
+        except OSError as exc:
+            raise ConvertError(f"{self.path}: cannot write the migration journal: {exc.strerror}") from None
+        self.state.entries[rel] = entry
+        self.started_lines += 1
+
     def add_many(self, entries: Iterable[tuple[str, dict[str, Any]]]) -> None:
         """Append many entries with one fsync (folding in a legacy manifest)."""
         lines = []
@@ -187,7 +215,8 @@ class Journal:
 
     def needs_compaction(self) -> bool:
         """Whether the file holds more lines than files (appends, repeats, dropped lines)."""
-        return self.appended > 0 or self.state.dropped > 0 or self.state.lines - 1 != len(self.state.entries)
+        return (self.appended > 0 or self.started_lines > 0 or self.state.dropped > 0
+                or self.state.lines - 1 != len(self.state.entries))
 
     def compact(self) -> None:
         """Rewrite the journal as one line per file (atomic: unique temp file, fsync, rename, folder fsync).

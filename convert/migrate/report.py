@@ -27,6 +27,7 @@ class Report:
     other_files: int = 0
     special_files: int = 0  # FIFOs, sockets, devices the walker skipped without opening
     notes: list[str] = field(default_factory=list)  # warnings for the user (dropped journal lines, ...)
+    skipped_paths: list[dict[str, str]] = field(default_factory=list)  # symlinks not followed, ...: path + reason
     counts: dict[str, int] = field(default_factory=dict)
 
     def add(self, rel: str, entry: dict[str, Any]) -> None:
@@ -36,6 +37,10 @@ class Report:
             self.counts[old["status"]] -= 1
         self.files[rel] = entry
         self.counts[entry["status"]] = self.counts.get(entry["status"], 0) + 1
+
+    def skip_paths(self, skipped: list[tuple[str, str]]) -> None:
+        """Record paths the walk (or a unit's conversion) passed over without reading, with the reason."""
+        self.skipped_paths += [{"path": rel, "reason": reason} for rel, reason in skipped]
 
     @property
     def summary(self) -> dict[str, int]:
@@ -55,7 +60,7 @@ class Report:
     def _head(self) -> dict[str, Any]:
         return {"command": self.command, "source": self.source, "destination": self.destination,
                 "summary": self.summary, "other_files": self.other_files, "special_files": self.special_files,
-                "notes": self.notes, "exit_code": self.exit_code}
+                "skipped_paths": self.skipped_paths, "notes": self.notes, "exit_code": self.exit_code}
 
     def to_json(self) -> dict[str, Any]:
         return {**self._head(), "files": dict(sorted(self.files.items()))}
@@ -63,13 +68,13 @@ class Report:
     def write(self, path: Path) -> None:
         """Write the report atomically, one entry per line (unique temp name, fsync, rename)."""
         tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        head = json.dumps(self._head(), indent=1, ensure_ascii=False)
-        with open(tmp, "w", encoding="utf-8") as f:
+        head = json.dumps(self._head(), indent=1, ensure_ascii=True)
+        # ASCII with \\u escapes: a name that is not UTF-8 appears as its surrogateescape string ("caf\\udce9.pt")
+        with open(tmp, "w", encoding="ascii") as f:
             f.write(head[:-2] + ',\n "files": {')
             sep = "\n"
             for rel in sorted(self.files):
-                f.write(f"{sep}  {json.dumps(rel, ensure_ascii=False)}: "
-                        f"{json.dumps(self.files[rel], ensure_ascii=False, sort_keys=True)}")
+                f.write(f"{sep}  {json.dumps(rel)}: {json.dumps(self.files[rel], sort_keys=True)}")
                 sep = ",\n"
             f.write("\n }\n}\n")
             f.flush()
@@ -85,6 +90,11 @@ class Report:
         if self.special_files:
             lines.append(f"  {'special files'.ljust(width)}  {self.special_files} (FIFOs, sockets, devices: "
                          "skipped, never opened)")
+        if self.skipped_paths:
+            lines.append(f"  {'not followed'.ljust(width)}  {len(self.skipped_paths)} (symlinks out of the source, ...):")
+            lines += [f"    {s['path']}: {s['reason']}" for s in self.skipped_paths[:20]]
+            if len(self.skipped_paths) > 20:
+                lines.append(f"    ... and {len(self.skipped_paths) - 20} more (see the JSON report)")
         problems = [(rel, e) for rel, e in self.files.items() if e["status"] in ("unsafe", "failed")]
         if problems:
             lines.append("problems:")

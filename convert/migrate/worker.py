@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from ..api import convert_checkpoint, scan_checkpoint, verify_checkpoint
-from ..errors import ConvertError, UnsafeCheckpoint
-from .frameworks import convert_framework_folder, folder_files, verify_framework_folder
-from .hf import convert_hf_folder, hf_checkpoint_files, verify_hf_folder
+from ..discover import unit_sources
+from ..errors import ConvertError, OutputExists, UnsafeCheckpoint
+from .units import convert_unit, verify_unit
 from .walker import Job
 
 FAULT_ENV = "CKPT_CONVERT_FAULT_INJECT"  # test-only: "REL:MARKER" makes the first attempt on REL hang
@@ -28,6 +28,22 @@ def hang_if_injected(job: Job) -> None:
             time.sleep(600)
 
 
+def converted_from(out: Path, source: Path) -> bool:
+    """Whether the folder `out` is a ckpt-convert output of exactly the file `source` (name and sha256):
+    one this migration installed before a kill, or whose journal line was lost."""
+    from ..load import read_sidecar
+    from ..write.source_hash import sha256_fd
+
+    try:
+        recorded = read_sidecar(out)["source"]
+        if recorded.get("name") != source.name or recorded.get("size") != source.stat().st_size:
+            return False
+        with open(source, "rb") as f:
+            return recorded.get("sha256") == sha256_fd(f.fileno(), os.fstat(f.fileno()).st_size)
+    except (ConvertError, OSError, KeyError, TypeError, AttributeError):
+        return False
+
+
 def pool_job(job: Job, dst_root: str, max_shard_size: str | None = None) -> dict[str, Any]:
     """`run_job` as a pool or Ray task runs it (with the tests' fault injection)."""
     hang_if_injected(job)
@@ -35,31 +51,40 @@ def pool_job(job: Job, dst_root: str, max_shard_size: str | None = None) -> dict
 
 
 def run_job(job: Job, dst_root: str, max_shard_size: str | None = None) -> dict[str, Any]:
-    """Convert and verify `job`; never raises for bad input: the outcome is in the returned entry."""
+    """Convert and verify `job`; never raises for bad input: the outcome is in the returned entry.
+
+    An existing output is replaced only when the driver says this migration wrote it (`job.replace`);
+    anything else in the way fails the job with one line, and nothing is touched.
+    """
     warnings.simplefilter("ignore")
     start = time.perf_counter()
     out = Path(dst_root) / job.output_rel
     entry: dict[str, Any] = {"kind": job.kind, "output": job.output_rel, "bytes": job.size}
     try:
-        if job.kind == "framework":
-            entry["sha256"] = convert_framework_folder(job.source, out, overwrite=True)["sha256"]
-            diffs = verify_framework_folder(job.source, out)
-        elif job.kind == "hf":
-            sidecar = convert_hf_folder(job.source, out, overwrite=True)
-            entry["sha256"] = sidecar["source"]["sha256"]
-            diffs = verify_hf_folder(job.source, out)
-        else:
-            convert_checkpoint(job.source, out, overwrite=True, max_shard_size=max_shard_size)
+        replace = job.replace or (job.kind == "file" and converted_from(out, job.source))  # a retried task
+        if os.path.lexists(out) and not replace:
+            raise OutputExists(f"{out} already exists and was not written by this migration for {job.rel}; "
+                               "nothing was changed: move it away (or choose another destination) and re-run")
+        if job.kind == "file":
+            convert_checkpoint(job.source, out, overwrite=replace, max_shard_size=max_shard_size)
             from ..load import read_sidecar
 
             entry["sha256"] = read_sidecar(out)["source"]["sha256"]
             diffs = verify_checkpoint(job.source, out)
+        else:
+            result = convert_unit(job.kind, job.source, out, root=job.root, overwrite=job.replace)
+            entry["sha256"] = result["sha256"]
+            if result["skipped"]:
+                entry["skipped_inside"] = result["skipped"]
+            diffs = verify_unit(job.kind, job.source, out, root=job.root)
         entry["verified"] = not diffs
         entry["status"] = "converted" if not diffs else "failed"
         if diffs:
             entry["reason"] = "verification failed: " + "; ".join(diffs[:3])
     except UnsafeCheckpoint as exc:
         entry.update(status="unsafe", reason=str(exc), findings=[f.name for f in exc.findings])
+    except OutputExists as exc:  # something not ours appeared at the output path meanwhile
+        entry.update(status="failed", reason=f"{exc.label}: {exc}", owner=False)
     except ConvertError as exc:
         entry.update(status="failed", reason=f"{exc.label}: {exc}")
     except Exception as exc:  # a converter bug must not stop the whole migration
@@ -69,13 +94,12 @@ def run_job(job: Job, dst_root: str, max_shard_size: str | None = None) -> dict[
 
 
 def scan_job(job: Job) -> dict[str, Any]:
-    """The scan counterpart: what the file would import or call, nothing written."""
+    """The scan counterpart: what the file (or every pickle of the unit) would import or call, nothing written."""
     warnings.simplefilter("ignore")
     entry: dict[str, Any] = {"kind": job.kind, "bytes": job.size}
-    paths = ([job.source] if job.kind in ("file", "dcp") else folder_files(job.source)[0] if job.kind == "framework"
-             else hf_checkpoint_files(job.source))
     findings: list[str] = []
     try:
+        paths = [job.source] if job.kind == "file" else unit_sources(job.kind, job.source, job.root or job.source)
         for path in paths:
             report = scan_checkpoint(path)
             findings += [f.name for f in report.unsafe]

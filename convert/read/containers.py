@@ -9,22 +9,21 @@ source.py): never mapped, so a file truncated underneath is a clean error rather
 from __future__ import annotations
 
 import os
-import struct
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConvertError, MalformedCheckpoint, NotACheckpoint, UnsafeCheckpoint, UnsupportedValue
+from ..errors import MalformedCheckpoint, NotACheckpoint, UnsafeCheckpoint, UnsupportedValue
+from .framing import FramedVM, PickleAmbiguous, is_tar_header, run_checked
 from .records import GlobalRef, StorageRef
 from .source import Identity, SourceBytes, SourceChanged, open_regular
 from .torch_types import QUANTIZED_STORAGES, STORAGE_DTYPES, STORAGE_MODULES
 from .vm import Finding, PickleVM
+from .zipfile_strict import STORED, StrictZip, ZipAmbiguous, is_zip
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
 MAX_PICKLE_MEMBER = 1 << 34  # a data.pkl beyond 16 GiB is not a checkpoint
-MAX_DEFLATE_RATIO = 1100  # deflate cannot expand more than ~1032x: more is a zip bomb
 
 _SIGNATURES: list[tuple[bytes, int, str]] = [
     (b"\x1f\x8b", 0, "a gzip-compressed file: decompress it first (gunzip)"),
@@ -33,7 +32,6 @@ _SIGNATURES: list[tuple[bytes, int, str]] = [
     (b"\xfd7zXZ\x00", 0, "an xz-compressed file: decompress it first"),
     (b"\x28\xb5\x2f\xfd", 0, "a zstd-compressed file: decompress it first"),
     (b"\x93NUMPY", 0, "a numpy .npy file, not a pickled checkpoint"),
-    (b"ustar", 257, "a tar archive (the pre-2017 torch.save format, or a tarball): not supported"),
 ]
 
 
@@ -66,7 +64,7 @@ class Input:
         self.path = Path(path)
         self.converting = converting
         fd, st = open_regular(self.path)
-        self._file = os.fdopen(fd, "rb")  # for zipfile; every other read is a pread on the same fd
+        self._file = os.fdopen(fd, "rb")  # owns the descriptor; every read is a pread on it
         self.identity = Identity.of(st)
         self.size = st.st_size
         if self.size == 0:
@@ -123,15 +121,31 @@ class Input:
 
 def read_container(inp: Input) -> ReadResult:
     """Detect the format of `inp` and interpret it. Raises a ConvertError subclass on any problem."""
-    head = inp.read(0, min(300, inp.size))
+    head = inp.read(0, min(512, inp.size))
+    if is_tar_header(head):  # torch's legacy path tries tarfile first: whatever it accepts is read as a tar
+        if is_zip(head):  # torch reads a zip first, older torch and tar tools a tar: refuse the polyglot
+            raise ZipAmbiguous(inp.name, "its first block is also a valid tar header")
+        _refuse_tar(inp)
     for magic, offset, what in _SIGNATURES:
         if head[offset:offset + len(magic)] == magic:
             raise UnsupportedValue(f"{inp.name} is {what}")
-    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+    if is_zip(head):
         return _tag_format(_read_zip, inp, "torch-zip")
     if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < inp.size:
         raise UnsupportedValue(f"{inp.name} looks like a safetensors file already; nothing to convert")
     return _tag_format(_read_pickle_or_legacy, inp, "pickle")
+
+
+def _refuse_tar(inp: Input) -> None:
+    """A tar is not read here; one that also reads as a pickle (a polyglot) is refused as ambiguous."""
+    try:
+        FramedVM(inp.buf, source=inp.name).run()
+    except MalformedCheckpoint:
+        raise UnsupportedValue(f"{inp.name} is a tar archive (torch.load reads it as the pre-2017 torch.save "
+                               "format): not supported") from None
+    except UnsafeCheckpoint:
+        pass
+    raise PickleAmbiguous(inp.name, "a tar archive (torch.load reads it with tarfile) that also reads as a pickle")
 
 
 def _tag_format(reader: Any, inp: Input, fmt: str) -> ReadResult:
@@ -169,82 +183,40 @@ def _numel(value: Any) -> int:
 
 
 class _ZipArchive:
-    """A torch zip checkpoint: checked central directory, one `<prefix>/data.pkl`, stored members."""
+    """A torch zip checkpoint read as torch reads it (zipfile_strict): the archive folder named by the first
+    entry, `<folder>/data.pkl`, and the `data/<key>` records the pickle names, each read once."""
 
     def __init__(self, inp: Input) -> None:
         self.inp = inp
-        try:
-            self.zf = zipfile.ZipFile(inp._file)
-            infos = self.zf.infolist()
-        except OSError as exc:
-            raise ConvertError(f"{inp.path}: cannot read ({exc.strerror or exc})") from None
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, NotImplementedError) as exc:
-            raise MalformedCheckpoint(f"{inp.name}: corrupt zip archive ({exc})") from None
-        names = [i.filename for i in infos]
-        if len(set(names)) != len(names):
-            dup = sorted({n for n in names if names.count(n) > 1})[0]
-            raise MalformedCheckpoint(f"{inp.name}: zip archive holds two members named {dup!r}")
-        self.infos = {i.filename: i for i in infos}
-        pickles = [n for n in names if n.endswith("data.pkl") and n.count("/") == 1]
-        if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
-            code = next(n for n in names if n.endswith("/constants.pkl") or "/code/" in n)
+        self.zip = StrictZip(inp.read, inp.size, inp.name)
+        members = self.zip.members
+        if not members:
+            raise MalformedCheckpoint(f"{inp.name}: empty zip archive; not a torch checkpoint")
+        code = next((m.name for m in members if m.name.lower().endswith("/constants.pkl") or "/code/" in m.name.lower()),
+                    None)
+        if code is not None:
             raise UnsafeCheckpoint(f"{inp.name} is a TorchScript archive: it holds compiled code that torch.jit.load "
                                    "would run; it is not converted (export its state_dict instead)",
                                    [Finding("TorchScript code", f"{inp.name}: {code}")])
-        if len(pickles) != 1:
-            what = "no" if not pickles else "several"
-            raise MalformedCheckpoint(f"{inp.name}: zip archive with {what} '<archive>/data.pkl' member; not a torch checkpoint")
-        self.prefix = pickles[0][: -len("data.pkl")]
-        order = self.infos.get(self.prefix + "byteorder")
-        if order is not None and self._read_member(order, 16).strip() not in (b"little", b""):
+        first = members[0].name  # torch (PyTorchStreamReader) takes the archive folder from the first entry
+        if "/" not in first:
+            raise MalformedCheckpoint(f"{inp.name}: zip archive whose first member {first!r:.80} is in no folder; "
+                                      "not a torch checkpoint")
+        self.prefix = first[:first.index("/") + 1]
+        stray = next((m.name for m in members if not m.name.startswith(self.prefix)), None)
+        if stray is not None:  # torch never reads it; another tool might
+            raise ZipAmbiguous(inp.name, f"member {stray!r:.80} outside the archive folder {self.prefix!r}")
+        self.pickle = self.zip.get(self.prefix + "data.pkl")
+        if self.pickle is None:
+            raise MalformedCheckpoint(f"{inp.name}: zip archive with no '{self.prefix}data.pkl' member; "
+                                      "not a torch checkpoint")
+        order = self.zip.get(self.prefix + "byteorder")
+        if order is not None and self.zip.read(order, 16).strip() not in (b"little", b""):
             raise UnsupportedValue(f"{inp.name} was saved on a big-endian machine; not supported")
         self.storages: dict[str, StorageRef] = {}
 
-    def _data_offset(self, info: zipfile.ZipInfo) -> int:
-        """Where the member's bytes start, from its local header, checked against the central directory."""
-        at = info.header_offset
-        header = self.inp.read(at, 30) if at >= 0 and at + 30 <= self.inp.size else b""
-        if header[:4] != b"PK\x03\x04":
-            raise MalformedCheckpoint(f"{self.inp.name}: zip member {info.filename!r} has no local header")
-        name_len, extra_len = struct.unpack("<HH", header[26:30])
-        if at + 30 + name_len > self.inp.size:
-            raise MalformedCheckpoint(f"{self.inp.name}: zip member {info.filename!r} runs past the end of the file (truncated?)")
-        name = self.inp.read(at + 30, name_len)
-        if name.decode("utf-8", "replace") != info.filename and name.decode("cp437", "replace") != info.filename:
-            raise MalformedCheckpoint(f"{self.inp.name}: zip member {info.filename!r} is named {name!r:.80} in its local header")
-        start = at + 30 + name_len + extra_len
-        if start + info.compress_size > self.inp.size:
-            raise MalformedCheckpoint(f"{self.inp.name}: zip member {info.filename!r} runs past the end of the file (truncated?)")
-        return start
-
-    def _read_member(self, info: zipfile.ZipInfo, limit: int) -> bytes:
-        """Read a (possibly compressed) member fully, CRC-checked, refusing declared sizes over `limit`."""
-        self._data_offset(info)
-        ratio_cap = info.compress_size * MAX_DEFLATE_RATIO + 1024
-        if info.file_size > limit or info.file_size > ratio_cap:
-            raise MalformedCheckpoint(f"{self.inp.name}: zip member {info.filename!r} declares {info.file_size} bytes; refusing")
-        try:
-            with self.zf.open(info) as member:
-                data = member.read(info.file_size + 1)
-        except MemoryError:
-            raise MalformedCheckpoint(f"{self.inp.name}: zip member {info.filename!r} ({info.file_size} bytes) does "
-                                      "not fit in memory") from None
-        except OSError as exc:
-            if self.inp.changed():  # truncated or rewritten meanwhile
-                raise self.inp.changed_error() from None
-            if exc.errno is not None:  # the file, not its contents: an I/O error
-                raise ConvertError(f"{self.inp.path}: cannot read ({exc.strerror or exc})") from None
-            raise MalformedCheckpoint(f"{self.inp.name}: zip member {info.filename!r} is corrupt ({exc})") from None
-        except Exception as exc:  # any decompressor's error on hostile bytes: zlib.error, lzma.LZMAError, ...
-            kind = type(exc).__name__ if type(exc).__module__ == "builtins" else \
-                f"{type(exc).__module__.lstrip('_')}.{type(exc).__name__}"
-            raise MalformedCheckpoint(f"{self.inp.name}: zip member {info.filename!r} is corrupt ({kind}: {exc})") from None
-        if len(data) != info.file_size:
-            raise MalformedCheckpoint(f"{self.inp.name}: zip member {info.filename!r} size does not match its header")
-        return data
-
     def pickle_bytes(self) -> bytes:
-        return self._read_member(self.infos[self.prefix + "data.pkl"], MAX_PICKLE_MEMBER)
+        return self.zip.read(self.pickle, MAX_PICKLE_MEMBER)
 
     def persistent_load(self, pid: Any) -> StorageRef:
         if type(pid) is not tuple or len(pid) != 5 or pid[0] not in ("storage", b"storage"):
@@ -256,19 +228,17 @@ class _ZipArchive:
         if key in self.storages:
             return self.storages[key]
         nbytes = _numel(numel) * dtype.itemsize
-        info = self.infos.get(f"{self.prefix}data/{key}")
-        if info is None:
+        member = self.zip.get(f"{self.prefix}data/{key}")
+        if member is None:
             raise MalformedCheckpoint(f"{self.inp.name}: storage {key!r} has no record in the archive")
-        if info.file_size != nbytes:
+        if member.file_size != nbytes:
             raise MalformedCheckpoint(f"{self.inp.name}: storage {key!r} declares {nbytes} bytes but the archive "
-                                      f"holds {info.file_size}")
+                                      f"holds {member.file_size}")
         storage = StorageRef(key, dtype, nbytes, _location(location))
-        if info.compress_type == zipfile.ZIP_STORED:
-            if info.compress_size != nbytes:
-                raise MalformedCheckpoint(f"{self.inp.name}: storage {key!r} sizes disagree in the zip directory")
-            storage.buffer, storage.offset = self.inp.buf, self._data_offset(info)  # read later, with pread
+        if member.method == STORED:
+            storage.buffer, storage.offset = self.inp.buf, member.data_offset  # read later, with pread
         else:
-            storage.buffer = self._read_member(info, nbytes)
+            storage.buffer = self.zip.read(member, nbytes)
         self.storages[key] = storage
         return storage
 
@@ -276,17 +246,18 @@ class _ZipArchive:
 def _read_zip(inp: Input) -> ReadResult:
     archive = _ZipArchive(inp)
     data = archive.pickle_bytes()
-    vm = PickleVM(data, source=f"{inp.name}:{archive.prefix}data.pkl", persistent_load=archive.persistent_load)
-    root = vm.run()
+    source = f"{inp.name}:{archive.prefix}data.pkl"
+    vm = FramedVM(data, source=source, persistent_load=archive.persistent_load)
+    root = run_checked(vm, lambda at, n: data[at:at + n], source)
     return ReadResult(root, "torch-zip", vm.protocol, list(archive.storages.values()), vm.globals_used)
 
 
 # ----------------------------------------------------------------------------- legacy and pickle
 
 def _read_pickle_or_legacy(inp: Input) -> ReadResult:
-    first = PickleVM(inp.buf, source=inp.name)
+    first = FramedVM(inp.buf, source=inp.name)
     try:
-        value = first.run()
+        value = run_checked(first, inp.read, inp.name)
     except MalformedCheckpoint as exc:
         if inp.read(0, 1) == b"\x80":  # starts with PROTO: a pickle, but a broken one
             raise
@@ -328,8 +299,8 @@ def _scan_trailing_pickles(inp: Input, pos: int) -> None:
 
 def _read_legacy(inp: Input, pos: int) -> ReadResult:
     def small_pickle(what: str) -> tuple[Any, int]:
-        vm = PickleVM(inp.buf, source=f"{inp.name} ({what})", start=pos)
-        return vm.run(), vm.pos
+        vm = FramedVM(inp.buf, source=f"{inp.name} ({what})", start=pos)
+        return run_checked(vm, inp.read, vm.source), vm.pos
 
     version, pos = small_pickle("protocol version")
     if version != LEGACY_PROTOCOL:
@@ -361,8 +332,8 @@ def _read_legacy(inp: Input, pos: int) -> ReadResult:
             raise MalformedCheckpoint(f"{inp.name}: storage view {view_key!r:.20} reaches outside storage {key!r}")
         return StorageRef(str(view_key), dtype, size * dtype.itemsize, root.location, base=root, base_offset=offset)
 
-    vm = PickleVM(inp.buf, source=f"{inp.name} (main pickle)", start=pos, persistent_load=persistent_load)
-    root_value = vm.run()
+    vm = FramedVM(inp.buf, source=f"{inp.name} (main pickle)", start=pos, persistent_load=persistent_load)
+    root_value = run_checked(vm, inp.read, vm.source)
     keys, pos = small_pickle_at(inp, vm.pos)
     if type(keys) is not list or any(type(k) is not str for k in keys) or set(keys) != set(storages):
         raise MalformedCheckpoint(f"{inp.name}: legacy storage key list does not match the storages the pickle uses")
@@ -386,5 +357,5 @@ def _read_legacy(inp: Input, pos: int) -> ReadResult:
 
 
 def small_pickle_at(inp: Input, pos: int) -> tuple[Any, int]:
-    vm = PickleVM(inp.buf, source=f"{inp.name} (storage keys)", start=pos)
-    return vm.run(), vm.pos
+    vm = FramedVM(inp.buf, source=f"{inp.name} (storage keys)", start=pos)
+    return run_checked(vm, inp.read, vm.source), vm.pos

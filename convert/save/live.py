@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 from ..errors import ConvertError, UnsafeCheckpoint, UnsupportedValue
-from ..read import allowlist, compat_names, gadgets
+from ..read import allowlist, gadgets
+from ..read.compat_names import resolve
 from ..read.modules import to_module_record
 from ..read.numpy_types import NUMERIC_CODES
 from ..read.records import GlobalRef, NdArrayRef, ObjectRecord, StorageRef
@@ -175,7 +176,8 @@ class _LiveReader:
         return ObjectRecord(func.qualname, args=args) if reconstructor is None else reconstructor(*args)
 
     def global_ref(self, obj: Any, name: str | None, path: list) -> Any:
-        """pickle's save_global at protocol 2 (Python 3 names mapped back as fix_imports does), then the VM's GLOBAL."""
+        """pickle's save_global at protocol 2 (Python 3 names mapped back as fix_imports does), then the VM's GLOBAL
+        (which maps them forward again): the name convert records for the same object."""
         name = name or getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
         if not isinstance(name, str):
             raise UnsupportedValue(f"{_where(path)}: {type(obj).__name__} has no name to be saved by")
@@ -184,7 +186,7 @@ class _LiveReader:
             module, name = _compat_pickle.REVERSE_NAME_MAPPING[(module, name)]
         elif module in _compat_pickle.REVERSE_IMPORT_MAPPING:
             module = _compat_pickle.REVERSE_IMPORT_MAPPING[module]
-        module, name = compat_names.resolve(module, name, 2)  # the VM's GLOBAL: fix_imports when read back
+        module, name = resolve(module, name, 2)  # and read back as the reader resolves it (fix_imports)
         qual = f"{module}.{name}"
         if qual in allowlist.VALUE_GLOBALS:
             return allowlist.VALUE_GLOBALS[qual]

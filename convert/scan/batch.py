@@ -1,7 +1,7 @@
-"""Scanning many files: folders are walked with migrate's walker, files are scanned in parallel.
+"""Scanning many files: folders are walked with `discover.walk`, files are scanned in parallel.
 
-Folders are expanded with `convert.migrate.walker.find_jobs` (checkpoints found by name and content,
-Hugging Face model folders as their weight files), the same selection `migrate` converts.
+The selection is what `migrate` converts: checkpoints found by name and content, and units (HF,
+Trainer/Accelerate, DCP folders) file by file, every pickle inside them included.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..discover import WalkStats, unit_sources, walk
 from .scanner import ScanReport, scan_file
 from .sources import looks_like_checkpoint
 
@@ -30,7 +31,10 @@ class Selection:
 
 
 def select(paths: list[str | os.PathLike], *, skip_non_checkpoints: bool = False) -> Selection:
-    """Expand folders with the migration walker; keep files as given.
+    """Expand folders with `discover.walk` (the walk `migrate` converts); keep files as given.
+
+    A unit (HF folder, Trainer/Accelerate checkpoint, DCP folder) is scanned file by file: every
+    pickle in it, by name or by content, subfolders included, and each DCP folder as one checkpoint.
 
     Args:
         paths: files and folders from the command line.
@@ -40,26 +44,14 @@ def select(paths: list[str | os.PathLike], *, skip_non_checkpoints: bool = False
     Returns:
         A Selection.
     """
-    from ..migrate.frameworks import folder_files
-    from ..migrate.hf import hf_checkpoint_files
-    from ..migrate.walker import find_jobs
-    from ..read.dcp import is_dcp_folder
-
     out = Selection()
     for raw in paths:
         path = Path(raw)
-        if path.is_dir() and is_dcp_folder(path):  # one unit: scan_file reads .metadata and every saved item
-            out.files.append(path)
-        elif path.is_dir():
-            jobs, others = find_jobs(path)
-            out.others += others
-            for job in jobs:
-                if job.kind in ("file", "dcp"):
-                    out.files.append(job.source)
-                elif job.kind == "framework":
-                    out.files += folder_files(job.source)[0]  # its pickles (the safe files need no scan)
-                else:
-                    out.files += list(hf_checkpoint_files(job.source))
+        if path.is_dir():
+            stats = WalkStats()
+            for found in walk(path, stats):
+                out.files += [found.path] if found.kind == "file" else unit_sources(found.kind, found.path, path)
+            out.others += stats.others + stats.special
         elif skip_non_checkpoints and path.is_file() and not looks_like_checkpoint(path):
             out.skipped.append(path)
         else:

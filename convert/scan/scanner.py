@@ -126,6 +126,11 @@ def scan_file(path: str | os.PathLike) -> ScanReport:
         os.close(fd)
     except ConvertError as exc:
         return _unreadable(report, exc)
+    if path.suffix == ".distcp" and path.parent.is_dir():
+        from ..dcp import is_dcp_folder, scan_dcp_report
+
+        if is_dcp_folder(path.parent):  # a DCP part: read by dcp.load at the ranges its .metadata names
+            return _dcp_part(path, report, scan_dcp_report)
     with reading() as session:
         reader_error = _read(path, report)
     walked_ok = _walk(path, report)
@@ -155,6 +160,20 @@ def _downgrade_judged(report: ScanReport, accepted: dict[str, int]) -> None:
             category = JUDGED_CATEGORIES[finding.name]
             report.findings[i] = dataclasses.replace(finding, verdict=SUSPICIOUS, category=category,
                                                      reason=REASONS[category])
+
+
+def _dcp_part(path: Path, report: ScanReport, scan_dcp_report: Any) -> ScanReport:
+    """A `.distcp` file is no archive of its own (saved items back to back): its folder's verdict, plus every
+    global the opcode walk finds anywhere in the file."""
+    try:
+        folder = scan_dcp_report(path.parent)
+    except ConvertError as exc:
+        return _unreadable(report, exc)
+    report.format, report.findings, report.globals = folder.format, list(folder.findings), list(folder.globals)
+    _walk(path, report)
+    report.globals = sorted({*report.globals, *folder.globals})
+    report.verdict = worst([f.verdict for f in report.findings])
+    return report
 
 
 def _unreadable(report: ScanReport, exc: ConvertError) -> ScanReport:

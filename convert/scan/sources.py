@@ -1,18 +1,22 @@
 """The pickle streams inside a file, as the scanner sees them: the file itself, zip members, gzip contents.
 
-Bytes are taken as stored, without the reader's consistency checks (a CRC mismatch, an odd flag bit or a
-duplicate member does not hide a payload from a scanner), but every size is bounded so that hostile
+A zip is read with the same strict reader as `convert` (read/zipfile_strict.py: the archive exactly as
+torch's miniz reads it); an archive it refuses (ambiguous or broken) is searched as a whole for embedded
+pickles instead, and the reader pass reports why it was refused. Every size is bounded so that hostile
 headers cannot make it allocate more than `MAX_MEMBER` bytes per member.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import struct
-import zipfile
 import zlib
 from dataclasses import dataclass
 from typing import Any
+
+from ..errors import ConvertError
+from ..read.zipfile_strict import STORED, StrictZip, is_zip
 
 MAX_MEMBER = 1 << 30  # bytes of one decompressed pickle member (or gzip content) scanned at most
 MAX_DEFLATE_RATIO = 1100  # deflate cannot expand more than ~1032x
@@ -53,7 +57,7 @@ def open_sources(buf: Any, file: Any) -> Sources:
         itself to be searched for embedded pickles.
     """
     head = bytes(buf[:4])
-    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+    if is_zip(head):
         return _zip_sources(buf, file)
     if head.startswith(b"\x1f\x8b"):
         return _gzip_sources(buf)
@@ -73,11 +77,13 @@ def looks_like_checkpoint(path: Any) -> bool:
     try:
         with open(path, "rb") as f:
             head = f.read(4)
-            if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+            if is_zip(head):
+                size = os.fstat(f.fileno()).st_size
                 try:
-                    return any(n.endswith(".pkl") for n in zipfile.ZipFile(f).namelist())
-                except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError):
-                    return True  # a broken zip named by content as ours: scan it (and report it unreadable)
+                    members = StrictZip(lambda offset, n: os.pread(f.fileno(), n, offset), size, "zip").members
+                    return any(m.name.lower().endswith(".pkl") for m in members)
+                except (ConvertError, OSError, struct.error):
+                    return True  # a broken or ambiguous zip named by content as ours: scan it (and report it)
     except OSError:
         return False
     return len(head) >= 2 and head[0] == 0x80 and head[1] <= 5
@@ -93,47 +99,32 @@ def _reader(buf: Any) -> Any:
     return buf if hasattr(buf, "seek") else io.BytesIO(buf)
 
 
+def _strict_zip(buf: Any) -> StrictZip:
+    """The archive as torch reads it (see read/zipfile_strict.py); raises ConvertError where it is refused."""
+    return StrictZip(lambda offset, n: bytes(buf[offset:offset + n]), len(buf), "zip")
+
+
 def _zip_sources(buf: Any, file: Any) -> Sources:
     try:
-        infos = zipfile.ZipFile(file).infolist()
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
-        return Sources("zip", [Stream(_reader(buf), None, 0, carve=True)], error=f"corrupt zip archive ({exc})")
-    names = [i.filename for i in infos]
-    torchscript = next((n for n in names if n.endswith("/constants.pkl") or "/code/" in n), None)
-    container = "torch-zip" if any(n.endswith("data.pkl") for n in names) else "zip"
+        archive = _strict_zip(buf)
+    except ConvertError as exc:  # ambiguous or broken: search the whole file for pickles instead
+        return Sources("zip", [Stream(_reader(buf), None, 0, carve=True)], error=str(exc))
+    names = [m.name for m in archive.members]
+    lowered = [n.lower() for n in names]
+    torchscript = next((n for n, low in zip(names, lowered) if low.endswith("/constants.pkl") or "/code/" in low), None)
+    container = "torch-zip" if any(low.endswith("data.pkl") for low in lowered) else "zip"
     streams, errors = [], []
-    seen: dict[str, int] = {}
-    for info in infos:
-        if not info.filename.endswith(".pkl"):
+    for member in archive.members:
+        if not member.name.lower().endswith(".pkl"):
             continue
-        seen[info.filename] = seen.get(info.filename, 0) + 1
-        label = info.filename if seen[info.filename] == 1 else f"{info.filename} (copy {seen[info.filename]})"
         try:
-            data, base = _member_bytes(buf, info)
-        except ValueError as exc:
-            errors.append(f"{label}: {exc}")
+            data = archive.read(member, MAX_MEMBER, check_crc=False)
+        except ConvertError as exc:
+            errors.append(f"{member.name}: {exc}")
             continue
-        streams.append(Stream(io.BytesIO(data), label, base))
+        base = member.data_offset if member.method == STORED else None
+        streams.append(Stream(io.BytesIO(data), member.name, base))
     return Sources(container, streams, torchscript, "; ".join(errors) or None)
-
-
-def _member_bytes(buf: Any, info: zipfile.ZipInfo) -> tuple[bytes, int | None]:
-    """The member's bytes as stored (stored: a slice of the file; deflated: inflated, bounded)."""
-    at, size = info.header_offset, len(buf)
-    if at + 30 > size or bytes(buf[at:at + 4]) != b"PK\x03\x04":
-        raise ValueError("no local header")
-    name_len, extra_len = struct.unpack("<HH", bytes(buf[at + 26:at + 30]))
-    start = at + 30 + name_len + extra_len
-    raw_end = min(size, start + info.compress_size)
-    if info.compress_type == zipfile.ZIP_STORED:
-        return bytes(buf[start:min(raw_end, start + MAX_MEMBER)]), start
-    if info.compress_type != zipfile.ZIP_DEFLATED:
-        raise ValueError(f"compression method {info.compress_type} is not read by the scanner")
-    cap = min(MAX_MEMBER, (raw_end - start) * MAX_DEFLATE_RATIO + 1024)
-    try:
-        return zlib.decompressobj(-15).decompress(bytes(buf[start:raw_end]), cap), None
-    except zlib.error as exc:
-        raise ValueError(f"corrupt deflate data ({exc})") from None
 
 
 def _gzip_sources(buf: Any) -> Sources:

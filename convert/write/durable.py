@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import hashlib
 import os
 import shutil
 import sys
@@ -119,8 +120,23 @@ def rename_exchange(a: Path, b: Path) -> None:
         raise
 
 
+NAME_MAX = 255  # bytes in one path component (Linux, macOS and most file systems)
+
+
+def fit_name(name: str, room: int) -> str:
+    """`name`, or where its encoded form exceeds `room` bytes a prefix of it + "~" + 12 hex digits of
+    its sha256: the names this tool puts beside a destination never overflow NAME_MAX, and stay
+    distinct for distinct destinations."""
+    raw = os.fsencode(name)
+    if len(raw) <= room:
+        return name
+    digest = hashlib.sha256(raw).hexdigest()[:12]
+    return os.fsdecode(raw[:room - len(digest) - 1]) + "~" + digest
+
+
 def lock_path(dst: Path) -> Path:
-    return dst.parent / f".{dst.name}.ckpt-convert-lock"
+    suffix = ".ckpt-convert-lock"
+    return dst.parent / f".{fit_name(dst.name, NAME_MAX - 1 - len(suffix))}{suffix}"
 
 
 class DestinationLock:

@@ -4,13 +4,15 @@ Steps (each named as a fault-injection point, see `fault_point`):
 1. In a marked temporary folder beside the destination (`temp.TempFolder`), write the data files,
    each hashed (sha256, read back from the page cache on a helper thread) and fsync'd; then index
    and copied files.                                                                   after-data
-2. checkpoint.json last, with the folder id and the digests (`integrity.record`).      after-sidecar
+2. checkpoint.json last, with the folder id and the digests (`integrity.record`), sealed
+   (`integrity.seal`: the copied files' digests and its own).                           after-sidecar
 3. fsync the new folder.                                                               after-fsync
 4. Install it: without overwrite, a rename that fails if the destination exists         before-rename
    (`rename_noreplace`: two runs, exactly one wins); with overwrite, under a lock beside the
    destination, an atomic exchange with the old folder (`rename_exchange`), so a complete
    destination exists at every instant; the old folder, now inside the temporary one,   after-exchange
-   is removed with it.
+   is removed with it. An existing destination is replaced only if `ownership.check_replaceable`
+   allows it (a ckpt-convert output holding nothing else, not the source nor its folder).
 5. fsync the parent folder, so the rename itself survives a power loss.
 
 A failure at any point removes the temporary folder (and parents this call created); OS errors of
@@ -23,15 +25,14 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import errno
-import json
 import os
 import shutil
 import signal
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from ..errors import CannotWrite, ConvertError, OutputExists, UnsupportedValue
-from ..integrity import FOLDER_ID_KEY, fd_sha256, new_folder_id, record
+from ..integrity import FOLDER_ID_KEY, fd_sha256, new_folder_id, record, seal
 from ..schema import SIDECAR_NAME, check_sidecar_size
 from .durable import (
     DestinationLock,
@@ -42,6 +43,7 @@ from .durable import (
     rename_exchange,
     rename_noreplace,
 )
+from .ownership import check_replaceable
 from .plan import Plan
 from .safetensors_io import KernelCopySources, write_safetensors
 from .temp import TempFolder, remove_stale_temporaries
@@ -54,24 +56,24 @@ FALLBACK_FAULT_POINTS = ("after-move-aside",)  # only where the OS cannot exchan
 # OS errors that describe the user's environment, reported as "cannot write DST: reason".
 ENVIRONMENT_ERRNOS = frozenset(code for code in (
     errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EFBIG,
-    errno.ENAMETOOLONG, errno.ELOOP, errno.EMFILE, errno.ENFILE, errno.EIO, errno.EXDEV, errno.EMLINK,
+    errno.ENAMETOOLONG, errno.ELOOP, errno.EMFILE, errno.ENFILE, errno.EIO, errno.EXDEV, errno.EMLINK, errno.EBUSY,
     getattr(errno, "EDQUOT", None), getattr(errno, "ENOTSUP", None), getattr(errno, "EOPNOTSUPP", None),
 ) if code is not None)
 
 
-def sidecar_bytes(sidecar: dict) -> bytes:
-    return (json.dumps(sidecar, separators=(",", ":"), ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
-
-
 def fault_point(name: str) -> None:
-    """Test hook: if CKPT_CONVERT_FAULT names this step, the process SIGKILLs itself here (no cleanup)."""
-    if os.environ.get(FAULT_ENV) == name:
+    """Test hook: if CKPT_CONVERT_FAULT names this step, the process SIGKILLs itself here (no cleanup);
+    if it names it with ":stop", the process stops itself (SIGSTOP) until a test sends it signals."""
+    fault = os.environ.get(FAULT_ENV)
+    if fault == name:
         os.kill(os.getpid(), signal.SIGKILL)
+    elif fault == f"{name}:stop":
+        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def write_folder(plan: Plan, dst: Path, *, overwrite: bool = False, copy_files: Iterable[Path] = (),
                  before_sidecar: Callable[[], None] | None = None,
-                 kernel_copy_source: KernelCopySources = None) -> None:
+                 kernel_copy_source: KernelCopySources = None, sources: Sequence[str | os.PathLike] = ()) -> None:
     """Write `plan` (and copies of `copy_files`, e.g. a model's config.json) as the folder `dst`.
 
     Args:
@@ -83,31 +85,39 @@ def write_folder(plan: Plan, dst: Path, *, overwrite: bool = False, copy_files: 
             source hash, computed meanwhile on a thread, is filled in there).
         kernel_copy_source: the input file the plan's entry sources point into, if any (their bytes
             are copied file-to-file in the kernel).
+        sources: the files or folders read (an overwrite never replaces them nor a folder holding them).
 
     Raises:
-        OutputExists if `dst` exists (or appears meanwhile) and not `overwrite`; DestinationBusy if
-        another run is overwriting `dst`; CannotWrite for the environment's OS errors.
+        OutputExists if `dst` exists (or appears meanwhile) and not `overwrite`; DestinationNotOwned if
+        `overwrite` would replace what ckpt-convert did not write; DestinationBusy if another run is
+        overwriting `dst`; CannotWrite for the environment's OS errors.
     """
     build_folder(Path(dst), lambda folder: _write_contents(plan, folder, list(copy_files), before_sidecar,
-                                                         kernel_copy_source), overwrite=overwrite)
+                                                         kernel_copy_source), overwrite=overwrite, sources=sources)
 
 
-def build_folder(dst: Path, fill: Callable[[Path], None], *, overwrite: bool = False) -> None:
+def build_folder(dst: Path, fill: Callable[[Path], None], *, overwrite: bool = False,
+                 sources: Sequence[str | os.PathLike] = ()) -> None:
     """Create the folder `dst` with the guarantees of `write_folder`, its contents made by `fill(folder)`.
 
     `fill` writes into an empty folder that becomes `dst` atomically (exclusive create, or one atomic
     swap with `overwrite`), durably (the caller fsyncs its files; the folders are fsync'd here), with
-    marked temporary folders and one-line errors for the environment's OS errors.
+    marked temporary folders and one-line errors for the environment's OS errors. An existing `dst`
+    is replaced only if `ownership.check_replaceable(dst, sources)` allows it (checked before
+    anything is written, and again just before the swap).
     """
     try:
-        _build_folder(dst, fill, overwrite)
+        _build_folder(dst, fill, overwrite, sources)
     except OSError as exc:
         if exc.errno in ENVIRONMENT_ERRNOS:
             raise CannotWrite(dst, exc.strerror or str(exc)) from None
         raise
 
 
-def _build_folder(dst: Path, fill: Callable[[Path], None], overwrite: bool) -> None:
+def _build_folder(dst: Path, fill: Callable[[Path], None], overwrite: bool,
+                  sources: Sequence[str | os.PathLike]) -> None:
+    if overwrite:
+        check_replaceable(dst, sources)  # first: refuse `.`, a mount point or a user's folder before anything
     remove_stale_temporaries(dst.parent, dst.name)  # first: it may put back an old folder a killed run moved aside
     if not overwrite:
         remove_stale_lock(dst)  # an overwriting run takes (and then removes) the lock anyway
@@ -126,6 +136,8 @@ def _build_folder(dst: Path, fill: Callable[[Path], None], overwrite: bool) -> N
             try:
                 fill(temp.build)
                 fault_point("before-rename")
+                if overwrite:
+                    check_replaceable(dst, sources)  # again: files may have been added meanwhile
                 _install(temp, dst, overwrite)
                 fsync_dir(dst.parent)
             finally:
@@ -158,16 +170,18 @@ def _write_contents(plan: Plan, folder: Path, copy_files: list[Path], before_sid
                     future.result()
     for name, data in plan.indexes.items():
         _write_file(folder / name, data)
+    copied = {}
     for path in copy_files:
-        with open(path, "rb") as src, open(folder / path.name, "wb") as out:
+        with open(path, "rb") as src, open(folder / path.name, "xb+") as out:
             shutil.copyfileobj(src, out)
             out.flush()
             fsync_fd(out.fileno())
+            copied[path.name] = fd_sha256(out.fileno())  # what was written, read back
     fault_point("after-data")
     if before_sidecar is not None:
         before_sidecar()
     record(plan.sidecar, folder_id, digests)
-    data = sidecar_bytes(plan.sidecar)
+    data = seal(plan.sidecar, copied)
     # a sidecar the loader's size cap would refuse must not be written (the folder would not load)
     check_sidecar_size(folder, len(data), f"{SIDECAR_NAME} (the folder was not written)", UnsupportedValue)
     _write_file(folder / SIDECAR_NAME, data)  # last: a folder with it is complete

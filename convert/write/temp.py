@@ -1,6 +1,7 @@
 """Temporary folders a conversion writes into, and the safe removal of ones a killed run left.
 
-A temporary folder sits beside its destination and is named `.NAME.ckpt-convert-tmp-PID-RANDOM`.
+A temporary folder sits beside its destination and is named `.NAME.ckpt-convert-tmp-PID-RANDOM`
+(a NAME too long for that to fit in 255 bytes is cut, with a hash of the whole name appended).
 It holds the owner marker `owner.json` (tool, pid, the pid's start time, host, boot id, start
 time, destination name) and the folder being built, `new/` (and, only where the OS cannot swap two
 paths, `old/`: the old destination moved aside for a moment; a cleanup puts it back if the
@@ -27,7 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .durable import rename_noreplace
+from .durable import NAME_MAX, fit_name, rename_noreplace
 
 MARKER = "owner.json"
 BUILD = "new"
@@ -35,6 +36,12 @@ MOVED_ASIDE = "old"
 _TOOL = "ckpt-convert"
 _NAME = re.compile(r"\.(?P<name>.+)\.ckpt-convert-tmp-(?P<pid>[0-9]+)-(?P<token>[0-9a-f]{12})")
 _MAX_MARKER = 4096
+_SUFFIX_ROOM = len(".ckpt-convert-tmp-") + 20 + 1 + 12  # the widest pid, the token
+
+
+def temp_stem(dst_name: str) -> str:
+    """The NAME part of the destination `dst_name`'s temporary folders (cut to fit NAME_MAX)."""
+    return fit_name(dst_name, NAME_MAX - 1 - _SUFFIX_ROOM)
 
 
 @dataclass(frozen=True)
@@ -56,7 +63,7 @@ class TempFolder:
     @classmethod
     def create(cls, dst: Path) -> TempFolder:
         """Create the marked temporary folder for `dst` (whose parent must exist) and its empty `new/`."""
-        path = dst.parent / f".{dst.name}.ckpt-convert-tmp-{os.getpid()}-{secrets.token_hex(6)}"
+        path = dst.parent / f".{temp_stem(dst.name)}.ckpt-convert-tmp-{os.getpid()}-{secrets.token_hex(6)}"
         path.mkdir()
         try:
             (path / MARKER).write_text(json.dumps(owner_marker(dst.name)), encoding="utf-8")
@@ -176,7 +183,7 @@ def remove_stale_temporaries(folder: str | os.PathLike, name: str | None = None)
         return removed
     for entry in entries:
         match = _NAME.fullmatch(entry.name)
-        if match is None or (name is not None and match["name"] != name):
+        if match is None or (name is not None and match["name"] != temp_stem(name)):
             continue
         with contextlib.suppress(OSError):
             if not entry.is_dir(follow_symlinks=False):
@@ -185,7 +192,10 @@ def remove_stale_temporaries(folder: str | os.PathLike, name: str | None = None)
         marker = _read_marker(path)
         if marker is None or marker["pid"] != int(match["pid"]) or not owner_is_gone(marker):
             continue
-        _restore_moved_aside(path, Path(folder) / match["name"])
+        destination = marker.get("destination", match["name"])  # the whole name: the folder's may be cut
+        if (isinstance(destination, str) and destination not in ("", ".", "..") and "/" not in destination
+                and "\0" not in destination and temp_stem(destination) == match["name"]):
+            _restore_moved_aside(path, Path(folder) / destination)
         shutil.rmtree(path, ignore_errors=True)  # a concurrent cleaner may be removing it too
         if not os.path.lexists(path):
             removed.append(path)

@@ -189,6 +189,47 @@ def load_path(data: bytes) -> None:
         _watching = False
 
 
+def differential_seeds() -> list[bytes]:
+    """torch.save zip and legacy files that torch.load(weights_only=True) reads (no modules, no numpy)."""
+    return [seed for i, seed in enumerate(pickle_seeds()[:8]) if i % 4 < 2]
+
+
+class Disagreement(AssertionError):
+    """torch.load and read_checkpoint both accepted an input but built different trees."""
+
+
+def differential(data: bytes) -> str:
+    """Where read_checkpoint and torch.load(weights_only=True) both accept `data`, they must agree.
+
+    Returns "agree", "ours refused" or "torch refused"; raises Disagreement.
+
+    Ours runs first (watched, like `pickle_reader`); torch only on what ours accepted, so it never
+    sees a declared size our reader has not matched to real bytes (it would allocate it).
+    """
+    from convert.compare import compare_trees
+
+    path = SCRATCH / "input.pt"
+    path.write_bytes(data)
+    global _watching
+    _watching = True
+    try:
+        ours = read_checkpoint(path)
+    except ConvertError:
+        return "ours refused"
+    finally:
+        _watching = False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            theirs = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception:  # torch refuses what we accept: no disagreement about contents
+        return "torch refused"
+    diffs = compare_trees(ours, theirs)
+    if diffs:
+        raise Disagreement(f"read_checkpoint and torch.load read different trees: {diffs[:3]}")
+    return "agree"
+
+
 def warm_up(target: Callable[[bytes], None], seeds: list[bytes]) -> None:
     """Run the seeds once (lazy imports happen here), then start watching audit events."""
     for seed in seeds:

@@ -284,15 +284,16 @@ class _Builder:
             data = _torch_zip_bytes(evil, **kw)
             if mutate is not None:
                 data = mutate(data)
-            named = "TorchScript" if kw.get("torchscript") else "os.system" if expected == EXIT_UNSAFE else None
+            refused_for_payload = expected == EXIT_UNSAFE and not kw.get("decoy")  # a decoy: refused as ambiguous
+            named = "TorchScript" if kw.get("torchscript") else "os.system" if refused_for_payload else None
             self.add(name, c, data, expected, suffix=".pt", trigger="embedded", payload=evil, named=named)
 
         zip_sample("zip_plain", EXIT_UNSAFE)
         zip_sample("zip_bad_crc", EXIT_MALFORMED, _break_crc)
         zip_sample("zip_encrypted_flag", EXIT_MALFORMED, lambda d: _set_flags(d, 0x0001))
-        zip_sample("zip_odd_flag_bits", EXIT_MALFORMED, lambda d: _set_flags(d, 0x0026))
+        zip_sample("zip_odd_flag_bits", EXIT_UNSAFE, lambda d: _set_flags(d, 0x0026))
         zip_sample("zip_local_name_differs", EXIT_MALFORMED, _rename_local)
-        zip_sample("zip_duplicate_members", EXIT_MALFORMED, decoy=True)
+        zip_sample("zip_duplicate_members", EXIT_UNSAFE, decoy=True)
         zip_sample("zip_unexpected_folder", EXIT_MALFORMED, prefix="archive/nested")
         zip_sample("zip_deflated_pickle", EXIT_UNSAFE, compress=True)
         zip_sample("torchscript_zip", EXIT_UNSAFE, torchscript=True)

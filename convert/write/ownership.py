@@ -1,0 +1,117 @@
+"""Which existing destination a run may replace: the one ownership rule of every writer.
+
+`build_folder` (used by convert, save_checkpoint, DCP, migrate's jobs and framework units, and
+the Lightning plugin) asks `check_replaceable` before it swaps a new folder in with --overwrite. An
+existing folder may be replaced only if
+
+- it is not a mount point, not the current folder (nor holds it), and neither is nor holds a
+  source of this run or a source file's folder (paths resolved);
+- it is a ckpt-convert output: its checkpoint.json parses, validates and (if sealed) is unedited,
+  and every data file carries its folder id and recorded size (`integrity.check_header`); or it is
+  empty; or, for a framework unit (the source is a folder), each entry is a converted sub-folder
+  of that kind or a file of the same name in the source folder;
+- it holds nothing that output did not write: every entry is a data file, an index or a copied
+  file its sidecar lists, or the sidecar itself.
+
+Anything else raises DestinationNotOwned naming what is in the way; nothing is touched.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import ConvertError, DestinationNotOwned
+from ..integrity import FOLDER_ID_KEY, check_header, copied_names, header_identity
+from ..schema import SIDECAR_NAME, read_sidecar
+
+SHOWN = 3  # names of files in the way quoted in the message
+
+
+def check_replaceable(dst: Path, sources: Sequence[str | os.PathLike] = ()) -> None:
+    """Raise DestinationNotOwned unless the existing folder `dst` may be replaced by this run's output.
+
+    Args:
+        dst: the destination (nothing to check if it does not exist).
+        sources: the files or folders this run reads (never replaced, nor any folder holding them).
+    """
+    if not os.path.lexists(dst):
+        return
+    real = Path(os.path.realpath(dst))
+    if os.path.ismount(real):
+        raise DestinationNotOwned(f"{dst} is a mount point; refusing to replace it: write into a new folder inside it")
+    if _within(Path(os.path.realpath(os.getcwd())), real):
+        raise DestinationNotOwned(f"{dst} is the current folder (or holds it); refusing to replace it: "
+                                  "name a new output folder")
+    for source in sources:
+        held = Path(os.path.realpath(source))
+        protected = [held] if held.is_dir() else [held, held.parent]
+        if any(_within(p, real) for p in protected):
+            raise DestinationNotOwned(f"{dst} is or holds the source {source} or its folder; refusing to replace "
+                                      "it: write the output to another folder")
+    if dst.is_symlink() or not dst.is_dir():
+        raise ConvertError(f"{dst} exists and is not a folder")
+    unit_sources = [Path(s) for s in sources if Path(s).is_dir()]
+    in_way = foreign_entries(dst, unit_sources)
+    if in_way:
+        shown = ", ".join(in_way[:SHOWN]) + (f" and {len(in_way) - SHOWN} more" if len(in_way) > SHOWN else "")
+        raise DestinationNotOwned(f"{dst} holds files ckpt-convert did not write ({shown}); refusing to replace it: "
+                                  "move them away or write the output to another folder")
+
+
+def foreign_entries(folder: Path, unit_sources: Sequence[Path] = ()) -> list[str]:
+    """The entries of `folder` that a ckpt-convert output there did not write (empty: it may be replaced).
+
+    Raises DestinationNotOwned if `folder` has a checkpoint.json that does not check out.
+    """
+    names = sorted(os.listdir(folder))
+    if SIDECAR_NAME in names:
+        owned = output_names(folder)
+        return [n for n in names if n not in owned or not _plain_file(folder / n)]
+    in_way = []
+    for name in names:  # a framework unit's output: converted sub-folders and copies of the unit's files
+        path = folder / name
+        if path.is_dir() and not path.is_symlink() and (path / SIDECAR_NAME).is_file():
+            if any(_plain_file(s / name) for s in unit_sources):
+                in_way += [f"{name}/{n}" for n in foreign_entries(path)]
+                continue
+        elif _plain_file(path) and any(_plain_file(s / name) for s in unit_sources):
+            continue
+        in_way.append(name + ("/" if path.is_dir() and not path.is_symlink() else ""))
+    return in_way
+
+
+def output_names(folder: Path) -> set[str]:
+    """The names a ckpt-convert output in `folder` wrote, after checking it is one (else DestinationNotOwned)."""
+    try:
+        sidecar = read_sidecar(folder, check_seal=True)
+    except ConvertError as exc:
+        raise DestinationNotOwned(f"{folder} is not an intact ckpt-convert output ({exc}); refusing to replace it: "
+                                  "move it away or write the output to another folder") from None
+    for name, info in sidecar["files"].items():
+        found = header_identity(folder / name) if _plain_file(folder / name) else None
+        if found is None:
+            problem = f"{name} is missing or not a safetensors file"
+        elif FOLDER_ID_KEY not in sidecar and found[1] != info["bytes"]:  # older folders: at least the size
+            problem = f"{name} holds {found[1]} bytes of data; checkpoint.json records {info['bytes']}"
+        else:
+            problem = check_header(sidecar, name, found[0], found[1])
+        if problem is not None:
+            raise DestinationNotOwned(f"{folder} is not an intact ckpt-convert output ({problem}); refusing to "
+                                      "replace it: move it away or write the output to another folder")
+    indexes = {sd["file"] for sd in sidecar["state_dicts"] if sd.get("file", "").endswith(".index.json")}
+    return {SIDECAR_NAME, *sidecar["files"], *indexes, *copied_names(sidecar)}
+
+
+def _plain_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _within(path: Path, folder: Path) -> bool:
+    """Whether the resolved `path` is `folder` or lies under it."""
+    return path == folder or folder in path.parents
