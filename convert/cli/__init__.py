@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "holding nothing else (never a folder of other files, the source's folder or the current folder)")
     p.add_argument("--max-shard-size", metavar="SIZE", help="split state dicts larger than SIZE (e.g. 5GB, 500MiB) into "
                    "NAME-00001-of-0000N.safetensors shards with a NAME.safetensors.index.json")
+    p.add_argument("--salvage", action="store_true", help="convert a file that scan calls unsafe instead of refusing "
+                   "it: every call that would run code becomes an inert record, listed in the sidecar (nothing runs)")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     p.set_defaults(run=commands.convert)
 
