@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "NAME-00001-of-0000N.safetensors shards with a NAME.safetensors.index.json")
     p.add_argument("--sign-key", metavar="KEY", help="sign DST before it appears (model.sig, OpenSSF model-signing "
                    "format) with this PEM private key; needs pip install 'ckpt-convert[sign]'")
+    p.add_argument("--salvage", action="store_true", help="convert a file that scan calls unsafe instead of refusing "
+                   "it: every call that would run code becomes an inert record, listed in the sidecar (nothing runs)")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     p.set_defaults(run=commands.convert)
 

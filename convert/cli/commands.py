@@ -19,7 +19,7 @@ EXIT_DIFFERENT = 3
 
 def convert(args: argparse.Namespace) -> int:
     report = convert_checkpoint(args.src, args.dst, overwrite=args.overwrite, max_shard_size=args.max_shard_size,
-                                sign=args.sign_key)
+                                sign=args.sign_key, salvage=args.salvage)
     if not args.quiet:
         files = ", ".join(f"{name} ({info['tensors']})" for name, info in report.files.items()) or "no tensors"
         print(f"converted {report.source} ({report.source_format}) → {report.destination}: {report.tensors} tensors, "

@@ -32,6 +32,9 @@ class TreeRenderer:
         else:
             self.lines.append(f"source: {src['name']} ({src['format']}, pickle protocol {src['pickle_protocol']}, "
                               f"{human_bytes(src['size'])}, sha256 {src['sha256'][:16]}…)")
+            if src.get("salvaged"):
+                self.lines.append(f"salvaged: {src.get('neutralised_count', '?')} call(s) that would have run code "
+                                  "kept as inert records (scan still calls the source unsafe)")
         self.lines += [f"converted by {sc['converter']['name']} {sc['converter']['version']}", "files:"]
         for name, info in sc["files"].items():
             self.lines.append(f"  {name}: {info['tensors']} tensors, {human_bytes(info['bytes'])}")

@@ -14,6 +14,7 @@ from typing import Any
 from ..errors import OutputExists
 from ..primitives.hashing import BackgroundSha256, sha256_fd
 from ..read import Input, read_tree
+from ..read.vm import reading
 from ..sign.context import Signer, signing
 from ..write.ownership import check_replaceable
 from ..write.plan import make_plan
@@ -37,8 +38,8 @@ class ConversionReport:
 
 
 def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool = False,
-                       max_shard_size: int | str | None = None, sign: Signer | str | os.PathLike | None = None
-                       ) -> ConversionReport:
+                       max_shard_size: int | str | None = None, salvage: bool = False,
+                       sign: Signer | str | os.PathLike | None = None) -> ConversionReport:
     """Convert a pickled checkpoint file (or a torch.distributed.checkpoint folder) to a folder of
     safetensors files plus `checkpoint.json`.
 
@@ -47,6 +48,9 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, overwr
     UnsupportedValue, or OutputExists if `dst` exists and `overwrite` is False.
     `max_shard_size` ("5GB", "500MiB" or bytes) splits larger state dicts into
     `NAME-00001-of-0000N.safetensors` shards with a `NAME.safetensors.index.json`.
+    `salvage=True` converts a file that names code instead of refusing it: each call that would have run
+    code is kept as an inert record (`via: "salvaged-call"`), and the sidecar's `source` says
+    `salvaged: true` and lists them in `neutralised_calls` (nothing is executed either way).
 
     `sign` (a private key's path or a convert.sign.Signer; needs `ckpt-convert[sign]`) signs the
     folder before it appears: `model.sig`, OpenSSF model-signing format.
@@ -56,7 +60,7 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, overwr
     """
     if sign is not None:
         with signing(sign):
-            return convert_checkpoint(src, dst, overwrite=overwrite, max_shard_size=max_shard_size)
+            return convert_checkpoint(src, dst, overwrite=overwrite, max_shard_size=max_shard_size, salvage=salvage)
     src, dst = Path(src), Path(dst)
     if dst.exists() and not overwrite:  # before reading a possibly large source (write_folder checks again)
         raise OutputExists(f"{dst} already exists; pass --overwrite (overwrite=True) to replace it")
@@ -65,7 +69,11 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, overwr
     if is_dcp_folder(src):  # torch.distributed.checkpoint folder: its own reader, the same pipeline
         return _report(src, dst, convert_dcp_folder(src, dst, overwrite=overwrite, max_shard_size=max_shard_size))
     with Input(src, converting=True) as inp, BackgroundSha256(inp.fileno(), inp.size, inp.path) as hasher:
-        result = read_tree(inp)
+        with reading(salvage=salvage) as session:
+            result = read_tree(inp)
+        source = file_source(src.name, inp.size, result.format, result.protocol)
+        if session.neutralised:
+            source.update(salvaged_source(session.neutralised))
 
         def seal() -> dict:  # every byte is read: the hash is of what was converted iff the file did not change
             digest = hasher.hexdigest()
@@ -73,12 +81,21 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, overwr
             return {"sha256": digest}
 
         sidecar = write_checkpoint_folder(
-            result.root, dst, provenance=provenance(file_source(src.name, inp.size, result.format, result.protocol)),
+            result.root, dst, provenance=provenance(source),
             overwrite=overwrite, max_shard_size=max_shard_size,
             kernel_copy_source=KernelCopySource(inp.buf, inp.fileno()),  # stored tensors: file-to-file
             complete_source=seal, sources=[src])
         del result
     return _report(src, dst, sidecar)
+
+
+MAX_LISTED_CALLS = 1000  # neutralised calls listed in the sidecar (the count is always exact)
+
+
+def salvaged_source(neutralised: list) -> dict[str, Any]:
+    """The sidecar `source` fields of a salvaged file: the flag, how many calls were neutralised, which."""
+    return {"salvaged": True, "neutralised_count": len(neutralised),
+            "neutralised_calls": [str(f) for f in neutralised[:MAX_LISTED_CALLS]]}
 
 
 def _report(src: Path, dst: Path, sidecar: dict) -> ConversionReport:
@@ -144,7 +161,8 @@ def verify_checkpoint(src: str | os.PathLike, folder: str | os.PathLike) -> list
     sidecar = read_sidecar(Path(folder))
     with Input(src) as inp:  # one open: the hash and the tree are of the same file
         digest = sha256_fd(inp.fileno(), inp.size, path=inp.path)  # pread: RSS stays flat
-        original = materialize(read_tree(inp).root)
+        with reading(salvage=sidecar["source"].get("salvaged") is True):  # read as the folder was written
+            original = materialize(read_tree(inp).root)
         inp.check_unchanged()
     diffs = []
     if sidecar["source"]["sha256"] != digest:
