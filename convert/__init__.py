@@ -9,11 +9,13 @@
 from ._version import __version__
 from .api import ConversionReport, ScanReport, convert_checkpoint, read_checkpoint, scan_checkpoint, verify_checkpoint
 from .errors import ConvertError, MalformedCheckpoint, OutputExists, UnsafeCheckpoint, UnsupportedValue
+from .export import ExportReport, export_weights
 from .model.records import GlobalRef, ObjectRecord
 from .ops.verify import verify_folder
 
 # Torch-side entry points are imported on first use, so `scan` and `convert` work without torch installed.
-_LAZY = {"compare_trees": ".ops.compare", "load_checkpoint": ".load", "save_checkpoint": ".ops.save", "SaveReport": ".ops.save"}
+_LAZY = {"compare_trees": ".ops.compare", "load_checkpoint": ".load", "save_checkpoint": ".ops.save", "SaveReport": ".ops.save",
+         "TrustPolicy": ".sign"}
 
 
 def __getattr__(name: str) -> object:
@@ -29,17 +31,20 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "ConversionReport",
     "ConvertError",
+    "ExportReport",
     "GlobalRef",
     "MalformedCheckpoint",
     "ObjectRecord",
     "OutputExists",
     "SaveReport",
     "ScanReport",
+    "TrustPolicy",
     "UnsafeCheckpoint",
     "UnsupportedValue",
     "__version__",
     "compare_trees",
     "convert_checkpoint",
+    "export_weights",
     "load_checkpoint",
     "read_checkpoint",
     "save_checkpoint",

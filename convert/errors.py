@@ -72,3 +72,14 @@ class CorruptFolder(MalformedCheckpoint):
 class DestinationNotOwned(ConvertError):
     """--overwrite would replace a folder ckpt-convert did not write (or one that holds the source):
     refused, nothing touched."""
+
+
+class SignatureInvalid(ConvertError):
+    """A signed folder fails its signature: a file changed, added or removed, or a key/certificate not trusted."""
+
+    exit_code = 3
+    label = "untrusted"
+
+
+class UnsignedFolder(SignatureInvalid):
+    """A trust policy asks for a signature and the folder has none."""

@@ -18,7 +18,7 @@ from .._version import __version__
 from ..errors import ConvertError
 from ..primitives.signals import Terminated, sigterm_raises
 from ..write.folder import ENVIRONMENT_ERRNOS
-from . import commands
+from . import commands, signing
 
 EXIT_DIFFERENT = 3
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
@@ -53,8 +53,32 @@ def build_parser() -> argparse.ArgumentParser:
                    "holding nothing else (never a folder of other files, the source's folder or the current folder)")
     p.add_argument("--max-shard-size", metavar="SIZE", help="split state dicts larger than SIZE (e.g. 5GB, 500MiB) into "
                    "NAME-00001-of-0000N.safetensors shards with a NAME.safetensors.index.json")
+    p.add_argument("--sign-key", metavar="KEY", help="sign DST before it appears (model.sig, OpenSSF model-signing "
+                   "format) with this PEM private key; needs pip install 'ckpt-convert[sign]'")
+    p.add_argument("--salvage", action="store_true", help="convert a file that scan calls unsafe instead of refusing "
+                   "it: every call that would run code becomes an inert record, listed in the sidecar (nothing runs)")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     p.set_defaults(run=commands.convert)
+
+    p = sub.add_parser("export", help="write a checkpoint's model weights as one plain model.safetensors (or HF shards)",
+                       description="Export the model state dict of SRC (a checkpoint file, a torch.distributed.checkpoint "
+                       "folder, a Trainer/Accelerate/HF folder with pytorch_model.bin, or a converted folder) as the "
+                       "safetensors file OUT that "
+                       "from_pretrained, timm, ComfyUI... load directly. Tied tensors are written once (the dropped names "
+                       "are listed). Nothing in SRC is executed; OUT appears atomically; no torch needed.")
+    p.add_argument("src", help="checkpoint file, DCP folder, Trainer/Accelerate/HF checkpoint folder, or converted folder")
+    p.add_argument("out", help="OUT.safetensors (with --max-shard-size: a folder)")
+    p.add_argument("--key", metavar="PATH", help="where the state dict is (state_dict, model_state_dict, ema, module, "
+                   "model.ema, a/b); default: the root if it is one, else the first of state_dict, model_state_dict, "
+                   "model_state, model, module, net, network, params, weights")
+    p.add_argument("--strip-prefix", metavar="PREFIX", help="remove PREFIX from the names that start with it (e.g. model.)")
+    p.add_argument("--add-prefix", metavar="PREFIX", help="put PREFIX before every name (after --strip-prefix)")
+    p.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), help="cast floating tensors (bit-exact with torch's .to)")
+    p.add_argument("--max-shard-size", metavar="SIZE", help="write OUT as a folder of model-0000N-of-0000M.safetensors "
+                   "shards of at most SIZE (e.g. 5GB) + model.safetensors.index.json")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if an earlier export wrote it (never anything else)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    p.set_defaults(run=commands.export)
 
     p = sub.add_parser("verify", help="check a converted folder: against its source, or on its own",
                        description="verify SRC DST: exit 0 iff DST loads to a tree equivalent to SRC (types, key "
@@ -63,7 +87,23 @@ def build_parser() -> argparse.ArgumentParser:
                        "Exit 3 and list the differences otherwise.")
     p.add_argument("src", metavar="SRC|FOLDER")
     p.add_argument("dst", nargs="?", metavar="DST")
+    p.add_argument("--public-key", action="append", default=[], metavar="KEY", help="verify FOLDER: also check its "
+                   "signature (model.sig) against this PEM public key (repeatable: any one may have signed); exit 3 if "
+                   "unsigned or not exactly as signed")
+    p.add_argument("--certificate-root", action="append", default=[], metavar="CERT",
+                   help="like --public-key, for folders signed with a certificate that chains to CERT")
     p.set_defaults(run=commands.verify)
+
+    p = sub.add_parser("sign", help="sign a converted folder (OpenSSF model-signing format, model.sig)",
+                       description="Write FOLDER/model.sig: a signature over the sha256 of every file of FOLDER "
+                       "(checkpoint.json included), made and checkable by the model-signing package. Needs pip install "
+                       "'ckpt-convert[sign]'.")
+    p.add_argument("folder", metavar="FOLDER")
+    p.add_argument("--private-key", required=True, metavar="KEY", help="PEM elliptic-curve private key")
+    p.add_argument("--signing-certificate", metavar="CERT", help="sign as this certificate (its key is --private-key)")
+    p.add_argument("--certificate-chain", action="append", metavar="CERT", help="intermediate certificate (repeatable)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    p.set_defaults(run=signing.sign)
 
     p = sub.add_parser("inspect", help="print the tree of a converted folder (or a checkpoint file)",
                        description="Print keys, dtypes, shapes, sizes and values of a converted folder, from its "
@@ -115,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "in SRC_DIR, default the journal's source, and not done yet); converts nothing")
     p.add_argument("--jobs", "-j", type=int, default=None, help="worker processes (default: number of cores)")
     p.add_argument("--max-shard-size", metavar="SIZE", help="shard state dicts larger than SIZE (e.g. 5GB)")
+    p.add_argument("--sign-key", metavar="KEY", help="sign every converted folder (model.sig) with this PEM private key")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar; print only the summary")
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the summary table")
     p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",

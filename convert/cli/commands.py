@@ -11,12 +11,14 @@ from pathlib import Path
 from ..api import convert_checkpoint, verify_checkpoint
 from ..errors import ConvertError
 from .render import human_bytes, plain_shapes, render_tree
+from .signing import verify_signed
 
 EXIT_DIFFERENT = 3
 
 
 def convert(args: argparse.Namespace) -> int:
-    report = convert_checkpoint(args.src, args.dst, overwrite=args.overwrite, max_shard_size=args.max_shard_size)
+    report = convert_checkpoint(args.src, args.dst, overwrite=args.overwrite, max_shard_size=args.max_shard_size,
+                                sign=args.sign_key, salvage=args.salvage)
     if not args.quiet:
         files = ", ".join(f"{name} ({info['tensors']})" for name, info in report.files.items()) or "no tensors"
         print(f"converted {report.source} ({report.source_format}) → {report.destination}: {report.tensors} tensors, "
@@ -30,9 +32,31 @@ def convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def export(args: argparse.Namespace) -> int:
+    from ..export import export_weights
+
+    report = export_weights(args.src, args.out, key=args.key, strip_prefix=args.strip_prefix, add_prefix=args.add_prefix,
+                            dtype=args.dtype, max_shard_size=args.max_shard_size, overwrite=args.overwrite)
+    if not args.quiet:
+        where = f" [{report.key}]" if report.key else ""
+        cast = f", {report.cast} cast to {args.dtype}" if report.cast else ""
+        print(f"exported {report.source}{where} → {report.destination}: {report.tensors} tensors, "
+              f"{human_bytes(report.bytes)} in {len(report.files)} file(s){cast}")
+        for name, kept in report.dropped.items():
+            print(f"  tied: {name} not written (shares {kept}'s storage; loaders re-tie it)")
+        if report.skipped:
+            print(f"  not tensors, left out: {', '.join(report.skipped[:20])}"
+                  + (f" and {len(report.skipped) - 20} more" if len(report.skipped) > 20 else ""))
+    return 0
+
+
 def verify(args: argparse.Namespace) -> int:
     if args.dst is None:
+        if args.public_key or args.certificate_root:  # the signature first: a folder not as signed is not looked into
+            verify_signed(Path(args.src), args.public_key, args.certificate_root)
         return verify_folder_only(Path(args.src))
+    if args.public_key or args.certificate_root:
+        raise ConvertError("--public-key/--certificate-root check a folder on its own: verify FOLDER --public-key KEY")
     return _verdict(verify_checkpoint(args.src, args.dst), f"{args.dst} is NOT equivalent to {args.src}:",
                     f"{args.dst} is equivalent to {args.src}")
 
@@ -133,7 +157,7 @@ def migrate(args: argparse.Namespace) -> int:
 
         submit = ray_submit(None if args.ray == "local" else args.ray)
     report = run_migrate(args.src, args.dst, jobs=args.jobs, quiet=args.quiet or args.json,
-                         max_shard_size=args.max_shard_size, submit=submit)
+                         max_shard_size=args.max_shard_size, submit=submit, sign_key=args.sign_key)
     for note in report.notes:
         print(f"ckpt-convert: warning: {note}", file=sys.stderr)
     print(json.dumps(report.to_json(), indent=1) if args.json else report.table())

@@ -7,7 +7,10 @@ have the size the sidecar declares and every view must stay inside its storage.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ from ..model.views import view_end
 from ..primitives.hashing import sha256_mapping
 from ..sidecar.integrity import check_digest, check_header, has_record
 from ..sidecar.schema import SIDECAR_NAME, inside_folder, read_sidecar
+from ..sign import TrustPolicy, check_trust
 from .decode import Decoder
 from .materialize import jobs_for, read_to_host
 from .rebuild import Piece, entry_index, plain_array, plain_tensor, rebuild_storage
@@ -223,7 +227,7 @@ class _Loader:
 
 
 def load_checkpoint(folder: str | os.PathLike, map_location: MapLocation = None, *, mmap: bool = True,
-                    verify: bool = False) -> Any:
+                    verify: bool = False, trust: TrustPolicy | None = None) -> Any:
     """Load a folder written by `convert_checkpoint`, equivalent to `torch.load` of the original.
 
     Reads only `checkpoint.json` and the safetensors files: no pickle is involved. Tensors are
@@ -240,12 +244,33 @@ def load_checkpoint(folder: str | os.PathLike, map_location: MapLocation = None,
     size (a checkpoint.json from another conversion is refused, with CorruptFolder). `verify=True`
     also checks that checkpoint.json is exactly as written (its seal) and the sha256 of every data
     file first (reads every byte once; ConvertError for a folder written without digests).
+    folder written without digests). `trust=TrustPolicy(...)` (convert.sign) first checks the
+    folder's signature: UnsignedFolder or SignatureInvalid before any tensor is built.
 
     Example:
         >>> ck = load_checkpoint("new/checkpoint")            # doctest: +SKIP
         >>> model.load_state_dict(ck["model_state_dict"])     # doctest: +SKIP
     """
-    folder = Path(folder)
+    with _gc_paused():  # see _gc_paused
+        return _load(Path(folder), map_location, mmap, verify, trust)
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a folder is loaded: it makes no cycles worth collecting, and with
+    torch imported every full collection the parsing triggers walks torch's ~10^5 objects (measured: load of
+    GPT-2 small's folder, headers only, 0.25 s with the collector, 0.08 s without)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _load(folder: Path, map_location: MapLocation, mmap: bool, verify: bool, trust: TrustPolicy | None) -> Any:
+    check_trust(folder, trust)  # before anything of the folder is parsed
     device = _device(map_location)
     sidecar = read_sidecar(folder, check_seal=verify)  # verify: an edited checkpoint.json is CorruptFolder
     loader = _Loader(folder, sidecar, device)

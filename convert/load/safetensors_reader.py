@@ -81,22 +81,31 @@ class SafetensorsFile:
 
     @staticmethod
     def _entry(name: str, key: str, info: Any, data_start: int, data_len: int) -> EntryInfo:
-        where = f"{name}: entry {key!r:.80}"
-        if not (isinstance(info, dict) and set(info) == {"dtype", "shape", "data_offsets"}):
-            raise MalformedCheckpoint(f"{where} must have exactly dtype, shape and data_offsets")
+        # `where` is built only for an error: this runs once per entry, hundreds of thousands of times
+        if not (isinstance(info, dict) and len(info) == 3 and "dtype" in info and "shape" in info
+                and "data_offsets" in info):
+            raise MalformedCheckpoint(f"{name}: entry {key!r:.80} must have exactly dtype, shape and data_offsets")
         code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-        if code not in ITEMSIZE_BY_CODE:
-            raise MalformedCheckpoint(f"{where} has unknown dtype {code!r:.20}")
-        if not (isinstance(shape, list) and len(shape) <= 64 and all(type(s) is int and 0 <= s < 1 << 62 for s in shape)):
-            raise MalformedCheckpoint(f"{where} has an invalid shape")
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
-                and 0 <= offsets[0] <= offsets[1] <= data_len):
-            raise MalformedCheckpoint(f"{where} has data_offsets {offsets!r:.60} outside the {data_len}-byte data area")
+        itemsize = ITEMSIZE_BY_CODE.get(code) if isinstance(code, str) else None
+        if itemsize is None:
+            raise MalformedCheckpoint(f"{name}: entry {key!r:.80} has unknown dtype {code!r:.20}")
         numel = 1
-        for s in shape:
-            numel *= s
+        valid = type(shape) is list and len(shape) <= 64
+        if valid:
+            for s in shape:
+                if type(s) is not int or not 0 <= s < 1 << 62:
+                    valid = False
+                    break
+                numel *= s
+        if not valid:
+            raise MalformedCheckpoint(f"{name}: entry {key!r:.80} has an invalid shape")
+        if not (type(offsets) is list and len(offsets) == 2 and type(offsets[0]) is int and type(offsets[1]) is int
+                and 0 <= offsets[0] <= offsets[1] <= data_len):
+            raise MalformedCheckpoint(f"{name}: entry {key!r:.80} has data_offsets {offsets!r:.60} outside the "
+                                      f"{data_len}-byte data area")
         nbytes = offsets[1] - offsets[0]
-        if numel * ITEMSIZE_BY_CODE[code] != nbytes:
+        if numel * itemsize != nbytes:
+            where = f"{name}: entry {key!r:.80}"
             raise MalformedCheckpoint(f"{where}: {code} of shape {shape} needs {numel * ITEMSIZE_BY_CODE[code]} bytes, "
                                       f"data_offsets give {nbytes}")
         return EntryInfo(code, tuple(shape), data_start + offsets[0], nbytes)

@@ -19,6 +19,7 @@ from typing import Any
 from ..errors import ConvertError
 from ..primitives.signals import sigterm_raises
 from ..primitives.temp import remove_stale_temporaries
+from ..sign.context import check_signer
 from .journal import DONE_STATUSES, JOURNAL_NAME, Journal, JournalState, output_present, read_journal
 from .lock import LOCK_NAME, holder_pid, migrate_lock
 from .manifest import MANIFEST_NAME, MIGRATED_SUFFIX, read_legacy_manifest, retire_legacy_manifest
@@ -70,7 +71,8 @@ def _refusal(job: Job, dst: Path, journal: Journal) -> str | None:
 
 
 def migrate(src: str | os.PathLike, dst: str | os.PathLike, *, jobs: int | None = None, quiet: bool = True,
-            max_shard_size: str | None = None, submit: Submit | None = None) -> Report:
+            max_shard_size: str | None = None, submit: Submit | None = None, sign_key: str | os.PathLike | None = None
+            ) -> Report:
     """Convert every checkpoint under `src` into the mirrored folder `dst`, verify each, and report.
 
     Resumable: the journal in `dst` records each finished file (source size, mtime, sha256, status,
@@ -84,7 +86,8 @@ def migrate(src: str | os.PathLike, dst: str | os.PathLike, *, jobs: int | None 
         jobs: worker processes (default: the number of cores). quiet: no progress bar.
         max_shard_size: shard state dicts larger than this (e.g. "5GB").
         submit: replaces the local process pool (e.g. Ray): receives an iterable of pending jobs, the
-            destination and the shard size, and yields `(job, entry)` as jobs finish.
+            destination and the shard size (and the signing key, if any), and yields `(job, entry)` as jobs finish.
+        sign_key: a private key's path: every converted folder is signed (`model.sig`) before it appears.
 
     Returns:
         The report (also written to `dst/ckpt-convert-report.json`).
@@ -93,6 +96,7 @@ def migrate(src: str | os.PathLike, dst: str | os.PathLike, *, jobs: int | None 
     if not src.is_dir():
         raise ConvertError(f"{src}: not a folder")
     dst_inside_src = check_overlap(src, dst)
+    sign_key = sign_key and os.path.abspath(check_signer(sign_key).private_key)  # workers may run elsewhere
     try:
         dst.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -127,7 +131,7 @@ def migrate(src: str | os.PathLike, dst: str | os.PathLike, *, jobs: int | None 
                 yield job
             progress.walk_finished()
 
-        args = (str(dst), max_shard_size)
+        args = (str(dst), max_shard_size) + ((sign_key,) if sign_key else ())
         try:
             results = submit(pending(), *args) if submit is not None else \
                 run_bounded(pool_job, pending(), args, jobs or os.cpu_count() or 1)

@@ -13,6 +13,7 @@ from ..ops.checkpoint import convert_checkpoint, verify_checkpoint
 from ..primitives import faults
 from ..primitives.hashing import sha256_path
 from ..scan import scan_checkpoint
+from ..sign.context import signing
 from ..sources.discover import unit_sources
 from .walker import Job
 
@@ -32,10 +33,11 @@ def converted_from(out: Path, source: Path) -> bool:
         return False
 
 
-def pool_job(job: Job, dst_root: str, max_shard_size: str | None = None) -> dict[str, Any]:
+def pool_job(job: Job, dst_root: str, max_shard_size: str | None = None, sign_key: str | None = None) -> dict[str, Any]:
     """`run_job` as a pool or Ray task runs it (with the tests' fault injection)."""
     faults.hang(job.rel)
-    return run_job(job, dst_root, max_shard_size)
+    with signing(sign_key):  # each folder written is signed before it appears (convert.sign)
+        return run_job(job, dst_root, max_shard_size)
 
 
 def run_job(job: Job, dst_root: str, max_shard_size: str | None = None) -> dict[str, Any]:

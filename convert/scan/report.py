@@ -49,6 +49,7 @@ class ScanReport:
     globals: list[str] = field(default_factory=list)
     error: str | None = None  # why the file could not be read through (verdict unreadable, or unsafe and broken)
     exception: ConvertError | None = field(default=None, repr=False, compare=False)
+    judged_uses: dict[str, int] = field(default_factory=dict, repr=False, compare=False)  # getattr/_load_from_bytes
 
     @property
     def unsafe(self) -> list[ScanFinding]:
