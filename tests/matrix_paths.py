@@ -386,9 +386,6 @@ class MigratePath(EntryPath):
     applies = frozenset({FIFO, TRUNCATED, CHANGED, VERIFY_FOLDER, USER_FILES, REPLACE_OWN, SOURCE_FOLDER,
                          SHARDING, NOT_OWNED_WORDING, COUNTS})
 
-    def submit(self) -> Any:
-        return None
-
     def build(self, root, perturb=False):
         folder = root / "zoo"
         folder.mkdir()
@@ -405,22 +402,29 @@ class MigratePath(EntryPath):
         return src
 
     def write(self, src, dst, *, overwrite=False, max_shard_size=None, env=None):
-        from convert.migrate import migrate
+        # migrate has no --overwrite: a re-run replaces what this migration wrote (its journal says so).
+        # The CLI, in its own process: fault hooks stop or break its worker, never the test's process.
+        args = ["migrate", str(src), str(dst), "-q", "--json", "--jobs", "1"]
+        args += ["--max-shard-size", max_shard_size] if max_shard_size else []
+        done = cli(*args, env=env)
+        outcome = _cli_outcome(done, self.output(dst))
+        try:
+            outcome.report = json.loads(done.stdout)
+        except ValueError:
+            return outcome  # a run-level error: its one line is on stderr
+        return self._from_report(outcome, outcome.report["files"], outcome.report["exit_code"])
 
-        # migrate has no --overwrite: a re-run replaces what this migration wrote (its journal says so)
-        outcome = _api_outcome(lambda: migrate(src, dst, jobs=1, max_shard_size=max_shard_size, submit=self.submit()),
-                               self.output(dst))
-        report = outcome.report
-        if report is not None:
-            outcome.rc = report.exit_code
-            outcome.lines = [PREFIX + e["reason"] for e in report.files.values() if e.get("reason")]
+    @staticmethod
+    def _from_report(outcome: Outcome, files: dict, exit_code: int) -> Outcome:
+        outcome.rc = exit_code
+        outcome.lines = [PREFIX + e["reason"] for e in files.values() if e.get("reason")]
         return outcome
 
     def write_api(self, src, dst):
         return self.write(src, dst)
 
     def report_counts(self, outcome):
-        entry = outcome.report.files["ckpt.pt"]  # the one job's entry
+        entry = outcome.report["files"]["ckpt.pt"]  # the one job's entry
         return {k: entry.get(k) for k in ("tensors", "arrays", "files", "bytes")}
 
     def verify(self, src, out):
@@ -433,10 +437,16 @@ class MigrateRayPath(MigratePath):
     name = "migrate-ray"
     applies = frozenset({VERIFY_FOLDER, USER_FILES, REPLACE_OWN, SHARDING, NOT_OWNED_WORDING, COUNTS})
 
-    def submit(self):
+    def write(self, src, dst, *, overwrite=False, max_shard_size=None, env=None):
+        from convert.migrate import migrate
         from convert.migrate.ray_runner import ray_submit
 
-        return ray_submit(None)
+        outcome = _api_outcome(lambda: migrate(src, dst, max_shard_size=max_shard_size, submit=ray_submit(None)),
+                               self.output(dst))
+        if outcome.report is None:
+            return outcome
+        outcome.report = outcome.report.to_json()
+        return self._from_report(outcome, outcome.report["files"], outcome.report["exit_code"])
 
 
 def ray_available() -> bool:
