@@ -18,9 +18,10 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -107,7 +108,7 @@ def _api_outcome(call: Callable[[], Any], out: Path) -> Outcome:
         return Outcome(0, [], out, report=call())
     except ConvertError as exc:
         return Outcome(2, [PREFIX + str(exc)], out)
-    except Exception as exc:  # noqa: BLE001 - a non-ConvertError is the finding: keep it visible
+    except Exception as exc:  # a non-ConvertError is the finding: keep it visible
         return Outcome(99, [f"{type(exc).__name__}: {exc}"], out)
 
 
@@ -375,7 +376,8 @@ class ScanPath(EntryPath):
     def write(self, src, dst, *, overwrite=False, max_shard_size=None, env=None):
         done = cli("scan", str(src), "-q", env=env)
         # scan reports an unreadable file on stdout (one line per file); an error of the run itself on stderr
-        lines = [x for x in (done.stdout + done.stderr).strip().splitlines() if x.strip()]
+        lines = [x for x in (done.stdout + done.stderr).strip().splitlines()
+                 if x.strip() and not x.startswith("scanned ")]  # the summary line is not the error
         return Outcome(done.returncode, lines, dst)
 
 

@@ -252,7 +252,7 @@ def test_verify_catches_a_changed_recorded_sha256(path, built, converted, tmp_pa
     outcome = path.verify(src, edited)
     text = "\n".join(outcome.lines) + outcome.extra.get("stdout", "")
     assert outcome.rc == 3, (outcome.rc, text)
-    assert "sha256" in text, text
+    assert "sha256" in text or "<source>" in text, text  # a difference of the source, not of the tree
 
 
 def _edit_sidecar(folder: Path) -> None:
@@ -299,7 +299,7 @@ def test_destination_with_user_files_is_never_replaced(path, built, tmp_path_fac
     before = _user_folder(path.output(dst))
     for overwrite in (False, True):
         outcome = path.write(src, dst, overwrite=overwrite)
-        assert_clean_error(outcome)
+        assert_clean_error(outcome, str(path.output(dst)))  # refused for the destination, not for the source
         assert snapshot(path.output(dst)) == before, overwrite
 
 
@@ -325,7 +325,7 @@ def test_the_source_folder_is_never_a_destination(path, built, tmp_path_factory,
     folder = path.source_folder(src)
     before = snapshot(tmp_path / "src")
     outcome = path.write(src, folder, overwrite=True)
-    assert_clean_error(outcome)
+    assert_clean_error(outcome, str(folder), "source")
     assert snapshot(tmp_path / "src") == before
 
 
