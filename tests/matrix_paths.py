@@ -140,7 +140,8 @@ def _stopped_descendant(root: int) -> int | None:
 class PauseAndChange:
     """While a run is stopped by `CKPT_CONVERT_FAULT=after-data:stop`, apply `change`, then let it go on.
 
-    Watches this process's descendants (a CLI subprocess, a pool worker). `fired` tells whether a stop was seen.
+    Watches this process's descendants (a CLI subprocess, a pool worker) until the `with` block ends.
+    `fired` tells whether a stop was seen.
     """
 
     def __init__(self, change: Callable[[], None], timeout: float = 90) -> None:
@@ -157,16 +158,18 @@ class PauseAndChange:
         self._thread.join(10)
 
     def _watch(self) -> None:
+        # A unit may write several folders (one stop each): the change is made at the first stop, and
+        # every stop is continued until the run ends.
         end = time.monotonic() + self.timeout
         while not self._done.is_set() and time.monotonic() < end:
             pid = _stopped_descendant(os.getpid())
             if pid is not None:
                 try:
-                    self.change()
-                    self.fired = True
+                    if not self.fired:
+                        self.change()
+                        self.fired = True
                 finally:
                     os.kill(pid, signal.SIGCONT)
-                return
             time.sleep(0.02)
 
 
