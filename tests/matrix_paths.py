@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -320,9 +319,10 @@ class AcceleratePath(CliConvertPath):
         folder.mkdir(parents=True)
         torch.save(model_state(perturb), folder / "pytorch_model.bin")
         torch.save(optimizer_state(), folder / "optimizer.bin")
-        with open(folder / "random_states_0.pkl", "wb") as f:
-            pickle.dump({"step": 0, "random_state": ("rng", 2), "numpy_random_seed": np.random.get_state(),
-                         "torch_manual_seed": torch.get_rng_state()}, f)
+        # as Accelerate writes it: torch.save (a plain pickle of a tensor would name torch.storage._load_from_bytes,
+        # a nested deserialiser, and be refused as unsafe)
+        torch.save({"step": 0, "random_state": ("rng", 2), "numpy_random_seed": np.random.get_state(),
+                    "torch_manual_seed": torch.get_rng_state()}, folder / "random_states_0.pkl")
         return folder
 
     def data_file(self, src):
