@@ -66,3 +66,27 @@ class CorruptFolder(MalformedCheckpoint):
 class DestinationNotOwned(ConvertError):
     """--overwrite would replace a folder ckpt-convert did not write (or one that holds the source):
     refused, nothing touched."""
+
+
+TORCH_INSTALL = ("pip install torch (CPU-only, smaller: pip install torch --index-url "
+                 "https://download.pytorch.org/whl/cpu)")
+
+
+class MissingDependency(ConvertError, ModuleNotFoundError):
+    """An optional package (torch) is not installed and the operation needs it. Still a ModuleNotFoundError,
+    so code that probes for torch with `except ImportError` keeps working."""
+
+    def __init__(self, what: str, package: str = "torch") -> None:
+        how = TORCH_INSTALL if package == "torch" else f"pip install {package}"
+        super().__init__(f"{what} needs {package}, which is not installed: {how} "
+                         "(scan and convert work without it)", name=package)
+
+
+def require_torch(what: str) -> None:
+    """Raise MissingDependency naming `what` if torch cannot be imported; return quietly otherwise."""
+    try:
+        import torch  # noqa: F401
+    except ModuleNotFoundError as exc:
+        if exc.name != "torch" and not (exc.name or "").startswith("torch."):
+            raise
+        raise MissingDependency(what) from None

@@ -16,9 +16,9 @@ import sys
 from collections.abc import Iterator, Sequence
 
 from .._version import __version__
-from ..errors import ConvertError
+from ..errors import ConvertError, MissingDependency
 from ..write.folder import ENVIRONMENT_ERRNOS
-from . import commands
+from . import commands, hints
 
 EXIT_DIFFERENT = 3
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
@@ -172,6 +172,7 @@ def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        hints.precheck(args)  # before any heavy import: a wrong path is said at once
         return int(args.run(args) or 0)
     except ConvertError as exc:
         if args.debug:
@@ -204,8 +205,7 @@ def _main(argv: Sequence[str] | None) -> int:
     except ModuleNotFoundError as exc:
         if args.debug or exc.name not in TORCH_SIDE:  # torch is optional: scan/convert run without it
             raise
-        print(f"ckpt-convert: error: '{args.command}' needs {exc.name}, which is not installed: "
-              "pip install 'ckpt-convert[torch]' (scan and convert work without it)", file=sys.stderr)
+        print(f"ckpt-convert: error: {MissingDependency(repr(args.command))}", file=sys.stderr)
         return 2
     except Exception as exc:  # a bug, not bad input: still one line, and how to see more
         if args.debug:

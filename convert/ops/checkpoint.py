@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import OutputExists
+from ..errors import OutputExists, require_torch
 from ..primitives.hashing import BackgroundSha256, sha256_fd
 from ..read import Input, read_tree
 from ..write.ownership import check_replaceable
@@ -111,6 +111,7 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
     Example:
         >>> sd = read_checkpoint("model.pth")   # doctest: +SKIP
     """
+    require_torch("read_checkpoint")
     if is_dcp_folder(Path(path)):
         return read_dcp_folder(path)
     from ..read.materialize import materialize  # torch: here, not at import, so convert/scan run without it
@@ -127,6 +128,7 @@ def verify_checkpoint(src: str | os.PathLike, folder: str | os.PathLike) -> list
     This compares trees; the folder's own integrity record (digests) is checked by `verify_folder`.
     A folder mixing files of different conversions raises CorruptFolder (it cannot be loaded).
     """
+    require_torch("verify_checkpoint (verifying against the source)")
     if is_dcp_folder(Path(src)):
         return verify_dcp_folder(src, folder)
     from ..load import load_checkpoint, read_sidecar
