@@ -12,6 +12,7 @@ from ..api import convert_checkpoint, verify_checkpoint
 from ..errors import ConvertError
 from ..sources.dcp_folder import is_dcp_folder
 from .render import human_bytes, plain_shapes, render_tree
+from .safetensors_view import is_safetensors_file, render_safetensors
 
 EXIT_DIFFERENT = 3
 
@@ -54,6 +55,9 @@ def _verdict(problems: list[str], bad: str, good: str) -> int:
 
 def inspect(args: argparse.Namespace) -> int:
     path = Path(args.path)
+    if is_safetensors_file(path):  # a plain safetensors file: its header, not a conversion
+        print(render_safetensors(path, args.max_items))
+        return 0
     if path.is_dir() and not is_dcp_folder(path):  # a DCP folder is a checkpoint, read like a file
         from ..load import read_sidecar
         from ..load.safetensors_reader import SafetensorsFile
@@ -68,7 +72,7 @@ def inspect(args: argparse.Namespace) -> int:
         from ..ops.checkpoint import plan_in_memory
 
         plan = plan_in_memory(path)
-        sidecar = plan.sidecar
+        sidecar = dict(plan.sidecar, converter=None)  # read, not converted: no "converted by" line
         headers = {name: {e.key: (e.code, e.shape) for e in entries} for name, entries in plan.files.items()}
     print(render_tree(sidecar, args.max_items, plain_shapes(sidecar, headers)))
     return 0
@@ -132,18 +136,21 @@ def scan(args: argparse.Namespace) -> int:
     if missing:
         raise ConvertError(f"{missing[0]}: no such file or folder")
     selection = batch.select(args.paths, skip_non_checkpoints=args.skip_non_checkpoints)
+    skipped = len(selection.skipped) + selection.others  # a README.txt passed over is skipped too
+    if not selection.files and not selection.skipped:  # (files passed over by --skip-non-checkpoints: a clean pass)
+        return nothing_to_scan(args, skipped)
     show_progress = args.format == "text" and not args.quiet and not args.output and sys.stderr.isatty()
     reports = batch.scan_many(selection.files, jobs=args.jobs, progress=show_progress)
     code = output.exit_code(reports, args.fail_on)
     if args.format == "json":
-        text = json.dumps(output.to_json(reports, skipped=len(selection.skipped), fail_on=args.fail_on), indent=1)
+        text = json.dumps(output.to_json(reports, skipped=skipped, fail_on=args.fail_on), indent=1)
     elif args.format == "sarif":
         text = json.dumps(output.to_sarif(reports), indent=1)
     else:
         shown = [r for r in reports if not (args.quiet and r.verdict == "safe")]
         lines = [output.render_text(r, args.verbose) for r in shown]
-        if len(reports) != 1 or selection.skipped or args.quiet:
-            lines.append(output.render_summary(reports, len(selection.skipped)))
+        if len(reports) != 1 or skipped or args.quiet:
+            lines.append(output.render_summary(reports, skipped))
         text = "\n".join(lines)
     if args.output:
         try:
@@ -153,6 +160,13 @@ def scan(args: argparse.Namespace) -> int:
     else:
         print(text)
     return code
+
+
+def nothing_to_scan(args: argparse.Namespace, skipped: int) -> int:
+    """No checkpoint under the paths given: said plainly, exit 2 (a gate must not pass on an empty or wrong path)."""
+    what = f"{skipped} other file{'' if skipped == 1 else 's'}" if skipped else "no files"
+    raise ConvertError(f"nothing to scan: no checkpoint found under {' '.join(map(str, args.paths))} ({what}); "
+                       "scan looks for .pt .pth .bin .ckpt .pkl ... files and checkpoint folders")
 
 
 def demo(args: argparse.Namespace) -> int:

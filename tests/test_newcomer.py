@@ -1,0 +1,154 @@
+"""Issue 24: a newcomer's first hour. Every message true, with the command that was meant; exit codes asserted."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import convert
+from convert import ConvertError, load_checkpoint, read_checkpoint
+from convert.cli import main
+
+
+@pytest.fixture
+def sd(tmp_path):
+    path = tmp_path / "sd.pth"
+    torch.save({"w": torch.ones(2, 3)}, path)
+    return path
+
+
+def run(capsys, *args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_verify_of_a_checkpoint_file_says_it_is_one_and_shows_verify_src_out(capsys, sd):
+    code, _, err = run(capsys, "verify", sd)
+    assert code == 2
+    line = one_line(err)
+    assert "no such folder" not in line
+    assert f"{sd} is a checkpoint file, not a converted folder" in line
+    assert f"ckpt-convert verify {sd} OUT" in line
+
+
+def test_verify_with_swapped_arguments_shows_the_right_order(capsys, sd, tmp_path):
+    out_dir = tmp_path / "out"
+    assert run(capsys, "convert", "-q", sd, out_dir)[0] == 0
+    code, _, err = run(capsys, "verify", out_dir, sd)
+    assert code == 2
+    line = one_line(err)
+    assert "swapped" in line and f"ckpt-convert verify {sd} {out_dir}" in line
+    assert run(capsys, "verify", sd, out_dir)[0] == 0  # the command it shows works
+
+
+def test_load_checkpoint_of_a_file_points_at_read_checkpoint(sd):
+    with pytest.raises(ConvertError) as info:
+        load_checkpoint(sd)
+    assert "no such folder" not in str(info.value)
+    assert "is a file, not a converted folder" in str(info.value) and "read_checkpoint(" in str(info.value)
+    assert torch.equal(read_checkpoint(sd)["w"], torch.ones(2, 3))  # and the function it names reads it
+
+
+def test_a_file_as_destination_does_not_suggest_overwrite(capsys, sd, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    code, _, err = run(capsys, "convert", sd, notes)
+    assert code == 2
+    line = one_line(err)
+    assert "--overwrite" not in line and "new folder name" in line
+    assert notes.read_text() == "mine"
+    code, _, err = run(capsys, "convert", "--overwrite", sd, notes)  # and --overwrite does not replace it either
+    assert code == 2 and notes.read_text() == "mine"
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["verify", "{missing}", "{tmp}"], "{missing}: no such file"),
+    (["verify", "{sd}", "{missing}"], "{missing}: no such folder"),
+    (["verify", "{missing}"], "{missing}: no such folder"),
+    (["convert", "{missing}", "{tmp}/o"], "{missing}: no such file"),
+    (["inspect", "{missing}"], "{missing}: no such file or folder"),
+    (["migrate", "{missing}", "{tmp}/o"], "{missing}: no such folder"),
+    (["migrate", "{sd}", "{tmp}/o"], "is a file; migrate converts every checkpoint under a folder"),
+])
+def test_bad_paths_are_one_line_exit_2(capsys, sd, tmp_path, argv, said):
+    names = {"missing": tmp_path / "missing.pt", "sd": sd, "tmp": tmp_path}
+    code, _, err = run(capsys, *[a.format(**names) for a in argv])
+    assert code == 2
+    assert said.format(**names) in one_line(err)
+
+
+def test_inspect_of_a_checkpoint_file_does_not_claim_a_conversion(capsys, sd):
+    code, out, _ = run(capsys, "inspect", sd)
+    assert code == 0
+    assert "converted by" not in out
+    assert "w: tensor float32 [2, 3]" in out and "dict (1 item)" in out  # and "1 item", not "1 items"
+
+
+def test_inspect_of_a_converted_folder_says_who_converted_it(capsys, sd, tmp_path):
+    run(capsys, "convert", "-q", sd, tmp_path / "out")
+    code, out, _ = run(capsys, "inspect", tmp_path / "out")
+    assert code == 0 and f"converted by ckpt-convert {convert.__version__}" in out
+
+
+def test_inspect_of_a_plain_safetensors_file(capsys, tmp_path):
+    path = tmp_path / "model.safetensors"
+    save_file({"b": torch.zeros(2, dtype=torch.bfloat16), "a": torch.ones(3, 4)}, path, metadata={"format": "pt"})
+    code, out, err = run(capsys, "inspect", path)
+    assert code == 0, err
+    assert "safetensors file: model.safetensors" in out and "2 tensors" in out
+    assert "format: 'pt'" in out
+    assert "a: float32 [3, 4] 48 B" in out and "b: bfloat16 [2] 4 B" in out
+
+
+def test_inspect_of_a_corrupt_safetensors_file_is_one_line(capsys, tmp_path):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes((1000).to_bytes(8, "little") + b"{}")
+    code, _, err = run(capsys, "inspect", path)
+    assert code == 2 and "header claims 1000 bytes" in one_line(err)
+
+
+def test_scan_of_an_empty_folder_says_so_exit_2(capsys, tmp_path):
+    (tmp_path / "empty").mkdir()
+    code, out, err = run(capsys, "scan", tmp_path / "empty")
+    assert code == 2 and out == ""
+    assert "nothing to scan: no checkpoint found under" in one_line(err)
+
+
+def test_scan_counts_a_skipped_readme(capsys, sd, tmp_path):
+    (tmp_path / "README.txt").write_text("hello")
+    code, out, _ = run(capsys, "scan", "--format", "json", tmp_path)
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["summary"]["files"] == 1 and doc["summary"]["skipped"] == 1
+    code, out, _ = run(capsys, "scan", tmp_path)
+    assert code == 0 and "1 skipped (not checkpoints)" in out
+
+
+def test_scan_of_only_skipped_files_passes(capsys, tmp_path):
+    """The by-content pre-commit hook hands scan every binary file: none a checkpoint is a clean pass."""
+    notes = tmp_path / "notes.bin"
+    notes.write_bytes(b"\x00\x01 not a checkpoint")
+    code, out, _ = run(capsys, "scan", "--skip-non-checkpoints", notes)
+    assert code == 0 and "1 skipped" in out
+
+
+def test_every_public_error_is_exported():
+    import inspect
+
+    import convert.errors as errors
+
+    public = {name for name, obj in vars(errors).items()
+              if inspect.isclass(obj) and issubclass(obj, Exception) and obj.__module__ == errors.__name__}
+    assert "CorruptFolder" in public
+    assert public <= set(convert.__all__)
+    assert all(getattr(convert, name) is getattr(errors, name) for name in public)
