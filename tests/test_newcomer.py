@@ -152,3 +152,92 @@ def test_every_public_error_is_exported():
     assert "CorruptFolder" in public
     assert public <= set(convert.__all__)
     assert all(getattr(convert, name) is getattr(errors, name) for name in public)
+
+
+# ------------------------------------------------------------------ lean install (torch blocked in a child)
+
+BLOCK_TORCH = r"""
+import importlib.abc, sys
+class NoTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)", name="torch")
+        return None
+sys.meta_path.insert(0, NoTorch())  # module level: pool workers re-run it as __mp_main__ and are blocked too
+"""
+
+LEAN_CLI = BLOCK_TORCH + r"""
+if __name__ == "__main__":
+    from convert.cli import main
+    rc = main(sys.argv[1:])
+    if any(m.split(".")[0] == "torch" for m in sys.modules):
+        sys.exit(99)
+    sys.exit(rc)
+"""
+
+LEAN_API = BLOCK_TORCH + r"""
+import convert
+for name in ("load_checkpoint", "read_checkpoint", "verify_checkpoint"):
+    args = (sys.argv[1], sys.argv[2]) if name == "verify_checkpoint" else (sys.argv[1],)
+    try:
+        getattr(convert, name)(*args)
+    except convert.MissingDependency as exc:
+        assert isinstance(exc, ModuleNotFoundError) and exc.name == "torch"
+        print(f"{name}|{exc}")
+"""
+
+
+def run_lean(tmp_path, script: str, *args):
+    """Run `script` as a file (so that spawned pool workers re-run its blocker) with the checkout on the path."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO_ROOT
+
+    path = tmp_path / "lean_main.py"
+    path.write_text(script)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, str(path), *map(str, args)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_lean_migrate_converts_and_says_once_that_verification_needs_torch(tmp_path, sd):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("a.pt", "b.pt", "c.pt"):
+        (src / name).write_bytes(sd.read_bytes())
+    proc = run_lean(tmp_path, LEAN_CLI, "migrate", "-q", src, tmp_path / "dst")
+    assert proc.returncode == 0, proc.stderr
+    assert "FAILED" not in proc.stdout and "internal error" not in proc.stdout + proc.stderr
+    assert "converted      3" in proc.stdout
+    warnings = [line for line in proc.stderr.splitlines() if "needs torch" in line]
+    assert len(warnings) == 1 and "3 converted output(s) not verified" in warnings[0]
+    report = json.loads((tmp_path / "dst" / "ckpt-convert-report.json").read_text())
+    assert {e["status"] for e in report["files"].values()} == {"converted"}
+    assert not any(e["verified"] for e in report["files"].values())
+    # with torch, the same migrate verifies what the lean one could not
+    assert main(["migrate", "-q", str(src), str(tmp_path / "dst")]) == 0
+    report = json.loads((tmp_path / "dst" / "ckpt-convert-report.json").read_text())
+    assert all(e["verified"] for e in report["files"].values()), report
+
+
+def test_lean_api_says_in_one_line_what_needs_torch(tmp_path, sd):
+    assert main(["convert", "-q", str(sd), str(tmp_path / "out")]) == 0
+    proc = run_lean(tmp_path, LEAN_API, tmp_path / "out", sd)
+    assert proc.returncode == 0, proc.stderr
+    said = dict(line.split("|", 1) for line in proc.stdout.splitlines())
+    assert set(said) == {"load_checkpoint", "read_checkpoint", "verify_checkpoint"}
+    for message in said.values():
+        assert "needs torch, which is not installed" in message
+        assert "pip install torch --index-url https://download.pytorch.org/whl/cpu" in message
+
+
+def test_lean_verify_is_one_line(tmp_path, sd):
+    from tests.helpers import assert_one_line_error
+
+    assert main(["convert", "-q", str(sd), str(tmp_path / "out")]) == 0
+    for args in (["verify", sd, tmp_path / "out"], ["verify", tmp_path / "out"], ["inspect", tmp_path / "out"]):
+        proc = run_lean(tmp_path, LEAN_CLI, *args)
+        assert_one_line_error(proc, 2)
+        assert "needs torch, which is not installed: pip install torch" in proc.stderr

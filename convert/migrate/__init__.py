@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConvertError
+from ..errors import ConvertError, MissingDependency
 from ..primitives.temp import remove_stale_temporaries
 from .journal import DONE_STATUSES, JOURNAL_NAME, Journal, JournalState, output_present, read_journal
 from .lock import LOCK_NAME, DestinationLock, holder_pid
@@ -161,6 +161,11 @@ def migrate(src: str | os.PathLike, dst: str | os.PathLike, *, jobs: int | None 
                     progress.finished_job(job)
             finally:
                 progress.stop()
+            unverified = sum(1 for e in report.files.values() if e.get("unverified"))
+            if unverified:  # said once, not per file
+                report.notes.append(f"{unverified} converted output(s) not verified against their sources: "
+                                    f"{MissingDependency('verification')}; re-run this migrate with torch "
+                                    "installed to verify them")
             report.other_files, report.special_files = stats.others, stats.special
             report.skip_paths(stats.skipped)
             if journal.needs_compaction():

@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConvertError, OutputExists, UnsafeCheckpoint
+from ..errors import ConvertError, MissingDependency, OutputExists, UnsafeCheckpoint, require_torch
 from ..ops.checkpoint import convert_checkpoint, verify_checkpoint
 from ..ops.units import convert_unit, verify_unit
 from ..scan import scan_checkpoint
@@ -32,8 +32,8 @@ def hang_if_injected(job: Job) -> None:
 def converted_from(out: Path, source: Path) -> bool:
     """Whether the folder `out` is a ckpt-convert output of exactly the file `source` (name and sha256):
     one this migration installed before a kill, or whose journal line was lost."""
-    from ..load import read_sidecar
     from ..primitives.hashing import sha256_fd
+    from ..sidecar.schema import read_sidecar  # not ..load: no torch needed
 
     try:
         recorded = read_sidecar(out)["source"]
@@ -43,6 +43,18 @@ def converted_from(out: Path, source: Path) -> bool:
             return recorded.get("sha256") == sha256_fd(f.fileno(), os.fstat(f.fileno()).st_size)
     except (ConvertError, OSError, KeyError, TypeError, AttributeError):
         return False
+
+
+UNVERIFIED = "not verified: verification loads the output, which needs torch"
+
+
+def _can_verify() -> bool:
+    """Whether torch is installed: verifying against the source loads the output with it."""
+    try:
+        require_torch("verification")
+    except MissingDependency:
+        return False
+    return True
 
 
 def pool_job(job: Job, dst_root: str, max_shard_size: str | None = None) -> dict[str, Any]:
@@ -68,17 +80,20 @@ def run_job(job: Job, dst_root: str, max_shard_size: str | None = None) -> dict[
                                "nothing was changed: move it away (or choose another destination) and re-run")
         if job.kind == "file":
             convert_checkpoint(job.source, out, overwrite=replace, max_shard_size=max_shard_size)
-            from ..load import read_sidecar
+            from ..sidecar.schema import read_sidecar
 
             entry["sha256"] = read_sidecar(out)["source"]["sha256"]
-            diffs = verify_checkpoint(job.source, out)
+            diffs = verify_checkpoint(job.source, out) if _can_verify() else None
         else:
             result = convert_unit(job.kind, job.source, out, root=job.root, overwrite=job.replace)
             entry["sha256"] = result["sha256"]
             if result["skipped"]:
                 entry["skipped_inside"] = result["skipped"]
-            diffs = verify_unit(job.kind, job.source, out, root=job.root)
-        entry["verified"] = not diffs
+            diffs = verify_unit(job.kind, job.source, out, root=job.root) if _can_verify() else None
+        if diffs is None:  # lean install: converted, not verified; the journal keeps it to verify on a re-run
+            entry.update(status="converted", verified=False, unverified=UNVERIFIED)
+            diffs = []
+        entry.setdefault("verified", not diffs)
         entry["status"] = "converted" if not diffs else "failed"
         if diffs:
             entry["reason"] = "verification failed: " + "; ".join(diffs[:3])
