@@ -233,11 +233,17 @@ def test_lean_api_says_in_one_line_what_needs_torch(tmp_path, sd):
         assert "pip install torch --index-url https://download.pytorch.org/whl/cpu" in message
 
 
-def test_lean_verify_is_one_line(tmp_path, sd):
+def test_lean_verify_against_a_source_is_one_line_and_folder_checks_need_no_torch(tmp_path, sd):
     from tests.helpers import assert_one_line_error
 
     assert main(["convert", "-q", str(sd), str(tmp_path / "out")]) == 0
-    for args in (["verify", sd, tmp_path / "out"], ["verify", tmp_path / "out"], ["inspect", tmp_path / "out"]):
-        proc = run_lean(tmp_path, LEAN_CLI, *args)
-        assert_one_line_error(proc, 2)
-        assert "needs torch, which is not installed: pip install torch" in proc.stderr
+    proc = run_lean(tmp_path, LEAN_CLI, "verify", sd, tmp_path / "out")
+    assert_one_line_error(proc, 2)
+    assert "needs torch, which is not installed: pip install torch" in proc.stderr
+    # a folder's own integrity, its tree and a plain safetensors file are read from headers: no torch at all
+    proc = run_lean(tmp_path, LEAN_CLI, "verify", tmp_path / "out")
+    assert proc.returncode == 0 and "is intact" in proc.stdout, proc.stderr
+    proc = run_lean(tmp_path, LEAN_CLI, "inspect", tmp_path / "out")
+    assert proc.returncode == 0 and "w: tensor float32 [2, 3]" in proc.stdout, proc.stderr
+    proc = run_lean(tmp_path, LEAN_CLI, "inspect", tmp_path / "out" / "model.safetensors")
+    assert proc.returncode == 0 and "w: float32 [2, 3] 24 B" in proc.stdout, proc.stderr

@@ -59,8 +59,8 @@ def inspect(args: argparse.Namespace) -> int:
         print(render_safetensors(path, args.max_items))
         return 0
     if path.is_dir() and not is_dcp_folder(path):  # a DCP folder is a checkpoint, read like a file
-        from ..load import read_sidecar
-        from ..load.safetensors_reader import SafetensorsFile
+        from ..sidecar.safetensors_file import SafetensorsFile  # torch-free: a folder is inspected from headers
+        from ..sidecar.schema import read_sidecar
 
         sidecar = read_sidecar(path)
         headers = {}

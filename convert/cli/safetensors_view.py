@@ -22,7 +22,7 @@ def is_safetensors_file(path: Path) -> bool:
 
 def render_safetensors(path: Path, max_items: int) -> str:
     """The header, checked as the loader checks it (entries inside the data area, no overlap, exact sizes)."""
-    from ..load.safetensors_reader import SafetensorsFile  # validates every entry before anything is shown
+    from ..sidecar.safetensors_file import SafetensorsFile  # torch-free; validates every entry first
 
     file = SafetensorsFile(path)
     try:

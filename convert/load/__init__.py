@@ -19,7 +19,8 @@ from ..model.torch_types import DTYPES_BY_NAME
 from ..model.torch_values import tensor_dtype
 from ..model.views import view_end
 from ..sidecar.integrity import check_digest, check_header, has_record, mapping_sha256
-from ..sidecar.schema import SIDECAR_NAME, inside_folder, read_sidecar
+from ..sidecar.safetensors_file import open_data_file as _open_data_file
+from ..sidecar.schema import SIDECAR_NAME, read_sidecar
 from .decode import Decoder
 from .materialize import jobs_for, read_to_host
 from .rebuild import Piece, entry_index, plain_array, plain_tensor, rebuild_storage
@@ -29,11 +30,8 @@ MapLocation = str | torch.device | None
 
 
 def open_data_file(folder: Path, name: str) -> SafetensorsFile:
-    """The data file `name` of `folder`, header-checked; it must be a plain file inside the folder."""
-    path = folder / name
-    if not path.is_file():
-        raise MalformedCheckpoint(f"{folder}: {name} is missing")
-    return SafetensorsFile(inside_folder(folder, path))
+    """The data file `name` of `folder`, header-checked, its entries readable as tensors."""
+    return _open_data_file(folder, name, SafetensorsFile)
 
 
 def _device(map_location: MapLocation) -> torch.device:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import ConvertError, CorruptFolder, MalformedCheckpoint
 from ..sidecar.integrity import SEAL_KEY, check_digest, check_header, file_sha256, has_record, mapping_sha256
+from ..sidecar.safetensors_file import open_data_file  # torch-free: `verify FOLDER` imports no torch
 from ..sidecar.schema import inside_folder, read_sidecar
 
 
@@ -23,8 +24,6 @@ def verify_folder(folder: str | os.PathLike) -> list[str]:
         MalformedCheckpoint if checkpoint.json is missing or invalid; ConvertError if the folder
         was written without an integrity record (an older version: use `verify SRC DST`).
     """
-    from ..load import open_data_file  # here, not at import: convert.load imports torch
-
     folder = Path(folder)
     try:
         sidecar = read_sidecar(folder, check_seal=True)
