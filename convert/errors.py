@@ -90,3 +90,8 @@ def require_torch(what: str) -> None:
         if exc.name != "torch" and not (exc.name or "").startswith("torch."):
             raise
         raise MissingDependency(what) from None
+
+
+class DeviceUnavailable(ConvertError, RuntimeError):
+    """A load asks for a device this machine lacks (the saved cuda:0 with map_location=None, as torch.load
+    would restore it; or the one map_location names). Still a RuntimeError, as torch.load raises."""

@@ -247,3 +247,80 @@ def test_lean_verify_against_a_source_is_one_line_and_folder_checks_need_no_torc
     assert proc.returncode == 0 and "w: tensor float32 [2, 3]" in proc.stdout, proc.stderr
     proc = run_lean(tmp_path, LEAN_CLI, "inspect", tmp_path / "out" / "model.safetensors")
     assert proc.returncode == 0 and "w: float32 [2, 3] 24 B" in proc.stdout, proc.stderr
+
+
+# ------------------------------------------------------------------ map_location as torch.load takes it
+
+def _saved_on(tmp_path, location: str):
+    """A checkpoint whose storages say they lived on `location` (torch.save's location tag), converted."""
+    import unittest.mock
+
+    from convert import convert_checkpoint
+
+    ckpt = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.zeros(3, dtype=torch.bfloat16), "step": 3}
+    src = tmp_path / f"on_{location.replace(':', '_')}.pt"
+    with unittest.mock.patch("torch.serialization.location_tag", return_value=location):
+        torch.save(ckpt, src)
+    dst = tmp_path / f"{src.stem}_out"
+    convert_checkpoint(src, dst)
+    sidecar = json.loads((dst / "checkpoint.json").read_text())
+    assert sidecar.get("default_device", "cpu") == location or {s["device"] for s in sidecar["storages"].values()} == {location}
+    return ckpt, dst
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU-only behaviour; on CUDA None restores to cuda:0")
+def test_cuda_saved_folder_with_map_location_none_raises_like_torch_load(tmp_path):
+    from convert import DeviceUnavailable
+
+    _, dst = _saved_on(tmp_path, "cuda:0")
+    with pytest.raises(DeviceUnavailable) as info:
+        load_checkpoint(dst)
+    assert isinstance(info.value, RuntimeError)  # torch.load's kind of error
+    assert "'cuda:0'" in str(info.value) and "map_location='cpu'" in str(info.value)
+
+
+@pytest.mark.parametrize("how", ["cpu", "device", "dict", "callable", "typed-callable"])
+def test_cuda_saved_folder_loads_to_cpu_when_mapped(tmp_path, how):
+    ckpt, dst = _saved_on(tmp_path, "cuda:0")
+    seen = []
+
+    def to_cpu(storage, location):
+        seen.append((type(storage).__name__, location))
+        return storage if how == "callable" else torch.TypedStorage(wrap_storage=storage, dtype=torch.uint8,
+                                                                    _internal=True)
+
+    map_location = {"cpu": "cpu", "device": torch.device("cpu"), "dict": {"cuda:0": "cpu"},
+                    "callable": to_cpu, "typed-callable": to_cpu}[how]
+    loaded = load_checkpoint(dst, map_location=map_location)
+    assert loaded["step"] == 3
+    for key in ("w", "b"):
+        assert loaded[key].device.type == "cpu" and torch.equal(loaded[key], ckpt[key])
+    if how.endswith("callable"):
+        assert seen and {loc for _, loc in seen} == {"cuda:0"} and seen[0][0] == "UntypedStorage"
+
+
+def test_map_location_callable_returning_none_restores_as_saved(tmp_path):
+    ckpt, dst = _saved_on(tmp_path, "cpu")
+    loaded = load_checkpoint(dst, map_location=lambda storage, location: None)
+    assert torch.equal(loaded["w"], ckpt["w"]) and loaded["w"].device.type == "cpu"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_map_location_dict_leaves_unmapped_locations_as_saved(tmp_path):
+    from convert import DeviceUnavailable
+
+    _, dst = _saved_on(tmp_path, "cuda:1")
+    with pytest.raises(DeviceUnavailable, match="'cuda:1'"):
+        load_checkpoint(dst, map_location={"cuda:0": "cpu"})  # cuda:1 is not remapped: restored as saved
+    assert load_checkpoint(dst, map_location={"cuda:1": "cpu"})["w"].device.type == "cpu"
+
+
+@pytest.mark.parametrize("bad, said", [
+    ("gpu7", "is not a device"),
+    ({"cuda:0": "nowhere"}, "is not a device"),
+    (lambda storage, location: 42, "map_location callable returned int"),
+])
+def test_bad_map_location_is_one_clear_error(tmp_path, bad, said):
+    _, dst = _saved_on(tmp_path, "cpu")
+    with pytest.raises(ConvertError, match=said):
+        load_checkpoint(dst, map_location=bad)

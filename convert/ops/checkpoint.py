@@ -143,7 +143,7 @@ def verify_checkpoint(src: str | os.PathLike, folder: str | os.PathLike) -> list
     diffs = []
     if sidecar["source"]["sha256"] != digest:
         diffs.append(f"<source>: {folder} was converted from a different file (sha256 differs)")
-    converted = load_checkpoint(folder)
+    converted = load_checkpoint(folder, map_location="cpu")  # compared on the CPU, wherever saved
     return diffs + compare_trees(original, converted)
 
 

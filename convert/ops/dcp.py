@@ -136,4 +136,4 @@ def verify_dcp_folder(src: str | os.PathLike, folder: str | os.PathLike) -> list
         changed = sorted({p["name"] for p in parts} ^ {p.get("name") for p in recorded or []}
                          | {p["name"] for p in parts if p not in (recorded or [])})
         diffs.append(f"<source>: {folder} was converted from different files ({', '.join(changed)[:200]} differ)")
-    return diffs + compare_trees(original, load_checkpoint(folder))
+    return diffs + compare_trees(original, load_checkpoint(folder, map_location="cpu"))

@@ -165,7 +165,7 @@ def verify_hf_folder(src: str | Path, dst: str | Path) -> list[str]:
     from ..load import load_checkpoint  # torch: here, not at import
     from .compare import compare_trees
 
-    loaded = load_checkpoint(dst)
+    loaded = load_checkpoint(dst, map_location="cpu")  # compared on the CPU, wherever saved
     diffs: list[str] = []
     seen = 0
     for path in hf_checkpoint_files(Path(src)):
