@@ -324,3 +324,38 @@ def test_bad_map_location_is_one_clear_error(tmp_path, bad, said):
     _, dst = _saved_on(tmp_path, "cpu")
     with pytest.raises(ConvertError, match=said):
         load_checkpoint(dst, map_location=bad)
+
+
+def test_migrate_with_an_unsafe_and_a_failed_file_exits_3(capsys, tmp_path, sd):
+    import pickle
+
+    from tests.helpers import EvilSystem
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "good.pt").write_bytes(sd.read_bytes())
+    (src / "broken.pt").write_bytes(sd.read_bytes()[:200])  # truncated: fails
+    with open(src / "evil.pkl", "wb") as f:
+        pickle.dump(EvilSystem(tmp_path / "CANARY"), f)
+    code, out, _ = run(capsys, "migrate", "-q", "--json", src, tmp_path / "dst")
+    doc = json.loads(out)
+    assert {rel: e["status"] for rel, e in doc["files"].items()} == {
+        "good.pt": "converted", "broken.pt": "failed", "evil.pkl": "unsafe"}
+    assert code == doc["exit_code"] == 3 and code & 1 and code & 2  # a gate on either bit sees it
+    assert not (tmp_path / "CANARY").exists()
+    (src / "broken.pt").unlink()
+    assert run(capsys, "migrate", "-q", src, tmp_path / "dst")[0] == 1  # the unsafe file alone: 1
+
+
+def test_verify_folder_reads_naturally_in_an_if(sd, tmp_path):
+    from convert import convert_checkpoint, verify_folder
+
+    out = tmp_path / "out"
+    convert_checkpoint(sd, out)
+    check = verify_folder(out)
+    assert check and check.ok and check == [] and list(check) == [] and len(check) == 0
+    data = out / "model.safetensors"
+    data.write_bytes(data.read_bytes()[:-1] + b"\x01")
+    check = verify_folder(out)
+    assert not check and not check.ok and len(check) == 1 and check != []
+    assert check[0].startswith("model.safetensors: sha256") and list(check) == list(check.problems)

@@ -30,7 +30,8 @@ Convert pickled PyTorch checkpoints (torch.save zip or legacy files, plain pickl
 safetensors + a JSON sidecar without executing them, and load them back.
 
 exit codes: 0 success, 1 refused as unsafe, 2 bad input or usage, 3 verify found differences,
-130 interrupted, 143 terminated (scan: 0 safe or suspicious, 1 unsafe, 2 unreadable)"""
+130 interrupted, 143 terminated (scan: 0 safe or suspicious, 1 unsafe, 2 unreadable or nothing to scan;
+migrate: 1 some unsafe, 2 some failed, 3 both)"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "modified; DST_DIR must not be SRC_DIR nor contain it. Re-running skips what is done and "
                        "verified and retries what failed (the journal is DST_DIR/.ckpt-convert-journal.jsonl); one "
                        "migrate per DST_DIR at a time. `migrate --status DST_DIR` (or `migrate SRC_DIR DST_DIR --status`) "
-                       "says what is done, failed and pending. Exit 1 if any file was refused as unsafe, 2 if any failed.")
+                       "says what is done, failed and pending. Exit 1 if any file was refused as unsafe, 2 if any failed, "
+                       "3 if both (bits: a gate on either sees it).")
     p.add_argument("src", metavar="SRC_DIR", nargs="?")
     p.add_argument("dst", metavar="DST_DIR", nargs="?")
     p.add_argument("--status", action="store_true",

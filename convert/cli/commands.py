@@ -38,7 +38,7 @@ def verify(args: argparse.Namespace) -> int:
 def verify_folder_only(folder: Path) -> int:
     from ..ops.verify import verify_folder
 
-    return _verdict(verify_folder(folder), f"{folder} is NOT intact:",
+    return _verdict(list(verify_folder(folder)), f"{folder} is NOT intact:",
                     f"{folder} is intact: every data file has the digest and folder id checkpoint.json records")
 
 

@@ -9,22 +9,29 @@ from ..errors import ConvertError, CorruptFolder, MalformedCheckpoint
 from ..sidecar.integrity import SEAL_KEY, check_digest, check_header, file_sha256, has_record, mapping_sha256
 from ..sidecar.safetensors_file import open_data_file  # torch-free: `verify FOLDER` imports no torch
 from ..sidecar.schema import inside_folder, read_sidecar
+from .folder_check import FolderCheck
 
 
-def verify_folder(folder: str | os.PathLike) -> list[str]:
+def verify_folder(folder: str | os.PathLike) -> FolderCheck:
     """Check a converted folder without its source: every data file's digest, folder id and size.
 
     Args:
         folder: a folder written by `convert_checkpoint`.
 
     Returns:
-        The problems found, one line each; empty means every data file is exactly as written.
+        A FolderCheck: true (`.ok`) when every data file is exactly as written; its `problems` (one line
+        each) otherwise. It iterates over the problems and equals `[]` when there are none, as the list
+        it used to be.
 
     Raises:
         MalformedCheckpoint if checkpoint.json is missing or invalid; ConvertError if the folder
         was written without an integrity record (an older version: use `verify SRC DST`).
     """
     folder = Path(folder)
+    return FolderCheck(folder, tuple(_problems(folder)))
+
+
+def _problems(folder: Path) -> list[str]:
     try:
         sidecar = read_sidecar(folder, check_seal=True)
     except CorruptFolder as exc:  # edited: what it now says cannot be trusted to check the rest against
