@@ -359,3 +359,17 @@ def test_verify_folder_reads_naturally_in_an_if(sd, tmp_path):
     check = verify_folder(out)
     assert not check and not check.ok and len(check) == 1 and check != []
     assert check[0].startswith("model.safetensors: sha256") and list(check) == list(check.problems)
+
+
+def test_demo_fits_80_columns_and_names_no_deleted_folder(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, _ = run(capsys, "demo")
+    assert code == 0
+    assert all(len(line) <= 80 for line in out.splitlines()), max(out.splitlines(), key=len)
+    assert "all equivalent" in out and "now removed" in out
+    assert "ckpt-convert-demo-" not in out  # the temporary folder it deleted is not pointed at
+    monkeypatch.setenv("COLUMNS", "300")
+    code, out, _ = run(capsys, "demo", "--keep", tmp_path / "kept")
+    assert code == 0 and f"the files are in {tmp_path / 'kept'}" in out
+    assert "output files" in out.splitlines()[0]  # a wide terminal gets every column
+    assert (tmp_path / "kept" / "converted").is_dir()
