@@ -373,3 +373,60 @@ def test_demo_fits_80_columns_and_names_no_deleted_folder(capsys, monkeypatch, t
     assert code == 0 and f"the files are in {tmp_path / 'kept'}" in out
     assert "output files" in out.splitlines()[0]  # a wide terminal gets every column
     assert (tmp_path / "kept" / "converted").is_dir()
+
+
+# ------------------------------------------------------------------ scan --allow for the user's own classes
+
+MYLAB_PICKLE = b"\x80\x02cmylab.models\nNet\nq\x00)\x81q\x01}q\x02X\x01\x00\x00\x00wq\x03K\x01sb."
+OTHER_PICKLE = b"\x80\x02cotherlab.models\nNet\nq\x00)\x81q\x01}q\x02b."
+
+
+def test_scan_allow_makes_the_users_classes_safe(capsys, tmp_path):
+    model = tmp_path / "model.pkl"
+    model.write_bytes(MYLAB_PICKLE)
+    code, out, _ = run(capsys, "scan", "--fail-on", "suspicious", model)
+    assert code == 1 and "SUSPICIOUS" in out and "mylab.models.Net" in out
+    code, out, _ = run(capsys, "scan", "--fail-on", "suspicious", "--allow", "mylab.models.*", model)
+    assert code == 0, out
+    assert "SAFE" in out and "allowed mylab.models.Net" in out
+    code, out, _ = run(capsys, "scan", "--format", "json", "--allow", "mylab.*", model)
+    doc = json.loads(out)
+    assert doc["files"][0]["verdict"] == "safe" and doc["files"][0]["allowed"] == ["mylab.models.Net"]
+    other = tmp_path / "other.pkl"
+    other.write_bytes(OTHER_PICKLE)
+    code, out, _ = run(capsys, "scan", "--fail-on", "suspicious", "--allow", "mylab.models.*", other)
+    assert code == 1 and "otherlab.models.Net" in out  # only what the pattern names
+
+
+def test_scan_allow_from_pyproject_in_the_current_folder(capsys, monkeypatch, tmp_path):
+    (tmp_path / "model.pkl").write_bytes(MYLAB_PICKLE)
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\n\n[tool.ckpt-convert]\nallow = ["mylab.models.*"]\n')
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run(capsys, "scan", "--fail-on", "suspicious", "model.pkl")
+    assert code == 0 and "allowed mylab.models.Net" in out
+    (tmp_path / "pyproject.toml").write_text('[tool.ckpt-convert]\nallow = ["os.*"]\n')
+    code, _, err = run(capsys, "scan", "model.pkl")
+    assert code == 2 and "names the os module" in one_line(err)
+
+
+@pytest.mark.parametrize("pattern", ["*", "os.*", "builtins.*", "torch.*", "subprocess.Popen", "my lab.*"])
+def test_scan_allow_refuses_patterns_that_are_not_the_users(capsys, tmp_path, pattern):
+    (tmp_path / "model.pkl").write_bytes(MYLAB_PICKLE)
+    code, out, err = run(capsys, "scan", "--allow", pattern, tmp_path / "model.pkl")
+    assert code == 2 and out == "" and "allow pattern" in one_line(err)
+
+
+def test_scan_allow_never_allows_a_gadget(capsys, tmp_path):
+    from tests.helpers import handmade_os_system_pickle
+
+    canary = tmp_path / "CANARY"
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(handmade_os_system_pickle(canary))
+    mixed = tmp_path / "mixed.pkl"  # a user's class and a gadget in one file
+    cmd = f"touch {canary}".encode()  # (Net(), posix.system(cmd)): never run, the canary proves it
+    mixed.write_bytes(b"\x80\x02cmylab.models\nNet\n)\x81}b" + b"cposix\nsystem\nX" + len(cmd).to_bytes(4, "little")
+                      + cmd + b"\x85R\x86.")
+    for path in (evil, mixed):
+        code, out, _ = run(capsys, "scan", "--allow", "mylab.*", "--allow", "posix_x.*", path)
+        assert code == 1 and "UNSAFE" in out, out
+    assert not canary.exists()

@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-non-checkpoints", action="store_true",
                    help="pass over given files whose first bytes are no checkpoint's, whatever their name (for the "
                    "by-content pre-commit hook)")
+    p.add_argument("--allow", action="append", metavar="PATTERN",
+                   help="your own classes, e.g. 'mylab.models.*': not suspicious (repeatable; also read from "
+                   "./pyproject.toml [tool.ckpt-convert] allow = [...]); gadgets are never allowed")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar; text: only unsafe/suspicious/unreadable files")
     p.add_argument("--verbose", "-v", action="store_true", help="text: list every global, not only the findings")
     p.set_defaults(run=commands.scan)

@@ -128,8 +128,9 @@ def migrate(args: argparse.Namespace) -> int:
 
 def scan(args: argparse.Namespace) -> int:
     """Exit 1 if any file is unsafe (or suspicious with --fail-on suspicious), else 2 if any is unreadable, else 0."""
-    from ..scan import batch, output
+    from ..scan import allow, batch, output
 
+    allowed = allow.patterns(args.allow, Path.cwd())  # a bad pattern is said before anything is scanned
     if args.jobs is not None and args.jobs < 1:
         raise ConvertError("--jobs must be at least 1")
     missing = [p for p in args.paths if not os.path.lexists(p)]
@@ -140,7 +141,7 @@ def scan(args: argparse.Namespace) -> int:
     if not selection.files and not selection.skipped:  # (files passed over by --skip-non-checkpoints: a clean pass)
         return nothing_to_scan(args, skipped)
     show_progress = args.format == "text" and not args.quiet and not args.output and sys.stderr.isatty()
-    reports = batch.scan_many(selection.files, jobs=args.jobs, progress=show_progress)
+    reports = [allow.apply(r, allowed) for r in batch.scan_many(selection.files, jobs=args.jobs, progress=show_progress)]
     code = output.exit_code(reports, args.fail_on)
     if args.format == "json":
         text = json.dumps(output.to_json(reports, skipped=skipped, fail_on=args.fail_on), indent=1)
