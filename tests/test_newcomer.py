@@ -430,3 +430,39 @@ def test_scan_allow_never_allows_a_gadget(capsys, tmp_path):
         code, out, _ = run(capsys, "scan", "--allow", "mylab.*", "--allow", "posix_x.*", path)
         assert code == 1 and "UNSAFE" in out, out
     assert not canary.exists()
+
+
+# ------------------------------------------------------------------ migrate --include/--exclude/--dry-run
+
+@pytest.fixture
+def tree(tmp_path, sd):
+    src = tmp_path / "src"
+    for rel in ("models/a.pt", "scratch/b.pt", "c.pth"):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(sd.read_bytes())
+    (src / "README.txt").write_text("notes")
+    return src
+
+
+def test_migrate_dry_run_writes_nothing_and_says_what_and_why(capsys, tree, tmp_path):
+    dst = tmp_path / "dst"
+    code, out, _ = run(capsys, "migrate", tree, dst, "--dry-run", "--exclude", "scratch")
+    assert code == 0 and not dst.exists()
+    assert f"convert  models/a.pt → {dst}/models/a.pt  [file]" in out
+    assert "skip     scratch/b.pt: excluded by --exclude scratch" in out
+    assert "2 to convert, 1 left out by --include/--exclude, 1 other files" in out
+    code, out, _ = run(capsys, "migrate", tree, dst, "--dry-run", "--json", "--include", "*.pt")
+    doc = json.loads(out)
+    assert code == 0 and not dst.exists()
+    assert [c["path"] for c in doc["convert"]] == ["models/a.pt", "scratch/b.pt"]
+    assert doc["left_out"] == [{"path": "c.pth", "reason": "not matched by --include *.pt"}]
+
+
+def test_migrate_include_exclude_convert_only_what_is_selected(capsys, tree, tmp_path):
+    dst = tmp_path / "dst"
+    code, out, _ = run(capsys, "migrate", "-q", "--json", tree, dst, "--include", "*.pt", "--exclude", "scratch")
+    doc = json.loads(out)
+    assert code == 0 and set(doc["files"]) == {"models/a.pt"}
+    assert {s["path"] for s in doc["skipped_paths"]} == {"c.pth", "scratch/b.pt"}
+    assert (dst / "models" / "a.pt" / "checkpoint.json").is_file()
+    assert not (dst / "scratch").exists() and not (dst / "c.pth").exists()

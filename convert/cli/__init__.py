@@ -120,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-shard-size", metavar="SIZE", help="shard state dicts larger than SIZE (e.g. 5GB)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar; print only the summary")
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the summary table")
+    p.add_argument("--include", action="append", metavar="GLOB", help="take only checkpoints whose path under "
+                   "SRC_DIR (or one of its folders) matches GLOB, e.g. '*.pt' or 'models/llama*' (repeatable)")
+    p.add_argument("--exclude", action="append", metavar="GLOB", help="leave out checkpoints whose path under "
+                   "SRC_DIR (or one of its folders) matches GLOB, e.g. 'scratch' (repeatable; wins over --include)")
+    p.add_argument("--dry-run", action="store_true", help="print what would be converted, where to, what is a "
+                   "unit and what is skipped and why; write nothing")
     p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                    help="run the conversions as Ray tasks: on a new local Ray instance, or on the cluster at ADDRESS "
                    "(e.g. ray://head:10001 or auto); needs pip install -e '.[ray]' and SRC/DST on shared storage")

@@ -113,13 +113,20 @@ def migrate(args: argparse.Namespace) -> int:
         raise ConvertError("migrate needs SRC_DIR and DST_DIR (or --status DST_DIR)")
     if args.jobs is not None and args.jobs < 1:
         raise ConvertError("--jobs must be at least 1")
+    from ..migrate.select import dry_run, selector
+
+    select = selector(args.include, args.exclude)
+    if args.dry_run:
+        plan = dry_run(args.src, args.dst, select)
+        print(json.dumps(plan.to_json(), indent=1) if args.json else plan.table())
+        return 0
     submit = None
     if args.ray:
         from ..migrate.ray_runner import ray_submit
 
         submit = ray_submit(None if args.ray == "local" else args.ray)
     report = run_migrate(args.src, args.dst, jobs=args.jobs, quiet=args.quiet or args.json,
-                         max_shard_size=args.max_shard_size, submit=submit)
+                         max_shard_size=args.max_shard_size, submit=submit, select=select)
     for note in report.notes:
         print(f"ckpt-convert: warning: {note}", file=sys.stderr)
     print(json.dumps(report.to_json(), indent=1) if args.json else report.table())

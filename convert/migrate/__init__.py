@@ -88,7 +88,8 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def migrate(src: str | os.PathLike, dst: str | os.PathLike, *, jobs: int | None = None, quiet: bool = True,
-            max_shard_size: str | None = None, submit: Submit | None = None) -> Report:
+            max_shard_size: str | None = None, submit: Submit | None = None,
+            select: Callable[[Job], str | None] | None = None) -> Report:
     """Convert every checkpoint under `src` into the mirrored folder `dst`, verify each, and report.
 
     Resumable: the journal in `dst` records each finished file (source size, mtime, sha256, status,
@@ -127,6 +128,10 @@ def migrate(src: str | os.PathLike, dst: str | os.PathLike, *, jobs: int | None 
             walk = iter_jobs(src, stats, skip=dst if dst_inside_src else None,
                              on_folder=lambda rel: remove_stale_temporaries(dst / rel))
             for job in walk:
+                why_not = select(job) if select is not None else None
+                if why_not:  # --include/--exclude (migrate/select.py): listed as not followed, with the reason
+                    report.skip_paths([(job.rel, why_not)])
+                    continue
                 previous = journal.state.is_done(job.rel, job.size, job.mtime_ns, dst, job.output_rel)
                 if previous:
                     report.add(job.rel, {**previous, "status": "skipped"})
