@@ -45,6 +45,12 @@ class OutputExists(ConvertError):
 
     label = "error"
 
+    @classmethod
+    def for_path(cls, dst: object, why: str = "") -> OutputExists:
+        """The one wording of a destination that exists: `why` (e.g. "created meanwhile by another run") in
+        parentheses after the path."""
+        return cls(f"{dst} already exists{f' ({why})' if why else ''}; pass --overwrite (overwrite=True) to replace it")
+
 
 class CannotWrite(ConvertError):
     """The destination cannot be written: the user's environment (full disk, read-only file system,

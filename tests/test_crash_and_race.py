@@ -15,7 +15,7 @@ import torch
 
 from convert import ConvertError, OutputExists, convert_checkpoint, load_checkpoint, verify_folder
 from convert.errors import CorruptFolder, DestinationBusy, MalformedCheckpoint
-from convert.primitives.durable import lock_path
+from convert.primitives.lock import lock_path
 from convert.primitives.temp import MARKER, is_temporary
 from convert.write import folder as folder_mod
 from convert.write.folder import FAULT_ENV, FAULT_POINTS
@@ -69,7 +69,7 @@ def test_overwrite_killed_at_each_step_leaves_a_complete_folder(tmp_path, src_di
 
 FALLBACK_SCRIPT = """
 import os, sys
-from convert.write import durable
+from convert.primitives import durable
 durable._renameat2_fn = None  # as on an OS or file system without renameat2
 from convert.cli import main
 sys.exit(main(["convert", sys.argv[1], sys.argv[2], "--overwrite"]))

@@ -22,7 +22,8 @@ from convert import ConvertError, OutputExists, convert_checkpoint, load_checkpo
 from convert.cli import main
 from convert.errors import CannotWrite, CorruptFolder, DestinationBusy, MalformedCheckpoint
 from convert.primitives import durable, temp
-from convert.primitives.durable import DestinationLock, rename_noreplace
+from convert.primitives.durable import rename_noreplace
+from convert.primitives.lock import WriterLock
 from convert.primitives.temp import TempFolder, is_temporary, remove_stale_temporaries
 from convert.write import folder as folder_mod
 from tests.helpers import assert_equivalent, run_python, save
@@ -251,7 +252,7 @@ def test_overwrite_while_another_run_holds_the_lock_is_refused(tmp_path, src_dir
     dst = tmp_path / "out"
     convert_checkpoint(src, dst)
     before = (dst / SIDECAR).read_bytes()
-    with DestinationLock(dst):
+    with WriterLock(dst):
         with pytest.raises(DestinationBusy, match="another ckpt-convert run"):
             convert_checkpoint(src, dst, overwrite=True)
         capsys.readouterr()
@@ -384,7 +385,7 @@ def test_environment_error_during_overwrite_keeps_the_old_folder(tmp_path, src_d
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(folder_mod, "_write_file", no_space)
+    monkeypatch.setattr(folder_mod, "write_durable", no_space)
     with pytest.raises(CannotWrite, match="No space left on device"):
         convert_checkpoint(src_b, dst, overwrite=True)
     assert_equivalent(load_checkpoint(dst, verify=True), obj_a)

@@ -11,18 +11,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from .._version import __version__
 from ..errors import ConvertError, MissingDependency
+from ..primitives.signals import Terminated, sigterm_raises
 from ..write.folder import ENVIRONMENT_ERRNOS
 from . import commands, hints
 
 EXIT_DIFFERENT = 3
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 EXIT_TERMINATED = 143  # 128 + SIGTERM
+EXIT_INTERNAL = 70  # EX_SOFTWARE (sysexits.h): a bug in ckpt-convert, not bad input
 TORCH_SIDE = {"torch"}  # what load/verify/inspect-folder/demo need beyond the lean install
 
 DESCRIPTION = """\
@@ -30,8 +31,9 @@ Convert pickled PyTorch checkpoints (torch.save zip or legacy files, plain pickl
 safetensors + a JSON sidecar without executing them, and load them back.
 
 exit codes: 0 success, 1 refused as unsafe, 2 bad input or usage, 3 verify found differences,
-130 interrupted, 143 terminated (scan: 0 safe or suspicious, 1 unsafe, 2 unreadable or nothing to scan;
-migrate: 1 some unsafe, 2 some failed, 3 both)"""
+70 internal error (a bug: please report it), 130 interrupted, 143 terminated
+(scan: 0 safe or suspicious, 1 unsafe, 2 unreadable or nothing to scan; migrate: 1 some unsafe,
+2 some failed, 3 both)"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,27 +142,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the program is, so that it unwinds (and cleans up) as on Ctrl-C."""
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    def handler(signum: int, frame: object) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a second one must not cut the cleanup short
-        raise Terminated
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread (main() called from a thread): leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _drop_stdout() -> None:
     """The reader closed stdout (`| head`): send what is left to /dev/null, so the exit is quiet."""
     with contextlib.suppress(OSError, ValueError):
@@ -170,7 +151,7 @@ def _drop_stdout() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    with _sigterm_as_interrupt():
+    with sigterm_raises(Terminated):
         code = _main(argv)
         try:
             sys.stdout.flush()  # here, not at exit: a closed pipe is then handled like the others
@@ -228,4 +209,4 @@ def _internal_error(exc: BaseException) -> int:
     first = str(exc).splitlines()[0] if str(exc) else ""
     print(f"ckpt-convert: internal error: {type(exc).__name__}: {first} (rerun with --debug for details)",
           file=sys.stderr)
-    return 2
+    return EXIT_INTERNAL

@@ -18,7 +18,8 @@ from ..errors import ConvertError, CorruptFolder, MalformedCheckpoint
 from ..model.torch_types import DTYPES_BY_NAME
 from ..model.torch_values import tensor_dtype
 from ..model.views import view_end
-from ..sidecar.integrity import check_digest, check_header, has_record, mapping_sha256
+from ..primitives.hashing import sha256_mapping
+from ..sidecar.integrity import check_digest, check_header, has_record
 from ..sidecar.safetensors_file import open_data_file as _open_data_file
 from ..sidecar.schema import SIDECAR_NAME, read_sidecar
 from .decode import Decoder
@@ -88,7 +89,7 @@ class _Loader:
             raise ConvertError(f"{self.folder} was written without digests (by an older ckpt-convert); "
                                "load it without verify=True, or check it against its source with verify_checkpoint")
         for name in self.sidecar["files"]:
-            problem = check_digest(self.sidecar, name, mapping_sha256(self.file(name).map))
+            problem = check_digest(self.sidecar, name, sha256_mapping(self.file(name).map))
             if problem is not None:
                 raise CorruptFolder(f"{self.folder}: {problem}")
 

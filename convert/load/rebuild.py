@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import MalformedCheckpoint
+from ..model.strides import contiguous_strides
 from ..model.torch_values import tensor_dtype, torch_dtype_for_code
 from ..model.views import mark_view, view_end
 from .safetensors_reader import EntryInfo, SafetensorsFile
@@ -148,7 +149,7 @@ def _adjacent_span(nbytes: int, pieces: list[Piece]) -> torch.Tensor | None:
         entry = file.entries.get(piece.key)
         numel = math.prod(row["shape"])
         if (piece.file is not file or entry is None or numel == 0 or entry.nbytes != numel * dtype.itemsize
-                or list(row["stride"]) != _contiguous(row["shape"])):
+                or tuple(row["stride"]) != contiguous_strides(row["shape"])):
             return None
         ordered.append((row["offset"] * dtype.itemsize, entry))
     ordered.sort(key=lambda p: p[0])
@@ -163,11 +164,3 @@ def _adjacent_span(nbytes: int, pieces: list[Piece]) -> torch.Tensor | None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return torch.frombuffer(file.map, dtype=torch.uint8, offset=first, count=nbytes)
-
-
-def _contiguous(shape: list[int]) -> list[int]:
-    strides, acc = [], 1
-    for size in reversed(shape):
-        strides.append(acc)
-        acc *= max(size, 1)
-    return strides[::-1]

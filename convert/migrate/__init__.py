@@ -10,18 +10,17 @@ overlap and cleanup (never touch anything but DST's own temp folders), report, p
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-import signal
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConvertError, MissingDependency
+from ..primitives.signals import sigterm_raises
 from ..primitives.temp import remove_stale_temporaries
 from .journal import DONE_STATUSES, JOURNAL_NAME, Journal, JournalState, output_present, read_journal
-from .lock import LOCK_NAME, DestinationLock, holder_pid
+from .lock import LOCK_NAME, holder_pid, migrate_lock
 from .manifest import MANIFEST_NAME, MIGRATED_SUFFIX, read_legacy_manifest, retire_legacy_manifest
 from .overlap import check_overlap
 from .pool import run_bounded
@@ -70,23 +69,6 @@ def _refusal(job: Job, dst: Path, journal: Journal) -> str | None:
     return None
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM ends a migrate like Ctrl-C: temp folders removed, lock released, one line, exit 130."""
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def migrate(src: str | os.PathLike, dst: str | os.PathLike, *, jobs: int | None = None, quiet: bool = True,
             max_shard_size: str | None = None, submit: Submit | None = None,
             select: Callable[[Job], str | None] | None = None) -> Report:
@@ -116,7 +98,7 @@ def migrate(src: str | os.PathLike, dst: str | os.PathLike, *, jobs: int | None 
         dst.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConvertError(f"cannot create {dst}: {exc.strerror}") from None
-    with DestinationLock(dst), _sigterm_as_interrupt():
+    with migrate_lock(dst), sigterm_raises(KeyboardInterrupt):  # exit 130, as Ctrl-C
         report = Report("migrate", str(src), str(dst))
         journal = _open_journal(dst, src, report)
         if dst_inside_src:

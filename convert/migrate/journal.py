@@ -19,48 +19,26 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConvertError
+from ..primitives import faults
+from ..primitives.durable import fsync_fd, write_atomic
 
 JOURNAL_NAME = ".ckpt-convert-journal.jsonl"
 JOURNAL_VERSION = 2
 HEADER_KEY = "ckpt_convert_journal"
 DONE_STATUSES = ("converted", "skipped")
-KILL_ENV = "CKPT_CONVERT_FAULT_KILL"  # test-only: "journal:K" / "compact" SIGKILLs the driver at that point
-
-
-def _fault(point: str, count: int = 0) -> None:
-    """Fault injection for the kill/resume tests: the driver kills itself -9 at a named point."""
-    spec = os.environ.get(KILL_ENV)
-    if spec and (spec == point or spec == f"{point}:{count}"):
-        import signal
-
-        os.kill(os.getpid(), signal.SIGKILL)
+KILL_ENV = faults.KILL_ENV  # test-only: "journal:K" / "compact" SIGKILLs the driver at that point
 
 
 def _line(obj: dict[str, Any]) -> bytes:
     # ASCII with \\u escapes: a file name that is not UTF-8 is kept as Python's surrogateescape string
     # (b"caf\\xe9.pt" is "caf\\udce9.pt") and round-trips exactly; UTF-8 could not encode it.
     return (json.dumps(obj, ensure_ascii=True, separators=(",", ":"), allow_nan=False) + "\n").encode("ascii")
-
-
-def fsync_folder(folder: Path) -> None:
-    """Make a rename or a new file in `folder` durable (a no-op where folders cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 @dataclass
@@ -178,7 +156,7 @@ class Journal:
         view = memoryview(data)
         while view:
             view = view[os.write(self._fd, view):]
-        os.fsync(self._fd)
+        fsync_fd(self._fd)
 
     def record(self, rel: str, entry: dict[str, Any]) -> None:
         """Append one finished file durably (one write, one fsync): constant cost per file."""
@@ -188,7 +166,7 @@ class Journal:
             raise ConvertError(f"{self.path}: cannot write the migration journal: {exc.strerror}") from None
         self.state.entries[rel] = entry
         self.appended += 1
-        _fault("journal", self.appended)
+        faults.point("journal", self.appended)
 
     def started(self, rel: str, output: str) -> None:
         """Note that `rel` is being converted into `output`, which was free or ours (no fsync: a kill of
@@ -224,19 +202,11 @@ class Journal:
         Closes the journal: this is the end of a run.
         """
         self.close()
-        tmp = self.dst / f"{JOURNAL_NAME}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        lines = [_line({HEADER_KEY: JOURNAL_VERSION, "source": self.source}),
+                 *(_line({"rel": rel, **entry}) for rel, entry in self.state.entries.items())]
         try:
-            with open(tmp, "wb") as f:
-                f.write(_line({HEADER_KEY: JOURNAL_VERSION, "source": self.source}))
-                for rel, entry in self.state.entries.items():
-                    f.write(_line({"rel": rel, **entry}))
-                f.flush()
-                os.fsync(f.fileno())
-            _fault("compact")
-            os.replace(tmp, self.path)
-            fsync_folder(self.dst)
+            write_atomic(self.path, lines, before_rename=lambda: faults.point("compact"))
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             raise ConvertError(f"{self.path}: cannot compact the migration journal: {exc.strerror}") from None
 
     def close(self) -> None:

@@ -13,11 +13,11 @@ checkpoints are not packed onto one node. Every node must see SRC and DST at the
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ..errors import ConvertError
+from ..primitives import faults
 from .pool import crashed_entry
 from .walker import Job
 from .worker import FAULT_ENV, pool_job
@@ -47,7 +47,7 @@ def ray_submit(address: str | None, *, max_retries: int = 3) -> Any:
             return
         started_here = not ray.is_initialized()
         if started_here:
-            env = {k: v for k, v in os.environ.items() if k.startswith("CKPT_CONVERT_")}
+            env = faults.inherited_env()
             try:
                 ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
                          runtime_env={"env_vars": env} if env else None)

@@ -7,10 +7,12 @@ by entry (no second copy of 100k entries as one string).
 from __future__ import annotations
 
 import json
-import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ..primitives.durable import write_atomic
 
 REPORT_NAME = "ckpt-convert-report.json"
 STATUSES = ("converted", "skipped", "clean", "unsafe", "failed")
@@ -68,20 +70,18 @@ class Report:
         return {**self._head(), "files": dict(sorted(self.files.items()))}
 
     def write(self, path: Path) -> None:
-        """Write the report atomically, one entry per line (unique temp name, fsync, rename)."""
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        """Write the report atomically, one entry per line (primitives.durable.write_atomic)."""
+        write_atomic(path, self._lines())
+
+    def _lines(self) -> Iterator[bytes]:
         head = json.dumps(self._head(), indent=1, ensure_ascii=True)
         # ASCII with \\u escapes: a name that is not UTF-8 appears as its surrogateescape string ("caf\\udce9.pt")
-        with open(tmp, "w", encoding="ascii") as f:
-            f.write(head[:-2] + ',\n "files": {')
-            sep = "\n"
-            for rel in sorted(self.files):
-                f.write(f"{sep}  {json.dumps(rel)}: {json.dumps(self.files[rel], sort_keys=True)}")
-                sep = ",\n"
-            f.write("\n }\n}\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        yield (head[:-2] + ',\n "files": {').encode("ascii")
+        sep = "\n"
+        for rel in sorted(self.files):
+            yield f"{sep}  {json.dumps(rel)}: {json.dumps(self.files[rel], sort_keys=True)}".encode("ascii")
+            sep = ",\n"
+        yield b"\n }\n}\n"
 
     def table(self) -> str:
         lines = [f"{self.command}: {self.source}" + (f" → {self.destination}" if self.destination else "")]

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from .strides import is_contiguous
+
 BLOCK_BYTES = 16 << 20
 
 
@@ -41,15 +43,6 @@ class Box:
     @property
     def numel(self) -> int:
         return math.prod(self.sizes)
-
-
-def _contiguous(sizes: tuple[int, ...], strides: tuple[int, ...]) -> bool:
-    acc = 1
-    for size, stride in zip(reversed(sizes), reversed(strides)):
-        if size != 1 and stride != acc:
-            return False
-        acc *= size
-    return True
 
 
 class _Buffers:
@@ -120,7 +113,7 @@ def tensor_pieces(shape: tuple[int, ...], itemsize: int, boxes: list[Box],
             touched: list[tuple[Any, int, int]] = []
             whole = meeting[0] if len(meeting) == 1 else None
             if (whole is not None and whole.offsets[k] <= lo and hi <= whole.offsets[k] + whole.sizes[k]
-                    and whole.sizes[k + 1:] == shape[k + 1:] and _contiguous(whole.sizes[k:], whole.strides[k:])):
+                    and whole.sizes[k + 1:] == shape[k + 1:] and is_contiguous(whole.sizes[k:], whole.strides[k:])):
                 first, _, _, last = _span(whole, lo, hi, k, prefix, itemsize)
                 yield _window(whole.buffer, first, last)
                 touched.append((whole.buffer, first, last))

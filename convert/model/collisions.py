@@ -14,8 +14,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..errors import MalformedCheckpoint
+from .limits import LIMITS
 
-MAX_SAME_HASH = 256  # unequal keys of one container allowed to share a hash
+MAX_SAME_HASH = LIMITS.same_hash  # unequal keys of one container allowed to share a hash
 CHECK_FROM = 1024  # containers are recounted when their size reaches a power of two from here
 
 

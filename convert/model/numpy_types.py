@@ -13,12 +13,13 @@ from typing import Any
 import numpy as np
 
 from ..errors import MalformedCheckpoint, UnsupportedValue
+from .limits import LIMITS
 from .records import GlobalRef, NdArrayRef, NpDType, NpScalar
 
 # numpy type codes (kind + itemsize) this tool stores; everything else is refused by name.
 NUMERIC_CODES = {"b1", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8", "c8", "c16"}
 _NATIVE = "<" if sys.byteorder == "little" else ">"
-MAX_NDIM = 64
+MAX_NDIM = LIMITS.ndim
 
 
 def _fail(message: str) -> None:

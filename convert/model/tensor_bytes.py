@@ -14,21 +14,8 @@ import numpy as np
 
 from .dtypes import NUMPY_TO_DTYPE
 from .records import NdArrayRef, StorageRef, TensorRef
+from .strides import is_contiguous
 from .torch_types import DType
-
-
-def contiguous_strides(shape: tuple | list) -> tuple:
-    strides, acc = [], 1
-    for size in reversed(shape):
-        strides.append(acc)
-        acc *= max(size, 1)
-    return tuple(reversed(strides))
-
-
-def is_contiguous(shape: tuple, stride: tuple) -> bool:
-    if tuple(stride) == contiguous_strides(shape):  # the common case, without a generator
-        return True
-    return all(size == 1 or st == want for size, st, want in zip(shape, stride, contiguous_strides(shape)))
 
 
 def covers_storage(ref: TensorRef) -> bool:

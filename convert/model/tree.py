@@ -14,10 +14,12 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import MalformedCheckpoint, UnsupportedValue
+from .limits import LIMITS
 from .paths import Field, format_path
 from .records import ModuleRecord, ObjectRecord
 
-MAX_DEPTH = 400
+MAX_DEPTH = LIMITS.depth  # live objects (sources/live.py): the reader's bound, so save refuses what convert refuses
+TREE_DEPTH = LIMITS.tree_depth
 
 CONTAINERS = (dict, collections.OrderedDict, list, tuple, set, frozenset)
 
@@ -38,8 +40,8 @@ def transform(root: Any, leaf: Callable[[Any], Any], special: Special | None = N
         key = id(value)
         if key in memo:
             return memo[key]
-        if depth > MAX_DEPTH:
-            raise MalformedCheckpoint(f"{format_path(_path(parent))}: checkpoint nests deeper than {MAX_DEPTH} levels")
+        if depth > TREE_DEPTH:
+            raise MalformedCheckpoint(f"{format_path(_path(parent))}: checkpoint nests deeper than {TREE_DEPTH} levels")
         keep_alive.append(value)
         kind = type(value)
         d = depth + 1

@@ -1,5 +1,5 @@
-"""File-system primitives the folder writer builds its promises on: fsync, exclusive and exchanging
-renames, and a per-destination lock.
+"""File-system primitives the folder writer builds its promises on: fsync, durable and atomic small-file
+writes, exclusive and exchanging renames.
 
 - `rename_noreplace` creates the destination only if it is absent, in one step (Linux
   `renameat2(RENAME_NOREPLACE)`); where the kernel or file system lacks it, an exclusive `mkdir`
@@ -7,24 +7,24 @@ renames, and a per-destination lock.
   replaces an empty directory atomically).
 - `rename_exchange` swaps two paths in one step (`renameat2(RENAME_EXCHANGE)`), so a complete
   destination exists at every instant; it raises `ExchangeUnsupported` where the OS cannot.
-- `DestinationLock` is an `flock` on `.NAME.ckpt-convert-lock` beside the destination; a second
-  holder fails at once with `DestinationBusy` instead of waiting or racing.
+(The per-destination lock is primitives/lock.py.)
 
-fsync can be turned off with CKPT_CONVERT_NO_FSYNC=1, for measuring its cost only.
+fsync can be turned off with CKPT_CONVERT_NO_FSYNC=1 (primitives/faults.py), for measuring its cost only.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
-import fcntl
 import hashlib
 import os
 import shutil
 import sys
+import uuid
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from ..errors import DestinationBusy
+from . import faults
 
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
@@ -36,8 +36,7 @@ class ExchangeUnsupported(OSError):
     """The OS or file system cannot swap two paths atomically."""
 
 
-def fsync_enabled() -> bool:
-    return os.environ.get("CKPT_CONVERT_NO_FSYNC", "") in ("", "0")
+fsync_enabled = faults.fsync_enabled
 
 
 def fsync_fd(fd: int) -> None:
@@ -67,6 +66,42 @@ def fsync_dir(folder: Path) -> None:
             raise
     finally:
         os.close(fd)
+
+
+def write_durable(path: Path, data: bytes, mode: str = "wb") -> None:
+    """Write `data` as the file `path` and fsync it (inside a temp folder that is renamed into place later)."""
+    with open(path, mode) as out:
+        out.write(data)
+        out.flush()
+        fsync_fd(out.fileno())
+
+
+def write_atomic(path: Path, data: bytes | Iterable[bytes], before_rename: Callable[[], None] | None = None) -> None:
+    """Replace the small file `path` with `data` (bytes, or chunks of it) atomically and durably: a unique
+    temp file beside it (`NAME.tmp-PID-RANDOM`), fsync'd, renamed over `path`, the folder fsync'd. A crash
+    leaves the old file or the new one, never a torn one; the temp file is removed on any error.
+
+    Args:
+        path: the file to replace (or create).
+        data: its new content.
+        before_rename: runs after the fsync and before the rename (a fault point).
+    Raises:
+        OSError: as the file system reports it (the caller words it).
+    """
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "xb") as f:
+            for chunk in ([data] if isinstance(data, (bytes, bytearray, memoryview)) else data):
+                f.write(chunk)
+            f.flush()
+            fsync_fd(f.fileno())
+        if before_rename is not None:
+            before_rename()
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
 
 
 def _load_renameat2():
@@ -132,62 +167,3 @@ def fit_name(name: str, room: int) -> str:
         return name
     digest = hashlib.sha256(raw).hexdigest()[:12]
     return os.fsdecode(raw[:room - len(digest) - 1]) + "~" + digest
-
-
-def lock_path(dst: Path) -> Path:
-    suffix = ".ckpt-convert-lock"
-    return dst.parent / f".{fit_name(dst.name, NAME_MAX - 1 - len(suffix))}{suffix}"
-
-
-class DestinationLock:
-    """Exclusive, non-blocking lock on writing `dst`, held as a context manager.
-
-    The lock file is removed on release while still locked; an acquirer checks that the file it
-    locked is still the one at the path (else it locked a removed file and tries again).
-    """
-
-    def __init__(self, dst: Path) -> None:
-        self.dst, self.path = dst, lock_path(dst)
-        self._fd: int | None = None
-
-    def __enter__(self) -> DestinationLock:
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0),
-                         0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                raise DestinationBusy(f"{self.dst} is being written by another ckpt-convert run (lock {self.path}); "
-                                      "retry when it has finished") from None
-            except BaseException:
-                os.close(fd)
-                raise
-            try:
-                same = os.path.samestat(os.fstat(fd), os.stat(self.path, follow_symlinks=False))
-            except FileNotFoundError:
-                same = False
-            if same:
-                self._fd = fd
-                return self
-            os.close(fd)  # the holder released and removed it between our open and flock: start over
-
-    def __exit__(self, *exc: object) -> None:
-        if self._fd is not None:
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
-            finally:
-                os.close(self._fd)
-                self._fd = None
-
-
-def remove_stale_lock(dst: Path) -> None:
-    """Remove the lock file a killed run left beside `dst` (harmless, but clutter); a held one stays."""
-    if os.path.lexists(lock_path(dst)):
-        try:
-            with DestinationLock(dst):
-                pass
-        except DestinationBusy:
-            pass

@@ -16,13 +16,14 @@ from typing import Any
 
 from ..errors import MalformedCheckpoint
 from ..model.collisions import check_keys, grown
+from ..model.limits import LIMITS
 from ..model.numpy_types import make_ndarray_from_buffer, make_npdtype, make_npscalar, new_ndarray
 from ..model.records import GlobalRef, ObjectRecord, StorageRef, TensorRef, Unsupported
 from ..model.torch_types import DTYPES_BY_NAME, QUANTIZED_DTYPES, Device, DType, TorchSize, parse_device
 from ..model.views import view_end
 
-MAX_NDIM = 64
-MAX_DIM = 1 << 62
+MAX_NDIM = LIMITS.ndim
+MAX_DIM = LIMITS.dim
 
 Reconstructor = Callable[..., Any]
 

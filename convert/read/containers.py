@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MalformedCheckpoint, NotACheckpoint, UnsafeCheckpoint, UnsupportedValue
+from ..model.limits import LIMITS
 from ..model.records import GlobalRef, StorageRef
 from ..model.torch_types import QUANTIZED_STORAGES, STORAGE_DTYPES, STORAGE_MODULES
 from ..primitives.source import Identity, SourceBytes, SourceChanged, open_regular
@@ -23,7 +24,7 @@ from .zipfile_strict import STORED, StrictZip, ZipAmbiguous, is_zip
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
-MAX_PICKLE_MEMBER = 1 << 34  # a data.pkl beyond 16 GiB is not a checkpoint
+MAX_PICKLE_MEMBER = LIMITS.pickle_member_bytes
 
 _SIGNATURES: list[tuple[bytes, int, str]] = [
     (b"\x1f\x8b", 0, "a gzip-compressed file: decompress it first (gunzip)"),
@@ -275,7 +276,7 @@ def _read_pickle_or_legacy(inp: Input) -> ReadResult:
     return ReadResult(value, "pickle", first.protocol, [], first.globals_used)
 
 
-MAX_TRAILING_PICKLES = 1000
+MAX_TRAILING_PICKLES = LIMITS.trailing_pickles
 
 
 def _scan_trailing_pickles(inp: Input, pos: int) -> None:

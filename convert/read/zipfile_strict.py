@@ -30,15 +30,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import MalformedCheckpoint, UnsafeCheckpoint, UnsupportedValue
+from ..model.limits import LIMITS
 from .vm import Finding
 
 EOCD_SIG, LOCATOR_SIG, ZIP64_SIG = b"PK\x05\x06", b"PK\x06\x07", b"PK\x06\x06"
 CENTRAL_SIG, LOCAL_SIG, DESCRIPTOR_SIG = b"PK\x01\x02", b"PK\x03\x04", b"PK\x07\x08"
 EOCD_SIZE, LOCATOR_SIZE, ZIP64_SIZE, CENTRAL_SIZE, LOCAL_SIZE = 22, 20, 56, 46, 30
 STORED, DEFLATED = 0, 8
-MAX_ENTRIES = 1 << 20  # a checkpoint with a million members is not one
+MAX_ENTRIES = LIMITS.zip_entries
 INFLATE_CHUNK = 1 << 20  # compressed bytes fed to zlib at a time
-MAX_DEFLATE_RATIO = 1100  # deflate cannot expand more than ~1032x: a member declaring more is a zip bomb
+MAX_DEFLATE_RATIO = LIMITS.deflate_ratio
 _U32 = 0xFFFFFFFF
 
 

@@ -14,10 +14,11 @@ import pickletools
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..model.limits import LIMITS
 from ..read.compat_names import resolve
 from ..read.gadgets import is_dangerous
 
-MAX_PICKLES = 1000  # concatenated pickles followed in one stream (the reader's trailing-pickle limit)
+MAX_PICKLES = LIMITS.trailing_pickles
 _STRING_OPS = frozenset({"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE",
                          "BINUNICODE8"})
 _GET_OPS = frozenset({"GET", "BINGET", "LONG_BINGET"})

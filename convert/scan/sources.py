@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConvertError
+from ..model.limits import LIMITS
 from ..read.zipfile_strict import STORED, StrictZip, is_zip
 
-MAX_MEMBER = 1 << 30  # bytes of one decompressed pickle member (or gzip content) scanned at most
-MAX_DEFLATE_RATIO = 1100  # deflate cannot expand more than ~1032x
+MAX_MEMBER = LIMITS.scan_member_bytes
+MAX_DEFLATE_RATIO = LIMITS.deflate_ratio
 CARVE_LIMIT = 64 << 20  # bytes searched for embedded pickles in a file that is no known container
 MAX_CARVE_CANDIDATES = 20_000
 

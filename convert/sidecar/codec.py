@@ -32,6 +32,7 @@ import numpy as np
 
 from ..errors import MalformedCheckpoint, UnsupportedValue
 from ..model.collisions import check_keys, grown
+from ..model.limits import LIMITS
 from ..model.paths import KEY, Field, format_path
 from ..model.records import GlobalRef, ModuleRecord, NdArrayRef, NpDType, NpScalar, ObjectRecord, TensorRef, Unsupported
 from ..model.torch_types import DTYPES_BY_NAME, Device, DType, TorchSize, dtype_name, parse_device
@@ -45,9 +46,9 @@ def _to_torch(value: Any) -> Any:
     return to_torch(value)
 
 
-ENCODE_MAX_DEPTH = 400
-DECODE_MAX_DEPTH = 500
-MAX_NODES = 5_000_000  # values written per sidecar; a graph is written once, so this is a plain size bound
+ENCODE_MAX_DEPTH = LIMITS.encode_depth
+DECODE_MAX_DEPTH = LIMITS.decode_depth
+MAX_NODES = LIMITS.sidecar_nodes
 
 # Keys that may accompany a tag (they are not tags themselves).
 MODIFIERS = ("$id", "$attrs", "$with")

@@ -16,11 +16,12 @@ from typing import Any, TypeVar
 
 from ..errors import MalformedCheckpoint
 from ..model.dtypes import ITEMSIZE_BY_CODE
+from ..model.limits import LIMITS
 from ..primitives.mapping import map_private
 from .jsonio import strict_json
 from .schema import inside_folder
 
-MAX_HEADER = 100 * 1024 * 1024  # the limit safetensors itself applies
+MAX_HEADER = LIMITS.safetensors_header_bytes
 
 
 @dataclass(frozen=True)

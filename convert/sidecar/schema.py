@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConvertError, CorruptFolder, MalformedCheckpoint
+from ..model.limits import LIMITS
 from .deep import json_depth, run_deep
 from .integrity import check_sidecar
 from .jsonio import strict_json
@@ -28,8 +29,8 @@ BARE_FILE = "model.safetensors"
 # checks the same cap, so convert never writes a folder that load refuses.
 SIDECAR_BASE_BYTES = 32 << 20  # the non-tensor tree (hyper-parameters, histories, ...) and tensors sharing entries
 SIDECAR_BYTES_PER_HEADER_BYTE = 16  # ~3x what real sidecars use
-MAX_SIDECAR_BYTES = 1 << 30  # whatever the headers say
-MAX_SIDECAR_DEPTH = 1000  # JSON nesting; the reader's 200 container levels encode to at most ~4 JSON levels each
+MAX_SIDECAR_BYTES = LIMITS.sidecar_bytes
+MAX_SIDECAR_DEPTH = LIMITS.sidecar_json_depth
 
 def _schema_path() -> Path:
     # package data next to this module: the same path in a checkout, an editable install and a wheel

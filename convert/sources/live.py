@@ -32,6 +32,7 @@ from ..model.records import GlobalRef, NdArrayRef, ObjectRecord, StorageRef
 from ..model.torch_types import DTYPES_BY_NAME
 from ..model.tree import MAX_DEPTH
 from ..read import allowlist, gadgets
+from ..read.compat_names import resolve
 from ..read.modules import to_module_record
 from ..read.vm import Finding, append_items, build, set_items
 from .staging import DeviceStorage
@@ -175,7 +176,8 @@ class _LiveReader:
         return ObjectRecord(func.qualname, args=args) if reconstructor is None else reconstructor(*args)
 
     def global_ref(self, obj: Any, name: str | None, path: list) -> Any:
-        """pickle's save_global at protocol 2 (Python 3 names mapped back as fix_imports does), then the VM's GLOBAL."""
+        """pickle's save_global at protocol 2 (Python 3 names mapped back as fix_imports does), then the VM's GLOBAL
+        (which maps them forward again): the name convert records for the same object."""
         name = name or getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
         if not isinstance(name, str):
             raise UnsupportedValue(f"{_where(path)}: {type(obj).__name__} has no name to be saved by")
@@ -184,6 +186,7 @@ class _LiveReader:
             module, name = _compat_pickle.REVERSE_NAME_MAPPING[(module, name)]
         elif module in _compat_pickle.REVERSE_IMPORT_MAPPING:
             module = _compat_pickle.REVERSE_IMPORT_MAPPING[module]
+        module, name = resolve(module, name, 2)  # and read back as the reader resolves it (fix_imports)
         qual = f"{module}.{name}"
         if qual in allowlist.VALUE_GLOBALS:
             return allowlist.VALUE_GLOBALS[qual]

@@ -1,6 +1,6 @@
 """Write a plan to a folder: atomically, exclusively, durably, and with its own integrity record.
 
-Steps (each named as a fault-injection point, see `fault_point`):
+Steps (each named as a fault-injection point, see `primitives.faults`):
 1. In a marked temporary folder beside the destination (`temp.TempFolder`), write the data files,
    each hashed (sha256, read back from the page cache on a helper thread) and fsync'd; then index
    and copied files.                                                                   after-data
@@ -27,31 +27,31 @@ import contextlib
 import errno
 import os
 import shutil
-import signal
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from ..errors import CannotWrite, ConvertError, OutputExists, UnsupportedValue
+from ..primitives import faults
 from ..primitives.durable import (
-    DestinationLock,
     ExchangeUnsupported,
     fsync_dir,
     fsync_fd,
-    remove_stale_lock,
     rename_exchange,
     rename_noreplace,
+    write_durable,
 )
+from ..primitives.hashing import sha256_fd
+from ..primitives.lock import WriterLock, remove_stale_lock
 from ..primitives.temp import TempFolder, remove_stale_temporaries
-from ..sidecar.integrity import FOLDER_ID_KEY, fd_sha256, new_folder_id, record, seal
+from ..sidecar.integrity import FOLDER_ID_KEY, new_folder_id, record, seal
 from ..sidecar.schema import SIDECAR_NAME, check_sidecar_size
 from .ownership import check_replaceable
 from .plan import Plan
 from .safetensors_io import KernelCopySources, write_safetensors
 
 PT_METADATA = {"format": "pt"}
-FAULT_ENV = "CKPT_CONVERT_FAULT"
-FAULT_POINTS = ("after-data", "after-sidecar", "after-fsync", "before-rename", "after-exchange")
-FALLBACK_FAULT_POINTS = ("after-move-aside",)  # only where the OS cannot exchange
+FAULT_ENV = faults.WRITE_ENV  # the test hooks of each step (primitives/faults.py)
+FAULT_POINTS = faults.WRITE_POINTS
 
 # OS errors that describe the user's environment, reported as "cannot write DST: reason".
 ENVIRONMENT_ERRNOS = frozenset(code for code in (
@@ -59,16 +59,6 @@ ENVIRONMENT_ERRNOS = frozenset(code for code in (
     errno.ENAMETOOLONG, errno.ELOOP, errno.EMFILE, errno.ENFILE, errno.EIO, errno.EXDEV, errno.EMLINK, errno.EBUSY,
     getattr(errno, "EDQUOT", None), getattr(errno, "ENOTSUP", None), getattr(errno, "EOPNOTSUPP", None),
 ) if code is not None)
-
-
-def fault_point(name: str) -> None:
-    """Test hook: if CKPT_CONVERT_FAULT names this step, the process SIGKILLs itself here (no cleanup);
-    if it names it with ":stop", the process stops itself (SIGSTOP) until a test sends it signals."""
-    fault = os.environ.get(FAULT_ENV)
-    if fault == name:
-        os.kill(os.getpid(), signal.SIGKILL)
-    elif fault == f"{name}:stop":
-        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def write_folder(plan: Plan, dst: Path, *, overwrite: bool = False, copy_files: Iterable[Path] = (),
@@ -122,12 +112,12 @@ def _build_folder(dst: Path, fill: Callable[[Path], None], overwrite: bool,
     if not overwrite:
         remove_stale_lock(dst)  # an overwriting run takes (and then removes) the lock anyway
     if os.path.lexists(dst) and not overwrite:  # early and friendly; the final rename decides
-        raise OutputExists(f"{dst} already exists; pass --overwrite (overwrite=True) to replace it")
+        raise OutputExists.for_path(dst)
     if os.path.lexists(dst) and not dst.is_dir():
         raise ConvertError(f"{dst} exists and is not a folder")
     created = _make_parents(dst.parent)
     try:
-        with DestinationLock(dst) if overwrite else contextlib.nullcontext():
+        with WriterLock(dst) if overwrite else contextlib.nullcontext():
             try:
                 temp = TempFolder.create(dst)
             except FileNotFoundError:  # a parallel conversion that failed removed the parent it had made
@@ -135,7 +125,7 @@ def _build_folder(dst: Path, fill: Callable[[Path], None], overwrite: bool,
                 temp = TempFolder.create(dst)
             try:
                 fill(temp.build)
-                fault_point("before-rename")
+                faults.point("before-rename")
                 if overwrite:
                     check_replaceable(dst, sources)  # again: files may have been added meanwhile
                 _install(temp, dst, overwrite)
@@ -169,41 +159,34 @@ def _write_contents(plan: Plan, folder: Path, copy_files: list[Path], before_sid
                 with contextlib.suppress(BaseException):
                     future.result()
     for name, data in plan.indexes.items():
-        _write_file(folder / name, data)
+        write_durable(folder / name, data)
     copied = {}
     for path in copy_files:
         with open(path, "rb") as src, open(folder / path.name, "xb+") as out:
             shutil.copyfileobj(src, out)
             out.flush()
             fsync_fd(out.fileno())
-            copied[path.name] = fd_sha256(out.fileno())  # what was written, read back
-    fault_point("after-data")
+            copied[path.name] = sha256_fd(out.fileno())  # what was written, read back
+    faults.point("after-data")
     if before_sidecar is not None:
         before_sidecar()
     record(plan.sidecar, folder_id, digests)
     data = seal(plan.sidecar, copied)
     # a sidecar the loader's size cap would refuse must not be written (the folder would not load)
     check_sidecar_size(folder, len(data), f"{SIDECAR_NAME} (the folder was not written)", UnsupportedValue)
-    _write_file(folder / SIDECAR_NAME, data)  # last: a folder with it is complete
-    fault_point("after-sidecar")
+    write_durable(folder / SIDECAR_NAME, data)  # last: a folder with it is complete
+    faults.point("after-sidecar")
     fsync_dir(folder)
-    fault_point("after-fsync")
+    faults.point("after-fsync")
 
 
 def _hash_and_sync(fd: int) -> str:
     try:
-        digest = fd_sha256(fd)
+        digest = sha256_fd(fd)
         fsync_fd(fd)
         return digest
     finally:
         os.close(fd)
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    with open(path, "wb") as out:
-        out.write(data)
-        out.flush()
-        fsync_fd(out.fileno())
 
 
 def _install(temp: TempFolder, dst: Path, overwrite: bool) -> None:
@@ -212,8 +195,7 @@ def _install(temp: TempFolder, dst: Path, overwrite: bool) -> None:
         try:
             rename_noreplace(temp.build, dst)
         except FileExistsError:
-            raise OutputExists(f"{dst} already exists (created meanwhile by another run); "
-                               "pass --overwrite (overwrite=True) to replace it") from None
+            raise OutputExists.for_path(dst, "created meanwhile by another run") from None
         return
     for _ in range(3):  # other overwriting runs hold the lock: only a plain create can interleave
         try:
@@ -227,7 +209,7 @@ def _install(temp: TempFolder, dst: Path, overwrite: bool) -> None:
         except ExchangeUnsupported:
             _replace_in_two_steps(temp, dst)
             return
-        fault_point("after-exchange")
+        faults.point("after-exchange")
         return
     raise ConvertError(f"{dst} keeps appearing and disappearing while it is being replaced; try again")
 
@@ -237,7 +219,7 @@ def _replace_in_two_steps(temp: TempFolder, dst: Path) -> None:
     A kill between the two renames leaves no destination, but the old folder in the marked temp one."""
     old = temp.moved_aside
     os.rename(dst, old)
-    fault_point("after-move-aside")
+    faults.point("after-move-aside")
     try:
         os.rename(temp.build, dst)
     except BaseException:

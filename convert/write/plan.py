@@ -21,9 +21,9 @@ from typing import Any
 from ..errors import MalformedCheckpoint
 from ..model.dtypes import NATIVE, Encoding, encoding_for
 from ..model.records import ModuleRecord, NdArrayRef, StorageRef, TensorRef, Unsupported
+from ..model.strides import contiguous_strides
 from ..model.tensor_bytes import (
     contiguous_source,
-    contiguous_strides,
     covered_bytes,
     covers_storage,
     dense_span,
