@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "nested loaders\n"
                        "  unreadable  corrupt, truncated, a resource attack, or not a checkpoint\n"
                        "exit codes: 0 safe or suspicious, 1 unsafe (or suspicious with --fail-on suspicious), "
-                       "2 unreadable")
+                       "2 unreadable, or no checkpoint under the paths given")
     p.add_argument("paths", nargs="+", metavar="PATH", help="checkpoint files and folders")
     p.add_argument("--format", choices=("text", "json", "sarif"), default="text",
                    help="text (default), json (one object per file with its findings) or sarif (SARIF 2.1.0 for code "
