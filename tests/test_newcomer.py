@@ -466,3 +466,21 @@ def test_migrate_include_exclude_convert_only_what_is_selected(capsys, tree, tmp
     assert {s["path"] for s in doc["skipped_paths"]} == {"c.pth", "scratch/b.pt"}
     assert (dst / "models" / "a.pt" / "checkpoint.json").is_file()
     assert not (dst / "scratch").exists() and not (dst / "c.pth").exists()
+
+
+def test_output_cut_short_by_head_is_quiet(tmp_path):
+    """`| head` closes stdout early: the command ends quietly, exit 0, no BrokenPipeError (issue 24 asked to check)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO_ROOT
+
+    src = tmp_path / "many.pt"
+    torch.save({f"layer{i}.weight": torch.zeros(1) for i in range(3000)}, src)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    for command in (f"inspect --max-items 5000 {src}", f"scan -v {src}"):
+        proc = subprocess.run(["bash", "-c", f'set -o pipefail; "{sys.executable}" -m convert {command} | head -1'],
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, (command, proc.stderr)
+        assert len(proc.stdout.splitlines()) == 1 and proc.stderr == "", (command, proc.stderr)
