@@ -35,7 +35,9 @@ class TreeRenderer:
             if src.get("salvaged"):
                 self.lines.append(f"salvaged: {src.get('neutralised_count', '?')} call(s) that would have run code "
                                   "kept as inert records (scan still calls the source unsafe)")
-        self.lines += [f"converted by {sc['converter']['name']} {sc['converter']['version']}", "files:"]
+        if sc.get("converter"):  # None when inspecting a checkpoint file: nothing was converted
+            self.lines.append(f"converted by {sc['converter']['name']} {sc['converter']['version']}")
+        self.lines.append("files:" if sc.get("converter") else "files (as convert would write them):")
         for name, info in sc["files"].items():
             self.lines.append(f"  {name}: {info['tensors']} tensors, {human_bytes(info['bytes'])}")
         for module in sc["modules"]:
@@ -101,7 +103,7 @@ class TreeRenderer:
             self.lines.append(f"{pad}{label}: {tag.describe(payload, self)}")
 
     def container(self, label: str, kind: str, items: list, depth: int) -> None:
-        self.lines.append(f"{'  ' * depth}{label}: {kind} ({len(items)} items)")
+        self.lines.append(f"{'  ' * depth}{label}: {kind} ({len(items)} item{'' if len(items) == 1 else 's'})")
         for key, value in items[:self.max_items]:
             self.node(str(key), value, depth + 1)
         if len(items) > self.max_items:

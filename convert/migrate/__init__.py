@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConvertError
+from ..errors import ConvertError, MissingDependency
 from ..primitives.signals import sigterm_raises
 from ..primitives.temp import remove_stale_temporaries
 from ..sign.context import check_signer
@@ -71,8 +71,8 @@ def _refusal(job: Job, dst: Path, journal: Journal) -> str | None:
 
 
 def migrate(src: str | os.PathLike, dst: str | os.PathLike, *, jobs: int | None = None, quiet: bool = True,
-            max_shard_size: str | None = None, submit: Submit | None = None, sign_key: str | os.PathLike | None = None
-            ) -> Report:
+            max_shard_size: str | None = None, submit: Submit | None = None,
+            select: Callable[[Job], str | None] | None = None, sign_key: str | os.PathLike | None = None) -> Report:
     """Convert every checkpoint under `src` into the mirrored folder `dst`, verify each, and report.
 
     Resumable: the journal in `dst` records each finished file (source size, mtime, sha256, status,
@@ -113,6 +113,10 @@ def migrate(src: str | os.PathLike, dst: str | os.PathLike, *, jobs: int | None 
             walk = iter_jobs(src, stats, skip=dst if dst_inside_src else None,
                              on_folder=lambda rel: remove_stale_temporaries(dst / rel))
             for job in walk:
+                why_not = select(job) if select is not None else None
+                if why_not:  # --include/--exclude (migrate/select.py): listed as not followed, with the reason
+                    report.skip_paths([(job.rel, why_not)])
+                    continue
                 previous = journal.state.is_done(job.rel, job.size, job.mtime_ns, dst, job.output_rel)
                 if previous:
                     report.add(job.rel, {**previous, "status": "skipped"})
@@ -147,6 +151,11 @@ def migrate(src: str | os.PathLike, dst: str | os.PathLike, *, jobs: int | None 
                     progress.finished_job(job)
             finally:
                 progress.stop()
+            unverified = sum(1 for e in report.files.values() if e.get("unverified"))
+            if unverified:  # said once, not per file
+                report.notes.append(f"{unverified} converted output(s) not verified against their sources: "
+                                    f"{MissingDependency('verification')}; re-run this migrate with torch "
+                                    "installed to verify them")
             report.other_files, report.special_files = stats.others, stats.special
             report.skip_paths(stats.skipped)
             if journal.needs_compaction():

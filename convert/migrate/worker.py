@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConvertError, OutputExists, UnsafeCheckpoint
+from ..errors import ConvertError, MissingDependency, OutputExists, UnsafeCheckpoint, require_torch
 from ..ops.checkpoint import convert_checkpoint, verify_checkpoint
 from ..primitives import faults
 from ..primitives.hashing import sha256_path
@@ -23,7 +23,7 @@ FAULT_ENV = faults.HANG_ENV  # test-only: "REL:MARKER" makes the first attempt o
 def converted_from(out: Path, source: Path) -> bool:
     """Whether the folder `out` is a ckpt-convert output of exactly the file `source` (name and sha256):
     one this migration installed before a kill, or whose journal line was lost."""
-    from ..load import read_sidecar
+    from ..sidecar.schema import read_sidecar  # not ..load: no torch needed
     try:
         recorded = read_sidecar(out)["source"]
         if recorded.get("name") != source.name or recorded.get("size") != source.stat().st_size:
@@ -31,6 +31,18 @@ def converted_from(out: Path, source: Path) -> bool:
         return recorded.get("sha256") == sha256_path(source)  # opened as a source: a FIFO cannot block the worker
     except (ConvertError, OSError, KeyError, TypeError, AttributeError):
         return False
+
+
+UNVERIFIED = "not verified: verification loads the output, which needs torch"
+
+
+def _can_verify() -> bool:
+    """Whether torch is installed: verifying against the source loads the output with it."""
+    try:
+        require_torch("verification")
+    except MissingDependency:
+        return False
+    return True
 
 
 def pool_job(job: Job, dst_root: str, max_shard_size: str | None = None, sign_key: str | None = None) -> dict[str, Any]:
@@ -62,8 +74,11 @@ def run_job(job: Job, dst_root: str, max_shard_size: str | None = None) -> dict[
         entry["sha256"] = report.sha256
         if report.skipped:
             entry["skipped_inside"] = report.skipped
-        diffs = verify_checkpoint(job.source, out, kind=job.kind, root=root)
-        entry["verified"] = not diffs
+        diffs = verify_checkpoint(job.source, out, kind=job.kind, root=root) if _can_verify() else None
+        if diffs is None:  # lean install: converted, not verified; the journal keeps it to verify on a re-run
+            entry.update(status="converted", verified=False, unverified=UNVERIFIED)
+            diffs = []
+        entry.setdefault("verified", not diffs)
         entry["status"] = "converted" if not diffs else "failed"
         if diffs:
             entry["reason"] = "verification failed: " + "; ".join(diffs[:3])

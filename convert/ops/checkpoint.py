@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConvertError
+from ..errors import ConvertError, require_torch
 from ..sign.context import Signer, signing
 from ..sources.base import Source
 from ..sources.dcp_folder import DcpSource, is_dcp_folder
@@ -111,6 +111,7 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
     Example:
         >>> sd = read_checkpoint("model.pth")   # doctest: +SKIP
     """
+    require_torch("read_checkpoint")
     from ..read.materialize import materialize  # torch: here, not at import, so convert/scan run without it
 
     with open_source(path, hash=False) as source:
@@ -128,6 +129,7 @@ def verify_checkpoint(src: str | os.PathLike, folder: str | os.PathLike, *, kind
     (digests) is checked by `verify_folder`. A folder mixing files of different conversions raises
     CorruptFolder (it cannot be loaded).
     """
+    require_torch("verify_checkpoint (verifying against the source)")
     src = Path(src)
     kind = kind or kind_of(src)
     if kind in ("hf", "framework") or (kind == "dcp" and root is not None):

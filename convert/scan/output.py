@@ -78,6 +78,7 @@ def render_text(report: ScanReport, verbose: bool = False) -> str:
         lines.append(f"  why {category}: {REASONS[category]}")
     if report.verdict == UNSAFE and report.error:
         lines.append(f"  (also unreadable past that point: {report.error})")
+    lines += [f"  allowed {name} (--allow / pyproject.toml)" for name in report.allowed]
     if verbose:
         lines += [f"    global {name}" for name in report.globals]
     return "\n".join(lines)
