@@ -19,7 +19,9 @@ from .errors import (
     MissingDependency,
     NotACheckpoint,
     OutputExists,
+    SignatureInvalid,
     UnsafeCheckpoint,
+    UnsignedFolder,
     UnsupportedValue,
 )
 from .export import ExportReport, export_weights
@@ -71,8 +73,10 @@ __all__ = [
     "OutputExists",
     "SaveReport",
     "ScanReport",
+    "SignatureInvalid",
     "TrustPolicy",
     "UnsafeCheckpoint",
+    "UnsignedFolder",
     "UnsupportedValue",
     "__version__",
     "compare_trees",

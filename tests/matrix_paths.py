@@ -222,7 +222,7 @@ class EntryPath:
         if via_cli:
             return cli("verify", str(out)).returncode
         try:
-            return 3 if verify_folder(out) else 0
+            return 3 if list(verify_folder(out)) else 0  # iterating a FolderCheck gives its problems
         except ConvertError:
             return 2
 

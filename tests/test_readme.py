@@ -4,7 +4,8 @@ The commands are taken from the README itself (```bash and plain ``` blocks, lin
 `ckpt-convert `), in order, in one scratch folder holding the files they name. Exempt, and why:
   --ray      needs a Ray cluster (tests/test_migrate_ray.py runs it where Ray starts)
   demo       ~10 s of tutorial training; run by tests/test_cli.py::test_demo and tests/test_newcomer.py
-A `convert` line writes into a fresh destination: the README shows alternatives one after another.
+  sign, --sign-key   need a key pair (and certificates); tests/test_signing.py runs them
+A `convert` or `export` line writes into a fresh destination: the README shows alternatives one after another.
 Plus: the top-level `schemas/` is a link to the packaged schema folder, not a second copy.
 """
 
@@ -23,7 +24,9 @@ from tests.dcp_build import save_single
 from tests.helpers import REPO_ROOT
 
 README = REPO_ROOT / "README.md"
-EXEMPT = {"--ray": "needs a Ray cluster", " demo": "slow; run by test_cli.py and test_newcomer.py"}
+EXEMPT = {"--ray": "needs a Ray cluster", " demo": "slow; run by test_cli.py and test_newcomer.py",
+          " sign ": "needs a key pair and certificates; tests/test_signing.py signs and verifies (API, CLI, upstream)",
+          "--sign-key": "needs a key pair; tests/test_signing.py runs convert/migrate --sign-key"}
 SHELL_FENCES = ("```bash", "```sh", "```")
 
 
@@ -51,6 +54,14 @@ def scratch(tmp_path_factory):
     for rel in ("old/checkpoint.pth", "old_models/a.pt", "old_models/sub/b.pth", "model.pt", "checkpoints/x.pt"):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         torch.save(small, root / rel)
+    weights = {"fc.weight": torch.randn(4, 3), "fc.bias": torch.zeros(4)}
+    torch.save({"state_dict": {f"model.{k}": v for k, v in weights.items()},  # export's Lightning examples
+                "callbacks": {"EMA": {"ema_state_dict": weights}}}, root / "last.ckpt")
+    torch.save(weights, root / "pytorch_model.bin")
+    (root / "checkpoint-500").mkdir()  # a Trainer checkpoint folder
+    torch.save(weights, root / "checkpoint-500" / "pytorch_model.bin")
+    torch.save({"state": {}, "param_groups": []}, root / "checkpoint-500" / "optimizer.pt")
+    (root / "checkpoint-500" / "trainer_state.json").write_text("{}")
     save_single(root / "run" / "step-1000")
     save_single(root / "runs" / "exp1" / "step-10")
     return root
@@ -63,8 +74,9 @@ def test_every_readme_command_runs(scratch):
         if any(marker in f" {command}" for marker in EXEMPT):
             continue
         words = command.split()
-        if words[1] == "convert":  # the README shows alternatives one after another: each into a fresh folder
-            shutil.rmtree(scratch / words[3], ignore_errors=True)
+        if words[1] in ("convert", "export"):  # the README shows alternatives one after another: each fresh
+            target = scratch / words[3]
+            shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
         shell = f'ckpt-convert() {{ "{sys.executable}" -m convert "$@"; }}\n{command}'
         proc = subprocess.run(["bash", "-c", shell], cwd=scratch, env=env, capture_output=True, text=True,
                               timeout=300)
