@@ -429,8 +429,9 @@ class MigratePath(EntryPath):
         return self.write(src, dst)
 
     def report_counts(self, outcome):
-        entry = outcome.report["files"]["ckpt.pt"]  # the one job's entry
-        return {k: entry.get(k) for k in ("tensors", "arrays", "files", "bytes")}
+        entry = outcome.report["files"]["ckpt.pt"]  # the one job's entry (its `bytes`: the source's size)
+        return {"tensors": entry.get("tensors"), "arrays": entry.get("arrays"), "files": entry.get("files"),
+                "bytes": entry.get("output_bytes")}
 
     def verify(self, src, out):
         return _cli_outcome(cli("verify", str(self.data_file(src)), str(out)), out)

@@ -34,7 +34,7 @@ def _is_source(path: Path) -> bool:
 def _check_convert(args: argparse.Namespace) -> None:
     src, dst = Path(args.src), Path(args.dst)
     if not os.path.lexists(src):
-        raise ConvertError(f"{src}: no such file")
+        raise ConvertError(f"{src}: no such file or folder")  # a source may be a file or a unit folder
     if src.is_dir() and (src / SIDECAR_NAME).is_file():
         raise ConvertError(f"{src} is already a converted folder: load it with load_checkpoint, check it with "
                            f"ckpt-convert verify {_q(src)}")
@@ -54,7 +54,7 @@ def _check_verify(args: argparse.Namespace) -> None:
         return
     dst = Path(args.dst)
     if not os.path.lexists(src):
-        raise ConvertError(f"{src}: no such file")
+        raise ConvertError(f"{src}: no such file or folder")
     if not os.path.lexists(dst):
         raise ConvertError(f"{dst}: no such folder")
     if dst.is_file():

@@ -20,6 +20,7 @@ from ..errors import ConvertError, MissingDependency
 from ..primitives.signals import sigterm_raises
 from ..primitives.temp import remove_stale_temporaries
 from ..sign.context import check_signer
+from ..write.ownership import check_replaceable
 from .journal import DONE_STATUSES, JOURNAL_NAME, Journal, JournalState, output_present, read_journal
 from .lock import LOCK_NAME, holder_pid, migrate_lock
 from .manifest import MANIFEST_NAME, MIGRATED_SUFFIX, read_legacy_manifest, retire_legacy_manifest
@@ -65,6 +66,10 @@ def _refusal(job: Job, dst: Path, journal: Journal) -> str | None:
     out = dst / job.output_rel
     if os.path.lexists(out) and not journal.state.owns(job.rel, job.output_rel) and \
             not (job.kind == "file" and converted_from(out, job.source)):
+        try:
+            check_replaceable(out, [job.source])  # user files in the way: the writer's one wording
+        except ConvertError as exc:
+            return str(exc)
         return (f"{out} already exists and was not written by this migration for {job.rel}; nothing was changed: "
                 "move it away (or choose another destination) and re-run")
     return None

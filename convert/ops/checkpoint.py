@@ -44,7 +44,7 @@ def open_source(path: str | os.PathLike, *, kind: str | None = None, converting:
     path = Path(path)
     kind = kind or kind_of(path)
     if kind == "dcp":
-        return DcpSource(path, hash=hash)
+        return DcpSource(path, hash=hash, converting=converting)
     if kind == "hf":
         return HfSource(path, hash=hash)
     if kind == "framework":
