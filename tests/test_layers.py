@@ -23,7 +23,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("sign",),                  # OpenSSF model signing of a finished folder, trust policies (optional dependency)
     ("read", "write", "load"),  # the pickle reader; the folder writer; the folder loader
     ("sources",),               # every input kind as a Source; discovery
-    ("ops", "scan", "export"),  # convert/verify/inspect/read/save over any Source; scan and export beside it
+    ("ops", "scan"),            # convert/verify/inspect/read/save over any Source; scan beside it
+    ("export",),                # plain weights out of any Source (uses ops.checkpoint.open_source)
     ("migrate",),               # folders and fleets: discovery + ops
     ("api",),                   # the public API: re-exports of the operations
     ("cli", "lightning"),       # front ends

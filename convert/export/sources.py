@@ -9,21 +9,17 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import hashlib
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConvertError, MalformedCheckpoint
+from ..errors import ConvertError
 from ..model.records import StorageRef, TensorRef
 from ..model.torch_types import CANONICAL
-from ..primitives.hashing import BackgroundSha256, sha256_fd
-from ..read import Input, read_tree
+from ..ops.checkpoint import kind_of
+from ..ops.checkpoint import open_source as spine_open_source
 from ..sidecar.schema import SIDECAR_NAME
-from ..sources.dcp_folder import DcpFolder, is_dcp_folder
-from ..sources.dcp_metadata import METADATA_NAME
 from ..write.safetensors_io import KernelCopySource
 
 # model weights of a Trainer / Accelerate unit or an HF model folder, in the order they are looked for
@@ -39,63 +35,27 @@ class Source:
     files: list[Path] = field(default_factory=list)
 
 
-def _file_digest(path: Path) -> str:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    try:
-        return sha256_fd(fd, os.fstat(fd).st_size, path=path)
-    finally:
-        os.close(fd)
-
-
 @contextlib.contextmanager
 def open_source(src: Path) -> Iterator[Source]:
-    if is_dcp_folder(src):
-        with DcpFolder(src) as dcp:
-            yield Source(dcp.root, "torch-dcp", [KernelCopySource(p.buf, p.fileno()) for p in dcp.parts.values() if p.size],
-                         lambda: _file_digest(src / METADATA_NAME), [src / METADATA_NAME])
-        return
+    """The export's view of SRC. A checkpoint file, a DCP folder, an HF folder or a Trainer/Accelerate
+    unit's model weights are opened as the spine's Sources (`ops.checkpoint.open_source`: regular files
+    only, no mapping, hashed on a thread, checked unchanged when sealed); a converted folder is loaded."""
     if src.is_dir() and (src / SIDECAR_NAME).is_file():
         yield _converted_folder(src)
         return
-    if src.is_dir():
-        files = unit_weight_files(src)
-        with contextlib.ExitStack() as stack:
-            merged: collections.OrderedDict = collections.OrderedDict()
-            inputs = []
-            for path in files:
-                inp = stack.enter_context(Input(path, converting=True))
-                root = read_tree(inp).root
-                root = getattr(root, "state_dict", root)
-                if not isinstance(root, dict):
-                    raise ConvertError(f"{path}: expected a state dict, found {type(root).__name__}")
-                for key, value in root.items():
-                    if key in merged:
-                        raise MalformedCheckpoint(f"{path.name}: key {key!r} appears in two shards")
-                    merged[key] = value
-                inputs.append(inp)
+    kind = kind_of(src)
+    if src.is_dir() and kind != "dcp":  # an HF folder, a Trainer/Accelerate unit, or any folder of model weights
+        unit_weight_files(src)  # none there (or safetensors already): a clear error
+        kind = "hf"  # its model weights, read as an HF folder's are
+    with spine_open_source(src, kind=kind, converting=True) as source:
+        kernel = source.kernel_copy_sources
+        kernel = list(kernel) if isinstance(kernel, (list, tuple)) else [kernel] if kernel is not None else []
+        root = source.root
+        root = getattr(root, "state_dict", root) if kind != "dcp" else root
+        yield Source(root, _KINDS.get(kind, kind), kernel, lambda: source.seal().get("sha256", ""), [src])
 
-            def digest() -> str:
-                if len(files) == 1:
-                    return _file_digest(files[0])
-                h = hashlib.sha256()  # several shards: one digest over their names and digests
-                for path in files:
-                    h.update(f"{path.name}\0{_file_digest(path)}\n".encode())
-                return h.hexdigest()
 
-            yield Source(merged if len(files) > 1 else root if len(files) == 1 else merged, "hf-folder",
-                         [KernelCopySource(i.buf, i.fileno()) for i in inputs], digest, files)
-            for inp in inputs:
-                inp.check_unchanged()
-        return
-    with Input(src, converting=True) as inp, BackgroundSha256(inp.fileno(), inp.size, inp.path) as hasher:
-        result = read_tree(inp)
-
-        def digest() -> str:
-            value = hasher.hexdigest()
-            inp.check_unchanged()
-            return value
-
-        yield Source(result.root, "file", [KernelCopySource(inp.buf, inp.fileno())], digest, [src])
+_KINDS = {"dcp": "torch-dcp", "hf": "hf-folder"}
 
 
 def _converted_folder(folder: Path) -> Source:
