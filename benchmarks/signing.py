@@ -21,25 +21,16 @@ import platform
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from benchmarks.durability import _best
 from convert import convert_checkpoint, load_checkpoint
 from convert.ops.verify import verify_folder
 from convert.sign import TrustPolicy, sign_folder, verify_signature
-
-
-def _best(fn: Callable[[], object], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def _keys(folder: Path) -> tuple[Path, Path]:

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from convert import export_weights
 from convert.errors import ConvertError, OutputExists
 from convert.export.write import MARK_KEY, SHA_KEY
-from tests.helpers import REPO_ROOT, assert_one_line_error, bits, run_cli, run_python, sha256_file
+from tests.helpers import NO_TORCH, REPO_ROOT, assert_one_line_error, bits, run_cli, run_python, sha256_file
 
 
 def _lightning_ckpt(path):
@@ -218,22 +218,6 @@ def test_dcp_folder_and_trainer_unit(tmp_path):
     _assert_equal(load_file(tmp_path / "unit.safetensors"), {k: v.to(torch.bfloat16) for k, v in sd.items()})
 
 
-NO_TORCH = r"""
-import importlib.abc, sys
-class NoTorch(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)", name="torch")
-        return None
-sys.meta_path.insert(0, NoTorch())
-from convert.cli import main
-rc = main(sys.argv[1:])
-leaked = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
-if leaked:
-    print("torch was imported:", leaked[:5], file=sys.stderr)
-    sys.exit(99)
-sys.exit(rc)
-"""
 
 
 def test_export_without_torch(tmp_path):

@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 import convert
 from convert import ConvertError, load_checkpoint, read_checkpoint
 from convert.cli import main
+from tests.helpers import BLOCK_TORCH
 
 
 @pytest.fixture
@@ -156,15 +157,6 @@ def test_every_public_error_is_exported():
 
 # ------------------------------------------------------------------ lean install (torch blocked in a child)
 
-BLOCK_TORCH = r"""
-import importlib.abc, sys
-class NoTorch(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)", name="torch")
-        return None
-sys.meta_path.insert(0, NoTorch())  # module level: pool workers re-run it as __mp_main__ and are blocked too
-"""
 
 LEAN_CLI = BLOCK_TORCH + r"""
 if __name__ == "__main__":
