@@ -63,7 +63,6 @@ class SafetensorsCheckpointIO(CheckpointIO):
         if path.is_file() or path.is_symlink():  # an old pickled .ckpt of the same name: a folder takes its place
             path.unlink()
         # an existing folder is replaced only if it is a checkpoint holding nothing else (the writer's ownership rule)
-        save_checkpoint(checkpoint, path, overwrite=True, max_shard_size=self.max_shard_size)
         save_checkpoint(checkpoint, path, overwrite=True, max_shard_size=self.max_shard_size, sign=self.sign_key)
 
     def load_checkpoint(self, path: str | os.PathLike, map_location: Any | None = None,
