@@ -49,7 +49,7 @@ set -e
 [ "$scan_rc" = 1 ] || { echo "scan of the zoo should exit 1 (one unsafe file), got $scan_rc"; exit 1; }
 [ "$migrate_rc" = 1 ] || { echo "migrate of the zoo should exit 1 (one refused file), got $migrate_rc"; exit 1; }
 [ ! -e pwned.txt ] || { echo "the malicious pickle ran"; exit 1; }
-for out in migrated/model migrated/sub/ckpt migrated/sub/numbers; do
+for out in migrated/model.pt migrated/sub/ckpt.pth migrated/sub/numbers.pkl; do  # stable names: the file name kept
   [ -f "$out/checkpoint.json" ] || { echo "migrate did not write $out"; exit 1; }
 done
 echo "wheel smoke on $("$bin/python" --version): ok"

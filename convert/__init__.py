@@ -8,38 +8,80 @@
 
 from ._version import __version__
 from .api import ConversionReport, ScanReport, convert_checkpoint, read_checkpoint, scan_checkpoint, verify_checkpoint
-from .errors import ConvertError, MalformedCheckpoint, OutputExists, UnsafeCheckpoint, UnsupportedValue
+from .errors import (
+    CannotWrite,
+    ConvertError,
+    CorruptFolder,
+    DestinationBusy,
+    DestinationNotOwned,
+    DeviceUnavailable,
+    MalformedCheckpoint,
+    MissingDependency,
+    NotACheckpoint,
+    OutputExists,
+    SignatureInvalid,
+    UnsafeCheckpoint,
+    UnsignedFolder,
+    UnsupportedValue,
+)
+from .export import ExportReport, export_weights
 from .model.records import GlobalRef, ObjectRecord
 from .ops.verify import verify_folder
 
 # Torch-side entry points are imported on first use, so `scan` and `convert` work without torch installed.
-_LAZY = {"compare_trees": ".ops.compare", "load_checkpoint": ".load", "save_checkpoint": ".ops.save", "SaveReport": ".ops.save"}
+_LAZY = {"compare_trees": ".ops.compare", "load_checkpoint": ".load", "save_checkpoint": ".ops.save", "SaveReport": ".ops.save",
+         "TrustPolicy": ".sign"}
 
 
 def __getattr__(name: str) -> object:
     if name in _LAZY:
         import importlib
 
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        try:
+            value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        except ModuleNotFoundError as exc:  # lean install: one line naming what needs torch, when it is used
+            if exc.name != "torch":
+                raise
+            return _needs_torch(name)
         globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def _needs_torch(name: str) -> object:
+    def missing(*args: object, **kwargs: object) -> object:
+        raise MissingDependency(name) from None
+
+    missing.__name__ = missing.__qualname__ = name
+    return missing
+
+
 __all__ = [
+    "CannotWrite",
     "ConversionReport",
     "ConvertError",
+    "CorruptFolder",
+    "DestinationBusy",
+    "DestinationNotOwned",
+    "DeviceUnavailable",
+    "ExportReport",
     "GlobalRef",
     "MalformedCheckpoint",
+    "MissingDependency",
+    "NotACheckpoint",
     "ObjectRecord",
     "OutputExists",
     "SaveReport",
     "ScanReport",
+    "SignatureInvalid",
+    "TrustPolicy",
     "UnsafeCheckpoint",
+    "UnsignedFolder",
     "UnsupportedValue",
     "__version__",
     "compare_trees",
     "convert_checkpoint",
+    "export_weights",
     "load_checkpoint",
     "read_checkpoint",
     "save_checkpoint",

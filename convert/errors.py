@@ -72,3 +72,43 @@ class CorruptFolder(MalformedCheckpoint):
 class DestinationNotOwned(ConvertError):
     """--overwrite would replace a folder ckpt-convert did not write (or one that holds the source):
     refused, nothing touched."""
+
+
+class SignatureInvalid(ConvertError):
+    """A signed folder fails its signature: a file changed, added or removed, or a key/certificate not trusted."""
+
+    exit_code = 3
+    label = "untrusted"
+
+
+class UnsignedFolder(SignatureInvalid):
+    """A trust policy asks for a signature and the folder has none."""
+
+
+TORCH_INSTALL = ("pip install torch (CPU-only, smaller: pip install torch --index-url "
+                 "https://download.pytorch.org/whl/cpu)")
+
+
+class MissingDependency(ConvertError, ModuleNotFoundError):
+    """An optional package (torch) is not installed and the operation needs it. Still a ModuleNotFoundError,
+    so code that probes for torch with `except ImportError` keeps working."""
+
+    def __init__(self, what: str, package: str = "torch") -> None:
+        how = TORCH_INSTALL if package == "torch" else f"pip install {package}"
+        super().__init__(f"{what} needs {package}, which is not installed: {how} "
+                         "(scan and convert work without it)", name=package)
+
+
+def require_torch(what: str) -> None:
+    """Raise MissingDependency naming `what` if torch cannot be imported; return quietly otherwise."""
+    try:
+        import torch  # noqa: F401
+    except ModuleNotFoundError as exc:
+        if exc.name != "torch" and not (exc.name or "").startswith("torch."):
+            raise
+        raise MissingDependency(what) from None
+
+
+class DeviceUnavailable(ConvertError, RuntimeError):
+    """A load asks for a device this machine lacks (the saved cuda:0 with map_location=None, as torch.load
+    would restore it; or the one map_location names). Still a RuntimeError, as torch.load raises."""

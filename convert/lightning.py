@@ -26,6 +26,7 @@ from .load import load_checkpoint
 from .model.tree import transform
 from .ops.save import save_checkpoint
 from .primitives.durable import NAME_MAX, fit_name
+from .sign import Signer, TrustPolicy, check_trust
 from .write.ownership import check_replaceable
 
 __all__ = ["SafetensorsCheckpointIO"]
@@ -36,11 +37,16 @@ class SafetensorsCheckpointIO(CheckpointIO):
 
     Args:
         max_shard_size: split state dicts larger than this ("5GB", "500MiB" or bytes) into shards.
+        sign_key: a private key's path (or a convert.sign.Signer): every checkpoint folder is written
+            with its signature `model.sig` (OpenSSF model-signing; needs `ckpt-convert[sign]`).
+        trust: a convert.sign.TrustPolicy that folders must satisfy to be loaded (resume included).
     """
 
-    def __init__(self, max_shard_size: int | str | None = None) -> None:
+    def __init__(self, max_shard_size: int | str | None = None, *, sign_key: Signer | str | os.PathLike | None = None,
+                 trust: TrustPolicy | None = None) -> None:
         super().__init__()
         self.max_shard_size = max_shard_size
+        self.sign_key, self.trust = sign_key, trust
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike,
                         storage_options: Any | None = None) -> None:
@@ -57,7 +63,7 @@ class SafetensorsCheckpointIO(CheckpointIO):
         if path.is_file() or path.is_symlink():  # an old pickled .ckpt of the same name: a folder takes its place
             path.unlink()
         # an existing folder is replaced only if it is a checkpoint holding nothing else (the writer's ownership rule)
-        save_checkpoint(checkpoint, path, overwrite=True, max_shard_size=self.max_shard_size)
+        save_checkpoint(checkpoint, path, overwrite=True, max_shard_size=self.max_shard_size, sign=self.sign_key)
 
     def load_checkpoint(self, path: str | os.PathLike, map_location: Any | None = None,
                         weights_only: bool | None = None) -> dict[str, Any]:
@@ -75,8 +81,9 @@ class SafetensorsCheckpointIO(CheckpointIO):
         path = Path(path)
         device = map_location if isinstance(map_location, (str, torch.device)) else None
         if path.is_dir():
-            return load_checkpoint(path, map_location=device)
+            return load_checkpoint(path, map_location=device, trust=self.trust)
         if path.is_file():
+            check_trust(path, self.trust)  # a pickled .ckpt carries no signature: refused unless allow_unsigned
             checkpoint = read_checkpoint(path)
             if device is not None and torch.device(device).type != "cpu":
                 checkpoint = transform(checkpoint, lambda v: v.to(device) if isinstance(v, torch.Tensor) else v)

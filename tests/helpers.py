@@ -396,3 +396,26 @@ def rerun_until_no_temporaries(root, rerun, seconds: float = 300.0) -> None:
     if stale_temporaries(root):
         rerun()
     assert not stale_temporaries(root), stale_temporaries(root)
+
+
+# A child Python with torch blocked (the lean install), for tests of the torch-free paths.
+BLOCK_TORCH = r"""
+import importlib.abc, sys
+class NoTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)", name="torch")
+        return None
+sys.meta_path.insert(0, NoTorch())  # module level: pool workers re-run it as __mp_main__ and are blocked too
+"""
+
+# The CLI with torch blocked: exit 99 if torch was imported anyway (argv: the command's arguments).
+NO_TORCH = BLOCK_TORCH + r"""
+from convert.cli import main
+rc = main(sys.argv[1:])
+leaked = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
+if leaked:
+    print("torch was imported:", leaked[:5], file=sys.stderr)
+    sys.exit(99)
+sys.exit(rc)
+"""

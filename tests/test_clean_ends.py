@@ -125,7 +125,9 @@ from convert.cli import commands, main
 def boom(args):
     raise {exc}
 commands.verify = boom
-sys.exit(main(["verify", "x", "y"]))
+open("x.pt", "wb").close()  # real arguments: the argument checks pass, the command itself fails
+__import__("os").mkdir("y")
+sys.exit(main(["verify", "x.pt", "y"]))
 """
 
 

@@ -250,7 +250,7 @@ def test_a_byte_level_edit_is_detected_too(tmp_path):
     save_checkpoint({"epoch": 5, "w": torch.ones(3)}, dst)
     raw = (dst / "checkpoint.json").read_bytes()
     (dst / "checkpoint.json").write_bytes(raw.replace(b'"format":', b'"format" :', 1))  # same content
-    assert verify_folder(dst)
+    assert not verify_folder(dst)  # a FolderCheck: false when there are problems
     with pytest.raises(CorruptFolder):
         load_checkpoint(dst, verify=True)
 

@@ -20,9 +20,11 @@ LAYERS: list[tuple[str, ...]] = [
     ("primitives",),            # opening sources safely, hashing, fsync/rename, temp folders, locks, fault hooks
     ("model",),                 # records, torch types + dtypes, views, limits, tensor bytes
     ("sidecar",),               # the format: codec, schema, JSON I/O, integrity checks
+    ("sign",),                  # OpenSSF model signing of a finished folder, trust policies (optional dependency)
     ("read", "write", "load"),  # the pickle reader; the folder writer; the folder loader
     ("sources",),               # every input kind as a Source; discovery
     ("ops", "scan"),            # convert/verify/inspect/read/save over any Source; scan beside it
+    ("export",),                # plain weights out of any Source (uses ops.checkpoint.open_source)
     ("migrate",),               # folders and fleets: discovery + ops
     ("api",),                   # the public API: re-exports of the operations
     ("cli", "lightning"),       # front ends

@@ -121,7 +121,7 @@ def test_first_run_converts_every_checkpoint_and_reports_the_rest(zoo, first_run
     statuses = collections.Counter(e["status"] for e in report.files.values())
     assert statuses == {"converted": N_GOOD, "unsafe": len(MALICIOUS), "failed": len(CORRUPT)}, statuses
     assert report.other_files == 2
-    assert report.exit_code == 1
+    assert report.exit_code == 3  # unsafe (1) and failed (2): neither hides the other
     assert not (zoo.parent / "CANARY").exists()
     for rel in MALICIOUS:
         assert report.files[rel]["findings"], rel
@@ -135,7 +135,7 @@ def test_first_run_converts_every_checkpoint_and_reports_the_rest(zoo, first_run
     # the folder structure is mirrored, full file names kept: group3/sub0/ckpt_003.pkl → group3/sub0/ckpt_003.pkl/
     assert report.files["group3/sub0/ckpt_003.pkl"]["output"] == "group3/sub0/ckpt_003.pkl"
     on_disk = json.loads((dst / REPORT_NAME).read_text())
-    assert on_disk["summary"]["converted"] == N_GOOD and on_disk["exit_code"] == 1
+    assert on_disk["summary"]["converted"] == N_GOOD and on_disk["exit_code"] == 3
 
 
 def test_converted_outputs_load_equivalent_to_the_sources(zoo, first_run):
@@ -191,7 +191,7 @@ def test_scan_folder_uses_the_same_walker_and_report(zoo):
     report = scan_folder(zoo, jobs=2)
     statuses = collections.Counter(e["status"] for e in report.files.values())
     assert statuses == {"clean": N_GOOD, "unsafe": len(MALICIOUS), "failed": len(CORRUPT)}, statuses
-    assert report.exit_code == 1
+    assert report.exit_code == 3  # unsafe and failed
     assert set(report.to_json()) >= {"summary", "files", "exit_code", "other_files"}
 
 

@@ -58,7 +58,7 @@ def test_ray_migration_matches_the_process_pool(small_zoo, tmp_path):
     on_ray = _ray_migrate(small_zoo, tmp_path / "ray")
     assert {k: e["status"] for k, e in on_ray.files.items()} == {k: e["status"] for k, e in pool.files.items()}
     assert collections.Counter(e["status"] for e in on_ray.files.values()) == {"converted": 7, "unsafe": 1, "failed": 1}
-    assert on_ray.exit_code == pool.exit_code == 1
+    assert on_ray.exit_code == pool.exit_code == 3  # unsafe and failed
     assert _files(tmp_path / "ray") == _files(tmp_path / "pool")
     assert not (tmp_path / "CANARY").exists()
 

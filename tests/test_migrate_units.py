@@ -82,7 +82,9 @@ def test_user_files_in_the_way_fail_only_that_job_and_stay_untouched(tmp_path):
     assert "Traceback" not in proc.stderr + proc.stdout
     report = json.loads((dst / REPORT_NAME).read_text())
     keep = report["files"]["keep.pt"]
-    assert keep["status"] == "failed" and "not written by this migration" in keep["reason"] and "\n" not in keep["reason"]
+    # the writer's one wording for user files in the way (as convert --overwrite says it), naming them
+    assert keep["status"] == "failed" and "holds files ckpt-convert did not write (mine.txt)" in keep["reason"]
+    assert "\n" not in keep["reason"]
     assert report["files"]["other.pt"]["status"] == "converted"
     assert {k: v for k, v in _tree(dst).items() if k.startswith("keep")} == before
     again = migrate(src, dst, jobs=1)  # a failed refusal never turns into ownership

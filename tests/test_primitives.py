@@ -225,6 +225,7 @@ def test_an_internal_error_exits_70_in_one_line(tmp_path, monkeypatch, capsys):
         raise RuntimeError("a bug\nsecond line")
 
     monkeypatch.setattr(commands, "convert", broken)
+    (tmp_path / "a.pt").write_bytes(b"")  # an existing source: the argument checks pass, the command fails
     assert main(["convert", str(tmp_path / "a.pt"), str(tmp_path / "out")]) == EXIT_INTERNAL == 70
     err = capsys.readouterr().err
     assert err == "ckpt-convert: internal error: RuntimeError: a bug (rerun with --debug for details)\n"

@@ -248,11 +248,17 @@ def test_checkpoint_saved_on_gpu_loads_on_cpu(tmp_path, fmt):
             torch.load(src, weights_only=False)
     dst = tmp_path / f"gpu_{fmt}_out"
     convert_checkpoint(src, dst)
-    loaded = load_checkpoint(dst)
     ref = load_reference(src, fmt)
+    if torch.cuda.is_available():  # map_location=None restores the saved device, as torch.load does
+        assert load_checkpoint(dst)["model"]["w"].device == torch.device("cuda:0")
+    else:
+        with pytest.raises(RuntimeError, match="CUDA is not available"):
+            load_checkpoint(dst)
+    loaded = load_checkpoint(dst, map_location="cpu")
     assert_equivalent(loaded, ref)
     assert loaded["model"]["w"].device.type == "cpu"
-    assert_equivalent(load_checkpoint(dst, map_location="cpu"), ref)
+    assert_equivalent(load_checkpoint(dst, map_location={"cuda:0": "cpu"}), ref)
+    assert_equivalent(load_checkpoint(dst, map_location=lambda storage, location: storage), ref)
     assert_equivalent(load_checkpoint(dst, map_location=torch.device("cpu")), ref)
     assert verify_checkpoint(src, dst) == []
 

@@ -15,10 +15,10 @@ import sys
 from collections.abc import Sequence
 
 from .._version import __version__
-from ..errors import ConvertError
+from ..errors import ConvertError, MissingDependency
 from ..primitives.signals import Terminated, sigterm_raises
 from ..write.folder import ENVIRONMENT_ERRNOS
-from . import commands
+from . import commands, hints, signing
 
 EXIT_DIFFERENT = 3
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
@@ -32,7 +32,8 @@ safetensors + a JSON sidecar without executing them, and load them back.
 
 exit codes: 0 success, 1 refused as unsafe, 2 bad input or usage, 3 verify found differences,
 70 internal error (a bug: please report it), 130 interrupted, 143 terminated
-(scan: 0 safe or suspicious, 1 unsafe, 2 unreadable)"""
+(scan: 0 safe or suspicious, 1 unsafe, 2 unreadable or nothing to scan; migrate: 1 some unsafe,
+2 some failed, 3 both)"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,8 +54,32 @@ def build_parser() -> argparse.ArgumentParser:
                    "holding nothing else (never a folder of other files, the source's folder or the current folder)")
     p.add_argument("--max-shard-size", metavar="SIZE", help="split state dicts larger than SIZE (e.g. 5GB, 500MiB) into "
                    "NAME-00001-of-0000N.safetensors shards with a NAME.safetensors.index.json")
+    p.add_argument("--sign-key", metavar="KEY", help="sign DST before it appears (model.sig, OpenSSF model-signing "
+                   "format) with this PEM private key; needs pip install 'ckpt-convert[sign]'")
+    p.add_argument("--salvage", action="store_true", help="convert a file that scan calls unsafe instead of refusing "
+                   "it: every call that would run code becomes an inert record, listed in the sidecar (nothing runs)")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     p.set_defaults(run=commands.convert)
+
+    p = sub.add_parser("export", help="write a checkpoint's model weights as one plain model.safetensors (or HF shards)",
+                       description="Export the model state dict of SRC (a checkpoint file, a torch.distributed.checkpoint "
+                       "folder, a Trainer/Accelerate/HF folder with pytorch_model.bin, or a converted folder) as the "
+                       "safetensors file OUT that "
+                       "from_pretrained, timm, ComfyUI... load directly. Tied tensors are written once (the dropped names "
+                       "are listed). Nothing in SRC is executed; OUT appears atomically; no torch needed.")
+    p.add_argument("src", help="checkpoint file, DCP folder, Trainer/Accelerate/HF checkpoint folder, or converted folder")
+    p.add_argument("out", help="OUT.safetensors (with --max-shard-size: a folder)")
+    p.add_argument("--key", metavar="PATH", help="where the state dict is (state_dict, model_state_dict, ema, module, "
+                   "model.ema, a/b); default: the root if it is one, else the first of state_dict, model_state_dict, "
+                   "model_state, model, module, net, network, params, weights")
+    p.add_argument("--strip-prefix", metavar="PREFIX", help="remove PREFIX from the names that start with it (e.g. model.)")
+    p.add_argument("--add-prefix", metavar="PREFIX", help="put PREFIX before every name (after --strip-prefix)")
+    p.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), help="cast floating tensors (bit-exact with torch's .to)")
+    p.add_argument("--max-shard-size", metavar="SIZE", help="write OUT as a folder of model-0000N-of-0000M.safetensors "
+                   "shards of at most SIZE (e.g. 5GB) + model.safetensors.index.json")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if an earlier export wrote it (never anything else)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    p.set_defaults(run=commands.export)
 
     p = sub.add_parser("verify", help="check a converted folder: against its source, or on its own",
                        description="verify SRC DST: exit 0 iff DST loads to a tree equivalent to SRC (types, key "
@@ -63,7 +88,23 @@ def build_parser() -> argparse.ArgumentParser:
                        "Exit 3 and list the differences otherwise.")
     p.add_argument("src", metavar="SRC|FOLDER")
     p.add_argument("dst", nargs="?", metavar="DST")
+    p.add_argument("--public-key", action="append", default=[], metavar="KEY", help="verify FOLDER: also check its "
+                   "signature (model.sig) against this PEM public key (repeatable: any one may have signed); exit 3 if "
+                   "unsigned or not exactly as signed")
+    p.add_argument("--certificate-root", action="append", default=[], metavar="CERT",
+                   help="like --public-key, for folders signed with a certificate that chains to CERT")
     p.set_defaults(run=commands.verify)
+
+    p = sub.add_parser("sign", help="sign a converted folder (OpenSSF model-signing format, model.sig)",
+                       description="Write FOLDER/model.sig: a signature over the sha256 of every file of FOLDER "
+                       "(checkpoint.json included), made and checkable by the model-signing package. Needs pip install "
+                       "'ckpt-convert[sign]'.")
+    p.add_argument("folder", metavar="FOLDER")
+    p.add_argument("--private-key", required=True, metavar="KEY", help="PEM elliptic-curve private key")
+    p.add_argument("--signing-certificate", metavar="CERT", help="sign as this certificate (its key is --private-key)")
+    p.add_argument("--certificate-chain", action="append", metavar="CERT", help="intermediate certificate (repeatable)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    p.set_defaults(run=signing.sign)
 
     p = sub.add_parser("inspect", help="print the tree of a converted folder (or a checkpoint file)",
                        description="Print keys, dtypes, shapes, sizes and values of a converted folder, from its "
@@ -84,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "nested loaders\n"
                        "  unreadable  corrupt, truncated, a resource attack, or not a checkpoint\n"
                        "exit codes: 0 safe or suspicious, 1 unsafe (or suspicious with --fail-on suspicious), "
-                       "2 unreadable")
+                       "2 unreadable, or no checkpoint under the paths given")
     p.add_argument("paths", nargs="+", metavar="PATH", help="checkpoint files and folders")
     p.add_argument("--format", choices=("text", "json", "sarif"), default="text",
                    help="text (default), json (one object per file with its findings) or sarif (SARIF 2.1.0 for code "
@@ -96,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-non-checkpoints", action="store_true",
                    help="pass over given files whose first bytes are no checkpoint's, whatever their name (for the "
                    "by-content pre-commit hook)")
+    p.add_argument("--allow", action="append", metavar="PATTERN",
+                   help="your own classes, e.g. 'mylab.models.*': not suspicious (repeatable; also read from "
+                   "./pyproject.toml [tool.ckpt-convert] allow = [...]); gadgets are never allowed")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar; text: only unsafe/suspicious/unreadable files")
     p.add_argument("--verbose", "-v", action="store_true", help="text: list every global, not only the findings")
     p.set_defaults(run=commands.scan)
@@ -107,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "modified; DST_DIR must not be SRC_DIR nor contain it. Re-running skips what is done and "
                        "verified and retries what failed (the journal is DST_DIR/.ckpt-convert-journal.jsonl); one "
                        "migrate per DST_DIR at a time. `migrate --status DST_DIR` (or `migrate SRC_DIR DST_DIR --status`) "
-                       "says what is done, failed and pending. Exit 1 if any file was refused as unsafe, 2 if any failed.")
+                       "says what is done, failed and pending. Exit 1 if any file was refused as unsafe, 2 if any failed, "
+                       "3 if both (bits: a gate on either sees it).")
     p.add_argument("src", metavar="SRC_DIR", nargs="?")
     p.add_argument("dst", metavar="DST_DIR", nargs="?")
     p.add_argument("--status", action="store_true",
@@ -115,8 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "in SRC_DIR, default the journal's source, and not done yet); converts nothing")
     p.add_argument("--jobs", "-j", type=int, default=None, help="worker processes (default: number of cores)")
     p.add_argument("--max-shard-size", metavar="SIZE", help="shard state dicts larger than SIZE (e.g. 5GB)")
+    p.add_argument("--sign-key", metavar="KEY", help="sign every converted folder (model.sig) with this PEM private key")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar; print only the summary")
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the summary table")
+    p.add_argument("--include", action="append", metavar="GLOB", help="take only checkpoints whose path under "
+                   "SRC_DIR (or one of its folders) matches GLOB, e.g. '*.pt' or 'models/llama*' (repeatable)")
+    p.add_argument("--exclude", action="append", metavar="GLOB", help="leave out checkpoints whose path under "
+                   "SRC_DIR (or one of its folders) matches GLOB, e.g. 'scratch' (repeatable; wins over --include)")
+    p.add_argument("--dry-run", action="store_true", help="print what would be converted, where to, what is a "
+                   "unit and what is skipped and why; write nothing")
     p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                    help="run the conversions as Ray tasks: on a new local Ray instance, or on the cluster at ADDRESS "
                    "(e.g. ray://head:10001 or auto); needs pip install -e '.[ray]' and SRC/DST on shared storage")
@@ -153,6 +205,7 @@ def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        hints.precheck(args)  # before any heavy import: a wrong path is said at once
         return int(args.run(args) or 0)
     except ConvertError as exc:
         if args.debug:
@@ -185,8 +238,7 @@ def _main(argv: Sequence[str] | None) -> int:
     except ModuleNotFoundError as exc:
         if args.debug or exc.name not in TORCH_SIDE:  # torch is optional: scan/convert run without it
             raise
-        print(f"ckpt-convert: error: '{args.command}' needs {exc.name}, which is not installed: "
-              "pip install 'ckpt-convert[torch]' (scan and convert work without it)", file=sys.stderr)
+        print(f"ckpt-convert: error: {MissingDependency(repr(args.command))}", file=sys.stderr)
         return 2
     except Exception as exc:  # a bug, not bad input: still one line, and how to see more
         if args.debug:

@@ -11,12 +11,15 @@ from pathlib import Path
 from ..api import convert_checkpoint, verify_checkpoint
 from ..errors import ConvertError
 from .render import human_bytes, plain_shapes, render_tree
+from .safetensors_view import is_safetensors_file, render_safetensors
+from .signing import verify_signed
 
 EXIT_DIFFERENT = 3
 
 
 def convert(args: argparse.Namespace) -> int:
-    report = convert_checkpoint(args.src, args.dst, overwrite=args.overwrite, max_shard_size=args.max_shard_size)
+    report = convert_checkpoint(args.src, args.dst, overwrite=args.overwrite, max_shard_size=args.max_shard_size,
+                                sign=args.sign_key, salvage=args.salvage)
     if not args.quiet:
         files = ", ".join(f"{name} ({info['tensors']})" for name, info in report.files.items()) or "no tensors"
         print(f"converted {report.source} ({report.source_format}) → {report.destination}: {report.tensors} tensors, "
@@ -30,9 +33,31 @@ def convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def export(args: argparse.Namespace) -> int:
+    from ..export import export_weights
+
+    report = export_weights(args.src, args.out, key=args.key, strip_prefix=args.strip_prefix, add_prefix=args.add_prefix,
+                            dtype=args.dtype, max_shard_size=args.max_shard_size, overwrite=args.overwrite)
+    if not args.quiet:
+        where = f" [{report.key}]" if report.key else ""
+        cast = f", {report.cast} cast to {args.dtype}" if report.cast else ""
+        print(f"exported {report.source}{where} → {report.destination}: {report.tensors} tensors, "
+              f"{human_bytes(report.bytes)} in {len(report.files)} file(s){cast}")
+        for name, kept in report.dropped.items():
+            print(f"  tied: {name} not written (shares {kept}'s storage; loaders re-tie it)")
+        if report.skipped:
+            print(f"  not tensors, left out: {', '.join(report.skipped[:20])}"
+                  + (f" and {len(report.skipped) - 20} more" if len(report.skipped) > 20 else ""))
+    return 0
+
+
 def verify(args: argparse.Namespace) -> int:
     if args.dst is None:
+        if args.public_key or args.certificate_root:  # the signature first: a folder not as signed is not looked into
+            verify_signed(Path(args.src), args.public_key, args.certificate_root)
         return verify_folder_only(Path(args.src))
+    if args.public_key or args.certificate_root:
+        raise ConvertError("--public-key/--certificate-root check a folder on its own: verify FOLDER --public-key KEY")
     return _verdict(verify_checkpoint(args.src, args.dst), f"{args.dst} is NOT equivalent to {args.src}:",
                     f"{args.dst} is equivalent to {args.src}")
 
@@ -40,7 +65,7 @@ def verify(args: argparse.Namespace) -> int:
 def verify_folder_only(folder: Path) -> int:
     from ..ops.verify import verify_folder
 
-    return _verdict(verify_folder(folder), f"{folder} is NOT intact:",
+    return _verdict(list(verify_folder(folder)), f"{folder} is NOT intact:",
                     f"{folder} is intact: every data file has the digest and folder id checkpoint.json records")
 
 
@@ -59,6 +84,9 @@ def inspect(args: argparse.Namespace) -> int:
     from ..ops.checkpoint import kind_of
 
     path = Path(args.path)
+    if is_safetensors_file(path):  # a plain safetensors file: its header, not a conversion
+        print(render_safetensors(path, args.max_items))
+        return 0
     kind = kind_of(path)
     if kind == "framework":  # a Trainer/Accelerate folder: each checkpoint in it
         from ..sources.discover import unit_sources
@@ -68,8 +96,8 @@ def inspect(args: argparse.Namespace) -> int:
             _inspect_one(member, args.max_items)
         return 0
     if path.is_dir() and kind == "file":  # a converted folder (a DCP or HF folder is read like a file)
-        from ..load import read_sidecar
-        from ..load.safetensors_reader import SafetensorsFile
+        from ..sidecar.safetensors_file import SafetensorsFile  # torch-free: a folder is inspected from headers
+        from ..sidecar.schema import read_sidecar
 
         sidecar = read_sidecar(path)
         headers = {}
@@ -88,8 +116,9 @@ def _inspect_one(path: Path, max_items: int) -> None:
     from ..ops.checkpoint import plan_in_memory
 
     plan = plan_in_memory(path)
+    sidecar = dict(plan.sidecar, converter=None)  # read, not converted: no "converted by" line
     headers = {name: {e.key: (e.code, e.shape) for e in entries} for name, entries in plan.files.items()}
-    print(render_tree(plan.sidecar, max_items, plain_shapes(plan.sidecar, headers)))
+    print(render_tree(sidecar, max_items, plain_shapes(sidecar, headers)))
 
 
 def migrate_status(args: argparse.Namespace) -> int:
@@ -127,13 +156,20 @@ def migrate(args: argparse.Namespace) -> int:
         raise ConvertError("migrate needs SRC_DIR and DST_DIR (or --status DST_DIR)")
     if args.jobs is not None and args.jobs < 1:
         raise ConvertError("--jobs must be at least 1")
+    from ..migrate.select import dry_run, selector
+
+    select = selector(args.include, args.exclude)
+    if args.dry_run:
+        plan = dry_run(args.src, args.dst, select)
+        print(json.dumps(plan.to_json(), indent=1) if args.json else plan.table())
+        return 0
     submit = None
     if args.ray:
         from ..migrate.ray_runner import ray_submit
 
         submit = ray_submit(None if args.ray == "local" else args.ray)
     report = run_migrate(args.src, args.dst, jobs=args.jobs, quiet=args.quiet or args.json,
-                         max_shard_size=args.max_shard_size, submit=submit)
+                         max_shard_size=args.max_shard_size, submit=submit, select=select, sign_key=args.sign_key)
     for note in report.notes:
         print(f"ckpt-convert: warning: {note}", file=sys.stderr)
     print(json.dumps(report.to_json(), indent=1) if args.json else report.table())
@@ -142,26 +178,30 @@ def migrate(args: argparse.Namespace) -> int:
 
 def scan(args: argparse.Namespace) -> int:
     """Exit 1 if any file is unsafe (or suspicious with --fail-on suspicious), else 2 if any is unreadable, else 0."""
-    from ..scan import batch, output
+    from ..scan import allow, batch, output
 
+    allowed = allow.patterns(args.allow, Path.cwd())  # a bad pattern is said before anything is scanned
     if args.jobs is not None and args.jobs < 1:
         raise ConvertError("--jobs must be at least 1")
     missing = [p for p in args.paths if not os.path.lexists(p)]
     if missing:
         raise ConvertError(f"{missing[0]}: no such file or folder")
     selection = batch.select(args.paths, skip_non_checkpoints=args.skip_non_checkpoints)
+    skipped = len(selection.skipped) + selection.others  # a README.txt passed over is skipped too
+    if not selection.files and not selection.skipped:  # (files passed over by --skip-non-checkpoints: a clean pass)
+        return nothing_to_scan(args, skipped)
     show_progress = args.format == "text" and not args.quiet and not args.output and sys.stderr.isatty()
-    reports = batch.scan_many(selection.files, jobs=args.jobs, progress=show_progress)
+    reports = [allow.apply(r, allowed) for r in batch.scan_many(selection.files, jobs=args.jobs, progress=show_progress)]
     code = output.exit_code(reports, args.fail_on)
     if args.format == "json":
-        text = json.dumps(output.to_json(reports, skipped=len(selection.skipped), fail_on=args.fail_on), indent=1)
+        text = json.dumps(output.to_json(reports, skipped=skipped, fail_on=args.fail_on), indent=1)
     elif args.format == "sarif":
         text = json.dumps(output.to_sarif(reports), indent=1)
     else:
         shown = [r for r in reports if not (args.quiet and r.verdict == "safe")]
         lines = [output.render_text(r, args.verbose) for r in shown]
-        if len(reports) != 1 or selection.skipped or args.quiet:
-            lines.append(output.render_summary(reports, len(selection.skipped)))
+        if len(reports) != 1 or skipped or args.quiet:
+            lines.append(output.render_summary(reports, skipped))
         text = "\n".join(lines)
     if args.output:
         try:
@@ -171,6 +211,13 @@ def scan(args: argparse.Namespace) -> int:
     else:
         print(text)
     return code
+
+
+def nothing_to_scan(args: argparse.Namespace, skipped: int) -> int:
+    """No checkpoint under the paths given: said plainly, exit 2 (a gate must not pass on an empty or wrong path)."""
+    what = f"{skipped} other file{'' if skipped == 1 else 's'}" if skipped else "no files"
+    raise ConvertError(f"nothing to scan: no checkpoint found under {' '.join(map(str, args.paths))} ({what}); "
+                       "scan looks for .pt .pth .bin .ckpt .pkl ... files and checkpoint folders")
 
 
 def demo(args: argparse.Namespace) -> int:

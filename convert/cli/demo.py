@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pickle
 import random
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -96,12 +97,27 @@ def write_tutorial_checkpoints(folder: Path) -> list[tuple[Path, str]]:
 def run_demo(keep: str | None, out: TextIO) -> int:
     if keep:
         Path(keep).mkdir(parents=True, exist_ok=True)
-        return _run(Path(keep), out)
+        return _run(Path(keep), out, kept=True)
     with tempfile.TemporaryDirectory(prefix="ckpt-convert-demo-") as tmp:
-        return _run(Path(tmp), out)
+        return _run(Path(tmp), out, kept=False)
 
 
-def _run(folder: Path, out: TextIO) -> int:
+DROPPED_FIRST = ("what", "output files", "format", "load")  # columns left out, in this order, to fit the terminal
+
+
+def fit_columns(rows: list[tuple[str, ...]], width: int) -> list[list[str]]:
+    """The table without the columns of DROPPED_FIRST, one by one, until each line fits in `width`."""
+    keep = list(range(len(rows[0])))
+    for name in (None, *DROPPED_FIRST):
+        if name is not None and name in rows[0]:
+            keep.remove(rows[0].index(name))
+        widths = [max(len(r[i]) for r in rows) for i in keep]
+        if sum(widths) + 2 * (len(widths) - 1) <= width:
+            break
+    return [[row[i] for i in keep] for row in rows]
+
+
+def _run(folder: Path, out: TextIO, *, kept: bool) -> int:
     import warnings
 
     with warnings.catch_warnings():  # torch warns that it cannot save the demo class's source: harmless
@@ -122,13 +138,16 @@ def _run(folder: Path, out: TextIO) -> int:
         rows.append((path.name, what, report.source_format, str(report.tensors + report.arrays), human_bytes(report.bytes),
                      ", ".join(report.files) or "-", f"{load_ms:.1f} ms", "equivalent" if not diffs else "DIFFERENT",
                      strict))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for i, row in enumerate(rows):
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip(), file=out)
+    table = fit_columns(rows, shutil.get_terminal_size().columns - 1)  # COLUMNS, else the terminal, else 80
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    for i, row in enumerate(table):
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip(), file=out)
         if i == 0:
             print("  ".join("-" * w for w in widths), file=out)
-    print(f"\nchecked {len(files)} tutorial checkpoints in {folder}: "
-          f"{'all equivalent' if not failures else f'{failures} FAILED'}", file=out)
+    print(f"\nchecked {len(files)} tutorial checkpoints: {'all equivalent' if not failures else f'{failures} FAILED'}",
+          file=out)
+    print(f"the files are in {folder}" if kept else "(written to a temporary folder, now removed: "
+          "demo --keep DIR keeps them)", file=out)
     return 1 if failures else 0
 
 

@@ -9,16 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..model.dtypes import DTYPE_NAME_BY_CODE, ITEMSIZE_BY_CODE
+from ..model.sizes import human_bytes
 from ..model.torch_types import DTYPES_BY_NAME
 from ..sidecar.codec import tag_of
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 class TreeRenderer:
@@ -39,7 +32,12 @@ class TreeRenderer:
         else:
             self.lines.append(f"source: {src['name']} ({src['format']}, pickle protocol {src['pickle_protocol']}, "
                               f"{human_bytes(src['size'])}, sha256 {src['sha256'][:16]}…)")
-        self.lines += [f"converted by {sc['converter']['name']} {sc['converter']['version']}", "files:"]
+            if src.get("salvaged"):
+                self.lines.append(f"salvaged: {src.get('neutralised_count', '?')} call(s) that would have run code "
+                                  "kept as inert records (scan still calls the source unsafe)")
+        if sc.get("converter"):  # None when inspecting a checkpoint file: nothing was converted
+            self.lines.append(f"converted by {sc['converter']['name']} {sc['converter']['version']}")
+        self.lines.append("files:" if sc.get("converter") else "files (as convert would write them):")
         for name, info in sc["files"].items():
             self.lines.append(f"  {name}: {info['tensors']} tensors, {human_bytes(info['bytes'])}")
         for module in sc["modules"]:
@@ -105,7 +103,7 @@ class TreeRenderer:
             self.lines.append(f"{pad}{label}: {tag.describe(payload, self)}")
 
     def container(self, label: str, kind: str, items: list, depth: int) -> None:
-        self.lines.append(f"{'  ' * depth}{label}: {kind} ({len(items)} items)")
+        self.lines.append(f"{'  ' * depth}{label}: {kind} ({len(items)} item{'' if len(items) == 1 else 's'})")
         for key, value in items[:self.max_items]:
             self.node(str(key), value, depth + 1)
         if len(items) > self.max_items:

@@ -104,10 +104,30 @@ def _read_files(groups: list[list[Job]], pool: ThreadPoolExecutor, out: dict[tup
                 for start in range(0, job.nbytes, CHUNK):
                     pieces.append((fds[-1], view[start:start + CHUNK], job.offset + start, job.file.path.name))
         pieces.sort(key=lambda p: -len(p[1]))  # big reads first: the pool finishes evenly
-        futures = [pool.submit(pread_exact, *piece) for piece in pieces]
+        futures = [pool.submit(_read_all, batch) for batch in _batches(pieces)]
         wait(futures)  # all done before the descriptors close, even when one read failed
         for future in futures:
             future.result()
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def _read_all(batch: list[tuple[int, memoryview, int, str]]) -> None:
+    for piece in batch:
+        pread_exact(*piece)
+
+
+def _batches(pieces: list[tuple[int, memoryview, int, str]]) -> list[list[tuple[int, memoryview, int, str]]]:
+    """Consecutive runs of the (size-sorted) pieces, each about CHUNK bytes or one piece: one pool job per
+    run instead of per piece, so hundreds of thousands of small tensors cost as many reads, not as many
+    futures."""
+    batches: list[list[tuple[int, memoryview, int, str]]] = []
+    size = CHUNK
+    for piece in pieces:
+        if size >= CHUNK:
+            batches.append([])
+            size = 0
+        batches[-1].append(piece)
+        size += len(piece[1])
+    return batches

@@ -1,111 +1,20 @@
-"""A safetensors reader that treats the file as hostile: every header field is checked first.
-
-The file is mapped copy-on-write (private) and its descriptor closed (`mapping.map_private`):
-tensors are zero-copy views the user may modify without touching the file. Entries must lie
-inside the data area, must not overlap, and must hold exactly dtype-size × numel bytes.
-"""
+"""The loader's safetensors file: the torch-free checked header and mapping (convert/sidecar/safetensors_file.py)
+with its entries handed out as zero-copy torch tensors over the private mapping."""
 
 from __future__ import annotations
-
-import itertools
-import mmap
-import os
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import torch
 
 from ..errors import MalformedCheckpoint
-from ..model.dtypes import ITEMSIZE_BY_CODE
-from ..model.limits import LIMITS
 from ..model.torch_values import torch_dtype_for_code
-from ..primitives.mapping import map_private
-from ..sidecar.jsonio import strict_json
+from ..sidecar.safetensors_file import MAX_HEADER, EntryInfo
+from ..sidecar.safetensors_file import SafetensorsFile as _Header
 
-MAX_HEADER = LIMITS.safetensors_header_bytes
-
-
-@dataclass(frozen=True)
-class EntryInfo:
-    code: str
-    shape: tuple[int, ...]
-    start: int  # absolute file offset
-    nbytes: int
+__all__ = ["MAX_HEADER", "EntryInfo", "SafetensorsFile"]
 
 
-class SafetensorsFile:
-    """One validated safetensors file, mapped privately."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        name = path.name
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            size = st.st_size
-            self.identity = (st.st_dev, st.st_ino)  # pinned by the mapping: a reopen must find this same file
-            if size < 8:
-                raise MalformedCheckpoint(f"{name}: too short to be a safetensors file")
-            header_len = int.from_bytes(f.read(8), "little")
-            if header_len > MAX_HEADER or 8 + header_len > size:
-                raise MalformedCheckpoint(f"{name}: header claims {header_len} bytes, file has {size}")
-            header = strict_json(f.read(header_len), name)
-            self.map = map_private(f.fileno(), size) if size > 0 else None  # holds no descriptor
-        if not isinstance(header, dict):
-            raise MalformedCheckpoint(f"{name}: header is not a JSON object")
-        self.metadata = header.pop("__metadata__", None)
-        if self.metadata is not None and not (isinstance(self.metadata, dict)
-                                              and all(isinstance(v, str) for v in self.metadata.values())):
-            raise MalformedCheckpoint(f"{name}: __metadata__ must map strings to strings")
-        data_start, data_len = 8 + header_len, size - 8 - header_len
-        self.data_bytes = data_len
-        self.entries: dict[str, EntryInfo] = {}
-        spans = []
-        for key, info in header.items():
-            entry = self._entry(name, key, info, data_start, data_len)
-            self.entries[key] = entry
-            spans.append((entry.start, entry.start + entry.nbytes, key))
-        spans.sort()
-        for (_, end, a), (start, _, b) in itertools.pairwise(spans):
-            if start < end:
-                raise MalformedCheckpoint(f"{name}: entries {a!r:.60} and {b!r:.60} overlap")
-        # As in safetensors itself: the entries tile the data area exactly (no holes, no trailing bytes).
-        covered = data_start
-        for start, end, key in spans:
-            if start > covered:
-                raise MalformedCheckpoint(f"{name}: {start - covered} bytes before entry {key!r:.60} belong to no entry")
-            covered = max(covered, end)
-        if covered != data_start + data_len:
-            raise MalformedCheckpoint(f"{name}: {data_start + data_len - covered} bytes after the last entry belong to "
-                                      "no entry")
-
-    @staticmethod
-    def _entry(name: str, key: str, info: Any, data_start: int, data_len: int) -> EntryInfo:
-        where = f"{name}: entry {key!r:.80}"
-        if not (isinstance(info, dict) and set(info) == {"dtype", "shape", "data_offsets"}):
-            raise MalformedCheckpoint(f"{where} must have exactly dtype, shape and data_offsets")
-        code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-        if code not in ITEMSIZE_BY_CODE:
-            raise MalformedCheckpoint(f"{where} has unknown dtype {code!r:.20}")
-        if not (isinstance(shape, list) and len(shape) <= 64 and all(type(s) is int and 0 <= s < 1 << 62 for s in shape)):
-            raise MalformedCheckpoint(f"{where} has an invalid shape")
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
-                and 0 <= offsets[0] <= offsets[1] <= data_len):
-            raise MalformedCheckpoint(f"{where} has data_offsets {offsets!r:.60} outside the {data_len}-byte data area")
-        numel = 1
-        for s in shape:
-            numel *= s
-        nbytes = offsets[1] - offsets[0]
-        if numel * ITEMSIZE_BY_CODE[code] != nbytes:
-            raise MalformedCheckpoint(f"{where}: {code} of shape {shape} needs {numel * ITEMSIZE_BY_CODE[code]} bytes, "
-                                      f"data_offsets give {nbytes}")
-        return EntryInfo(code, tuple(shape), data_start + offsets[0], nbytes)
-
-    def close(self) -> None:
-        """Let go of the mapping: unmapped now if no tensor shares it (e.g. after a check), else with the last one."""
-        if isinstance(self.map, mmap.mmap):
-            self.map.close()
-        self.map = None
+class SafetensorsFile(_Header):
+    """One validated safetensors file, mapped privately; entries as tensors."""
 
     def raw(self, key: str) -> torch.Tensor:
         """The entry's bytes as a flat uint8 tensor sharing the private mapping (no copy)."""

@@ -16,9 +16,11 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConvertError
+from ..errors import ConvertError, MissingDependency
 from ..primitives.signals import sigterm_raises
 from ..primitives.temp import remove_stale_temporaries
+from ..sign.context import check_signer
+from ..write.ownership import check_replaceable
 from .journal import DONE_STATUSES, JOURNAL_NAME, Journal, JournalState, output_present, read_journal
 from .lock import LOCK_NAME, holder_pid, migrate_lock
 from .manifest import MANIFEST_NAME, MIGRATED_SUFFIX, read_legacy_manifest, retire_legacy_manifest
@@ -64,13 +66,18 @@ def _refusal(job: Job, dst: Path, journal: Journal) -> str | None:
     out = dst / job.output_rel
     if os.path.lexists(out) and not journal.state.owns(job.rel, job.output_rel) and \
             not (job.kind == "file" and converted_from(out, job.source)):
+        try:
+            check_replaceable(out, [job.source])  # user files in the way: the writer's one wording
+        except ConvertError as exc:
+            return str(exc)
         return (f"{out} already exists and was not written by this migration for {job.rel}; nothing was changed: "
                 "move it away (or choose another destination) and re-run")
     return None
 
 
 def migrate(src: str | os.PathLike, dst: str | os.PathLike, *, jobs: int | None = None, quiet: bool = True,
-            max_shard_size: str | None = None, submit: Submit | None = None) -> Report:
+            max_shard_size: str | None = None, submit: Submit | None = None,
+            select: Callable[[Job], str | None] | None = None, sign_key: str | os.PathLike | None = None) -> Report:
     """Convert every checkpoint under `src` into the mirrored folder `dst`, verify each, and report.
 
     Resumable: the journal in `dst` records each finished file (source size, mtime, sha256, status,
@@ -84,7 +91,8 @@ def migrate(src: str | os.PathLike, dst: str | os.PathLike, *, jobs: int | None 
         jobs: worker processes (default: the number of cores). quiet: no progress bar.
         max_shard_size: shard state dicts larger than this (e.g. "5GB").
         submit: replaces the local process pool (e.g. Ray): receives an iterable of pending jobs, the
-            destination and the shard size, and yields `(job, entry)` as jobs finish.
+            destination and the shard size (and the signing key, if any), and yields `(job, entry)` as jobs finish.
+        sign_key: a private key's path: every converted folder is signed (`model.sig`) before it appears.
 
     Returns:
         The report (also written to `dst/ckpt-convert-report.json`).
@@ -93,6 +101,7 @@ def migrate(src: str | os.PathLike, dst: str | os.PathLike, *, jobs: int | None 
     if not src.is_dir():
         raise ConvertError(f"{src}: not a folder")
     dst_inside_src = check_overlap(src, dst)
+    sign_key = sign_key and os.path.abspath(check_signer(sign_key).private_key)  # workers may run elsewhere
     try:
         dst.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -109,6 +118,10 @@ def migrate(src: str | os.PathLike, dst: str | os.PathLike, *, jobs: int | None 
             walk = iter_jobs(src, stats, skip=dst if dst_inside_src else None,
                              on_folder=lambda rel: remove_stale_temporaries(dst / rel))
             for job in walk:
+                why_not = select(job) if select is not None else None
+                if why_not:  # --include/--exclude (migrate/select.py): listed as not followed, with the reason
+                    report.skip_paths([(job.rel, why_not)])
+                    continue
                 previous = journal.state.is_done(job.rel, job.size, job.mtime_ns, dst, job.output_rel)
                 if previous:
                     report.add(job.rel, {**previous, "status": "skipped"})
@@ -127,7 +140,7 @@ def migrate(src: str | os.PathLike, dst: str | os.PathLike, *, jobs: int | None 
                 yield job
             progress.walk_finished()
 
-        args = (str(dst), max_shard_size)
+        args = (str(dst), max_shard_size) + ((sign_key,) if sign_key else ())
         try:
             results = submit(pending(), *args) if submit is not None else \
                 run_bounded(pool_job, pending(), args, jobs or os.cpu_count() or 1)
@@ -143,6 +156,11 @@ def migrate(src: str | os.PathLike, dst: str | os.PathLike, *, jobs: int | None 
                     progress.finished_job(job)
             finally:
                 progress.stop()
+            unverified = sum(1 for e in report.files.values() if e.get("unverified"))
+            if unverified:  # said once, not per file
+                report.notes.append(f"{unverified} converted output(s) not verified against their sources: "
+                                    f"{MissingDependency('verification')}; re-run this migrate with torch "
+                                    "installed to verify them")
             report.other_files, report.special_files = stats.others, stats.special
             report.skip_paths(stats.skipped)
             if journal.needs_compaction():

@@ -40,7 +40,8 @@ def ray_submit(address: str | None, *, max_retries: int = 3) -> Any:
     except ImportError:
         raise ConvertError("--ray needs Ray: pip install -e '.[ray]'") from None
 
-    def submit(jobs: Iterable[Job], dst: str, max_shard_size: str | None) -> Iterator[tuple[Job, dict]]:
+    def submit(jobs: Iterable[Job], dst: str, max_shard_size: str | None,
+               sign_key: str | None = None) -> Iterator[tuple[Job, dict]]:
         source = iter(jobs)
         first = next(source, None)
         if first is None:  # nothing to do: do not start Ray at all
@@ -68,7 +69,7 @@ def ray_submit(address: str | None, *, max_retries: int = 3) -> Any:
                         break
                     need = task_memory(job)
                     memory = min(need, int(largest)) if largest else need  # never ask for more than a node has
-                    pending[remote.options(memory=memory).remote(job, dst, max_shard_size)] = job
+                    pending[remote.options(memory=memory).remote(job, dst, max_shard_size, sign_key)] = job
                 if not pending:
                     break
                 done, _ = ray.wait(list(pending), num_returns=1)

@@ -18,6 +18,7 @@ REPORT_NAME = "ckpt-convert-report.json"
 STATUSES = ("converted", "skipped", "clean", "unsafe", "failed")
 SHOWN_ALWAYS = ("converted", "skipped", "unsafe", "failed")
 MAX_PROBLEMS_SHOWN = 200
+EXIT_UNSAFE, EXIT_FAILED = 1, 2  # exit-code bits: an unsafe file and a failed one give 3
 
 
 @dataclass
@@ -55,9 +56,10 @@ class Report:
 
     @property
     def exit_code(self) -> int:
-        """1 if anything was refused as unsafe, 2 if anything failed, else 0."""
+        """Bits, so that neither hides the other: 1 if anything was refused as unsafe, 2 if anything failed,
+        3 if both; else 0."""
         summary = self.summary
-        return 1 if summary.get("unsafe") else 2 if summary.get("failed") else 0
+        return (EXIT_UNSAFE if summary.get("unsafe") else 0) | (EXIT_FAILED if summary.get("failed") else 0)
 
     def _head(self) -> dict[str, Any]:
         return {"command": self.command, "source": self.source, "destination": self.destination,

@@ -8,12 +8,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConvertError, OutputExists, UnsafeCheckpoint
+from ..errors import ConvertError, DestinationNotOwned, MissingDependency, OutputExists, UnsafeCheckpoint, require_torch
 from ..ops.checkpoint import convert_checkpoint, verify_checkpoint
 from ..primitives import faults
 from ..primitives.hashing import sha256_path
 from ..scan import scan_checkpoint
+from ..sign.context import signing
 from ..sources.discover import unit_sources
+from ..write.ownership import check_replaceable
 from .walker import Job
 
 FAULT_ENV = faults.HANG_ENV  # test-only: "REL:MARKER" makes the first attempt on REL hang (primitives/faults.py)
@@ -22,7 +24,7 @@ FAULT_ENV = faults.HANG_ENV  # test-only: "REL:MARKER" makes the first attempt o
 def converted_from(out: Path, source: Path) -> bool:
     """Whether the folder `out` is a ckpt-convert output of exactly the file `source` (name and sha256):
     one this migration installed before a kill, or whose journal line was lost."""
-    from ..load import read_sidecar
+    from ..sidecar.schema import read_sidecar  # not ..load: no torch needed
     try:
         recorded = read_sidecar(out)["source"]
         if recorded.get("name") != source.name or recorded.get("size") != source.stat().st_size:
@@ -32,10 +34,23 @@ def converted_from(out: Path, source: Path) -> bool:
         return False
 
 
-def pool_job(job: Job, dst_root: str, max_shard_size: str | None = None) -> dict[str, Any]:
+UNVERIFIED = "not verified: verification loads the output, which needs torch"
+
+
+def _can_verify() -> bool:
+    """Whether torch is installed: verifying against the source loads the output with it."""
+    try:
+        require_torch("verification")
+    except MissingDependency:
+        return False
+    return True
+
+
+def pool_job(job: Job, dst_root: str, max_shard_size: str | None = None, sign_key: str | None = None) -> dict[str, Any]:
     """`run_job` as a pool or Ray task runs it (with the tests' fault injection)."""
     faults.hang(job.rel)
-    return run_job(job, dst_root, max_shard_size)
+    with signing(sign_key):  # each folder written is signed before it appears (convert.sign)
+        return run_job(job, dst_root, max_shard_size)
 
 
 def run_job(job: Job, dst_root: str, max_shard_size: str | None = None) -> dict[str, Any]:
@@ -51,6 +66,7 @@ def run_job(job: Job, dst_root: str, max_shard_size: str | None = None) -> dict[
     try:
         replace = job.replace or (job.kind == "file" and converted_from(out, job.source))  # a retried task
         if os.path.lexists(out) and not replace:
+            check_replaceable(out, [job.source])  # user files in the way: the writer's one wording, untouched
             raise OutputExists(f"{out} already exists and was not written by this migration for {job.rel}; "
                                "nothing was changed: move it away (or choose another destination) and re-run")
         # every kind the walk found (file, DCP, HF, Trainer/Accelerate unit): the same two operations
@@ -58,16 +74,21 @@ def run_job(job: Job, dst_root: str, max_shard_size: str | None = None) -> dict[
         report = convert_checkpoint(job.source, out, overwrite=replace, max_shard_size=max_shard_size,
                                     kind=job.kind, root=root)
         entry["sha256"] = report.sha256
+        # what was written, as in the sidecar(s): `bytes` stays the source's size (what the progress counts)
+        entry.update(tensors=report.tensors, arrays=report.arrays, files=len(report.files), output_bytes=report.bytes)
         if report.skipped:
             entry["skipped_inside"] = report.skipped
-        diffs = verify_checkpoint(job.source, out, kind=job.kind, root=root)
-        entry["verified"] = not diffs
+        diffs = verify_checkpoint(job.source, out, kind=job.kind, root=root) if _can_verify() else None
+        if diffs is None:  # lean install: converted, not verified; the journal keeps it to verify on a re-run
+            entry.update(status="converted", verified=False, unverified=UNVERIFIED)
+            diffs = []
+        entry.setdefault("verified", not diffs)
         entry["status"] = "converted" if not diffs else "failed"
         if diffs:
             entry["reason"] = "verification failed: " + "; ".join(diffs[:3])
     except UnsafeCheckpoint as exc:
         entry.update(status="unsafe", reason=str(exc), findings=[f.name for f in exc.findings])
-    except OutputExists as exc:  # something not ours appeared at the output path meanwhile
+    except (OutputExists, DestinationNotOwned) as exc:  # something not ours is (or appeared) at the output path
         entry.update(status="failed", reason=f"{exc.label}: {exc}", owner=False)
     except ConvertError as exc:
         entry.update(status="failed", reason=f"{exc.label}: {exc}")

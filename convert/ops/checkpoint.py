@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConvertError
+from ..errors import ConvertError, require_torch
+from ..sign.context import Signer, signing
 from ..sources.base import Source
 from ..sources.dcp_folder import DcpSource, is_dcp_folder
 from ..sources.discover import classify
@@ -38,23 +39,24 @@ def kind_of(path: Path) -> str:
 
 
 def open_source(path: str | os.PathLike, *, kind: str | None = None, converting: bool = False,
-                hash: bool = True) -> Source:
+                hash: bool = True, salvage: bool = False) -> Source:
     """The Source of one checkpoint (a file, a DCP folder, an HF folder's weights)."""
     path = Path(path)
     kind = kind or kind_of(path)
     if kind == "dcp":
-        return DcpSource(path, hash=hash)
+        return DcpSource(path, hash=hash, converting=converting)
     if kind == "hf":
         return HfSource(path, hash=hash)
     if kind == "framework":
         raise ConvertError(f"{path} is a Trainer/Accelerate checkpoint folder: convert or verify it whole, "
                            "or read its files one by one")
-    return FileSource(path, converting=converting, hash=hash)
+    return FileSource(path, converting=converting, hash=hash, salvage=salvage)
 
 
 def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool = False,
                        max_shard_size: int | str | None = None, kind: str | None = None,
-                       root: str | os.PathLike | None = None) -> ConversionReport:
+                       root: str | os.PathLike | None = None, salvage: bool = False,
+                       sign: Signer | str | os.PathLike | None = None) -> ConversionReport:
     """Convert a pickled checkpoint file, a torch.distributed.checkpoint folder, a Hugging Face model
     folder or a Trainer/Accelerate checkpoint folder to a folder of safetensors files plus `checkpoint.json`.
 
@@ -65,10 +67,20 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, overwr
     `NAME-00001-of-0000N.safetensors` shards with a `NAME.safetensors.index.json`.
     `kind` ("file", "dcp", "hf", "framework") and `root` (symlinks resolving inside it are followed)
     are what `sources.discover` found, for callers that walked a tree (migrate).
+    `salvage=True` converts a file that names code instead of refusing it: each call that would have run
+    code is kept as an inert record (`via: "salvaged-call"`), and the sidecar's `source` says
+    `salvaged: true` and lists them in `neutralised_calls` (nothing is executed either way).
+
+    `sign` (a private key's path or a convert.sign.Signer; needs `ckpt-convert[sign]`) signs the
+    folder before it appears: `model.sig`, OpenSSF model-signing format.
 
     Example:
         >>> convert_checkpoint("old/checkpoint.pth", "new/checkpoint")   # doctest: +SKIP
     """
+    if sign is not None:
+        with signing(sign):
+            return convert_checkpoint(src, dst, overwrite=overwrite, max_shard_size=max_shard_size, kind=kind,
+                                      root=root, salvage=salvage)
     src, dst = Path(src), Path(dst)
     shard_bytes(max_shard_size)  # a bad size is refused before anything is read
     kind = kind or kind_of(src)
@@ -78,7 +90,7 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, overwr
         return report_of(src, dst, sidecars_under(dst), kind=kind, sha256=unit["sha256"],
                          converted=unit["converted"], copied=unit["copied"], skipped=unit["skipped"])
     precheck(dst, [src], overwrite)  # before reading a possibly large source (the writer checks again)
-    with open_source(src, kind=kind, converting=True) as source:
+    with open_source(src, kind=kind, converting=True, salvage=salvage) as source:
         return convert(source, dst, overwrite=overwrite, max_shard_size=max_shard_size)
 
 
@@ -99,6 +111,7 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
     Example:
         >>> sd = read_checkpoint("model.pth")   # doctest: +SKIP
     """
+    require_torch("read_checkpoint")
     from ..read.materialize import materialize  # torch: here, not at import, so convert/scan run without it
 
     with open_source(path, hash=False) as source:
@@ -116,12 +129,23 @@ def verify_checkpoint(src: str | os.PathLike, folder: str | os.PathLike, *, kind
     (digests) is checked by `verify_folder`. A folder mixing files of different conversions raises
     CorruptFolder (it cannot be loaded).
     """
+    require_torch("verify_checkpoint (verifying against the source)")
     src = Path(src)
     kind = kind or kind_of(src)
     if kind in ("hf", "framework") or (kind == "dcp" and root is not None):
         return verify_unit(kind, src, folder, root=root)
-    with open_source(src, kind=kind) as source:
+    with open_source(src, kind=kind, salvage=_was_salvaged(folder)) as source:  # read as the folder was written
         return verify_source(source, folder)
+
+
+def _was_salvaged(folder: str | os.PathLike) -> bool:
+    """Whether `folder` was converted with `salvage=True` (its source is then re-read the same way)."""
+    from ..sidecar.schema import read_sidecar
+
+    try:
+        return read_sidecar(Path(folder))["source"].get("salvaged") is True
+    except ConvertError:
+        return False  # verify reports the folder's own problem
 
 
 __all__ = ["ConversionReport", "convert_checkpoint", "open_source", "plan_in_memory", "read_checkpoint",

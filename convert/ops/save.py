@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..sign.context import Signer, signing
 from ..sources.live import LiveSource, live_tree
 from .convert import ConversionReport, precheck
 from .convert import convert as convert_source
@@ -22,7 +23,8 @@ class SaveReport(ConversionReport):
 
 
 def save_checkpoint(obj: Any, folder: str | os.PathLike, *, overwrite: bool = False,
-                    max_shard_size: int | str | None = None) -> SaveReport:
+                    max_shard_size: int | str | None = None, sign: Signer | str | os.PathLike | None = None
+                    ) -> SaveReport:
     """Save `obj` (what you would pass to torch.save) as a folder of safetensors files plus `checkpoint.json`.
 
     The folder is the one `convert_checkpoint(torch.save(obj))` would give, and `load_checkpoint`
@@ -38,6 +40,8 @@ def save_checkpoint(obj: Any, folder: str | os.PathLike, *, overwrite: bool = Fa
         folder: the folder to create.
         overwrite: replace an existing folder (atomically); otherwise OutputExists.
         max_shard_size: split state dicts larger than this ("5GB", "500MiB" or bytes) into shards.
+        sign: a private key's path or a convert.sign.Signer: the folder appears with its signature
+            `model.sig` (OpenSSF model-signing format; needs `ckpt-convert[sign]`).
 
     Returns:
         A SaveReport: the files written, tensor/array counts, bytes, module classes.
@@ -50,6 +54,9 @@ def save_checkpoint(obj: Any, folder: str | os.PathLike, *, overwrite: bool = Fa
     Example:
         >>> save_checkpoint({"model": model.state_dict(), "opt": opt.state_dict()}, "ckpts/step100")  # doctest: +SKIP
     """
+    if sign is not None:
+        with signing(sign):
+            return save_checkpoint(obj, folder, overwrite=overwrite, max_shard_size=max_shard_size)
     dst = Path(folder)
     precheck(dst, (), overwrite)
     report = convert_source(LiveSource(obj, dst), dst, overwrite=overwrite, max_shard_size=max_shard_size)

@@ -28,6 +28,7 @@ from typing import Any
 from ..errors import ConvertError
 from ..primitives.durable import copy_durably, fsync_dir
 from ..primitives.hashing import sha256_path
+from ..primitives.source import Identity, SourceChanged, open_regular
 from ..sources.base import Source
 from ..sources.dcp_folder import DcpSource, dcp_files
 from ..sources.dcp_metadata import rank_metadata_files
@@ -96,6 +97,8 @@ def _fill(kind: str | None, src: Path, out: Path, root: Path, rel: str, outcome:
             digest.update(f"{sub}\0{sha256_path(e.path)}\n".encode("utf-8", "surrogateescape"))
             continue
         if e.what == "skip":
+            if not e.path.is_symlink() and not e.path.is_dir():  # a FIFO, socket or device: the unit is refused
+                os.close(open_regular(e.path)[0])  # raises the one wording ("...: is a FIFO, not a regular file")
             outcome.skipped.append((sub, e.reason))
             continue
         if os.path.lexists(out / e.name):
@@ -119,6 +122,20 @@ def _fill(kind: str | None, src: Path, out: Path, root: Path, rel: str, outcome:
     fsync_dir(out)
 
 
+def _identities(folder: Path, root: Path) -> dict[Path, Identity]:
+    """The identity (device, inode, size, mtime, ctime) of every file of the unit, subfolders included."""
+    found: dict[Path, Identity] = {}
+    for e in entries(folder, root):
+        if e.what == "folder":
+            found.update(_identities(e.path, root))
+        elif e.what == "file":
+            try:
+                found[e.path] = Identity.of(os.stat(e.path))
+            except OSError:
+                continue  # gone: the comparison reports it
+    return found
+
+
 def convert_unit(kind: str, src: str | os.PathLike, dst: str | os.PathLike, *, root: str | os.PathLike | None = None,
                  overwrite: bool = False, max_shard_size: int | str | None = None) -> dict:
     """Convert the unit folder `src` (of `kind`: "hf", "dcp", "framework") into the new folder `dst`.
@@ -136,9 +153,16 @@ def convert_unit(kind: str, src: str | os.PathLike, dst: str | os.PathLike, *, r
     src, dst = Path(src), Path(dst)
     root = Path(root) if root is not None else src
     outcome, digest = UnitOutcome(), hashlib.sha256()
-    build_folder(dst, lambda folder: _fill(kind, src, folder, root, "", outcome, digest, max_shard_size),
-                 overwrite=overwrite,
-                 sources=[src])
+    before = _identities(src, root)  # the unit is converted whole or not at all: unchanged from start to publish
+
+    def fill(folder: Path) -> None:
+        _fill(kind, src, folder, root, "", outcome, digest, max_shard_size)
+        changed = next((path for path, identity in _identities(src, root).items() if before.get(path) != identity),
+                       None) or next((path for path in before if not os.path.lexists(path)), None)
+        if changed is not None:
+            raise SourceChanged(f"{changed} changed while it was being converted; nothing was written")
+
+    build_folder(dst, fill, overwrite=overwrite, sources=[src])
     return {"converted": outcome.converted, "copied": outcome.copied,
             "skipped": [list(s) for s in outcome.skipped], "sha256": digest.hexdigest()}
 

@@ -8,26 +8,32 @@ from pathlib import Path
 from ..errors import ConvertError, CorruptFolder, MalformedCheckpoint
 from ..primitives.hashing import sha256_mapping, sha256_path
 from ..sidecar.integrity import SEAL_KEY, check_digest, check_header, has_record
+from ..sidecar.safetensors_file import open_data_file  # torch-free: `verify FOLDER` imports no torch
 from ..sidecar.schema import inside_folder, read_sidecar
 from ..sources.base import Source
+from .folder_check import FolderCheck
 
 
-def verify_folder(folder: str | os.PathLike) -> list[str]:
+def verify_folder(folder: str | os.PathLike) -> FolderCheck:
     """Check a converted folder without its source: every data file's digest, folder id and size.
 
     Args:
         folder: a folder written by `convert_checkpoint`.
 
     Returns:
-        The problems found, one line each; empty means every data file is exactly as written.
+        A FolderCheck: true (`.ok`) when every data file is exactly as written; its `problems` (one line
+        each) otherwise. It iterates over the problems and equals `[]` when there are none, as the list
+        it used to be.
 
     Raises:
         MalformedCheckpoint if checkpoint.json is missing or invalid; ConvertError if the folder
         was written without an integrity record (an older version: use `verify SRC DST`).
     """
-    from ..load import open_data_file  # here, not at import: convert.load imports torch
-
     folder = Path(folder)
+    return FolderCheck(folder, tuple(_problems(folder)))
+
+
+def _problems(folder: Path) -> list[str]:
     try:
         sidecar = read_sidecar(folder, check_seal=True)
     except CorruptFolder as exc:  # edited: what it now says cannot be trusted to check the rest against
@@ -40,7 +46,7 @@ def verify_folder(folder: str | os.PathLike) -> list[str]:
         path = folder / name
         try:
             actual = sha256_path(inside_folder(folder, path)) if path.is_file() else None
-        except (MalformedCheckpoint, OSError):
+        except (ConvertError, OSError):  # not inside the folder, not a regular file, unreadable
             actual = None
         if actual is None:
             problems.append(f"{name} (copied into the folder) is missing")
@@ -92,4 +98,4 @@ def verify_source(source: Source, folder: str | os.PathLike) -> list[str]:
                          f"({', '.join(map(str, changed))[:200]} differ)")
     elif recorded.get("sha256") != expected.get("sha256"):
         diffs.append(f"<source>: {folder} was converted from a different file (sha256 differs)")
-    return diffs + compare_trees(original, load_checkpoint(folder))
+    return diffs + compare_trees(original, load_checkpoint(folder, map_location="cpu"))  # compared on the CPU, wherever saved

@@ -128,7 +128,7 @@ def _renameat2(src: Path, dst: Path, flags: int) -> None:
 
 
 def rename_noreplace(src: Path, dst: Path) -> None:
-    """Rename the folder `src` to `dst` only if `dst` does not exist; FileExistsError otherwise."""
+    """Rename the folder (or file) `src` to `dst` only if `dst` does not exist; FileExistsError otherwise."""
     try:
         _renameat2(src, dst, _RENAME_NOREPLACE)
         return
@@ -137,6 +137,10 @@ def rename_noreplace(src: Path, dst: Path) -> None:
             raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst)) from None
         if exc.errno not in _UNSUPPORTED:
             raise
+    if not os.path.isdir(src):  # a file: a hard link claims the name exclusively (FileExistsError if taken)
+        os.link(src, dst)
+        os.unlink(src)
+        return
     os.mkdir(dst)  # the claim: exactly one mkdir of a name succeeds (FileExistsError for the others)
     try:
         os.rename(src, dst)  # replaces the empty folder we just made, atomically

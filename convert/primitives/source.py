@@ -97,7 +97,7 @@ class SourceBytes:
 
     `len()` is the size at open; `read(offset, n)` returns exactly n bytes or raises SourceChanged
     (the file became shorter) or ConvertError (an I/O error, with the path). `fileno()` lets the
-    writer copy ranges in the kernel (copy_file_range), which likewise cannot fault.
+    writer copy ranges with pread, which likewise cannot fault.
     """
 
     def __init__(self, fd: int, size: int, path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..model.records import ObjectRecord
+from . import blobs as _blobs  # noqa: F401  (registers the _load_from_bytes blob reader with the VM)
 from .containers import Input, ReadResult, read_container
 from .modules import module_state, to_module_record
 

@@ -55,10 +55,22 @@ KNOWN_DATA_CLASSES: dict[str, str] = {
     **dict.fromkeys((f"pathlib.{cls}" for cls in ("PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath",
                                                   "Path", "PurePath")), "a path value (nothing is opened)"),
     "argparse.Namespace": "a plain attribute holder (training scripts' hyper-parameters)",
+    # inspect's signature value types (pickled in hyper-parameter records): construction stores fields only
+    **dict.fromkeys(("inspect.Signature", "inspect.Parameter", "inspect._ParameterKind", "inspect._empty"),
+                    "an inspect signature value (plain fields, no code is looked up or run)"),
     **dict.fromkeys((f"builtins.{t}" for t in ("object", "int", "float", "str", "dict", "bool", "slice", "range")),
                     "a builtin value type"),
 }
 
+
+# Names inside listed modules or prefixes that are not gadgets: what a call of them can do is harmless
+# (`scan` calls them custom classes, suspicious). Each entry says why.
+NOT_GADGETS: dict[str, str] = {
+    "builtins.print": "writes text to stdout: harmless output",
+    "torch.utils.data.DataLoader": "a class reference; constructing a DataLoader starts no worker until iterated",
+    "torch.utils.data.dataloader.DataLoader": "a class reference; constructing a DataLoader starts no worker until "
+                                              "iterated",
+}
 
 # Whole modules (and every submodule) whose members are dangerous to reach from a pickle, by category.
 _MODULES: dict[str, str] = {
@@ -120,7 +132,7 @@ _MEMBERS: dict[str, str] = {
         "torch.distributed.checkpoint.async_save", "torch.distributed.checkpoint.FileSystemWriter",
     ), FILE),
     **dict.fromkeys((
-        "builtins.input", "builtins.exit", "builtins.quit", "builtins.print", "logging.StreamHandler", "torch.utils.data",
+        "builtins.input", "builtins.exit", "builtins.quit", "logging.StreamHandler", "torch.utils.data",
     ), PROCESS),
     # uuid's helpers that run ifconfig/ip/arp/netstat with arguments (picklescan denies all of uuid: see the audit test)
     **dict.fromkeys((
@@ -150,7 +162,8 @@ _MEMBERS: dict[str, str] = {
 # `pathlib` + `Path.write_bytes`); inside a dangerous module they also say which category applies.
 _ATTRS: dict[str, str] = {
     **dict.fromkeys(("system", "popen", "spawn", "spawnl", "spawnv", "spawnve", "spawnlp", "execv", "execve", "execl",
-                     "execvp", "execlp", "startfile", "eval", "exec", "compile", "getattr", "setattr", "run", "call",
+                     "execvp", "execlp", "execle", "execlpe", "execvpe", "spawnle", "spawnlpe", "spawnvp", "spawnvpe",
+                     "posix_spawn", "posix_spawnp", "startfile", "eval", "exec", "compile", "getattr", "setattr", "run", "call",
                      "check_call", "check_output", "Popen", "import_module", "resolve_name", "runcode", "runsource"),
                     EXEC),
     **dict.fromkeys(("open", "remove", "unlink", "rmtree", "rmdir", "removedirs", "rename", "renames", "replace",
@@ -248,7 +261,7 @@ def gadget_category(module: str, name: str) -> str | None:
         module = "builtins"
     qual = f"{module}.{name}"
     last = name.rsplit(".", 1)[-1]
-    if qual in KNOWN_DATA_CLASSES:
+    if qual in KNOWN_DATA_CLASSES or qual in NOT_GADGETS:
         return None
     if qual in _MEMBERS:
         return _MEMBERS[qual]

@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import codecs
 import collections
+import contextlib
+import contextvars
 import struct
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConvertError, MalformedCheckpoint, UnsafeCheckpoint
 from ..model import limits
 from ..model.collisions import check_keys, grown
 from ..model.numpy_types import build_ndarray, build_npdtype
-from ..model.records import GlobalRef, NdArrayRef, NpDType, ObjectRecord, TensorRef
+from ..model.records import GlobalRef, NdArrayRef, NpDType, ObjectRecord, StorageRef, TensorRef
 from ..primitives.source import SourceBytes
 from . import allowlist, compat_names, gadgets
 
@@ -34,6 +36,55 @@ MIN_WINDOW, MAX_WINDOW = 1 << 16, 1 << 20
 # imports anything, not even a codec module.
 for _codec in ("raw-unicode-escape", "unicode-escape", "latin-1", "ascii", "utf-8", "cp437"):
     codecs.lookup(_codec)
+
+
+# Globals whose harm depends on how they are used, judged where they are called rather than where named:
+# `getattr(Class, "name")` stored as a value is an inert attribute reference (mmengine's HistoryBuffer);
+# `torch.storage._load_from_bytes(blob)` is how plain `pickle.dump` writes a tensor's storage, and the blob
+# is a legacy torch.save file this reader parses itself.
+# `functools.partial(func, ...)` only stores its arguments (skorch pickles its optimizer setters so); calling
+# the partial is what would run `func`, and a call of any computed value is refused.
+GETATTR, LOAD_FROM_BYTES, PARTIAL = "builtins.getattr", "torch.storage._load_from_bytes", "functools.partial"
+JUDGED_AT_CALL = frozenset({GETATTR, LOAD_FROM_BYTES, PARTIAL})
+ATTRIBUTE_VIA = "getattr"  # the `via` of an ObjectRecord that is an attribute reference
+SALVAGED_VIA = "salvaged-call"  # the `via` of a call that salvage neutralised instead of refusing the file
+MAX_NESTED_BLOBS = 3  # pickles in blobs in blobs...: real files nest twice (skorch: its pickle, then storages)
+# A BUILD state key whose bytes value the class's __setstate__ unpickles and merges into the state: skorch's
+# NeuralNet keeps its modules, criteria and optimizers so (`pickle.dump(net)`, skorch's documented way to save).
+NESTED_STATE_KEYS = frozenset({"__cuda_dependent_attributes__"})
+# An attribute reference or a partial is only ever *stored*: passed to a call, the callee could call it
+# (`dict(map(getattr(X, "f"), cmds))`), so that is refused, except to these, which only store their argument.
+_STORES_CALLABLE = frozenset({PARTIAL, "collections.defaultdict"})
+_MAKES_INSTANCES = frozenset({"copyreg._reconstructor", "copyreg.__newobj__"})  # (cls, ...): an instance of cls
+MAX_ARGUMENT_WALK = 100_000  # values looked at in one call's arguments (beyond: refused, never seen in real files)
+
+
+@dataclass
+class ReadSession:
+    """State shared by every VM of one read (nested blobs included): salvage mode, nesting, what was found.
+
+    `neutralised` lists, in salvage mode, each call or use that would have run code (it became an inert
+    record instead); `accepted` counts, per JUDGED_AT_CALL global, the calls accepted as inert.
+    """
+
+    salvage: bool = False
+    nesting: int = 0
+    neutralised: list[Finding] = field(default_factory=list)
+    accepted: collections.Counter = field(default_factory=collections.Counter)
+
+
+_SESSION: contextvars.ContextVar[ReadSession | None] = contextvars.ContextVar("read_session", default=None)
+
+
+@contextlib.contextmanager
+def reading(*, salvage: bool = False) -> Iterator[ReadSession]:
+    """Every PickleVM created inside shares the returned session (salvage mode, counters)."""
+    session = ReadSession(salvage=salvage)
+    token = _SESSION.set(session)
+    try:
+        yield session
+    finally:
+        _SESSION.reset(token)
 
 
 @dataclass(frozen=True)
@@ -75,6 +126,9 @@ class PickleVM:
         # as inert ObjectRecords like any unknown class, but not reported as gadgets by module prefix.
         self.data_classes = data_classes
         self.findings: list[Finding] = []
+        self.session = _SESSION.get() or ReadSession()  # a read outside `reading()`: this VM's own
+        self.salvage = self.session.salvage
+        self._gadgets: set[str] = set()  # qualnames of gadget globals named so far (salvage marks their calls)
         self.globals_used: dict[str, int] = {}
         self.protocol = 0
         self._dispatch = {op: getattr(self, "op_" + name) for op, name in _OPCODES.items()}
@@ -105,7 +159,7 @@ class PickleVM:
                 if handler():  # only STOP returns True
                     break
         except ConvertError as exc:
-            if self.findings and not isinstance(exc, UnsafeCheckpoint):
+            if self.findings and not self.salvage and not isinstance(exc, UnsafeCheckpoint):
                 raise self._unsafe() from None
             if isinstance(exc, MalformedCheckpoint) and not getattr(exc, "located", False):
                 located = MalformedCheckpoint(f"{self.source}: {exc} (byte {self._op_pos}, {self._op_name})")
@@ -115,12 +169,14 @@ class PickleVM:
         except (RecursionError, MemoryError):
             raise MalformedCheckpoint(f"{self.source}: structure too large or too deep (byte {self._op_pos})") from None
         except Exception as exc:  # any other failure on hostile input is malformed input, reported in one line
-            if self.findings:
+            if self.findings and not self.salvage:
                 raise self._unsafe() from None
             raise MalformedCheckpoint(f"{self.source}: invalid pickle at byte {self._op_pos} ({self._op_name}): "
                                       f"{type(exc).__name__}: {exc}") from None
         if self.findings:
-            raise self._unsafe()
+            if not self.salvage:
+                raise self._unsafe()
+            self.session.neutralised.extend(self.findings)
         limits.check_structure(self._result)
         return self._result
 
@@ -219,6 +275,9 @@ class PickleVM:
 
     # ------------------------------------------------------------------ globals and calls
 
+    def _finding(self, name: str, op: str | None = None) -> None:
+        self.findings.append(Finding(name, f"{self.source}, byte {self._op_pos}, {op or self._op_name}"))
+
     def _global(self, module: Any, name: Any) -> Any:
         if type(module) is not str or type(name) is not str or not module or not name:
             raise MalformedCheckpoint("global name must be two non-empty strings")
@@ -231,27 +290,141 @@ class PickleVM:
             return allowlist.VALUE_GLOBALS[qual]
         if qual not in allowlist.RECONSTRUCTORS and qual not in self.data_classes and (
                 gadgets.is_dangerous(module, name) or gadgets.is_dangerous(*written)):
-            self.findings.append(Finding(qual, f"{self.source}, byte {self._op_pos}, {self._op_name}"))
+            self._gadgets.add(qual)
+            if qual not in JUDGED_AT_CALL:
+                self._finding(qual)
         return GlobalRef(module, name)
 
     def _call(self, func: Any, args: Any) -> Any:
         if type(args) is not tuple:
             raise MalformedCheckpoint(f"call arguments must be a tuple, got {type(args).__name__}")
         if not isinstance(func, GlobalRef):
-            # Calling a computed value (the result of another call) is how gadget chains work:
-            # `resolve_name(...)(cmd)`, `attrgetter(...)(module)`. No checkpoint does it.
+            # Calling a computed value (the result of another call, an attribute reference) is how gadget
+            # chains work: `resolve_name(...)(cmd)`, `attrgetter(...)(module)`. No checkpoint does it.
             what = func.qualname if isinstance(func, ObjectRecord) else type(func).__name__
-            self.findings.append(Finding(f"a call of the result of {what}", f"{self.source}, byte {self._op_pos}, REDUCE"))
-            return ObjectRecord("<computed callable>", args=args)
-        reconstructor = allowlist.RECONSTRUCTORS.get(func.qualname)
+            self._finding(f"a call of the result of {what}", "REDUCE")
+            return ObjectRecord(f"<call of {what}>" if self.salvage else "<computed callable>", args=args,
+                                via=SALVAGED_VIA if self.salvage else "reduce")
+        qual = func.qualname
+        if qual == GETATTR:
+            return self._getattr(args)
+        if qual == LOAD_FROM_BYTES:
+            return self._load_from_bytes(args)
+        if qual == PARTIAL:
+            if args and type(args[0]) in (GlobalRef, ObjectRecord):
+                self.session.accepted[PARTIAL] += 1
+            else:
+                self._finding(f"{PARTIAL} of a {type(args[0] if args else None).__name__}", "REDUCE")
+        self._check_arguments(qual, args)
+        reconstructor = allowlist.RECONSTRUCTORS.get(qual)
         if reconstructor is None:
-            return ObjectRecord(func.qualname, args=args)
+            return ObjectRecord(qual, args=args, via=SALVAGED_VIA if self.salvage and qual in self._gadgets else "reduce")
+        if self.salvage and qual in _MAKES_INSTANCES and args and isinstance(args[0], ObjectRecord):
+            # an instance of a class the file rebuilt by value (cloudpickle at protocol 0/1): a record of it
+            self._finding(f"an instance of the result of {args[0].qualname}", "REDUCE")
+            return ObjectRecord(f"<instance of {args[0].qualname}>", args=args[1:], via=SALVAGED_VIA)
         return reconstructor(*args)
+
+    def _getattr(self, args: tuple) -> Any:
+        """`getattr(Class, "name")`: an inert attribute reference, never looked up; anything else is a gadget."""
+        target, attr = args if len(args) == 2 else (None, None)
+        if (isinstance(target, GlobalRef) and type(attr) is str and attr.isidentifier() and not attr.startswith("__")
+                and target.qualname not in JUDGED_AT_CALL
+                and not gadgets.is_dangerous(target.module, f"{target.name}.{attr}")):
+            self.session.accepted[GETATTR] += 1
+            return ObjectRecord(f"{target.qualname}.{attr}", via=ATTRIBUTE_VIA)
+        what = target.qualname if isinstance(target, GlobalRef) else type(target).__name__
+        self._finding(f"{GETATTR}({what}, {attr!r:.40})", "REDUCE")
+        return ObjectRecord(GETATTR, args=args, via=SALVAGED_VIA if self.salvage else "reduce")
+
+    def _load_from_bytes(self, args: tuple) -> Any:
+        """`torch.storage._load_from_bytes(blob)`: the blob is a legacy torch.save file; read it like the input."""
+        if len(args) != 1 or type(args[0]) not in (bytes, bytearray):
+            self._finding(f"{LOAD_FROM_BYTES} of a {type(args[0] if args else None).__name__}", "REDUCE")
+            return ObjectRecord(LOAD_FROM_BYTES, args=args, via=SALVAGED_VIA if self.salvage else "reduce")
+        if _blob_reader is None:
+            raise MalformedCheckpoint("torch.save blobs cannot be read (convert.read.blobs is not loaded)")
+        reader, where = _blob_reader, f"{self.source} ({LOAD_FROM_BYTES} blob at byte {self._op_pos})"
+        value = self._nested(lambda: reader(bytes(args[0]), where))
+        if isinstance(value, StorageRef):
+            self.session.accepted[LOAD_FROM_BYTES] += 1
+            return value
+        if not self.salvage:
+            raise MalformedCheckpoint(f"a {LOAD_FROM_BYTES} blob holds a {type(value).__name__}, not a storage")
+        return ObjectRecord(LOAD_FROM_BYTES, args=(value,), via=SALVAGED_VIA)
+
+    def _nested(self, read: Callable[[], Any]) -> Any:
+        """Run `read` (of bytes the stream holds) in this read's session, one level deeper, to a small bound."""
+        if self.session.nesting >= MAX_NESTED_BLOBS:
+            raise MalformedCheckpoint(f"pickles nested more than {MAX_NESTED_BLOBS} deep (a blob in a blob in ...)")
+        self.session.nesting += 1
+        token = _SESSION.set(self.session)  # the nested VMs share this session: its nesting, mode and counts
+        try:
+            return read()
+        finally:
+            _SESSION.reset(token)
+            self.session.nesting -= 1
+
+    def _merge_nested_state(self, state: Any) -> Any:
+        """A state dict holding a NESTED_STATE_KEYS pickle: what __setstate__ would make of it (keys merged in)."""
+        if type(state) is not dict or not NESTED_STATE_KEYS & state.keys():
+            return state
+        merged = dict(state)
+        for key in NESTED_STATE_KEYS & state.keys():
+            data = merged.pop(key)
+            if type(data) is not bytes:
+                raise MalformedCheckpoint(f"state {key} is a {type(data).__name__}, not a pickle's bytes")
+            where = f"{self.source} ({key} at byte {self._op_pos})"
+            inner = self._nested(lambda data=data, where=where: PickleVM(data, source=where).run())
+            if type(inner) is not dict:
+                raise MalformedCheckpoint(f"{where}: holds a {type(inner).__name__}, not a dict of attributes")
+            merged.update(inner)
+        return merged
 
     def _instantiate(self, cls: Any, args: tuple, via: str) -> Any:
         if not isinstance(cls, GlobalRef):
+            if _is_attribute(cls) or (self.salvage and isinstance(cls, ObjectRecord)):
+                what = cls.qualname if isinstance(cls, ObjectRecord) else type(cls).__name__
+                self._finding(f"an instance of the result of {what}")
+                return ObjectRecord(f"<instance of {what}>", args=args, via=SALVAGED_VIA if self.salvage else via)
             raise MalformedCheckpoint(f"instantiates a {type(cls).__name__}, not a class")
-        return allowlist.instantiate(cls, args, via)
+        if cls.qualname in JUDGED_AT_CALL:
+            self._finding(f"an instance of {cls.qualname}")
+        self._check_arguments(cls.qualname, args)
+        record = allowlist.instantiate(cls, args, via)
+        if self.salvage and cls.qualname in self._gadgets and isinstance(record, ObjectRecord):
+            record.via = SALVAGED_VIA
+        return record
+
+    def _check_arguments(self, qual: str, args: Any) -> None:
+        """Refuse a call whose arguments hold (at any depth) an attribute reference or a partial: the callee
+        could call it (`dict(itertools.chain.from_iterable(map(map, [getattr(X, "f")], [cmds])))`). Only files
+        that made such records pay for the walk; records that only store a callable are not looked into."""
+        if qual in _STORES_CALLABLE or not (self.session.accepted[GETATTR] or self.session.accepted[PARTIAL]):
+            return
+        todo, seen, budget = list(args), set(), MAX_ARGUMENT_WALK
+        while todo:
+            value = todo.pop()
+            if id(value) in seen or isinstance(value, (str, bytes, int, float, TensorRef, GlobalRef)):
+                continue
+            seen.add(id(value))
+            budget -= 1
+            if _is_attribute(value) or _is_partial(value) or budget < 0:
+                self._finding(f"{qual} called with an attribute reference or partial among its arguments, "
+                              "which it could call" if budget >= 0 else f"{qual} called with arguments too large to check")
+                return
+            if type(value) in (list, tuple, set, frozenset):
+                todo.extend(value)
+            elif isinstance(value, dict):
+                todo.extend(value.keys())
+                todo.extend(value.values())
+            elif isinstance(value, ObjectRecord) and value.qualname not in _STORES_CALLABLE:
+                todo.extend((value.args, value.state, value.listitems, value.dictitems))
+
+    def _check_target(self, what: str) -> None:
+        """An attribute reference is a function or class: APPEND/SETITEM/BUILD on it would call its code."""
+        if self.stack and _is_attribute(self.stack[-1]):
+            self._finding(f"{what} on the attribute reference {self.stack[-1].qualname}")
 
     # ------------------------------------------------------------------ opcodes
 
@@ -437,7 +610,18 @@ class PickleVM:
             grown(target, "ADDITEMS")
 
     def _append(self, items: list[Any]) -> None:
-        append_items(self._top(), items)
+        self._check_target("APPEND")
+        self._salvaging(append_items, self._top(), items)
+
+    def _salvaging(self, apply: Callable[[Any, Any], None], target: Any, arg: Any) -> None:
+        """APPEND/SETITEMS/BUILD; in salvage mode, one on a value no loader could apply it to is dropped, noted."""
+        try:
+            apply(target, arg)
+        except MalformedCheckpoint:
+            if not self.salvage:
+                raise
+            self.session.neutralised.append(Finding(f"{self._op_name} on a {type(target).__name__}",
+                                                    f"{self.source}, byte {self._op_pos}, {self._op_name}"))
 
     def op_APPEND(self) -> None:
         self._append([self._pop()])
@@ -448,7 +632,8 @@ class PickleVM:
     def _setitems(self, items: list[Any]) -> None:
         if len(items) % 2:
             raise MalformedCheckpoint("SETITEMS with an odd number of items")
-        set_items(self._top(), list(zip(items[::2], items[1::2])))
+        self._check_target("SETITEMS")
+        self._salvaging(set_items, self._top(), list(zip(items[::2], items[1::2])))
 
     def op_SETITEM(self) -> None:
         value = self._pop()
@@ -524,6 +709,7 @@ class PickleVM:
         if kwargs:
             if not isinstance(cls, GlobalRef):
                 raise MalformedCheckpoint("NEWOBJ_EX on a value that is not a class")
+            self._check_arguments(cls.qualname, (*args, *kwargs.values()))
             self.stack.append(ObjectRecord(cls.qualname, args=(args, kwargs), via="newobj_ex"))
         else:
             self.stack.append(self._instantiate(cls, args, "newobj"))
@@ -542,8 +728,9 @@ class PickleVM:
         self.stack.append(self._instantiate(items[0], tuple(items[1:]), "obj"))
 
     def op_BUILD(self) -> None:
-        state = self._pop()
-        build(self._top(), state)
+        state = self._merge_nested_state(self._pop())
+        self._check_target("BUILD")
+        self._salvaging(build, self._top(), state)
 
     def _ext(self, code: int) -> None:
         self.findings.append(Finding(f"copyreg extension code {code}",
@@ -569,6 +756,23 @@ class PickleVM:
 
     def op_BINPERSID(self) -> None:
         self._persistent(self._pop())
+
+
+_blob_reader: Callable[[bytes, str], Any] | None = None
+
+
+def register_blob_reader(reader: Callable[[bytes, str], Any]) -> None:
+    """Set by convert.read.blobs (which builds on the containers, which build on this module)."""
+    global _blob_reader
+    _blob_reader = reader
+
+
+def _is_attribute(value: Any) -> bool:
+    return isinstance(value, ObjectRecord) and value.via == ATTRIBUTE_VIA
+
+
+def _is_partial(value: Any) -> bool:
+    return isinstance(value, ObjectRecord) and value.qualname == PARTIAL
 
 
 # What APPEND(S), SETITEM(S) and BUILD do to the value they apply to; also used by save_checkpoint,

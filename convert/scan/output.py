@@ -18,18 +18,33 @@ from typing import Any
 from .._version import __version__
 from ..read.gadgets import CATEGORY_REASONS
 from .report import ScanFinding, ScanReport
-from .verdicts import CUSTOM_CLASS, REASONS, SUSPICIOUS, UNREADABLE, UNREADABLE_CATEGORY, UNSAFE, VERDICTS
+from .verdicts import (
+    ATTRIBUTE_REFERENCE,
+    CUSTOM_CLASS,
+    NESTED_BLOB,
+    REASONS,
+    STORED_PARTIAL,
+    SUSPICIOUS,
+    UNREADABLE,
+    UNREADABLE_CATEGORY,
+    UNSAFE,
+    VERDICTS,
+)
 
 TOOL_NAME = "ckpt-convert"
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
-RULE_CATEGORIES = (*CATEGORY_REASONS, CUSTOM_CLASS, UNREADABLE_CATEGORY)
+_JUDGED = (ATTRIBUTE_REFERENCE, NESTED_BLOB, STORED_PARTIAL)  # suspicious: uses the reader accepted as inert
+RULE_CATEGORIES = (*CATEGORY_REASONS, CUSTOM_CLASS, *_JUDGED, UNREADABLE_CATEGORY)
 _LEVELS = {UNSAFE: "error", SUSPICIOUS: "warning", UNREADABLE: "note"}
 # GitHub orders alerts by this CVSS-like score (0-10) when a rule is tagged "security"
 _SEVERITY = {"exec": "9.8", "nested-loader": "9.8", "file": "8.1", "network": "8.1", "process": "7.5",
-             CUSTOM_CLASS: "5.0", UNREADABLE_CATEGORY: "3.0"}
+             CUSTOM_CLASS: "5.0", **dict.fromkeys(_JUDGED, "5.0"), UNREADABLE_CATEGORY: "3.0"}
 _TITLES = {"exec": "Code execution on load", "file": "File system access on load", "network": "Network access on load",
            "process": "Process or interpreter control on load", "nested-loader": "Nested deserialiser on load",
            CUSTOM_CLASS: "Class outside the allowlist (runs its own code on load)",
+           ATTRIBUTE_REFERENCE: "Attribute of a class looked up on load (stored, never called)",
+           NESTED_BLOB: "torch.save blob unpickled on load (read and checked)",
+           STORED_PARTIAL: "functools.partial built on load (stored, never called)",
            UNREADABLE_CATEGORY: "Checkpoint could not be read through"}
 
 
@@ -63,6 +78,7 @@ def render_text(report: ScanReport, verbose: bool = False) -> str:
         lines.append(f"  why {category}: {REASONS[category]}")
     if report.verdict == UNSAFE and report.error:
         lines.append(f"  (also unreadable past that point: {report.error})")
+    lines += [f"  allowed {name} (--allow / pyproject.toml)" for name in report.allowed]
     if verbose:
         lines += [f"    global {name}" for name in report.globals]
     return "\n".join(lines)
@@ -87,7 +103,7 @@ def to_json(reports: list[ScanReport], *, skipped: int = 0, fail_on: str = UNSAF
 # ----------------------------------------------------------------------------------------- SARIF
 
 def _rule(category: str) -> dict[str, Any]:
-    default = "error" if category in CATEGORY_REASONS else "warning" if category == CUSTOM_CLASS else "note"
+    default = "error" if category in CATEGORY_REASONS else "warning" if category in (CUSTOM_CLASS, *_JUDGED) else "note"
     return {
         "id": f"ckpt-scan/{category}",
         "name": "".join(part.capitalize() for part in category.split("-")),

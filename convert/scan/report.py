@@ -49,6 +49,8 @@ class ScanReport:
     globals: list[str] = field(default_factory=list)
     error: str | None = None  # why the file could not be read through (verdict unreadable, or unsafe and broken)
     exception: ConvertError | None = field(default=None, repr=False, compare=False)
+    judged_uses: dict[str, int] = field(default_factory=dict, repr=False, compare=False)  # getattr/_load_from_bytes
+    allowed: list[str] = field(default_factory=list)  # custom classes the user allowed (scan --allow)
 
     @property
     def unsafe(self) -> list[ScanFinding]:
@@ -68,4 +70,5 @@ class ScanReport:
 
     def to_json(self) -> dict[str, Any]:
         return {"path": str(self.path), "format": self.format, "verdict": self.verdict, "error": self.error,
-                "globals": self.globals, "findings": [f.to_json() for f in self.findings]}
+                "globals": self.globals, "findings": [f.to_json() for f in self.findings],
+                **({"allowed": self.allowed} if self.allowed else {})}

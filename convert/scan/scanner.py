@@ -12,6 +12,7 @@ Every global is classified by `verdicts.classify_global`; the file's verdict is 
 
 from __future__ import annotations
 
+import dataclasses
 import mmap
 import os
 from pathlib import Path
@@ -21,12 +22,15 @@ from ..errors import ConvertError, UnsafeCheckpoint, UnsupportedValue
 from ..primitives.source import open_regular
 from ..read import Input, read_tree
 from ..read.gadgets import EXEC
+from ..read.vm import JUDGED_AT_CALL, reading
 from .opcodes import GlobalUse, walk_stream
 from .report import ScanFinding, ScanReport
 from .sources import Sources, Stream, carve_candidates, open_sources
 from .verdicts import (
+    JUDGED_CATEGORIES,
     REASONS,
     SAFE,
+    SUSPICIOUS,
     UNREADABLE,
     UNREADABLE_CATEGORY,
     UNSAFE,
@@ -66,8 +70,11 @@ def scan_file(path: str | os.PathLike) -> ScanReport:
 
         if is_dcp_folder(path.parent):  # a DCP part: read by dcp.load at the ranges its .metadata names
             return _dcp_part(path, report, scan_dcp_report)
-    reader_error = _read(path, report)
+    with reading() as session:
+        reader_error = _read(path, report)
     walked_ok = _walk(path, report)
+    if reader_error is None:
+        _downgrade_judged(report, dict(session.accepted))
     if isinstance(reader_error, UnsafeCheckpoint):  # what only the VM sees: a call of a computed callable, ...
         known = {f.name for f in report.unsafe}
         for vm_finding in reader_error.findings:
@@ -80,6 +87,18 @@ def scan_file(path: str | os.PathLike) -> ScanReport:
         report.findings.append(ScanFinding("<unreadable>", UNREADABLE_CATEGORY, UNREADABLE, str(reader_error)))
     report.verdict = worst([f.verdict for f in report.findings])
     return report
+
+
+def _downgrade_judged(report: ScanReport, accepted: dict[str, int]) -> None:
+    """getattr / _load_from_bytes / partial calls the reader read through as inert (attribute references, checked
+    torch.save blobs, stored partials) are not gadgets in this file: suspicious, when the reader accepted every
+    use the walk saw."""
+    for i, finding in enumerate(report.findings):
+        uses = report.judged_uses.get(finding.name, 0)
+        if finding.name in accepted and finding.verdict == UNSAFE and 0 < uses <= accepted[finding.name]:
+            category = JUDGED_CATEGORIES[finding.name]
+            report.findings[i] = dataclasses.replace(finding, verdict=SUSPICIOUS, category=category,
+                                                     reason=REASONS[category])
 
 
 def _dcp_part(path: Path, report: ScanReport, scan_dcp_report: Any) -> ScanReport:
@@ -163,6 +182,8 @@ def _add_findings(report: ScanReport, stream: Stream, uses: list[GlobalUse], nam
         if qual in seen:
             continue
         seen.add(qual)
+        if qual in JUDGED_AT_CALL:
+            report.judged_uses[qual] = report.judged_uses.get(qual, 0) + sum(u.qualname == qual for u in uses)
         verdict, category = classify_global(use.module, use.name)
         if verdict == SAFE:
             continue

@@ -25,11 +25,21 @@ _RANK = {UNSAFE: 3, UNREADABLE: 2, SUSPICIOUS: 1, SAFE: 0}
 EXIT_CODES = {SAFE: 0, SUSPICIOUS: 0, UNSAFE: 1, UNREADABLE: 2}
 
 CUSTOM_CLASS, UNREADABLE_CATEGORY = "custom-class", "unreadable"
+ATTRIBUTE_REFERENCE, NESTED_BLOB, STORED_PARTIAL = "attribute-reference", "nested-torch-blob", "stored-partial"
+# Categories of the globals judged where they are called (convert/read/vm.py), once the reader accepted every use.
+JUDGED_CATEGORIES = {"builtins.getattr": ATTRIBUTE_REFERENCE, "torch.storage._load_from_bytes": NESTED_BLOB,
+                     "functools.partial": STORED_PARTIAL}
 GADGET_CATEGORIES = tuple(CATEGORY_REASONS)
 REASONS: dict[str, str] = {
     **CATEGORY_REASONS,
     CUSTOM_CLASS: "not on the allowlist: pickle/torch.load would import its module and run its constructor, "
                   "__reduce__ or __setstate__ code",
+    ATTRIBUTE_REFERENCE: "builtins.getattr of a class and a plain name, whose result is stored and never called: "
+                         "pickle looks the attribute up (running the class's import) but calls nothing",
+    NESTED_BLOB: "torch.storage._load_from_bytes of a legacy torch.save blob that the reader parsed and checked: "
+                 "pickle/torch.load would unpickle it with a full unpickler",
+    STORED_PARTIAL: "functools.partial of a named function, stored and never called while loading: pickle builds "
+                    "it (running the function's import) but calls nothing",
     UNREADABLE_CATEGORY: "the file could not be read through, so nothing can be said about what it would do",
 }
 

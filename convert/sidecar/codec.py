@@ -499,6 +499,10 @@ class ObjectTag(Tag):
         obj.listitems = [dec.value(x, d) for x in p.get("listitems", [])]
 
     def describe(self, payload: dict, context: Any) -> str:
+        if payload.get("via") == "getattr":  # getattr(Class, "name") in the pickle: never looked up
+            return f"attribute reference {payload['class']} (inert)"
+        if payload.get("via") == "salvaged-call":
+            return f"salvaged call of {payload['class']} (not run)"
         return f"inert record of {payload['class']}"
 
 

@@ -181,6 +181,10 @@ def read_sidecar(folder: Path, *, check_seal: bool = False) -> dict:
     """
     path = folder / SIDECAR_NAME
     if not folder.is_dir():
+        if folder.exists():  # the commonest mix-up: the source file given where its converted folder goes
+            raise ConvertError(f"{folder} is a file, not a converted folder: read a checkpoint file with "
+                               f"read_checkpoint({str(folder)!r}), or convert it first (ckpt-convert convert "
+                               f"{folder} OUT) and load OUT")
         raise ConvertError(f"{folder}: no such folder")
     if not path.is_file():
         raise MalformedCheckpoint(f"{folder}: no {SIDECAR_NAME}; not a converted checkpoint folder")

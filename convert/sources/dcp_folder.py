@@ -141,8 +141,9 @@ class DcpFolder:
     Use as a context manager: the `.distcp` mappings stay open until `close`, since tensors point into them.
     """
 
-    def __init__(self, folder: str | os.PathLike) -> None:
+    def __init__(self, folder: str | os.PathLike, *, converting: bool = False) -> None:
         self.folder = Path(folder)
+        self.converting = converting  # word a change as "...; nothing was written", as a converted file does
         self.metadata: DcpMetadata = read_metadata(self.folder)
         self.parts: dict[str, Input] = {}
         self.globals_used: dict[str, int] = dict(self.metadata.globals_used)
@@ -161,7 +162,7 @@ class DcpFolder:
             path = self.folder / name
             if not os.path.lexists(path):
                 raise MalformedCheckpoint(f"{path}: named by .metadata but missing")
-            part = self.parts[name] = Input(path)
+            part = self.parts[name] = Input(path, converting=self.converting)
             st = os.lstat(path)  # the file opened must be the folder's own entry, not reached through a link
             if stat.S_ISLNK(st.st_mode) or (st.st_dev, st.st_ino) != (part.identity.dev, part.identity.ino):
                 raise MalformedCheckpoint(f"{path}: not a regular file of the folder (a symbolic link?)")
@@ -298,10 +299,10 @@ class DcpSource(Source):
 
     kind = "dcp"
 
-    def __init__(self, path: str | os.PathLike, *, hash: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike, *, hash: bool = True, converting: bool = False) -> None:
         self.path = Path(path)
         self.copy_files = []
-        self.dcp = DcpFolder(self.path)
+        self.dcp = DcpFolder(self.path, converting=converting)
         self.root = self.dcp.root
         files = [self.dcp.folder / METADATA_NAME, *(self.dcp.folder / name for name in self.dcp.part_names())]
         self._hashes = BackgroundSha256.of_files(files) if hash else None

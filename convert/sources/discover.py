@@ -47,8 +47,9 @@ def framework_of(names: list[str]) -> str | None:
 
 
 def is_hf_folder(folder: Path) -> bool:
-    """`config.json` and `pytorch_model.bin` (or its shard index)."""
-    return (folder / "config.json").is_file() and ((folder / HF_SINGLE).is_file() or (folder / HF_INDEX).is_file())
+    """`config.json` and `pytorch_model.bin` (or its shard index). The weights need only be there: one that is
+    not a regular file (a FIFO) makes the folder an HF unit whose reading refuses it, not a stray folder."""
+    return (folder / "config.json").is_file() and (os.path.lexists(folder / HF_SINGLE) or (folder / HF_INDEX).is_file())
 
 
 def _head(path: Path, n: int = 4) -> bytes:

@@ -2,7 +2,7 @@
 
 Steps (each named as a fault-injection point, see `primitives.faults`):
 1. In a marked temporary folder beside the destination (`temp.TempFolder`), write the data files,
-   each hashed (sha256, read back from the page cache on a helper thread) and fsync'd; then index
+   each hashed as it is written (sha256, `OutputDigest`) and fsync'd; then index
    and copied files.                                                                   after-data
 2. checkpoint.json last, with the folder id and the digests (`integrity.record`), sealed
    (`integrity.seal`: the copied files' digests and its own).                           after-sidecar
@@ -40,11 +40,12 @@ from ..primitives.durable import (
     rename_noreplace,
     write_durable,
 )
-from ..primitives.hashing import sha256_fd
+from ..primitives.hashing import OutputDigest, sha256_fd
 from ..primitives.lock import WriterLock, remove_stale_lock
 from ..primitives.temp import TempFolder, remove_stale_temporaries
 from ..sidecar.integrity import FOLDER_ID_KEY, new_folder_id, record, seal
 from ..sidecar.schema import SIDECAR_NAME, check_sidecar_size
+from ..sign.context import sign_finished
 from .ownership import check_replaceable
 from .plan import Plan
 from .safetensors_io import KernelCopySources, write_safetensors
@@ -125,6 +126,7 @@ def _build_folder(dst: Path, fill: Callable[[Path], None], overwrite: bool,
                 temp = TempFolder.create(dst)
             try:
                 fill(temp.build)
+                sign_finished(temp.build)  # signing asked for (convert.sign.signing): part of the atomic folder
                 faults.point("before-rename")
                 if overwrite:
                     check_replaceable(dst, sources)  # again: files may have been added meanwhile
@@ -145,14 +147,21 @@ def _write_contents(plan: Plan, folder: Path, copy_files: list[Path], before_sid
                     kernel_copy_source: KernelCopySources) -> None:
     folder_id = new_folder_id()
     metadata = {**PT_METADATA, FOLDER_ID_KEY: folder_id}
-    # Hash + fsync each data file on a helper thread while the next one is written (both release the GIL).
+    # Each data file is hashed as it is written (OutputDigest), then fsync'd on a helper thread while the next is written.
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as finisher:
         pending = {}
         try:
             for name, entries in plan.files.items():
                 with open(folder / name, "xb+") as out:  # readable: hashed back through a dup of its fd
-                    write_safetensors(out, entries, metadata, kernel_copy_source=kernel_copy_source)
-                    pending[name] = finisher.submit(_hash_and_sync, os.dup(out.fileno()))
+                    digest = OutputDigest(os.dup(out.fileno()))  # hashes it as it is written
+                    try:
+                        write_safetensors(out, entries, metadata, kernel_copy_source=kernel_copy_source,
+                                          progress=digest.written)
+                    except BaseException:
+                        digest.cancel()
+                        os.close(digest.fd)
+                        raise
+                    pending[name] = finisher.submit(_hash_and_sync, digest)
             digests = {name: future.result() for name, future in pending.items()}
         finally:
             for future in pending.values():  # on failure: close the fds of hashes that still run
@@ -180,13 +189,13 @@ def _write_contents(plan: Plan, folder: Path, copy_files: list[Path], before_sid
     faults.point("after-fsync")
 
 
-def _hash_and_sync(fd: int) -> str:
+def _hash_and_sync(digest: OutputDigest) -> str:
     try:
-        digest = sha256_fd(fd)
-        fsync_fd(fd)
-        return digest
+        hexdigest = digest.finish()
+        fsync_fd(digest.fd)
+        return hexdigest
     finally:
-        os.close(fd)
+        os.close(digest.fd)
 
 
 def _install(temp: TempFolder, dst: Path, overwrite: bool) -> None:

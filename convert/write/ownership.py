@@ -26,8 +26,11 @@ from pathlib import Path
 from ..errors import ConvertError, DestinationNotOwned
 from ..sidecar.integrity import FOLDER_ID_KEY, check_header, copied_names, header_identity
 from ..sidecar.schema import SIDECAR_NAME, read_sidecar
+from ..sign.sign import SIGNATURE_NAME
 
 SHOWN = 3  # names of files in the way quoted in the message
+EXPORT_MARK_KEY = "ckpt_convert_export"  # safetensors metadata key marking a file `export` wrote (value: the version)
+EXPORT_INDEX_NAME = "model.safetensors.index.json"
 
 
 def check_replaceable(dst: Path, sources: Sequence[str | os.PathLike] = ()) -> None:
@@ -67,6 +70,8 @@ def foreign_entries(folder: Path, unit_sources: Sequence[Path] = ()) -> list[str
     Raises DestinationNotOwned if `folder` has a checkpoint.json that does not check out.
     """
     names = sorted(os.listdir(folder))
+    if SIDECAR_NAME not in names and names and is_export(folder):  # shards `export` wrote, and their index
+        return []
     if SIDECAR_NAME in names:
         owned = output_names(folder)
         return [n for n in names if n not in owned or not _plain_file(folder / n)]
@@ -102,7 +107,21 @@ def output_names(folder: Path) -> set[str]:
             raise DestinationNotOwned(f"{folder} is not an intact ckpt-convert output ({problem}); refusing to "
                                       "replace it: move it away or write the output to another folder")
     indexes = {sd["file"] for sd in sidecar["state_dicts"] if sd.get("file", "").endswith(".index.json")}
-    return {SIDECAR_NAME, *sidecar["files"], *indexes, *copied_names(sidecar)}
+    return {SIDECAR_NAME, SIGNATURE_NAME, *sidecar["files"], *indexes, *copied_names(sidecar)}  # the signature: ours too
+
+
+def is_export(path: Path) -> bool:
+    """Whether `path` is what `export` wrote: a regular file whose safetensors header carries the export
+    mark, or a folder of only such shards and their index."""
+    if _plain_file(path):
+        found = header_identity(path)
+        return found is not None and found[0] is not None and EXPORT_MARK_KEY in found[0]
+    if path.is_symlink() or not path.is_dir():
+        return False
+    entries = list(path.iterdir())
+    weights = [p for p in entries if p.suffix == ".safetensors"]
+    return bool(weights) and all(is_export(p) for p in weights) and \
+        all(p.suffix == ".safetensors" or (p.name == EXPORT_INDEX_NAME and _plain_file(p)) for p in entries)
 
 
 def _plain_file(path: Path) -> bool:

@@ -238,7 +238,7 @@ def test_scan_folder_in_parallel_with_summary(malicious, legit, tmp_path, capsys
     doc = json.loads(out)
     assert code == 1, err
     assert doc["summary"] == {"files": len(legit) + 3, "safe": len(legit) - 3, "suspicious": 3, "unsafe": 2,
-                              "unreadable": 1, "skipped": 0}
+                              "unreadable": 1, "skipped": 1}  # README.md: skipped, and counted (issue 24)
     code, out, _ = cli(capsys, "scan", "-j", "1", folder)
     assert out.strip().splitlines()[-1] == (f"scanned {len(legit) + 3} files: {len(legit) - 3} safe, "
-                                            "3 suspicious, 2 unsafe, 1 unreadable")
+                                            "3 suspicious, 2 unsafe, 1 unreadable, 1 skipped (not checkpoints)")

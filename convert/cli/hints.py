@@ -1,0 +1,89 @@
+"""Argument checks run before any command imports torch: a wrong path is said in well under a second,
+and the message names the mix-up (a checkpoint file where a converted folder goes, swapped arguments)
+with the command that was probably meant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+from pathlib import Path
+
+from ..errors import ConvertError, OutputExists
+from ..sidecar.schema import SIDECAR_NAME
+from ..sources.dcp_folder import is_dcp_folder
+
+
+def precheck(args: argparse.Namespace) -> None:
+    """Raise ConvertError (one line, exit 2) for a path that does not exist or is of the wrong kind."""
+    check = _CHECKS.get(args.command)
+    if check is not None:
+        check(args)
+
+
+def _q(path: str | os.PathLike) -> str:
+    return shlex.quote(str(path))
+
+
+def _is_source(path: Path) -> bool:
+    """A checkpoint source: a file, or a torch.distributed.checkpoint folder."""
+    return path.is_file() or (path.is_dir() and is_dcp_folder(path))
+
+
+def _check_convert(args: argparse.Namespace) -> None:
+    src, dst = Path(args.src), Path(args.dst)
+    if not os.path.lexists(src):
+        raise ConvertError(f"{src}: no such file or folder")  # a source may be a file or a unit folder
+    if src.is_dir() and (src / SIDECAR_NAME).is_file():
+        raise ConvertError(f"{src} is already a converted folder: load it with load_checkpoint, check it with "
+                           f"ckpt-convert verify {_q(src)}")
+    if os.path.lexists(dst) and not dst.is_dir():  # --overwrite replaces only an earlier output folder
+        raise OutputExists(f"{dst} is an existing file; the destination is a folder to create: "
+                           "give a new folder name")
+
+
+def _check_verify(args: argparse.Namespace) -> None:
+    src = Path(args.src)
+    if args.dst is None:
+        if not os.path.lexists(src):
+            raise ConvertError(f"{src}: no such folder")
+        if _is_source(src) and not (src / SIDECAR_NAME).is_file():
+            raise ConvertError(f"{src} is a checkpoint file, not a converted folder: check a conversion against it "
+                               f"with ckpt-convert verify {_q(src)} OUT (OUT: the folder ckpt-convert convert wrote)")
+        return
+    dst = Path(args.dst)
+    if not os.path.lexists(src):
+        raise ConvertError(f"{src}: no such file or folder")
+    if not os.path.lexists(dst):
+        raise ConvertError(f"{dst}: no such folder")
+    if dst.is_file():
+        if src.is_dir() and (src / SIDECAR_NAME).is_file():
+            raise ConvertError(f"the arguments are swapped: {dst} is the checkpoint file and {src} the converted "
+                               f"folder; the source comes first: ckpt-convert verify {_q(dst)} {_q(src)}")
+        raise ConvertError(f"{dst} is a file, not a converted folder: ckpt-convert verify SRC OUT compares the "
+                           "checkpoint file SRC with the folder OUT that ckpt-convert convert wrote")
+
+
+def _check_inspect(args: argparse.Namespace) -> None:
+    if not os.path.lexists(args.path):
+        raise ConvertError(f"{args.path}: no such file or folder")
+    if args.max_items < 0:
+        raise ConvertError("--max-items must be at least 0")
+
+
+def _check_migrate(args: argparse.Namespace) -> None:
+    if args.status or not args.src:
+        return
+    src = Path(args.src)
+    if not os.path.lexists(src):
+        raise ConvertError(f"{src}: no such folder")
+    if not src.is_dir():
+        raise ConvertError(f"{src} is a file; migrate converts every checkpoint under a folder: for one file use "
+                           f"ckpt-convert convert {_q(src)} OUT")
+    if args.dst and os.path.lexists(args.dst) and not Path(args.dst).is_dir():
+        raise ConvertError(f"{args.dst} is an existing file; DST_DIR must be a folder (new or an earlier migrate's)")
+
+
+_CHECKS = {"convert": _check_convert, "verify": _check_verify, "inspect": _check_inspect,
+           "migrate": _check_migrate}
