@@ -4,7 +4,6 @@ Every sha256 of a file in the package goes through here (provenance of inputs, d
 data files, verify). A file's digest is computed on a thread while the conversion runs
 (`BackgroundSha256`, or `BackgroundSha256.of_files` for a folder's several inputs).
 
-
 The input is read with pread into one small reusable buffer, so it adds nothing to the process's
 memory (hashing the mmap would fault the whole file into RSS) and a file that shrinks meanwhile is
 an error, not a SIGBUS. An output file is hashed by `OutputDigest`, which follows the writer: every

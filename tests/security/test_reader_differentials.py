@@ -36,12 +36,17 @@ except Exception as exc:
 """
 
 
-def fires_under_torch_load(path: Path, scratch: Path) -> bool:
-    """torch.load(weights_only=False) of `path` in a child whose working folder is `scratch`: did the marker appear?"""
+def _fires(loader_script: str, target: Path, scratch: Path) -> bool:
+    """Run `loader_script` on `target` in a child whose working folder is `scratch`: did the marker appear?"""
     scratch.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-c", TORCH_LOAD, str(path)], cwd=scratch, env=harness.env(),
+    subprocess.run([sys.executable, "-c", loader_script, str(target)], cwd=scratch, env=harness.env(),
                    capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     return any(p.name.startswith("marker") for p in scratch.iterdir())
+
+
+def fires_under_torch_load(path: Path, scratch: Path) -> bool:
+    """torch.load(weights_only=False) of `path`: does its payload run?"""
+    return _fires(TORCH_LOAD, path, scratch)
 
 
 def assert_refused(path: Path, tmp_path: Path) -> None:
@@ -205,11 +210,8 @@ except Exception as exc:
 
 
 def fires_under_dcp_load(folder: Path, scratch: Path) -> bool:
-    """dcp.load of `folder` (no process group: rank 0) in a child working in `scratch`: did the marker appear?"""
-    scratch.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-c", DCP_LOAD, str(folder)], cwd=scratch, env=harness.env(),
-                   capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
-    return any(p.name.startswith("marker") for p in scratch.iterdir())
+    """dcp.load of `folder` (no process group: rank 0): does its payload run?"""
+    return _fires(DCP_LOAD, folder, scratch)
 
 
 def _dcp(tmp_path: Path, values: dict | None = None) -> Path:
