@@ -14,7 +14,10 @@ operation's own time (imports excluded, measured in the child, every page touche
 CHECKOUT` adds that checkout's convert and loads, interleaved, as "(baseline)" rows. Targets are
 ratios within this run: convert (durable) ≤ 1.3 × max(cp + fsync, one sha256 pass), process walls;
 loads ≤ 1.0 × their references, operation times (both sides import torch); scan ≤ 1.0 × picklescan
-per file, process walls. Writes limits.json and limits.md to --out.
+per file, process walls. Rows marked "(bound)" are not the issue's targets but what bounds one: the
+floor row does only the work a durable conversion that records both digests cannot avoid (source
+sha256 on one thread; copy + output sha256 + fsync on the other), so where the floor itself is over
+1.3 × the limit the convert target cannot be met on that machine. Writes limits.json and limits.md to --out.
 """
 
 from __future__ import annotations
@@ -37,6 +40,22 @@ WARM_BUFFER = bytearray(1 << 20)
 SHA256_ONE_PASS = ("import hashlib, sys\nh = hashlib.sha256(); b = bytearray(4 << 20); v = memoryview(b)\n"
                    "with open(sys.argv[1], 'rb', buffering=0) as f:\n"
                    "    while n := f.readinto(b): h.update(v[:n])\nprint(h.hexdigest())")
+
+# The work a durable conversion that records both digests cannot avoid, ideally overlapped and nothing else:
+# one thread hashes the source; the other copies it (pread/write, 1 MiB) hashing the bytes it copies, then
+# fsyncs. Its time is this machine's floor for `convert`: where it exceeds 1.3 × max(cp + fsync, sha256),
+# the target cannot be met here (two sha256 passes need two cores to themselves).
+DIGESTS_AND_COPY_FLOOR = (
+    "import hashlib, os, sys, threading\nsrc, dst = sys.argv[1], sys.argv[2]\n"
+    "fd = os.open(src, os.O_RDONLY); size = os.fstat(fd).st_size\n"
+    "def source_digest():\n    h = hashlib.sha256(); v = memoryview(bytearray(4 << 20)); off = 0\n"
+    "    while n := os.preadv(fd, [v], off):\n        h.update(v[:n]); off += n\n"
+    "t = threading.Thread(target=source_digest); t.start()\n"
+    "out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644); h = hashlib.sha256()\n"
+    "v = memoryview(bytearray(1 << 20)); off = 0\n"
+    "while n := os.preadv(fd, [v], off):\n    h.update(v[:n]); w = 0\n"
+    "    while w < n: w += os.write(out, v[w:n])\n    off += n\n"
+    "os.fsync(out); t.join(); print(h.hexdigest())")
 
 
 def gpt2_width(size_mb: float, n_layer: int = 12, vocab: int = 50257, n_ctx: int = 1024) -> int:
@@ -213,9 +232,15 @@ def measure_big(src: Path, work: Path, reps: int, baseline: Path | None) -> dict
         warm(src)
         return Runner.run([PY, "-c", SHA256_ONE_PASS, str(src)])
 
+    def floor() -> dict:
+        remove(copy)
+        warm(src)
+        return Runner.run([PY, "-c", DIGESTS_AND_COPY_FLOOR, str(src), str(copy)])
+
     out = work / "big.out"
     methods = {
         "cp": cp(False), "cp + fsync": cp(True), "sha256 one pass": sha,
+        "floor: sha256 ∥ (copy + sha256 + fsync)": floor,
         "convert": convert_fn(src, out), "convert NO_FSYNC": convert_fn(src, out, {"CKPT_CONVERT_NO_FSYNC": "1"}),
         "torch.load": measure_fn("load_torch", src), "torch.load mmap": measure_fn("load_torch_mmap", src),
         "safetensors load_file": measure_fn("load_safetensors", folder),
@@ -233,6 +258,10 @@ def measure_big(src: Path, work: Path, reps: int, baseline: Path | None) -> dict
     limit = max(rows["cp + fsync"]["wall"], rows["sha256 one pass"]["wall"])
     targets = [
         target("convert ≤ 1.3 × max(cp + fsync, sha256)", rows["convert"]["wall"], limit, 1.3, "wall"),
+        target("(bound) floor ≤ 1.3 × max(cp + fsync, sha256)", rows["floor: sha256 ∥ (copy + sha256 + fsync)"]["wall"],
+               limit, 1.3, "wall"),
+        target("(bound) convert ≤ 1.3 × floor", rows["convert"]["wall"],
+               rows["floor: sha256 ∥ (copy + sha256 + fsync)"]["wall"], 1.3, "wall"),
         target("convert peak RSS ≤ 300 MiB", rows["convert"]["peak_rss"] / 2**20, 300, 1.0, "MiB"),
         target("load_checkpoint ≤ 1.0 × torch.load mmap", rows["load_checkpoint"]["op"], rows["torch.load mmap"]["op"],
                1.0, "op"),

@@ -6,8 +6,9 @@
     >>> save_checkpoint({"model": model.state_dict()}, "ckpts/step100")    # doctest: +SKIP
 """
 
+from typing import TYPE_CHECKING
+
 from ._version import __version__
-from .api import ConversionReport, ScanReport, convert_checkpoint, read_checkpoint, scan_checkpoint, verify_checkpoint
 from .errors import (
     CannotWrite,
     ConvertError,
@@ -24,13 +25,34 @@ from .errors import (
     UnsignedFolder,
     UnsupportedValue,
 )
-from .export import ExportReport, export_weights
 from .model.records import GlobalRef, ObjectRecord
-from .ops.verify import verify_folder
 
-# Torch-side entry points are imported on first use, so `scan` and `convert` work without torch installed.
-_LAZY = {"compare_trees": ".ops.compare", "load_checkpoint": ".load", "save_checkpoint": ".ops.save", "SaveReport": ".ops.save",
-         "TrustPolicy": ".sign"}
+# The entry points are imported on first use: `python -m convert scan` then loads the reader and the scanner
+# only (not the writer, numpy or torch), and `scan`/`convert` work without torch installed.
+_LAZY = {
+    "ConversionReport": ".api", "ScanReport": ".api", "convert_checkpoint": ".api", "read_checkpoint": ".api",
+    "scan_checkpoint": ".api", "verify_checkpoint": ".api",
+    "ExportReport": ".export", "export_weights": ".export",
+    "verify_folder": ".ops.verify",
+    "compare_trees": ".ops.compare", "load_checkpoint": ".load", "save_checkpoint": ".ops.save",
+    "SaveReport": ".ops.save", "TrustPolicy": ".sign",
+}
+
+if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
+    from .api import (
+        ConversionReport,
+        ScanReport,
+        convert_checkpoint,
+        read_checkpoint,
+        scan_checkpoint,
+        verify_checkpoint,
+    )
+    from .export import ExportReport, export_weights
+    from .load import load_checkpoint
+    from .ops.compare import compare_trees
+    from .ops.save import SaveReport, save_checkpoint
+    from .ops.verify import verify_folder
+    from .sign import TrustPolicy
 
 
 def __getattr__(name: str) -> object:

@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+import errno
+
+# OS errors that describe the user's environment (a full disk, a read-only folder, a name too long...),
+# reported as "cannot write DST: reason" / one line, never as an internal error.
+ENVIRONMENT_ERRNOS = frozenset(code for code in (
+    errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EFBIG,
+    errno.ENAMETOOLONG, errno.ELOOP, errno.EMFILE, errno.ENFILE, errno.EIO, errno.EXDEV, errno.EMLINK, errno.EBUSY,
+    getattr(errno, "EDQUOT", None), getattr(errno, "ENOTSUP", None), getattr(errno, "EOPNOTSUPP", None),
+) if code is not None)
+
 
 class ConvertError(Exception):
     """Base class: a problem with the input or the request, reported as one clear line."""

@@ -88,3 +88,18 @@ def test_no_module_imports_torch_on_the_lean_path():
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]", proc.stdout
     assert sys.modules.get("torch") is not None  # this process has torch: the check above ran in a child
+
+
+def test_scan_and_argument_errors_load_only_what_they_use(tmp_path):
+    """`scan` and a bad argument start light: neither numpy nor the writer is imported (issue 25: scan's per-file
+    cost is mostly start-up; issue 24: a mistyped command answers at once). An eager import would fail this."""
+    torch.save({"w": torch.ones(2)}, tmp_path / "m.pt")
+    heavy = ("numpy", "convert.write.folder", "convert.write.plan", "convert.ops.checkpoint", "convert.sidecar.codec")
+    script = ("import runpy, sys\nsys.argv = ['ckpt-convert', *sys.argv[1:]]\n"
+              "try:\n    runpy.run_module('convert', run_name='__main__')\nexcept SystemExit as exc:\n    code = exc.code\n"
+              f"print('LOADED', sorted(m for m in {heavy!r} if m in sys.modules), code)")
+    for argv, code in ((["scan", "-q", "m.pt"], 0), (["scan", "-q", "."], 0), (["convert", "missing.pt", "out"], 2),
+                       (["frobnicate"], 2)):
+        proc = run_python(script, *argv, cwd=tmp_path, pythonpath=[REPO_ROOT])
+        last = proc.stdout.strip().splitlines()[-1]
+        assert last == f"LOADED [] {code}", (argv, proc.stdout, proc.stderr)

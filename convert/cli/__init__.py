@@ -15,9 +15,8 @@ import sys
 from collections.abc import Sequence
 
 from .._version import __version__
-from ..errors import ConvertError, MissingDependency
+from ..errors import ENVIRONMENT_ERRNOS, ConvertError, MissingDependency
 from ..primitives.signals import Terminated, sigterm_raises
-from ..write.folder import ENVIRONMENT_ERRNOS
 from . import commands, hints, signing
 
 EXIT_DIFFERENT = 3

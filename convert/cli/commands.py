@@ -8,9 +8,8 @@ import os
 import sys
 from pathlib import Path
 
-from ..api import convert_checkpoint, verify_checkpoint
 from ..errors import ConvertError
-from .render import human_bytes, plain_shapes, render_tree
+from ..model.sizes import human_bytes
 from .safetensors_view import is_safetensors_file, render_safetensors
 from .signing import verify_signed
 
@@ -18,6 +17,8 @@ EXIT_DIFFERENT = 3
 
 
 def convert(args: argparse.Namespace) -> int:
+    from ..api import convert_checkpoint  # per command: `scan` never loads the writer
+
     report = convert_checkpoint(args.src, args.dst, overwrite=args.overwrite, max_shard_size=args.max_shard_size,
                                 sign=args.sign_key, salvage=args.salvage)
     if not args.quiet:
@@ -58,6 +59,8 @@ def verify(args: argparse.Namespace) -> int:
         return verify_folder_only(Path(args.src))
     if args.public_key or args.certificate_root:
         raise ConvertError("--public-key/--certificate-root check a folder on its own: verify FOLDER --public-key KEY")
+    from ..api import verify_checkpoint
+
     return _verdict(verify_checkpoint(args.src, args.dst), f"{args.dst} is NOT equivalent to {args.src}:",
                     f"{args.dst} is equivalent to {args.src}")
 
@@ -105,6 +108,8 @@ def inspect(args: argparse.Namespace) -> int:
             if name in sidecar["files"] and (path / name).is_file():
                 entries = SafetensorsFile(path / name).entries
                 headers[name] = {key: (e.code, list(e.shape)) for key, e in entries.items()}
+        from .render import plain_shapes, render_tree
+
         print(render_tree(sidecar, args.max_items, plain_shapes(sidecar, headers)))
     else:
         _inspect_one(path, args.max_items)
@@ -118,6 +123,8 @@ def _inspect_one(path: Path, max_items: int) -> None:
     plan = plan_in_memory(path)
     sidecar = dict(plan.sidecar, converter=None)  # read, not converted: no "converted by" line
     headers = {name: {e.key: (e.code, e.shape) for e in entries} for name, entries in plan.files.items()}
+    from .render import plain_shapes, render_tree
+
     print(render_tree(sidecar, max_items, plain_shapes(sidecar, headers)))
 
 

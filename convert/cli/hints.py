@@ -12,7 +12,6 @@ from pathlib import Path
 
 from ..errors import ConvertError, OutputExists
 from ..sidecar.schema import SIDECAR_NAME
-from ..sources.dcp_folder import is_dcp_folder
 
 
 def precheck(args: argparse.Namespace) -> None:
@@ -28,6 +27,8 @@ def _q(path: str | os.PathLike) -> str:
 
 def _is_source(path: Path) -> bool:
     """A checkpoint source: a file, or a torch.distributed.checkpoint folder."""
+    from ..sources.dcp_metadata import is_dcp_folder
+
     return path.is_file() or (path.is_dir() and is_dcp_folder(path))
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..model.dtypes import DTYPE_NAME_BY_CODE
-from .render import human_bytes
+from ..model.sizes import human_bytes
 
 SUFFIX = ".safetensors"
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
-from ..errors import CannotWrite, ConvertError, OutputExists, UnsupportedValue
+from ..errors import ENVIRONMENT_ERRNOS, CannotWrite, ConvertError, OutputExists, UnsupportedValue
 from ..model.dtypes import ITEMSIZE_BY_CODE, NATIVE, NUMPY_TO_DTYPE
 from ..model.records import NdArrayRef, TensorRef
 from ..model.tensor_bytes import contiguous_source, is_contiguous, ndarray_bytes, tensor_bytes
@@ -29,7 +29,7 @@ from ..primitives.hashing import PENDING_SHA256
 from ..primitives.lock import WriterLock
 from ..primitives.source import SourceBytes
 from ..primitives.temp import TempFolder, remove_stale_temporaries
-from ..write.folder import ENVIRONMENT_ERRNOS, build_folder
+from ..write.folder import build_folder
 from ..write.ownership import EXPORT_INDEX_NAME, is_export
 from ..write.ownership import EXPORT_MARK_KEY as MARK_KEY
 from ..write.plan import Entry

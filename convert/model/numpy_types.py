@@ -10,8 +10,6 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-import numpy as np
-
 from ..errors import MalformedCheckpoint, UnsupportedValue
 from .limits import LIMITS
 from .records import GlobalRef, NdArrayRef, NpDType, NpScalar
@@ -95,6 +93,8 @@ def build_ndarray(array: NdArrayRef, state: Any) -> None:
     array.dtype, array.shape, array.fortran, array.data = _checked_array(dtype, shape, fortran, data)
     if array.dtype[0] != "|" and array.dtype[0] != _NATIVE:
         # numpy's __setstate__ gives back a native-order array with the same values; do the same.
+        import numpy as np  # here, not at the top: scanning never needs numpy (its import is ~70 ms)
+
         native = _NATIVE + array.dtype[1:]
         array.data = np.frombuffer(array.data, dtype=np.dtype(array.dtype)).astype(native).tobytes()
         array.dtype = native

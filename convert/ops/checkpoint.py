@@ -15,7 +15,8 @@ from typing import Any
 from ..errors import ConvertError, require_torch
 from ..sign.context import Signer, signing
 from ..sources.base import Source
-from ..sources.dcp_folder import DcpSource, is_dcp_folder
+from ..sources.dcp_folder import DcpSource
+from ..sources.dcp_metadata import is_dcp_folder
 from ..sources.discover import classify
 from ..sources.file import FileSource
 from ..sources.hf import HfSource

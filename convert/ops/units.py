@@ -30,8 +30,8 @@ from ..primitives.durable import copy_durably, fsync_dir
 from ..primitives.hashing import sha256_path
 from ..primitives.source import Identity, SourceChanged, open_regular
 from ..sources.base import Source
-from ..sources.dcp_folder import DcpSource, dcp_files
-from ..sources.dcp_metadata import rank_metadata_files
+from ..sources.dcp_folder import DcpSource
+from ..sources.dcp_metadata import dcp_files, rank_metadata_files
 from ..sources.discover import entries, is_pickle, unit_kind
 from ..sources.file import FileSource
 from ..sources.hf import HfSource, weight_names

@@ -51,7 +51,7 @@ def scan_file(path: str | os.PathLike) -> ScanReport:
     path = Path(path)
     report = ScanReport(path, None)
     if path.is_dir():
-        from ..sources.dcp_folder import is_dcp_folder
+        from ..sources.dcp_metadata import is_dcp_folder
         from .dcp import scan_dcp_report  # here: scan.dcp builds on this module
 
         if is_dcp_folder(path):
@@ -65,7 +65,7 @@ def scan_file(path: str | os.PathLike) -> ScanReport:
     except ConvertError as exc:
         return _unreadable(report, exc)
     if path.suffix == ".distcp" and path.parent.is_dir():
-        from ..sources.dcp_folder import is_dcp_folder
+        from ..sources.dcp_metadata import is_dcp_folder
         from .dcp import scan_dcp_report
 
         if is_dcp_folder(path.parent):  # a DCP part: read by dcp.load at the ranges its .metadata names

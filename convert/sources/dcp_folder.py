@@ -35,21 +35,11 @@ from ..read import read_tree
 from ..read.containers import Input, ReadResult, read_container
 from ..write.safetensors_io import KernelCopySource
 from .base import Source
-from .dcp_metadata import METADATA_NAME, DcpMetadata, TensorMeta, read_metadata
+from .dcp_metadata import METADATA_NAME, DcpMetadata, TensorMeta, dcp_files, is_dcp_folder, read_metadata
 
 SOURCE_FORMAT = "torch-dcp"  # the sidecar's source.format for a DCP folder
 
 __all__ = ["DcpFolder", "DcpSource", "dcp_files", "is_dcp_folder"]
-
-
-def is_dcp_folder(path: Path) -> bool:
-    """A folder with a `.metadata` file: what `torch.distributed.checkpoint.save` writes."""
-    return path.is_dir() and (path / METADATA_NAME).is_file()
-
-
-def dcp_files(folder: Path) -> list[Path]:
-    """The files of a DCP folder that make the checkpoint: `.metadata` and the `*.distcp` files, sorted."""
-    return [folder / METADATA_NAME, *sorted(p for p in folder.glob("*.distcp") if p.is_file() and not p.is_symlink())]
 
 
 class _Window(io.RawIOBase):

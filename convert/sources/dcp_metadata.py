@@ -43,6 +43,17 @@ STORAGE_META = _MD + "StorageMeta"
 MEM_FORMAT = _MD + "_MEM_FORMAT_ENCODING"
 STORAGE_INFO = "torch.distributed.checkpoint.filesystem._StorageInfo"
 
+
+def is_dcp_folder(path: Path) -> bool:
+    """A folder with a `.metadata` file: what `torch.distributed.checkpoint.save` writes."""
+    return path.is_dir() and (path / METADATA_NAME).is_file()
+
+
+def dcp_files(folder: Path) -> list[Path]:
+    """The files of a DCP folder that make the checkpoint: `.metadata` and the `*.distcp` files, sorted."""
+    return [folder / METADATA_NAME, *sorted(p for p in folder.glob("*.distcp") if p.is_file() and not p.is_symlink())]
+
+
 # The plain dataclasses (and one enum) DCP pickles into `.metadata`: data, never code.
 DCP_DATA_CLASSES: frozenset[str] = frozenset({
     METADATA, TENSOR_STORAGE, TENSOR_PROPERTIES, CHUNK, BYTES_STORAGE, METADATA_INDEX, STORAGE_META, MEM_FORMAT,

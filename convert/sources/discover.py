@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConvertError
-from .dcp_folder import METADATA_NAME, dcp_files
-from .dcp_metadata import rank_metadata_files
+from .dcp_metadata import METADATA_NAME, dcp_files, rank_metadata_files
 
 # names a file is taken for a checkpoint by (an unreadable one is reported, not ignored)
 CHECKPOINT_SUFFIXES = frozenset({".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt", ".tar", ".model", ".pk"})

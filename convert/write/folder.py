@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import errno
 import os
 import shutil
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from ..errors import CannotWrite, ConvertError, OutputExists, UnsupportedValue
+from ..errors import ENVIRONMENT_ERRNOS, CannotWrite, ConvertError, OutputExists, UnsupportedValue
 from ..primitives import faults
 from ..primitives.durable import (
     ExchangeUnsupported,
@@ -53,13 +52,6 @@ from .safetensors_io import KernelCopySources, write_safetensors
 PT_METADATA = {"format": "pt"}
 FAULT_ENV = faults.WRITE_ENV  # the test hooks of each step (primitives/faults.py)
 FAULT_POINTS = faults.WRITE_POINTS
-
-# OS errors that describe the user's environment, reported as "cannot write DST: reason".
-ENVIRONMENT_ERRNOS = frozenset(code for code in (
-    errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EFBIG,
-    errno.ENAMETOOLONG, errno.ELOOP, errno.EMFILE, errno.ENFILE, errno.EIO, errno.EXDEV, errno.EMLINK, errno.EBUSY,
-    getattr(errno, "EDQUOT", None), getattr(errno, "ENOTSUP", None), getattr(errno, "EOPNOTSUPP", None),
-) if code is not None)
 
 
 def write_folder(plan: Plan, dst: Path, *, overwrite: bool = False, copy_files: Iterable[Path] = (),
