@@ -146,65 +146,70 @@ def assert_clean_error(outcome: Outcome, *words: str) -> str:
     return line
 
 
-def assert_nothing_written(path: EntryPath, dst: Path) -> None:
-    out = path.output(dst)
+def assert_nothing_written(out: Path, dst: Path) -> None:
+    """Neither the output `out` (of a write to `dst`) nor a temporary folder or lock beside it exists."""
     assert not os.path.lexists(out), sorted(p.name for p in out.iterdir()) if out.is_dir() else out
-    for beside in {out.parent, dst.parent}:  # no temporary folder or lock left beside it either
+    for beside in {out.parent, dst.parent}:
         if beside.exists():
             leftovers = [p.name for p in beside.iterdir() if "ckpt-convert-tmp" in p.name]
             assert not leftovers, leftovers
+
+
+def each_output(path: EntryPath, built: dict, tmp_path_factory, tmp_path: Path):
+    """For each kind of output of the path: (a private copy of its source, dst, extra write arguments, the output)."""
+    for i in range(len(path.outputs(tmp_path / "dst"))):
+        base = tmp_path / str(i)  # a folder per kind: each run starts from an intact source
+        args, out, _ = path.outputs(base / "dst")[i]
+        yield fresh_source(path, built, tmp_path_factory, base), base / "dst", args, out
 
 
 # ------------------------------------------------------------------------------------ regular files only
 
 @pytest.mark.parametrize("path", paths_for(FIFO))
 def test_fifo_in_place_of_a_source_file_is_refused(path, built, tmp_path_factory, tmp_path):
-    src = fresh_source(path, built, tmp_path_factory, tmp_path)
-    target = path.data_file(src)
-    target.unlink()
-    os.mkfifo(target)
-    dst = tmp_path / "dst"
-    outcome = path.write(src, dst)  # opening the FIFO would block forever: the CLI's timeout is the failure
-    if isinstance(path, MigratePath):  # the walker passes over special files, counted, never opened
-        assert outcome.rc == 0 and outcome.report["special_files"] == 1, (outcome.rc, outcome.lines)
-    else:
-        assert_clean_error(outcome, "FIFO", str(target))
-    assert_nothing_written(path, dst)
+    for src, dst, args, out in each_output(path, built, tmp_path_factory, tmp_path):
+        target = path.data_file(src)
+        target.unlink()
+        os.mkfifo(target)
+        outcome = path.write(src, dst, **args)  # opening the FIFO would block forever: the CLI's timeout is the failure
+        if isinstance(path, MigratePath):  # the walker passes over special files, counted, never opened
+            assert outcome.rc == 0 and outcome.report["special_files"] == 1, (outcome.rc, outcome.lines)
+        else:
+            assert_clean_error(outcome, "FIFO", str(target))
+        assert_nothing_written(out, dst)
 
 
 @pytest.mark.parametrize("path", paths_for(TRUNCATED))
 def test_source_truncated_mid_read_is_a_clean_error(path, built, tmp_path_factory, tmp_path):
     """The first read (or mapping) of the source file truncates it (tests/matrix_hook): never SIGBUS (135)."""
-    src = fresh_source(path, built, tmp_path_factory, tmp_path)
-    target = path.data_file(src)
-    marker = tmp_path / "truncated"
-    env = {"CKPT_MATRIX_TRUNCATE": str(target), "CKPT_MATRIX_MARKER": str(marker)}
-    dst = tmp_path / "dst"
-    outcome = path.write(src, dst, env=env)
-    assert marker.exists(), "the source was never read through a descriptor or a mapping"
-    assert_clean_error(outcome, str(target))
-    assert_nothing_written(path, dst)
+    for src, dst, args, out in each_output(path, built, tmp_path_factory, tmp_path):
+        target = path.data_file(src)
+        marker = dst.parent / "truncated"
+        env = {"CKPT_MATRIX_TRUNCATE": str(target), "CKPT_MATRIX_MARKER": str(marker)}
+        outcome = path.write(src, dst, env=env, **args)
+        assert marker.exists(), "the source was never read through a descriptor or a mapping"
+        assert_clean_error(outcome, str(target))
+        assert_nothing_written(out, dst)
 
 
 @pytest.mark.parametrize("path", paths_for(CHANGED))
 def test_source_changed_mid_run_writes_nothing(path, built, tmp_path_factory, tmp_path):
     """The run stops after its data files are written (CKPT_CONVERT_FAULT=after-data:stop); one byte of
     the source changes in place; the run goes on and must publish nothing."""
-    src = fresh_source(path, built, tmp_path_factory, tmp_path)
-    target = path.data_file(src)
+    for src, dst, args, out in each_output(path, built, tmp_path_factory, tmp_path):
+        target = path.data_file(src)
 
-    def change() -> None:
-        data = bytearray(target.read_bytes())
-        data[len(data) // 2] ^= 0xFF
-        with open(target, "r+b") as f:  # same inode, same size
-            f.write(data)
+        def change(target: Path = target) -> None:
+            data = bytearray(target.read_bytes())
+            data[len(data) // 2] ^= 0xFF
+            with open(target, "r+b") as f:  # same inode, same size
+                f.write(data)
 
-    dst = tmp_path / "dst"
-    with PauseAndChange(change) as pause:
-        outcome = path.write(src, dst, env={"CKPT_CONVERT_FAULT": "after-data:stop"})
-    assert pause.fired, f"the run never stopped at after-data: {outcome.rc} {outcome.lines}"
-    assert_clean_error(outcome, "changed while it was being converted", "nothing was written")
-    assert_nothing_written(path, dst)
+        with PauseAndChange(change) as pause:
+            outcome = path.write(src, dst, env={"CKPT_CONVERT_FAULT": "after-data:stop"}, **args)
+        assert pause.fired, f"the run never stopped at after-data: {outcome.rc} {outcome.lines}"
+        assert_clean_error(outcome, "changed while it was being converted", "nothing was written")
+        assert_nothing_written(out, dst)
 
 
 # ------------------------------------------------------------------------------------------------ verify
@@ -393,7 +398,7 @@ def test_missing_source_has_one_wording(path, reference_lines, tmp_path):
     outcome = path.write(missing, tmp_path / "dst")
     assert_clean_error(outcome)
     assert outcome.line == line.replace(named, str(missing))
-    assert_nothing_written(path, tmp_path / "dst")
+    assert_nothing_written(path.output(tmp_path / "dst"), tmp_path / "dst")
 
 
 @pytest.mark.parametrize("path", paths_for(NOT_OWNED_WORDING))
