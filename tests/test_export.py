@@ -281,6 +281,8 @@ def test_failed_export_leaves_nothing_and_file_rename_without_renameat2(tmp_path
     monkeypatch.setattr(write, "seal", broken)
     with pytest.raises(ConvertError, match="cannot write"):
         export_weights(tmp_path / "a.pt", tmp_path / "m.safetensors")
+    with pytest.raises(ConvertError, match="cannot write"):  # nor the missing parents it made for OUT
+        export_weights(tmp_path / "a.pt", tmp_path / "new" / "deeper" / "m.safetensors")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt"]  # no OUT, no temporary folder, no lock
     monkeypatch.undo()
 

@@ -31,7 +31,7 @@ from ..primitives.hashing import PENDING_SHA256
 from ..primitives.lock import WriterLock
 from ..primitives.source import SourceBytes
 from ..primitives.temp import TempFolder, remove_stale_temporaries
-from ..write.folder import ENVIRONMENT_ERRNOS, build_folder
+from ..write.folder import ENVIRONMENT_ERRNOS, build_folder, parents_made
 from ..write.ownership import EXPORT_INDEX_NAME, check_replaceable, is_export
 from ..write.ownership import EXPORT_MARK_KEY as MARK_KEY
 from ..write.plan import Entry
@@ -147,8 +147,7 @@ def write_file(dst: Path, entries: list[Entry], meta: dict[str, str], kernel: Ke
     try:
         remove_stale_temporaries(dst.parent, dst.name)
         _check_destination(dst, overwrite, sources)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        with WriterLock(dst) if overwrite else contextlib.nullcontext():
+        with parents_made(dst.parent), WriterLock(dst) if overwrite else contextlib.nullcontext():
             temp = TempFolder.create(dst)
             try:
                 built = temp.build / dst.name
@@ -163,7 +162,7 @@ def write_file(dst: Path, entries: list[Entry], meta: dict[str, str], kernel: Ke
                     try:
                         rename_noreplace(built, dst)
                     except FileExistsError:
-                        raise OutputExists(f"{dst} already exists (created meanwhile by another run)") from None
+                        raise OutputExists.for_path(dst, "created meanwhile by another run") from None
                 fsync_dir(dst.parent)
             finally:
                 temp.remove()
