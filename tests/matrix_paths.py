@@ -552,11 +552,13 @@ class ExportPath(EntryPath):
         return found
 
     def intact(self, out):
-        expected = model_state()
-        found = self._tensors(out)
-        if out.is_dir() and (out / "model.safetensors.index.json").exists():
-            weight_map = json.loads((out / "model.safetensors.index.json").read_text())["weight_map"]
-            if weight_map != {k: v for f in self._files(out) for k, v in ((n, f.name) for n in self._tensors(f))}:
+        """The model state dict, bit for bit, in loadable safetensors; a sharded output's index maps each
+        tensor to the shard that holds it."""
+        expected, found = model_state(), self._tensors(out)
+        index = out / "model.safetensors.index.json"
+        if out.is_dir() and index.exists():
+            held_by = {name: f.name for f in self._files(out) for name in self._tensors(f)}
+            if json.loads(index.read_text())["weight_map"] != held_by:
                 return False
         return sorted(found) == sorted(expected) and all(torch.equal(found[k], v) for k, v in expected.items())
 

@@ -2,9 +2,11 @@
 
 The rows are `ENTRY_PATHS` (tests/matrix_paths.py): each path builds a small source of its kind and runs
 its write/verify operation through the public surface (CLI, convert_checkpoint, save_checkpoint,
-migrate on the process pool and on Ray, the Lightning plugin, scan). The columns are the promises; a
+migrate on the process pool and on Ray, the Lightning plugin, scan, export). The columns are the promises; a
 path lists in `applies` those that have a meaning for it, and only those combinations are generated
 (nothing is skipped at run time). A new entry path joins the whole matrix by one line in ENTRY_PATHS.
+A path writing more than one kind of output (export: a file, or a folder of shards) lists them in
+`outputs`; the promises about what is written or replaced are checked at each.
 """
 
 from __future__ import annotations
