@@ -194,9 +194,31 @@ class EntryPath:
         """The source file a fault is applied to (FIFO, truncation, change)."""
         return src
 
-    def output(self, dst: Path) -> Path:
-        """The converted folder this path writes for destination `dst`."""
+    def output(self, dst: Path, sharded: bool = False) -> Path:
+        """The output this path writes for destination `dst` (`sharded`: with a max_shard_size)."""
         return dst
+
+    def outputs(self, dst: Path) -> list[tuple[dict, Path, bool]]:
+        """Every kind of output this path writes for `dst`: (extra write arguments, the output, whether it
+        is a file). The promises about what a write may replace are checked at each."""
+        return [({}, self.output(dst), False)]
+
+    def folders(self, out: Path) -> list[Path]:
+        """The folders of weights in an output (where shards and their index are)."""
+        return converted_folders(out)
+
+    def intact(self, out: Path) -> bool:
+        """Whether the output is complete and unedited (`verify FOLDER` passes on each converted folder)."""
+        return all(self.verify_folder_rc(f) == 0 for f in converted_folders(out))
+
+    def identity(self, out: Path) -> int:
+        """An inode that changes when the output is replaced by a new one."""
+        return os.stat(converted_folders(out)[0] / "checkpoint.json").st_ino
+
+    def output_counts(self, out: Path) -> dict[str, int]:
+        """What the output holds, in the terms of `report_counts`: summed over its converted folders."""
+        per_folder = [sidecar_counts(f) for f in converted_folders(out)]
+        return {k: sum(c[k] for c in per_folder) for k in per_folder[0]}
 
     def source_folder(self, src: Path) -> Path:
         """The source's own folder (never a valid destination)."""
@@ -231,6 +253,24 @@ class EntryPath:
         report = outcome.report
         return {"tensors": report.tensors, "arrays": report.arrays, "files": len(report.files),
                 "bytes": report.bytes}
+
+
+def converted_folders(out: Path) -> list[Path]:
+    """The converted folders of an output: itself, or (a unit's output) its sub-folders with a checkpoint.json."""
+    if (out / "checkpoint.json").exists():
+        return [out]
+    found = sorted(p.parent for p in out.rglob("checkpoint.json"))
+    assert found, f"no checkpoint.json in {out}"
+    return found
+
+
+def sidecar_counts(out: Path) -> dict[str, int]:
+    sidecar = json.loads((out / "checkpoint.json").read_bytes())
+    ids = {i for per_file in sidecar.get("entries", {}).values() for i in per_file}
+    tensors = ids.union(sidecar.get("tensors", {})) - {i for i in ids if i.startswith("a")}
+    arrays = {i for i in ids if i.startswith("a")}.union(sidecar.get("arrays", {}))
+    return {"tensors": len(tensors), "arrays": len(arrays), "files": len(sidecar["files"]),
+            "bytes": sum(f["bytes"] for f in sidecar["files"].values())}
 
 
 class CliConvertPath(EntryPath):
@@ -400,7 +440,7 @@ class MigratePath(EntryPath):
     def data_file(self, src):
         return src / "ckpt.pt"
 
-    def output(self, dst):
+    def output(self, dst, sharded=False):
         return dst / "ckpt.pt"
 
     def source_folder(self, src):
@@ -457,6 +497,82 @@ class MigrateRayPath(MigratePath):
             return outcome
         outcome.report = outcome.report.to_json()
         return self._from_report(outcome, outcome.report["files"], outcome.report["exit_code"])
+
+
+class ExportPath(EntryPath):
+    """`ckpt-convert export SRC OUT.safetensors` (or, with --max-shard-size, the folder OUT): plain weights.
+
+    The source is a training checkpoint file; its model state dict (`model`, found by the default order) is
+    exported. For destination `dst` the single file is `dst.safetensors` beside it, the sharded output `dst`.
+    Source-folder-refused is checked on the sharded output (a folder); a single file is rightly written
+    into the source's folder, beside the source (and never over it: `check_replaceable(file=True)`).
+    Not declared: the verify promises. export has no verify: its output is plain safetensors, without a
+    sidecar recording digests or the source's tree (`intact` checks the output here instead).
+    """
+
+    name = "export"
+    applies = frozenset({FIFO, TRUNCATED, CHANGED, USER_FILES, REPLACE_OWN, SOURCE_FOLDER, SHARDING,
+                         MISSING_WORDING, NOT_OWNED_WORDING, COUNTS})
+
+    def build(self, root, perturb=False):
+        return FilePath().build(root, perturb)
+
+    def output(self, dst, sharded=False):
+        return dst if sharded else dst.parent / f"{dst.name}.safetensors"
+
+    def outputs(self, dst):
+        return [({}, self.output(dst), True), ({"max_shard_size": SHARD}, self.output(dst, sharded=True), False)]
+
+    def write(self, src, dst, *, overwrite=False, max_shard_size=None, env=None):
+        out = self.output(dst, sharded=max_shard_size is not None)
+        args = ["export", str(src), str(out), "-q"]
+        args += ["--overwrite"] if overwrite else []
+        args += ["--max-shard-size", max_shard_size] if max_shard_size else []
+        return _cli_outcome(cli(*args, env=env), out)
+
+    def write_api(self, src, dst):
+        from convert import export_weights
+
+        out = self.output(dst)
+        return _api_outcome(lambda: export_weights(src, out), out)
+
+    def folders(self, out):
+        return [out]
+
+    @staticmethod
+    def _files(out: Path) -> list[Path]:
+        return [out] if out.is_file() else sorted(out.glob("*.safetensors"))
+
+    def _tensors(self, out: Path) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load_file
+
+        found: dict[str, torch.Tensor] = {}
+        for f in self._files(out):
+            found.update(load_file(f))
+        return found
+
+    def intact(self, out):
+        """The model state dict, bit for bit, in loadable safetensors; a sharded output's index maps each
+        tensor to the shard that holds it."""
+        expected, found = model_state(), self._tensors(out)
+        index = out / "model.safetensors.index.json"
+        if out.is_dir() and index.exists():
+            held_by = {name: f.name for f in self._files(out) for name in self._tensors(f)}
+            if json.loads(index.read_text())["weight_map"] != held_by:
+                return False
+        return sorted(found) == sorted(expected) and all(torch.equal(found[k], v) for k, v in expected.items())
+
+    def identity(self, out):
+        return os.stat(self._files(out)[0]).st_ino
+
+    def output_counts(self, out):
+        found = self._tensors(out)
+        return {"tensors": len(found), "files": len(self._files(out)),
+                "bytes": sum(t.numel() * t.element_size() for t in found.values())}
+
+    def report_counts(self, outcome):
+        report = outcome.report
+        return {"tensors": report.tensors, "files": len(report.files), "bytes": report.bytes}
 
 
 def ray_available() -> bool:

@@ -10,7 +10,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from convert import export_weights
-from convert.errors import ConvertError, OutputExists
+from convert.errors import ConvertError, DestinationNotOwned, OutputExists
 from convert.export.write import MARK_KEY, SHA_KEY
 from tests.helpers import NO_TORCH, REPO_ROOT, assert_one_line_error, bits, run_cli, run_python, sha256_file
 
@@ -194,10 +194,17 @@ def test_overwrite_only_replaces_an_earlier_export(tmp_path):
     foreign = tmp_path / "foreign.safetensors"
     save_file({"w": torch.zeros(1)}, foreign)
     before = foreign.read_bytes()
-    with pytest.raises(OutputExists, match="not written by"):
+    with pytest.raises(DestinationNotOwned, match="is not a file `ckpt-convert export` wrote"):
         export_weights(tmp_path / "a.pt", foreign, overwrite=True)
     assert foreign.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt", "b.pt", "foreign.safetensors", "m.safetensors"]
+    (tmp_path / "folder.safetensors").mkdir()  # a folder in place of OUT: never replaced by a file
+    with pytest.raises(DestinationNotOwned, match="is not a file `ckpt-convert export` wrote"):
+        export_weights(tmp_path / "a.pt", tmp_path / "folder.safetensors", overwrite=True)
+    with pytest.raises(DestinationNotOwned, match="is or holds the source"):  # never the source itself
+        export_weights(out, out, overwrite=True)
+    assert torch.equal(load_file(out)["w"], torch.ones(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt", "b.pt", "folder.safetensors", "foreign.safetensors",
+                                                          "m.safetensors"]
 
 
 def test_dcp_folder_and_trainer_unit(tmp_path):
@@ -274,6 +281,8 @@ def test_failed_export_leaves_nothing_and_file_rename_without_renameat2(tmp_path
     monkeypatch.setattr(write, "seal", broken)
     with pytest.raises(ConvertError, match="cannot write"):
         export_weights(tmp_path / "a.pt", tmp_path / "m.safetensors")
+    with pytest.raises(ConvertError, match="cannot write"):  # nor the missing parents it made for OUT
+        export_weights(tmp_path / "a.pt", tmp_path / "new" / "deeper" / "m.safetensors")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt"]  # no OUT, no temporary folder, no lock
     monkeypatch.undo()
 
@@ -297,9 +306,11 @@ def test_sharded_overwrite_only_replaces_an_export_folder(tmp_path):
     _assert_equal(load_file(out / "model.safetensors"), {"a": torch.zeros(100, dtype=torch.float16),
                                                          "b": torch.ones(100, dtype=torch.float16)})
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(OutputExists, match="not written by"):
+    with pytest.raises(DestinationNotOwned, match=r"did not write \(notes.txt\)"):  # the export's own shard is not named
         export_weights(tmp_path / "sd.pt", out, max_shard_size=500, overwrite=True)
     assert (out / "notes.txt").read_text() == "mine"
+    with pytest.raises(DestinationNotOwned, match="is or holds the source"):  # the source's folder: never replaced
+        export_weights(tmp_path / "sd.pt", tmp_path, max_shard_size=500, overwrite=True)
 
 
 def test_numpy_arrays_in_a_plain_pickle(tmp_path):

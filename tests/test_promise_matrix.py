@@ -2,9 +2,11 @@
 
 The rows are `ENTRY_PATHS` (tests/matrix_paths.py): each path builds a small source of its kind and runs
 its write/verify operation through the public surface (CLI, convert_checkpoint, save_checkpoint,
-migrate on the process pool and on Ray, the Lightning plugin, scan). The columns are the promises; a
+migrate on the process pool and on Ray, the Lightning plugin, scan, export). The columns are the promises; a
 path lists in `applies` those that have a meaning for it, and only those combinations are generated
 (nothing is skipped at run time). A new entry path joins the whole matrix by one line in ENTRY_PATHS.
+A path writing more than one kind of output (export: a file, or a folder of shards) lists them in
+`outputs`; the promises about what is written or replaced are checked at each.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.matrix_paths import (
     CHANGED,
@@ -34,6 +37,7 @@ from tests.matrix_paths import (
     AcceleratePath,
     DcpPath,
     EntryPath,
+    ExportPath,
     FilePath,
     HfPath,
     LightningPath,
@@ -44,6 +48,7 @@ from tests.matrix_paths import (
     PauseAndChange,
     ScanPath,
     TrainerPath,
+    converted_folders,
     ray_available,
 )
 
@@ -58,6 +63,7 @@ ENTRY_PATHS: list[EntryPath] = [
     MigratePath(),
     *([MigrateRayPath()] if ray_available() else []),  # Ray is an optional extra: a row only where it is installed
     LightningPath(),
+    ExportPath(),
 ]
 
 
@@ -104,15 +110,6 @@ def output_of(path: EntryPath, built: dict, converted: dict, tmp_path_factory) -
     return src, converted[path.name]
 
 
-def converted_folders(out: Path) -> list[Path]:
-    """The converted folders of an output: itself, or (a unit's output) its sub-folders with a checkpoint.json."""
-    if (out / "checkpoint.json").exists():
-        return [out]
-    found = sorted(p.parent for p in out.rglob("checkpoint.json"))
-    assert found, f"no checkpoint.json in {out}"
-    return found
-
-
 def copy_output(out: Path, tmp_path: Path) -> Path:
     dst = tmp_path / "copy" / out.name
     shutil.copytree(out, dst)
@@ -131,7 +128,10 @@ def ray_instance():
 
 
 def snapshot(folder: Path) -> dict[str, bytes | None]:
-    """Every entry under `folder`: file bytes (None for a folder, the kind for anything else)."""
+    """Every entry under `folder`: file bytes (None for a folder, the kind for anything else); for a file,
+    its bytes and its inode (a copy put in its place is a replacement)."""
+    if folder.is_file():
+        return {folder.name: folder.read_bytes(), "inode": str(folder.stat().st_ino).encode()}
     out: dict[str, bytes | None] = {}
     for p in sorted(folder.rglob("*")):
         rel = str(p.relative_to(folder))
@@ -148,64 +148,70 @@ def assert_clean_error(outcome: Outcome, *words: str) -> str:
     return line
 
 
-def assert_nothing_written(path: EntryPath, dst: Path) -> None:
-    out = path.output(dst)
-    assert not out.exists(), sorted(p.name for p in out.iterdir())
-    if dst.parent.exists():  # no temporary folder or lock left beside it either
-        leftovers = [p.name for p in dst.parent.iterdir() if "ckpt-convert-tmp" in p.name]
-        assert not leftovers, leftovers
+def assert_nothing_written(out: Path, dst: Path) -> None:
+    """Neither the output `out` (of a write to `dst`) nor a temporary folder or lock beside it exists."""
+    assert not os.path.lexists(out), sorted(p.name for p in out.iterdir()) if out.is_dir() else out
+    for beside in {out.parent, dst.parent}:
+        if beside.exists():
+            leftovers = [p.name for p in beside.iterdir() if "ckpt-convert-tmp" in p.name]
+            assert not leftovers, leftovers
+
+
+def each_output(path: EntryPath, built: dict, tmp_path_factory, tmp_path: Path):
+    """For each kind of output of the path: (a private copy of its source, dst, extra write arguments, the output)."""
+    for i in range(len(path.outputs(tmp_path / "dst"))):
+        base = tmp_path / str(i)  # a folder per kind: each run starts from an intact source
+        args, out, _ = path.outputs(base / "dst")[i]
+        yield fresh_source(path, built, tmp_path_factory, base), base / "dst", args, out
 
 
 # ------------------------------------------------------------------------------------ regular files only
 
 @pytest.mark.parametrize("path", paths_for(FIFO))
 def test_fifo_in_place_of_a_source_file_is_refused(path, built, tmp_path_factory, tmp_path):
-    src = fresh_source(path, built, tmp_path_factory, tmp_path)
-    target = path.data_file(src)
-    target.unlink()
-    os.mkfifo(target)
-    dst = tmp_path / "dst"
-    outcome = path.write(src, dst)  # opening the FIFO would block forever: the CLI's timeout is the failure
-    if isinstance(path, MigratePath):  # the walker passes over special files, counted, never opened
-        assert outcome.rc == 0 and outcome.report["special_files"] == 1, (outcome.rc, outcome.lines)
-    else:
-        assert_clean_error(outcome, "FIFO", str(target))
-    assert_nothing_written(path, dst)
+    for src, dst, args, out in each_output(path, built, tmp_path_factory, tmp_path):
+        target = path.data_file(src)
+        target.unlink()
+        os.mkfifo(target)
+        outcome = path.write(src, dst, **args)  # opening the FIFO would block forever: the CLI's timeout is the failure
+        if isinstance(path, MigratePath):  # the walker passes over special files, counted, never opened
+            assert outcome.rc == 0 and outcome.report["special_files"] == 1, (outcome.rc, outcome.lines)
+        else:
+            assert_clean_error(outcome, "FIFO", str(target))
+        assert_nothing_written(out, dst)
 
 
 @pytest.mark.parametrize("path", paths_for(TRUNCATED))
 def test_source_truncated_mid_read_is_a_clean_error(path, built, tmp_path_factory, tmp_path):
     """The first read (or mapping) of the source file truncates it (tests/matrix_hook): never SIGBUS (135)."""
-    src = fresh_source(path, built, tmp_path_factory, tmp_path)
-    target = path.data_file(src)
-    marker = tmp_path / "truncated"
-    env = {"CKPT_MATRIX_TRUNCATE": str(target), "CKPT_MATRIX_MARKER": str(marker)}
-    dst = tmp_path / "dst"
-    outcome = path.write(src, dst, env=env)
-    assert marker.exists(), "the source was never read through a descriptor or a mapping"
-    assert_clean_error(outcome, str(target))
-    assert_nothing_written(path, dst)
+    for src, dst, args, out in each_output(path, built, tmp_path_factory, tmp_path):
+        target = path.data_file(src)
+        marker = dst.parent / "truncated"
+        env = {"CKPT_MATRIX_TRUNCATE": str(target), "CKPT_MATRIX_MARKER": str(marker)}
+        outcome = path.write(src, dst, env=env, **args)
+        assert marker.exists(), "the source was never read through a descriptor or a mapping"
+        assert_clean_error(outcome, str(target))
+        assert_nothing_written(out, dst)
 
 
 @pytest.mark.parametrize("path", paths_for(CHANGED))
 def test_source_changed_mid_run_writes_nothing(path, built, tmp_path_factory, tmp_path):
     """The run stops after its data files are written (CKPT_CONVERT_FAULT=after-data:stop); one byte of
     the source changes in place; the run goes on and must publish nothing."""
-    src = fresh_source(path, built, tmp_path_factory, tmp_path)
-    target = path.data_file(src)
+    for src, dst, args, out in each_output(path, built, tmp_path_factory, tmp_path):
+        target = path.data_file(src)
 
-    def change() -> None:
-        data = bytearray(target.read_bytes())
-        data[len(data) // 2] ^= 0xFF
-        with open(target, "r+b") as f:  # same inode, same size
-            f.write(data)
+        def change(target: Path = target) -> None:
+            data = bytearray(target.read_bytes())
+            data[len(data) // 2] ^= 0xFF
+            with open(target, "r+b") as f:  # same inode, same size
+                f.write(data)
 
-    dst = tmp_path / "dst"
-    with PauseAndChange(change) as pause:
-        outcome = path.write(src, dst, env={"CKPT_CONVERT_FAULT": "after-data:stop"})
-    assert pause.fired, f"the run never stopped at after-data: {outcome.rc} {outcome.lines}"
-    assert_clean_error(outcome, "changed while it was being converted", "nothing was written")
-    assert_nothing_written(path, dst)
+        with PauseAndChange(change) as pause:
+            outcome = path.write(src, dst, env={"CKPT_CONVERT_FAULT": "after-data:stop"}, **args)
+        assert pause.fired, f"the run never stopped at after-data: {outcome.rc} {outcome.lines}"
+        assert_clean_error(outcome, "changed while it was being converted", "nothing was written")
+        assert_nothing_written(out, dst)
 
 
 # ------------------------------------------------------------------------------------------------ verify
@@ -301,32 +307,42 @@ def _user_folder(out: Path) -> dict:
     return snapshot(out)
 
 
+def _user_file(out: Path) -> dict:
+    """A user's own safetensors file (a real one, not an export) where a file output goes."""
+    from safetensors.torch import save_file
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"mine": torch.zeros(3)}, out, metadata={"format": "pt"})
+    return snapshot(out)
+
+
 @pytest.mark.parametrize("path", paths_for(USER_FILES))
 def test_destination_with_user_files_is_never_replaced(path, built, tmp_path_factory, tmp_path):
     src = fresh_source(path, built, tmp_path_factory, tmp_path)
     dst = tmp_path / "dst"
-    before = _user_folder(path.output(dst))
-    for overwrite in (False, True):
-        outcome = path.write(src, dst, overwrite=overwrite)
-        assert_clean_error(outcome, str(path.output(dst)))  # refused for the destination, not for the source
-        assert snapshot(path.output(dst)) == before, overwrite
+    for args, out, is_file in path.outputs(dst):
+        before = _user_file(out) if is_file else _user_folder(out)
+        for overwrite in (False, True):
+            outcome = path.write(src, dst, overwrite=overwrite, **args)
+            assert_clean_error(outcome, str(out))  # refused for the destination, not for the source
+            assert snapshot(out) == before, (overwrite, args)
 
 
 @pytest.mark.parametrize("path", paths_for(REPLACE_OWN))
 def test_previous_output_of_the_same_path_is_replaced(path, built, tmp_path_factory, tmp_path):
     src = fresh_source(path, built, tmp_path_factory, tmp_path)
     dst = tmp_path / "dst"
-    first = path.write(src, dst)
-    assert first.rc == 0, (first.rc, first.lines)
-    old = os.stat(converted_folders(path.output(dst))[0] / "checkpoint.json").st_ino
-    if isinstance(path, MigratePath):  # a re-run converts again what changed (and replaces its own output)
-        shutil.rmtree(src)
-        path.build(src.parent)
-    again = path.write(src, dst, overwrite=True)
-    assert again.rc == 0, (again.rc, again.lines)
-    folders = converted_folders(path.output(dst))
-    assert os.stat(folders[0] / "checkpoint.json").st_ino != old  # a new folder took its place
-    assert all(path.verify_folder_rc(f) == 0 for f in folders)
+    for args, out, _ in path.outputs(dst):
+        first = path.write(src, dst, **args)
+        assert first.rc == 0, (first.rc, first.lines)
+        old = path.identity(out)
+        if isinstance(path, MigratePath):  # a re-run converts again what changed (and replaces its own output)
+            shutil.rmtree(src)
+            path.build(src.parent)
+        again = path.write(src, dst, overwrite=True, **args)
+        assert again.rc == 0, (again.rc, again.lines)
+        assert path.identity(out) != old, args  # a new output took its place
+        assert path.intact(out), args
 
 
 @pytest.mark.parametrize("path", paths_for(SOURCE_FOLDER))
@@ -334,9 +350,12 @@ def test_the_source_folder_is_never_a_destination(path, built, tmp_path_factory,
     src = fresh_source(path, built, tmp_path_factory, tmp_path)
     folder = path.source_folder(src)
     before = snapshot(tmp_path / "src")
-    outcome = path.write(src, folder, overwrite=True)
-    assert_clean_error(outcome, str(folder), "source")
-    assert snapshot(tmp_path / "src") == before
+    folder_outputs = [args for args, _, is_file in path.outputs(folder) if not is_file]  # (a file may go beside it)
+    assert folder_outputs, "declared source-folder-refused without a folder output"
+    for args in folder_outputs:
+        outcome = path.write(src, folder, overwrite=True, **args)
+        assert_clean_error(outcome, str(folder), "source")
+        assert snapshot(tmp_path / "src") == before, args
 
 
 # ----------------------------------------------------------------------------------------------- sharding
@@ -348,14 +367,14 @@ def test_max_shard_size_is_honoured(path, built, tmp_path_factory, tmp_path):
     outcome = path.write(src, dst, max_shard_size=SHARD)
     assert outcome.rc == 0, (outcome.rc, outcome.lines)
     sharded = []
-    for out in converted_folders(path.output(dst)):
+    for out in path.folders(path.output(dst, sharded=True)):
         names = sorted(p.name for p in out.iterdir())
         index = [n for n in names if n.endswith(".safetensors.index.json")]
         if index:
             assert any("-00001-of-0000" in n for n in names), names
             weight_map = json.loads((out / index[0]).read_text())["weight_map"]
             sharded.append(len(set(weight_map.values())))
-        assert path.verify_folder_rc(out) == 0
+    assert path.intact(path.output(dst, sharded=True))
     assert sharded and max(sharded) >= 2, sharded  # the model's state dict (16 KiB) is split in shards
 
 
@@ -381,30 +400,25 @@ def test_missing_source_has_one_wording(path, reference_lines, tmp_path):
     outcome = path.write(missing, tmp_path / "dst")
     assert_clean_error(outcome)
     assert outcome.line == line.replace(named, str(missing))
-    assert_nothing_written(path, tmp_path / "dst")
+    assert_nothing_written(path.output(tmp_path / "dst"), tmp_path / "dst")
 
 
 @pytest.mark.parametrize("path", paths_for(NOT_OWNED_WORDING))
 def test_destination_not_owned_has_one_wording(path, reference_lines, built, tmp_path_factory, tmp_path):
+    """Where the path writes a folder (the reference's situation: a folder of user files in the way)."""
     line, named = reference_lines["not-owned"]
     src = fresh_source(path, built, tmp_path_factory, tmp_path)
     dst = tmp_path / "dst"
-    _user_folder(path.output(dst))
-    outcome = path.write(src, dst, overwrite=True)
-    assert_clean_error(outcome)
-    assert outcome.line == line.replace(named, str(path.output(dst)))
+    folders = [(args, out) for args, out, is_file in path.outputs(dst) if not is_file]
+    assert folders, "declared not-owned-wording without a folder output"
+    for args, out in folders:
+        _user_folder(out)
+        outcome = path.write(src, dst, overwrite=True, **args)
+        assert_clean_error(outcome)
+        assert outcome.line == line.replace(named, str(out))
 
 
 # ----------------------------------------------------------------------------------------- report counts
-
-def sidecar_counts(out: Path) -> dict[str, int]:
-    sidecar = json.loads((out / "checkpoint.json").read_bytes())
-    ids = {i for per_file in sidecar.get("entries", {}).values() for i in per_file}
-    tensors = ids.union(sidecar.get("tensors", {})) - {i for i in ids if i.startswith("a")}
-    arrays = {i for i in ids if i.startswith("a")}.union(sidecar.get("arrays", {}))
-    return {"tensors": len(tensors), "arrays": len(arrays), "files": len(sidecar["files"]),
-            "bytes": sum(f["bytes"] for f in sidecar["files"].values())}
-
 
 @pytest.mark.parametrize("path", paths_for(COUNTS))
 def test_report_counts_equal_the_sidecars(path, built, tmp_path_factory, tmp_path):
@@ -412,8 +426,7 @@ def test_report_counts_equal_the_sidecars(path, built, tmp_path_factory, tmp_pat
     dst = tmp_path / "dst"
     outcome = path.write_api(src, dst)
     assert outcome.rc == 0, (outcome.rc, outcome.lines)
-    per_folder = [sidecar_counts(f) for f in converted_folders(path.output(dst))]
-    expected = {k: sum(c[k] for c in per_folder) for k in per_folder[0]}
+    expected = path.output_counts(path.output(dst))
     assert expected["tensors"] > 0
     assert path.report_counts(outcome) == expected
 

@@ -32,16 +32,24 @@ def _is_source(path: Path) -> bool:
     return path.is_file() or (path.is_dir() and is_dcp_folder(path))
 
 
-def _check_convert(args: argparse.Namespace) -> None:
-    src, dst = Path(args.src), Path(args.dst)
+def _source_exists(src: Path) -> None:
     if not os.path.lexists(src):
         raise ConvertError(f"{src}: no such file or folder")  # a source may be a file or a unit folder
+
+
+def _check_convert(args: argparse.Namespace) -> None:
+    src, dst = Path(args.src), Path(args.dst)
+    _source_exists(src)
     if src.is_dir() and (src / SIDECAR_NAME).is_file():
         raise ConvertError(f"{src} is already a converted folder: load it with load_checkpoint, check it with "
                            f"ckpt-convert verify {_q(src)}")
     if os.path.lexists(dst) and not dst.is_dir():  # --overwrite replaces only an earlier output folder
         raise OutputExists(f"{dst} is an existing file; the destination is a folder to create: "
                            "give a new folder name")
+
+
+def _check_export(args: argparse.Namespace) -> None:
+    _source_exists(Path(args.src))  # the wording convert uses
 
 
 def _check_verify(args: argparse.Namespace) -> None:
@@ -86,5 +94,5 @@ def _check_migrate(args: argparse.Namespace) -> None:
         raise ConvertError(f"{args.dst} is an existing file; DST_DIR must be a folder (new or an earlier migrate's)")
 
 
-_CHECKS = {"convert": _check_convert, "verify": _check_verify, "inspect": _check_inspect,
+_CHECKS = {"convert": _check_convert, "export": _check_export, "verify": _check_verify, "inspect": _check_inspect,
            "migrate": _check_migrate}

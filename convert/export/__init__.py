@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConvertError
+from ..ops.convert import precheck
 from ..write.shards import parse_size
 from .cast import DTYPE_CODES
 from .names import export_names
@@ -46,7 +47,8 @@ def export_weights(src: str | os.PathLike, out: str | os.PathLike, *, key: str |
     Nothing in `src` is executed and torch is not needed. `key` picks the state dict ("state_dict",
     "ema", "model.ema", ...; default: the root if it is one, else the first of select.DEFAULT_KEYS).
     Tied tensors are written once (names.py); `dtype` ("fp16", "bf16", "fp32") casts floating tensors.
-    `overwrite` replaces `out` only if an earlier export wrote it.
+    `overwrite` replaces `out` only if an earlier export wrote it (`write.ownership.check_replaceable`),
+    never `src` nor a folder holding it.
 
     Example:
         >>> export_weights("last.ckpt", "model.safetensors", strip_prefix="model.")   # doctest: +SKIP
@@ -63,10 +65,7 @@ def export_weights(src: str | os.PathLike, out: str | os.PathLike, *, key: str |
         raise ConvertError(str(exc)) from None
     if max_bytes is None and out.suffix != ".safetensors":
         raise ConvertError(f"{out}: the output file must end in .safetensors (or pass --max-shard-size for a folder)")
-    if os.path.lexists(out) and not overwrite:  # before reading a possibly large source (the writer checks again)
-        from ..errors import OutputExists
-
-        raise OutputExists(f"{out} already exists; pass --overwrite (overwrite=True) to replace it")
+    precheck(out, [src], overwrite, file=max_bytes is None)  # before reading a possibly large source (and again when written)
     with open_source(src) as source:
         state_dict, path = select_state_dict(source.root, key)
         names = export_names(state_dict, strip_prefix, add_prefix)
@@ -75,10 +74,11 @@ def export_weights(src: str | os.PathLike, out: str | os.PathLike, *, key: str |
         entries, cast = make_entries(names.tensors, target)
         meta = metadata(names.dropped)
         if max_bytes is None:
-            write_file(out, entries, meta, source.kernel, source.digest, overwrite=overwrite)
+            write_file(out, entries, meta, source.kernel, source.digest, overwrite=overwrite, sources=[src])
             files = {out.name: len(entries)}
         else:
-            files = write_sharded(out, entries, meta, source.kernel, source.digest, max_bytes, overwrite=overwrite)
+            files = write_sharded(out, entries, meta, source.kernel, source.digest, max_bytes, overwrite=overwrite,
+                                  sources=[src])
     return ExportReport(src, out, path, files, len(entries), sum(e.nbytes for e in entries), cast,
                         names.dropped, names.skipped)
 

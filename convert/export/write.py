@@ -6,8 +6,9 @@ in bounded pieces through numpy where it is), through the project's one safetens
 source's sha256; the digest is computed on a thread while the data is copied, so the header is
 written with a placeholder of the same length and the digest put in its place at the end.
 
-OUT is refused if it exists, unless `overwrite` and OUT is an earlier export (its header says so):
-an export never replaces a file (or folder) it did not write.
+OUT is refused if it exists, unless `overwrite` and `ownership.check_replaceable` allows it (an earlier
+export: its header says so; never the source): an export never replaces a file (or folder) it did not write.
+The source is checked unchanged (its digest, `faults` point after-data) before anything is published.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +25,14 @@ from ..errors import ENVIRONMENT_ERRNOS, CannotWrite, ConvertError, OutputExists
 from ..model.dtypes import ITEMSIZE_BY_CODE, NATIVE, NUMPY_TO_DTYPE
 from ..model.records import NdArrayRef, TensorRef
 from ..model.tensor_bytes import contiguous_source, is_contiguous, ndarray_bytes, tensor_bytes
+from ..primitives import faults
 from ..primitives.durable import fsync_dir, fsync_fd, rename_noreplace
 from ..primitives.hashing import PENDING_SHA256
 from ..primitives.lock import WriterLock
 from ..primitives.source import SourceBytes
 from ..primitives.temp import TempFolder, remove_stale_temporaries
-from ..write.folder import build_folder
-from ..write.ownership import EXPORT_INDEX_NAME, is_export
+from ..write.folder import build_folder, parents_made
+from ..write.ownership import EXPORT_INDEX_NAME, check_replaceable, is_export
 from ..write.ownership import EXPORT_MARK_KEY as MARK_KEY
 from ..write.plan import Entry
 from ..write.safetensors_io import KernelCopySources, header_bytes, layout, write_safetensors
@@ -131,38 +133,36 @@ def seal(path: Path, at: int, digest: str) -> None:
         os.close(fd)
 
 
-def _check_destination(dst: Path, overwrite: bool) -> None:
-    if not os.path.lexists(dst):
-        return
-    if not overwrite:
-        raise OutputExists(f"{dst} already exists; pass --overwrite (overwrite=True) to replace it")
-    if not is_export(dst):
-        raise OutputExists(f"{dst} exists and was not written by `ckpt-convert export`; it is never replaced: "
-                           "remove it yourself or choose another OUT")
+def _check_destination(dst: Path, overwrite: bool, sources: Sequence[str | os.PathLike]) -> None:
+    if os.path.lexists(dst) and not overwrite:
+        raise OutputExists.for_path(dst)
+    if overwrite:
+        check_replaceable(dst, sources, file=True)
 
 
 def write_file(dst: Path, entries: list[Entry], meta: dict[str, str], kernel: KernelCopySources,
-               digest: Callable[[], str], *, overwrite: bool) -> None:
-    """OUT as one file: written in a marked temporary folder beside it, then renamed into place."""
+               digest: Callable[[], str], *, overwrite: bool, sources: Sequence[str | os.PathLike] = ()) -> None:
+    """OUT as one file: written in a marked temporary folder beside it, then renamed into place.
+    `sources`: what the export reads (never replaced, see `check_replaceable`)."""
     try:
         remove_stale_temporaries(dst.parent, dst.name)
-        _check_destination(dst, overwrite)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        with WriterLock(dst) if overwrite else contextlib.nullcontext():
+        _check_destination(dst, overwrite, sources)
+        with parents_made(dst.parent), WriterLock(dst) if overwrite else contextlib.nullcontext():
             temp = TempFolder.create(dst)
             try:
                 built = temp.build / dst.name
                 at = write_one(built, entries, meta, kernel)
-                seal(built, at, digest())
+                faults.point("after-data")
+                seal(built, at, digest())  # digest(): raises SourceChanged if the source changed meanwhile
                 fsync_dir(temp.build)
                 if overwrite and os.path.lexists(dst):
-                    _check_destination(dst, overwrite)  # again, under the lock
+                    _check_destination(dst, overwrite, sources)  # again, under the lock
                     os.replace(built, dst)  # a file: replaced in one step, a complete OUT at every instant
                 else:
                     try:
                         rename_noreplace(built, dst)
                     except FileExistsError:
-                        raise OutputExists(f"{dst} already exists (created meanwhile by another run)") from None
+                        raise OutputExists.for_path(dst, "created meanwhile by another run") from None
                 fsync_dir(dst.parent)
             finally:
                 temp.remove()
@@ -173,16 +173,18 @@ def write_file(dst: Path, entries: list[Entry], meta: dict[str, str], kernel: Ke
 
 
 def write_sharded(dst: Path, entries: list[Entry], meta: dict[str, str], kernel: KernelCopySources,
-                  digest: Callable[[], str], max_bytes: int, *, overwrite: bool) -> dict[str, int]:
-    """OUT as an HF folder: `model.safetensors`, or `model-0000N-of-0000M.safetensors` + the index."""
-    _check_destination(dst, overwrite)
+                  digest: Callable[[], str], max_bytes: int, *, overwrite: bool,
+                  sources: Sequence[str | os.PathLike] = ()) -> dict[str, int]:
+    """OUT as an HF folder: `model.safetensors`, or `model-0000N-of-0000M.safetensors` + the index; the
+    folder writer's guarantees and ownership rule (`build_folder`)."""
     shards = assign(entries, max_bytes)
     names = [f"{STEM}.safetensors"] if len(shards) == 1 else \
         [shard_name(STEM, i + 1, len(shards)) for i in range(len(shards))]
 
     def fill(folder: Path) -> None:
         placeholders = [(folder / name, write_one(folder / name, shard, meta, kernel)) for name, shard in zip(names, shards)]
-        sha = digest()
+        faults.point("after-data")
+        sha = digest()  # raises SourceChanged if the source changed meanwhile
         for path, at in placeholders:
             seal(path, at, sha)
         if len(shards) > 1:
@@ -193,7 +195,7 @@ def write_sharded(dst: Path, entries: list[Entry], meta: dict[str, str], kernel:
                 fsync_fd(out.fileno())
         fsync_dir(folder)
 
-    build_folder(dst, fill, overwrite=overwrite)
+    build_folder(dst, fill, overwrite=overwrite, sources=sources)
     return {name: len(shard) for name, shard in zip(names, shards)}
 
 

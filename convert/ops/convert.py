@@ -38,12 +38,13 @@ class ConversionReport:
     skipped: list[list[str]] = field(default_factory=list)
 
 
-def precheck(dst: Path, sources: Sequence[str | os.PathLike], overwrite: bool) -> None:
-    """Before reading a possibly large source: the destination is free, or replaceable (the writer asks again)."""
+def precheck(dst: Path, sources: Sequence[str | os.PathLike], overwrite: bool, *, file: bool = False) -> None:
+    """Before reading a possibly large source: the destination is free, or replaceable (the writer asks again).
+    `file`: the output is one file (export's OUT; see `check_replaceable`)."""
     if os.path.lexists(dst) and not overwrite:
         raise OutputExists.for_path(dst)
     if overwrite:
-        check_replaceable(dst, sources)
+        check_replaceable(dst, sources, file=file)
 
 
 def convert(source: Source, dst: str | os.PathLike, *, overwrite: bool = False,

@@ -26,7 +26,7 @@ import concurrent.futures
 import contextlib
 import os
 import shutil
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from ..errors import ENVIRONMENT_ERRNOS, CannotWrite, ConvertError, OutputExists, UnsupportedValue
@@ -108,28 +108,35 @@ def _build_folder(dst: Path, fill: Callable[[Path], None], overwrite: bool,
         raise OutputExists.for_path(dst)
     if os.path.lexists(dst) and not dst.is_dir():
         raise ConvertError(f"{dst} exists and is not a folder")
-    created = _make_parents(dst.parent)
+    with parents_made(dst.parent) as created, WriterLock(dst) if overwrite else contextlib.nullcontext():
+        try:
+            temp = TempFolder.create(dst)
+        except FileNotFoundError:  # a parallel conversion that failed removed the parent it had made
+            created += _make_parents(dst.parent)
+            temp = TempFolder.create(dst)
+        try:
+            fill(temp.build)
+            sign_finished(temp.build)  # signing asked for (convert.sign.signing): part of the atomic folder
+            faults.point("before-rename")
+            if overwrite:
+                check_replaceable(dst, sources)  # again: files may have been added meanwhile
+            _install(temp, dst, overwrite)
+            fsync_dir(dst.parent)
+        finally:
+            temp.remove()
+
+
+@contextlib.contextmanager
+def parents_made(folder: Path) -> Iterator[list[Path]]:
+    """Create `folder`'s missing parents (and itself); if the block fails, remove those it created (while
+    empty), so a failed write leaves nothing. Yields the list of created folders (the block may add to it)."""
+    created = _make_parents(folder)
     try:
-        with WriterLock(dst) if overwrite else contextlib.nullcontext():
-            try:
-                temp = TempFolder.create(dst)
-            except FileNotFoundError:  # a parallel conversion that failed removed the parent it had made
-                created += _make_parents(dst.parent)
-                temp = TempFolder.create(dst)
-            try:
-                fill(temp.build)
-                sign_finished(temp.build)  # signing asked for (convert.sign.signing): part of the atomic folder
-                faults.point("before-rename")
-                if overwrite:
-                    check_replaceable(dst, sources)  # again: files may have been added meanwhile
-                _install(temp, dst, overwrite)
-                fsync_dir(dst.parent)
-            finally:
-                temp.remove()
+        yield created
     except BaseException:
-        for folder in reversed(created):
+        for made in reversed(created):
             try:
-                folder.rmdir()
+                made.rmdir()
             except OSError:
                 break
         raise

@@ -11,7 +11,11 @@ existing folder may be replaced only if
   empty; or, for a framework unit (the source is a folder), each entry is a converted sub-folder
   of that kind or a file of the same name in the source folder;
 - it holds nothing that output did not write: every entry is a data file, an index or a copied
-  file its sidecar lists, or the sidecar itself.
+  file its sidecar lists, or the sidecar itself; or a shard `export` wrote (its header carries the
+  export mark), or the index beside such shards.
+
+`export`'s single-file OUT is checked by the same function (`file=True`): the existing path must be a
+regular file whose header carries the export mark (and neither the source nor its folder).
 
 Anything else raises DestinationNotOwned naming what is in the way; nothing is touched.
 """
@@ -33,12 +37,13 @@ EXPORT_MARK_KEY = "ckpt_convert_export"  # safetensors metadata key marking a fi
 EXPORT_INDEX_NAME = "model.safetensors.index.json"
 
 
-def check_replaceable(dst: Path, sources: Sequence[str | os.PathLike] = ()) -> None:
+def check_replaceable(dst: Path, sources: Sequence[str | os.PathLike] = (), *, file: bool = False) -> None:
     """Raise DestinationNotOwned unless the existing folder `dst` may be replaced by this run's output.
 
     Args:
         dst: the destination (nothing to check if it does not exist).
         sources: the files or folders this run reads (never replaced, nor any folder holding them).
+        file: the output is one file (export's OUT), which may replace only a file an export wrote.
     """
     if not os.path.lexists(dst):
         return
@@ -54,6 +59,11 @@ def check_replaceable(dst: Path, sources: Sequence[str | os.PathLike] = ()) -> N
         if any(_within(p, real) for p in protected):
             raise DestinationNotOwned(f"{dst} is or holds the source {source} or its folder; refusing to replace "
                                       "it: write the output to another folder")
+    if file:
+        if not (_plain_file(dst) and is_export(dst)):
+            raise DestinationNotOwned(f"{dst} is not a file `ckpt-convert export` wrote; refusing to replace it: "
+                                      "move it away or write the output to another file")
+        return
     if dst.is_symlink() or not dst.is_dir():
         raise ConvertError(f"{dst} exists and is not a folder")
     unit_sources = [Path(s) for s in sources if Path(s).is_dir()]
@@ -70,13 +80,14 @@ def foreign_entries(folder: Path, unit_sources: Sequence[Path] = ()) -> list[str
     Raises DestinationNotOwned if `folder` has a checkpoint.json that does not check out.
     """
     names = sorted(os.listdir(folder))
-    if SIDECAR_NAME not in names and names and is_export(folder):  # shards `export` wrote, and their index
-        return []
     if SIDECAR_NAME in names:
         owned = output_names(folder)
         return [n for n in names if n not in owned or not _plain_file(folder / n)]
+    exported = _exported(folder, names)
     in_way = []
     for name in names:  # a framework unit's output: converted sub-folders and copies of the unit's files
+        if name in exported:
+            continue
         path = folder / name
         if path.is_dir() and not path.is_symlink() and (path / SIDECAR_NAME).is_file():
             if any(_plain_file(s / name) for s in unit_sources):
@@ -108,6 +119,13 @@ def output_names(folder: Path) -> set[str]:
                                       "replace it: move it away or write the output to another folder")
     indexes = {sd["file"] for sd in sidecar["state_dicts"] if sd.get("file", "").endswith(".index.json")}
     return {SIDECAR_NAME, SIGNATURE_NAME, *sidecar["files"], *indexes, *copied_names(sidecar)}  # the signature: ours too
+
+
+def _exported(folder: Path, names: list[str]) -> set[str]:
+    """The entries of `folder` that `export` wrote: marked shards, and the index beside them."""
+    shards = {n for n in names if n.endswith(".safetensors") and _plain_file(folder / n) and is_export(folder / n)}
+    index = {EXPORT_INDEX_NAME} if shards and _plain_file(folder / EXPORT_INDEX_NAME) else set()
+    return shards | index
 
 
 def is_export(path: Path) -> bool:
