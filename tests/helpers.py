@@ -385,12 +385,22 @@ def rerun_until_no_temporaries(root, rerun, seconds: float = 300.0) -> None:
     (however slowly a loaded machine lets them exit), then re-run once: nothing may be left."""
     import time
 
-    from convert.primitives.temp import _read_marker, owner_is_gone
+    from convert.primitives.temp import _NAME, _is_zombie, _read_marker, owner_is_gone
+
+    def gone(path: Path) -> bool:
+        marker = _read_marker(path)
+        if marker is not None:
+            return owner_is_gone(marker)
+        pid = int(_NAME.fullmatch(path.name)["pid"])  # killed before its marker was whole: the pid in the name
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return _is_zombie(pid)
 
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        markers = [_read_marker(p) for p in stale_temporaries(root)]
-        if all(m is None or owner_is_gone(m) for m in markers):
+        if all(gone(p) for p in stale_temporaries(root)):
             break
         time.sleep(0.5)
     if stale_temporaries(root):

@@ -12,7 +12,9 @@ temporary folder.
 
 `remove_stale_temporaries` removes a folder only if its name has that form, its marker is valid
 and names the same pid, and that owner process is gone (same host and boot, pid not running or
-running a different process). Never by name alone: a folder without a valid marker is left as is.
+running a different process). Never by name alone: a folder without a valid marker is left as is,
+unless it is the bare skeleton `create` makes before the marker is whole (a run killed in between) and
+the pid in its name runs no process.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import re
 import secrets
 import shutil
 import socket
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +96,11 @@ def process_start_time(pid: int) -> str | None:
     return stat[stat.rindex(")") + 2:].split()[19]  # field 22; the command name may hold spaces
 
 
+# How every marker `create` writes begins (json.dumps keeps the key order below): a marker cut short at any
+# byte is a prefix of it.
+_MARKER_HEAD = json.dumps({"tool": _TOOL})[:-1].encode()
+
+
 def owner_marker(dst_name: str) -> dict:
     pid = os.getpid()
     return {"tool": _TOOL, "pid": pid, "pid_start": process_start_time(pid), "host": socket.gethostname(),
@@ -156,6 +164,44 @@ def _restore_moved_aside(temp: Path, dst: Path) -> None:
             rename_noreplace(old, dst)
 
 
+def _remove_unmarked_skeleton(path: Path, pid: int) -> bool:
+    """A run killed inside `TempFolder.create`, between the mkdir and the marker's last byte, leaves a folder
+    with no valid marker. Remove it only if it holds nothing but what `create` makes (an owner.json that is a
+    marker cut short, an empty new/) and the pid in its name runs no process: each entry by name, never rmtree."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+        if not _is_zombie(pid):
+            return False  # alive (or its pid reused): a later run decides
+    except ProcessLookupError:
+        pass
+    except OSError:
+        return False
+    try:
+        names = set(os.listdir(path))
+        if not names <= {MARKER, BUILD}:
+            return False
+        if MARKER in names:
+            st = os.lstat(path / MARKER)
+            if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_MARKER:
+                return False
+            with open(path / MARKER, "rb") as f:  # a marker cut short: what `create` had written of it
+                head = f.read(len(_MARKER_HEAD))
+            if not _MARKER_HEAD.startswith(head):
+                return False
+        if BUILD in names and (os.path.islink(path / BUILD) or os.listdir(path / BUILD)):
+            return False
+        if BUILD in names:
+            os.rmdir(path / BUILD)
+        if MARKER in names:
+            os.unlink(path / MARKER)
+        os.rmdir(path)
+    except OSError:  # changed meanwhile, or a concurrent cleaner got there first
+        return False
+    return True
+
+
 def is_temporary(path: Path) -> bool:
     """Whether `path` has the form of a conversion's temporary folder (the name only: not proof)."""
     return _NAME.fullmatch(path.name) is not None
@@ -167,7 +213,8 @@ def remove_stale_temporaries(folder: str | os.PathLike, name: str | None = None)
     Looks only at the direct entries of `folder` (not below). An entry is removed only if it is a
     real folder (not a symlink) named `.NAME.ckpt-convert-tmp-PID-RANDOM`, holds a valid
     `owner.json` marker naming the same PID, and `owner_is_gone(marker)`. Temporary folders of live
-    runs, of other hosts, and anything without a valid marker are left untouched.
+    runs, of other hosts, and anything without a valid marker are left untouched, except the bare
+    skeleton of a run killed while creating it (`_remove_unmarked_skeleton`).
 
     Args:
         folder: the folder the destinations live in (a destination's parent).
@@ -190,7 +237,11 @@ def remove_stale_temporaries(folder: str | os.PathLike, name: str | None = None)
                 continue
         path = Path(entry.path)
         marker = _read_marker(path)
-        if marker is None or marker["pid"] != int(match["pid"]) or not owner_is_gone(marker):
+        if marker is None:
+            if _remove_unmarked_skeleton(path, int(match["pid"])):
+                removed.append(path)
+            continue
+        if marker["pid"] != int(match["pid"]) or not owner_is_gone(marker):
             continue
         destination = marker.get("destination", match["name"])  # the whole name: the folder's may be cut
         if (isinstance(destination, str) and destination not in ("", ".", "..") and "/" not in destination
