@@ -20,20 +20,12 @@ def json_depth(value: Any, limit: int) -> int:
     Returns:
         The depth, or `limit + 1`.
     """
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, dict):
-            children: Any = node.values()
-        elif isinstance(node, list):
-            children = node
-        else:
-            continue
+    level = [value] if isinstance(value, (dict, list)) else []
+    depth = 0
+    while level:  # one level at a time: a comprehension per level, no Python call per node
         depth += 1
-        if depth > deepest:
-            deepest = depth
-            if deepest > limit:
-                return limit + 1
-        stack.extend((child, depth) for child in children if isinstance(child, (dict, list)))
-    return deepest
+        if depth > limit:
+            return limit + 1
+        level = [child for node in level for child in (node.values() if isinstance(node, dict) else node)
+                 if isinstance(child, (dict, list))]
+    return depth

@@ -6,17 +6,23 @@ raises RecursionError on deeper input. That input is then parsed again by `_pars
 stack of the open containers that hands each element to the same C scanner (a shallow subtree is
 parsed whole in C) and opens an element itself only when the scanner cannot; it refuses input nested
 deeper than `max_depth` as soon as it opens that many. No interpreter setting is changed.
+
+The depth of what either parser returns is then measured (deep.json_depth), except where the C parser's
+success already bounds it: before Python 3.12 its recursion counts against the interpreter's recursion
+limit, so with a limit no higher than `max_depth` it cannot return anything deeper.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import sys
 from json.decoder import scanstring
 from typing import Any
 
 from ..errors import MalformedCheckpoint
 from ..model.limits import LIMITS
+from .deep import json_depth
 
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 
@@ -40,8 +46,7 @@ def strict_json(raw: bytes, where: str, max_depth: int = LIMITS.sidecar_json_dep
     Args:
         raw: the bytes.
         where: names the input in error messages.
-        max_depth: input that needs the explicit-stack parser (too deep for the C parser) is refused once
-            it opens more containers than this; shallower input is never measured (see schema.bounded_depth).
+        max_depth: JSON nested deeper than this is refused (a depth bomb within a few times this many levels).
     Raises:
         MalformedCheckpoint: in one line, never RecursionError.
     """
@@ -51,9 +56,13 @@ def strict_json(raw: bytes, where: str, max_depth: int = LIMITS.sidecar_json_dep
     try:
         text = raw.decode("utf-8")
         try:
-            return decoder.decode(text)
+            value = decoder.decode(text)
+            if sys.version_info < (3, 12) and sys.getrecursionlimit() <= max_depth:
+                return value  # the C parser could not have returned anything deeper (see the module docstring)
         except RecursionError:
-            return _parse_deep(text, decoder, max_depth)
+            value = _parse_deep(text, decoder, max_depth)
+        if json_depth(value, max_depth) > max_depth:
+            raise _TooDeep
     except UnicodeDecodeError as exc:
         raise MalformedCheckpoint(f"{where}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
     except json.JSONDecodeError as exc:
