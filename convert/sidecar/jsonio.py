@@ -63,6 +63,7 @@ def strict_json(raw: bytes, where: str, max_depth: int = LIMITS.sidecar_json_dep
             value = _parse_deep(text, decoder, max_depth)
         if json_depth(value, max_depth) > max_depth:
             raise _TooDeep
+        return value
     except UnicodeDecodeError as exc:
         raise MalformedCheckpoint(f"{where}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
     except json.JSONDecodeError as exc:
@@ -85,6 +86,8 @@ def _parse_deep(text: str, decoder: json.JSONDecoder, max_depth: int) -> Any:
         if opener == "[" or opener == "{":
             try:
                 value, idx = scan(text, idx)  # the whole subtree, in C, unless it is too deep for that
+            except StopIteration as stop:  # the scanner's "no value at this index", also from inside
+                raise json.JSONDecodeError("Expecting value", text, stop.value) from None
             except RecursionError:
                 if len(stack) >= max_depth:
                     raise _TooDeep from None
