@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from convert import MalformedCheckpoint, compare_trees, load_checkpoint, read_checkpoint, verify_checkpoint
+from convert import (
+    MalformedCheckpoint,
+    compare_trees,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+    verify_checkpoint,
+)
 from convert.sidecar.codec import MODIFIERS, TAGS, Decoder
 from convert.sidecar.schema import FORMAT_VERSION, READABLE_VERSIONS, schema, schema_tags
 from tests.helpers import read_sidecar, run_cli, validate_sidecar
@@ -70,3 +77,33 @@ def test_codec_registry_and_schema_list_the_same_tags():
 def test_decoder_refuses_broken_references(bad):
     with pytest.raises(MalformedCheckpoint):
         Decoder().value(bad)
+
+
+def test_decoder_reads_a_mapping_key_before_its_value():
+    """The encoder writes a key before its value, so a value may refer to a tuple the key defines
+    ({t: t} with a shared tuple t): the decoder read the value first and refused the folder."""
+    out = Decoder().value({"$dict": [[{"$tuple": [1, 2], "$id": 0}, {"$ref": 0}]]})
+    (key, value), = out.items()
+    assert key == (1, 2) and value is key
+
+
+def test_decoder_is_iterative_to_its_depth_limit_and_refuses_one_more():
+    from convert.sidecar.codec import DECODE_MAX_DEPTH
+
+    node: object = [0]
+    for _ in range(DECODE_MAX_DEPTH - 1):  # plain lists and tagged tuples: value 0 sits at the limit
+        node = [node] if isinstance(node, dict) else {"$tuple": [node]}
+    value = Decoder().value(node)
+    for _ in range(DECODE_MAX_DEPTH):
+        assert isinstance(value, (list, tuple)) and len(value) == 1
+        value = value[0]
+    assert value == 0
+    with pytest.raises(MalformedCheckpoint, match="sidecar nests too deeply"):
+        Decoder().value([node])
+
+
+def test_a_dict_whose_value_is_its_own_tuple_key_round_trips(tmp_path):
+    t = (1, 2)
+    save_checkpoint({"m": {t: t}}, tmp_path / "out")
+    (key, value), = load_checkpoint(tmp_path / "out")["m"].items()
+    assert key == t and value is key

@@ -362,3 +362,29 @@ def test_hostile_safetensors_entries_are_refused_with_one_line(tmp_path, info, m
     path.write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 8)
     with pytest.raises(MalformedCheckpoint, match=message):
         SafetensorsFile(path)
+
+
+@pytest.mark.parametrize("window", [1, 2, 5])
+def test_compiled_schema_in_narrow_windows_agrees_with_jsonschema(tmp_path_factory, monkeypatch, window):
+    """Narrow windows put off nearly every check to the explicit stack (and re-run the parents): each single
+    mutation of a real sidecar gets jsonschema's verdict all the same, and the located path is jsonschema's
+    error's, or one on the way down to it."""
+    from convert.sidecar import schema_compiled
+
+    monkeypatch.setattr(schema_compiled, "WINDOW", window)
+    fast, slow = compile_schema(schema()), jsonschema.Draft202012Validator(schema())
+    base = _base_sidecar(tmp_path_factory)
+    assert fast(base)
+    for n, path in enumerate(_mutations(base)[1:]):
+        doc = copy.deepcopy(base)
+        parent = doc
+        for p in path[:-1]:
+            parent = parent[p]
+        parent[path[-1]] = _ODD_VALUES[n % len(_ODD_VALUES)]
+        verdict = slow.is_valid(doc)
+        assert fast(doc) == verdict, path
+        if not verdict:
+            where, says = fast.locate(doc, 5.0)
+            assert says
+            error = "/".join(str(p) for p in next(iter(slow.iter_errors(doc))).absolute_path)
+            assert where == "<root>" or error.startswith(where) or where.startswith(error), (where, error)

@@ -25,7 +25,8 @@ import collections
 import itertools
 import math
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from types import GeneratorType
 from typing import Any, ClassVar
 
 import numpy as np
@@ -53,6 +54,8 @@ MAX_NODES = LIMITS.sidecar_nodes
 # Keys that may accompany a tag (they are not tags themselves).
 MODIFIERS = ("$id", "$attrs", "$with")
 
+Children = Generator[tuple[Any, int], Any, Any]  # decoding a container: yields (child, depth), gets it decoded
+
 
 # ------------------------------------------------------------------------------------------ registry
 
@@ -61,7 +64,10 @@ class Tag:
     it encodes, matched exactly), and implement `encode` and `decode`; `describe` feeds `inspect`.
 
     `shared`: instances have identity (may be reached twice, get `$id`/`$ref`). `mutable`: created
-    empty by `new`, registered, then filled by `fill` (so it may contain itself)."""
+    empty by `new`, registered, then filled by `fill` (so it may contain itself).
+
+    Decoding is iterative (see Decoder.value): a tag whose payload holds values is decoded by a generator
+    that yields `(child, depth)` for each of them, in the encoder's order, and receives it decoded."""
 
     name: ClassVar[str]
     types: ClassVar[tuple[type, ...]] = ()
@@ -72,15 +78,16 @@ class Tag:
         raise NotImplementedError
 
     def decode(self, dec: Decoder, node: dict, depth: int) -> Any:
+        """The value (a scalar tag), or a generator of its children that returns it (see the class docstring)."""
         obj = self.new(node)
         dec.register(obj, node)
-        self.fill(dec, obj, node, depth)
+        yield from self.fill(dec, obj, node, depth)
         return obj
 
     def new(self, node: dict) -> Any:
         raise NotImplementedError
 
-    def fill(self, dec: Decoder, obj: Any, node: dict, depth: int) -> None:
+    def fill(self, dec: Decoder, obj: Any, node: dict, depth: int) -> Children:
         raise NotImplementedError
 
     def items(self, payload: Any) -> list[tuple[str, Any]] | None:
@@ -137,8 +144,9 @@ class ListTag(Tag):
     def new(self, node: dict) -> list:
         return []
 
-    def fill(self, dec: Decoder, obj: list, node: dict, depth: int) -> None:
-        obj.extend(dec.value(x, depth + 1) for x in node[self.name])
+    def fill(self, dec: Decoder, obj: list, node: dict, depth: int) -> Children:
+        for x in node[self.name]:
+            obj.append((yield x, depth + 1))
 
     def items(self, payload: list) -> list:
         return list(enumerate(payload))
@@ -151,10 +159,11 @@ class _MappingTag(Tag):
     def new(self, node: dict) -> Any:
         return self.kind()
 
-    def fill(self, dec: Decoder, obj: dict, node: dict, depth: int) -> None:
+    def fill(self, dec: Decoder, obj: dict, node: dict, depth: int) -> Children:
         d = depth + 1
         for key, value in node[self.name]:
-            obj[_hashable(dec.value(key, d))] = dec.value(value, d)
+            k = _hashable((yield key, d))  # the key first: the encoder's order ($id definitions)
+            obj[k] = yield value, d
             grown(obj, f"sidecar {self.name}")
 
     def items(self, payload: list) -> list:
@@ -190,12 +199,12 @@ class OrderedDictTag(_MappingTag):
             return None
         return {k: enc.value(x, [*path, Field(k)], depth + 1) for k, x in attrs.items()}
 
-    def fill(self, dec: Decoder, obj: Any, node: dict, depth: int) -> None:
-        super().fill(dec, obj, node, depth)
+    def fill(self, dec: Decoder, obj: Any, node: dict, depth: int) -> Children:
+        yield from super().fill(dec, obj, node, depth)
         for name, attr in node.get("$attrs", {}).items():
             if not name.isidentifier() or name.startswith("__"):
                 raise MalformedCheckpoint(f"sidecar OrderedDict attribute {name!r:.40} is not allowed")
-            obj.__dict__[name] = dec.value(attr, depth + 1)
+            obj.__dict__[name] = yield attr, depth + 1
 
 
 class _ItemsTag(Tag):
@@ -214,7 +223,10 @@ class TupleTag(_ItemsTag):
     name, types, kind = "$tuple", (tuple,), tuple
 
     def decode(self, dec: Decoder, node: dict, depth: int) -> Any:
-        return dec.register(tuple(dec.value(x, depth + 1) for x in node[self.name]), node)
+        items = []
+        for x in node[self.name]:
+            items.append((yield x, depth + 1))
+        return dec.register(tuple(items), node)
 
 
 def _ordered_members(v: Any) -> list:
@@ -244,9 +256,9 @@ class SetTag(_ItemsTag):
     def new(self, node: dict) -> set:
         return set()
 
-    def fill(self, dec: Decoder, obj: set, node: dict, depth: int) -> None:
+    def fill(self, dec: Decoder, obj: set, node: dict, depth: int) -> Children:
         for x in node[self.name]:
-            obj.add(_hashable(dec.value(x, depth + 1)))
+            obj.add(_hashable((yield x, depth + 1)))
             grown(obj, "sidecar $set")
 
 
@@ -258,7 +270,9 @@ class FrozensetTag(_ItemsTag):
         return [enc.value(x, [*path, i], depth + 1) for i, x in enumerate(_ordered_members(v))]
 
     def decode(self, dec: Decoder, node: dict, depth: int) -> Any:
-        items = [_hashable(dec.value(x, depth + 1)) for x in node[self.name]]
+        items = []
+        for x in node[self.name]:
+            items.append(_hashable((yield x, depth + 1)))
         check_keys(items, "sidecar $frozenset")
         return dec.register(frozenset(items), node)
 
@@ -271,7 +285,7 @@ class RefTag(Tag):
 
     def decode(self, dec: Decoder, node: dict, depth: int) -> Any:
         for x in node.get("$with", ()):
-            dec.value(x, depth + 1)  # only for the definitions inside
+            yield x, depth + 1  # only for the definitions inside
         return dec.lookup(node[self.name])
 
     def describe(self, payload: Any, context: Any) -> str:
@@ -314,7 +328,10 @@ class ComplexTag(Tag):
         return [enc.value(v.real, path, depth + 1), enc.value(v.imag, path, depth + 1)]
 
     def decode(self, dec: Decoder, node: dict, depth: int) -> complex:
-        re, im = (dec.value(x, depth + 1) for x in node[self.name])
+        parts = []
+        for x in node[self.name]:
+            parts.append((yield x, depth + 1))
+        re, im = parts
         if not all(type(x) in (int, float) for x in (re, im)):
             raise MalformedCheckpoint("sidecar complex parts must be numbers")
         return complex(re, im)
@@ -490,13 +507,18 @@ class ObjectTag(Tag):
         p = node[self.name]
         return ObjectRecord(p["class"], via=p["via"])
 
-    def fill(self, dec: Decoder, obj: ObjectRecord, node: dict, depth: int) -> None:
+    def fill(self, dec: Decoder, obj: ObjectRecord, node: dict, depth: int) -> Children:
         p, d = node[self.name], depth + 1
-        args = dec.value(p["args"], d)
+        args = yield p["args"], d
         obj.args = args if isinstance(args, tuple) else (args,)
-        obj.state = dec.value(p.get("state"), d)
-        obj.dictitems = [(dec.value(k, d), dec.value(x, d)) for k, x in p.get("dictitems", [])]
-        obj.listitems = [dec.value(x, d) for x in p.get("listitems", [])]
+        obj.state = yield p.get("state"), d
+        obj.dictitems = []
+        for k, x in p.get("dictitems", []):
+            key = yield k, d
+            obj.dictitems.append((key, (yield x, d)))
+        obj.listitems = []
+        for x in p.get("listitems", []):
+            obj.listitems.append((yield x, d))
 
     def describe(self, payload: dict, context: Any) -> str:
         if payload.get("via") == "getattr":  # getattr(Class, "name") in the pickle: never looked up
@@ -516,7 +538,7 @@ class ModuleTag(Tag):
         return enc.hooks.module_ref(v, path, depth)
 
     def decode(self, dec: Decoder, node: dict, depth: int) -> Any:
-        return dec.register(dec.value(node[self.name]["state_dict"], depth + 1), node)
+        return dec.register((yield node[self.name]["state_dict"], depth + 1), node)
 
     def describe(self, payload: dict, context: Any) -> str:
         return f"module {context.sidecar['modules'][payload['index']]['class']} → state_dict"
@@ -721,6 +743,7 @@ TUPLE, FROZENSET = TAGS["$tuple"], TAGS["$frozenset"]
 # ------------------------------------------------------------------------------------------ decoder
 
 _MISSING = object()
+_SCALARS = frozenset((type(None), bool, int, float, str))  # exactly what JSON parses to: decoded as they are
 
 
 def _no_tensor(tid: str) -> Any:
@@ -752,26 +775,58 @@ class Decoder:
         return found
 
     def value(self, v: Any, depth: int = 0) -> Any:
-        if depth == 0:
-            try:
-                return self._value(v, 0)
-            except RecursionError:  # each level costs a few Python frames; the depth cap may not be reached first
-                raise MalformedCheckpoint("sidecar nests too deeply") from None
-        return self._value(v, depth)
+        """`v` decoded, iteratively: an explicit stack of the containers being filled, at most DECODE_MAX_DEPTH
+        deep (each one a generator that yields its children and receives them decoded, in order)."""
+        try:
+            sent = self._open(v, depth)
+            if type(sent) is not GeneratorType:
+                return sent
+            stack = [sent]
+            sent = None
+            while True:
+                try:
+                    child, level = stack[-1].send(sent)
+                except StopIteration as done:
+                    stack.pop()
+                    sent = done.value
+                    if not stack:
+                        return sent
+                    continue
+                sent = self._open(child, level)
+                if type(sent) is GeneratorType:
+                    stack.append(sent)
+                    sent = None
+        except RecursionError:  # only through the loader's callbacks (a tensor's attributes decode its values)
+            raise MalformedCheckpoint("sidecar nests too deeply") from None
 
-    def _value(self, v: Any, depth: int) -> Any:
+    def _open(self, v: Any, depth: int) -> Any:
+        """A scalar decoded, or the generator that decodes a container (see `value`)."""
         if depth > DECODE_MAX_DEPTH:
             raise MalformedCheckpoint("sidecar nests too deeply")
         if v is None or isinstance(v, (bool, int, float, str)):
             return v
         if isinstance(v, list):
-            return [self.value(x, depth + 1) for x in v]
+            return self._list(v, depth + 1)
         if not isinstance(v, dict):
             raise MalformedCheckpoint(f"sidecar holds an unexpected {type(v).__name__}")
         tag = tag_of(v)
         if tag is None:
-            return {k: self.value(x, depth + 1) for k, x in v.items()}
+            return self._dict(v, depth + 1)
         return tag.decode(self, v, depth)
+
+    @staticmethod
+    def _list(v: list, depth: int) -> Children:
+        out = []
+        for x in v:
+            out.append(x if type(x) in _SCALARS and depth <= DECODE_MAX_DEPTH else (yield x, depth))
+        return out
+
+    @staticmethod
+    def _dict(v: dict, depth: int) -> Children:
+        out = {}
+        for k, x in v.items():
+            out[k] = x if type(x) in _SCALARS and depth <= DECODE_MAX_DEPTH else (yield x, depth)
+        return out
 
 
 def tag_of(node: dict) -> Tag | None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import ConvertError, CorruptFolder, MalformedCheckpoint
 from ..model.limits import LIMITS
-from .deep import json_depth, run_deep
+from .deep import json_depth
 from .integrity import check_sidecar
 from .jsonio import strict_json
 
@@ -105,11 +105,16 @@ def bounded_depth(sidecar: Any, where: str) -> int:
 # failing one, so locating the error in a deep or wide hostile sidecar can take time exponential in its depth.
 # It only words the message: after this many seconds the error is reported without its location.
 LOCATE_SECONDS = 3.0
+JSONSCHEMA_DEPTH = 40  # jsonschema recurses up to ~16 frames per level: deeper input has its error located by
+# the compiled validator (schema_compiled.Validator.locate), within the interpreter's default recursion limit
 _deadline = threading.local()
 
 
 class _OutOfTime(Exception):
     pass
+
+
+_UNWORDED = object()  # jsonschema ran out of time (or room) wording the error
 
 
 @functools.cache
@@ -146,31 +151,32 @@ def schema_tags() -> set[str]:
 def validate(sidecar: Any, where: str) -> None:
     """Raise MalformedCheckpoint with the first schema violation, located by JSON path.
 
-    Depth-safe: nesting up to MAX_SIDECAR_DEPTH is validated (on a big-stack thread when deep), deeper
-    is refused before any recursive check; never a RecursionError or MemoryError.
+    Depth-safe without changing any interpreter setting: the compiled validator is iterative in depth;
+    an invalid sidecar nesting deeper than MAX_SIDECAR_DEPTH is refused as such, and one deeper than
+    JSONSCHEMA_DEPTH has its error located by the compiled validator instead of jsonschema (which
+    recurses several frames per level). Never a RecursionError or MemoryError.
     """
     if not isinstance(sidecar, dict):  # before jsonschema, whose message would repr the whole value
         raise MalformedCheckpoint(f"{where}: sidecar is a JSON {type(sidecar).__name__}, not an object")
     fast = _compiled()
-    depth = None
-    if fast is not None:
-        try:  # inline first: no depth scan, no thread for the usual shallow sidecar
-            if fast(sidecar):  # says yes only where jsonschema would; a no is re-checked below
-                return
-        except RecursionError:
-            depth = bounded_depth(sidecar, where)
-            if run_deep(fast, sidecar, depth=depth):
-                return
-    if depth is None:
-        depth = bounded_depth(sidecar, where)
-    try:
-        error = run_deep(_first_error, sidecar, depth=depth)
-    except (_OutOfTime, RecursionError, MemoryError):
-        raise MalformedCheckpoint(f"{where}: sidecar does not match the schema (too large or too deeply nested to "
-                                  "locate the first error)") from None
-    if error is not None:
-        path = "/".join(str(p) for p in error.absolute_path) or "<root>"
-        raise MalformedCheckpoint(f"{where}: sidecar does not match the schema at {path}: {error.message[:200]}")
+    if fast is not None and fast(sidecar):  # exactly jsonschema's verdict: a no is only worded below
+        return
+    depth = bounded_depth(sidecar, where)
+    if depth <= JSONSCHEMA_DEPTH:
+        try:
+            error = _first_error(sidecar)
+        except (_OutOfTime, RecursionError, MemoryError):
+            error = _UNWORDED
+        if error is None:  # valid (reached only without a compiled validator)
+            return
+        if error is not _UNWORDED:
+            path = "/".join(str(p) for p in error.absolute_path) or "<root>"
+            raise MalformedCheckpoint(f"{where}: sidecar does not match the schema at {path}: {error.message[:200]}")
+    if fast is None:
+        raise MalformedCheckpoint(f"{where}: sidecar does not match the schema, or is too large or too deeply nested "
+                                  "to check against it; refusing")
+    path, says = fast.locate(sidecar, LOCATE_SECONDS)
+    raise MalformedCheckpoint(f"{where}: sidecar does not match the schema at {path[:200]}: {says[:200]}")
 
 
 def read_sidecar(folder: Path, *, check_seal: bool = False) -> dict:
@@ -195,11 +201,7 @@ def read_sidecar(folder: Path, *, check_seal: bool = False) -> dict:
     except OSError as exc:
         raise ConvertError(f"{path}: cannot read ({exc.strerror})") from None
     try:
-        sidecar = strict_json(raw, SIDECAR_NAME)
-    except MalformedCheckpoint as exc:
-        if not isinstance(exc.__context__, RecursionError):
-            raise
-        sidecar = run_deep(strict_json, raw, SIDECAR_NAME, depth=MAX_SIDECAR_DEPTH)  # deep: parse with room
+        sidecar = strict_json(raw, SIDECAR_NAME, MAX_SIDECAR_DEPTH)  # any depth: an explicit stack where deep
     except MemoryError:
         raise MalformedCheckpoint(f"{path}: does not fit in memory once parsed; refusing") from None
     problem = check_sidecar(sidecar, raw) if check_seal else None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import json
+import re
 import subprocess
 import sys
 import time
@@ -114,7 +115,7 @@ def test_deeply_nested_sidecars_fail_cleanly(folder, depth):
     if depth > MAX_SIDECAR_DEPTH:
         assert "nest" in message
     else:
-        assert "does not match the schema at <root>" in message  # located by jsonschema, at depth
+        assert "does not match the schema at <root>: has the unexpected property 'deep'" in message  # located at depth
 
 
 @pytest.mark.parametrize("depth", [300, 900])
@@ -131,7 +132,7 @@ def test_deep_valid_root_is_validated_without_recursion_error(folder, depth):
     inner["$tuple"] = [{"$nosuchtag": 1}]
     start = time.perf_counter()
     with pytest.raises(MalformedCheckpoint, match="does not match the schema"):
-        validate(bad, "x")  # jsonschema, which words the message, is exponential here: it is cut off
+        validate(bad, "x")  # too deep for jsonschema (exponential here): the compiled validator locates it
     assert time.perf_counter() - start < LOCATE_SECONDS + 20
 
 
@@ -176,7 +177,7 @@ def test_legitimately_deep_checkpoints_convert_and_load(tmp_path, kind):
 
 
 def test_deep_sidecar_in_a_thread_with_a_small_stack(folder):
-    """Validation of deep input runs on its own big-stack thread: a caller's small thread stack is no limit."""
+    """Deep input is parsed, validated and decoded with explicit stacks: a caller's small thread stack is no limit."""
     import threading
 
     _nested_root(folder, 900)
@@ -197,8 +198,9 @@ def test_deep_sidecar_in_a_thread_with_a_small_stack(folder):
     assert len(errors) == 1 and isinstance(errors[0], ConvertError), errors
 
 
-def test_cli_reports_hostile_sidecar_in_one_line(folder):
-    _nested_root(folder, 990)
+@pytest.mark.parametrize("depth", [990, 1_000_000])
+def test_cli_reports_hostile_sidecar_in_one_line(folder, depth):
+    _nested_root(folder, depth)
     done = subprocess.run([sys.executable, "-m", "convert", "inspect", str(folder)], capture_output=True, text=True,
                           timeout=120, cwd=REPO_ROOT)
     assert done.returncode == 2
@@ -214,3 +216,107 @@ def test_convert_refuses_what_load_would_refuse(tmp_path):
     with pytest.raises(UnsupportedValue, match=r"not written.*more than the"):
         convert_checkpoint(tmp_path / "big.pt", tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.pt"]
+
+
+# ----------------------------------------------------------------- deep sidecars, iteratively (no limit raised)
+
+def _tuple_chain(levels: int, leaf: str) -> str:
+    return '{"$tuple": [' * levels + leaf + "]}" * levels
+
+
+def _deep_folder(folder: Path, leaf: str) -> None:
+    """Put beside the tensors a value nested 498 tuples deep, ending in `leaf`: with leaf "[[]]" the sidecar
+    nests exactly MAX_SIDECAR_DEPTH JSON levels (object, root, 2 per tuple, 2 lists) and 500 codec levels."""
+    sidecar = json.loads((folder / "checkpoint.json").read_text())
+    sidecar["root"]["deep"] = "HERE"
+    text = json.dumps(sidecar).replace('"HERE"', _tuple_chain(498, leaf))  # json.dumps itself would recurse
+    (folder / "checkpoint.json").write_text(text)
+
+
+def test_sidecar_at_the_json_depth_limit_loads_and_one_level_more_is_refused(folder):
+    from convert.sidecar.deep import json_depth
+    from convert.sidecar.jsonio import strict_json
+
+    original = (folder / "checkpoint.json").read_text()
+    _deep_folder(folder, "[[]]")
+    assert json_depth(strict_json((folder / "checkpoint.json").read_bytes(), "x"), 10**6) == MAX_SIDECAR_DEPTH
+    loaded = load_checkpoint(folder)
+    assert torch.equal(loaded["w"], torch.arange(6.0)) and torch.equal(loaded["b"], torch.ones(2))
+    value = loaded["deep"]
+    for _ in range(498):  # equal to the value the chain stands for, compared without recursion
+        assert type(value) is tuple and len(value) == 1
+        value = value[0]
+    assert value == [[]]
+
+    (folder / "checkpoint.json").write_text(original)
+    _deep_folder(folder, "[[[]]]")
+    with pytest.raises(MalformedCheckpoint) as err:
+        load_checkpoint(folder)
+    assert str(err.value) == f"checkpoint.json: JSON nests deeper than {MAX_SIDECAR_DEPTH} levels; refusing"
+
+
+def test_loading_a_maximally_deep_folder_never_touches_the_recursion_limit(folder, monkeypatch):
+    """The limit is process-wide on Python 3.11: raising it, even briefly, takes RecursionError's protection
+    from the user's other threads (a training loop would crash the interpreter instead)."""
+    import threading
+
+    _deep_folder(folder, "[[]]")
+    calls: list[int] = []
+    monkeypatch.setattr(sys, "setrecursionlimit", calls.append)
+    limit = sys.getrecursionlimit()
+    seen: set[int] = set()
+    done = threading.Event()
+
+    def sample() -> None:  # another thread of the same process, as a data loader would be
+        while not done.is_set():
+            seen.add(sys.getrecursionlimit())
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        for _ in range(3):
+            assert load_checkpoint(folder)["deep"] is not None
+    finally:
+        done.set()
+        sampler.join()
+    assert calls == [] and seen == {limit} and sys.getrecursionlimit() == limit
+
+
+def test_a_depth_bomb_is_one_line_without_recursion_error(folder):
+    _nested_root(folder, 1_000_000)
+    with pytest.raises(MalformedCheckpoint) as err:
+        read_sidecar(folder)
+    assert str(err.value) == f"checkpoint.json: JSON nests deeper than {MAX_SIDECAR_DEPTH} levels; refusing"
+    assert not isinstance(err.value.__context__, RecursionError)
+
+
+def test_deep_json_parses_as_json_would_and_fails_with_its_messages():
+    from convert.sidecar.jsonio import strict_json
+
+    inner = '[1, {"x": [2, 3, {"y": null}], "z": "q\\u00e9"}, true, -1.5e3, {}, []]'
+    value = strict_json(("[" * 980 + inner + "]" * 980).encode(), "x")  # too deep for the C parser alone
+    for _ in range(980):
+        assert type(value) is list and len(value) == 1
+        value = value[0]
+    assert value == json.loads(inner)
+    bad = {b"1 2": "Expecting ',' delimiter", b'{"a" 1}': "Expecting ':' delimiter", b"{1: 2}": "Expecting property name",
+           b"[1] x": "Expecting ',' delimiter", b"[NaN]": "JSON literal NaN is not allowed",
+           b'{"a": 1, "a": 2}': "duplicate key 'a'", b"[,]": "Expecting value"}
+    for text, message in bad.items():
+        for raw in (b"[" * 3 + text + b"]" * 3, b"[" * 1200 + text + b"]" * 1200):  # the same, deep or not
+            with pytest.raises(MalformedCheckpoint, match=re.escape(message)):
+                strict_json(raw, "x")
+
+
+def test_deep_valid_sidecar_is_refused_with_the_compiled_validators_located_message(folder):
+    sidecar = json.loads((folder / "checkpoint.json").read_text())
+    sidecar["root"] = {"$tuple": []}
+    for _ in range(450):
+        sidecar["root"] = {"$tuple": [sidecar["root"], 1]}
+    inner = sidecar["root"]
+    while inner["$tuple"]:
+        inner = inner["$tuple"][0]
+    inner["$tuple"] = [{"$tensor": "not-a-tensor-id"}]
+    with pytest.raises(MalformedCheckpoint) as err:
+        validate(sidecar, "x")
+    where = "root/" + "$tuple/0/" * 451 + "$tensor"
+    assert str(err.value) == f"x: sidecar does not match the schema at {where[:200]}: does not match '^t[0-9]+$'"
