@@ -299,3 +299,41 @@ def test_framework_unit_output_is_replaced_but_not_with_user_files(tmp_path):
         convert_framework_folder(unit, out, overwrite=True)
     with pytest.raises(DestinationNotOwned):  # the same layout, but no unit source: a user's folder of outputs
         check_replaceable(out, [])
+
+
+def test_a_check_that_reads_across_another_runs_swap_looks_again(tmp_path, monkeypatch):
+    """The check before the lock may read a destination while another run's overwrite swaps it: checkpoint.json
+    of one folder, data files of the other look like "a folder mixing two conversions". Seeing the folder
+    replaced meanwhile, the check looks again (the CI race of two overwrites hit this); a folder that stays
+    the same is still refused."""
+    import convert.write.ownership as ownership
+
+    src = tmp_path / "m.pt"
+    torch.save({"w": torch.ones(3)}, src)
+    dst, other = tmp_path / "out", tmp_path / "other"
+    convert_checkpoint(src, dst)
+    convert_checkpoint(src, other)
+    real = ownership.output_names
+    calls = []
+
+    def swapped_mid_read(folder):
+        calls.append(folder)
+        if len(calls) == 1:  # the other run's swap lands while this check reads
+            os.rename(dst, tmp_path / "old")
+            os.rename(other, dst)
+            raise DestinationNotOwned(f"{folder} is not an intact ckpt-convert output (mixed); refusing")
+        return real(folder)
+
+    monkeypatch.setattr(ownership, "output_names", swapped_mid_read)
+    check_replaceable(dst, [src])  # looked again, at the new folder: replaceable
+    assert len(calls) == 2
+
+    def mixed(folder):
+        calls.append(folder)
+        raise DestinationNotOwned(f"{folder} mixes files of different conversions; refusing")
+
+    calls.clear()
+    monkeypatch.setattr(ownership, "output_names", mixed)
+    with pytest.raises(DestinationNotOwned):  # nothing swapped: the same folder, judged once
+        check_replaceable(dst, [src])
+    assert len(calls) == 1

@@ -67,11 +67,40 @@ def check_replaceable(dst: Path, sources: Sequence[str | os.PathLike] = (), *, f
     if dst.is_symlink() or not dst.is_dir():
         raise ConvertError(f"{dst} exists and is not a folder")
     unit_sources = [Path(s) for s in sources if Path(s).is_dir()]
-    in_way = foreign_entries(dst, unit_sources)
+    in_way = _foreign_entries_of_one_folder(dst, unit_sources)
     if in_way:
         shown = ", ".join(in_way[:SHOWN]) + (f" and {len(in_way) - SHOWN} more" if len(in_way) > SHOWN else "")
         raise DestinationNotOwned(f"{dst} holds files ckpt-convert did not write ({shown}); refusing to replace it: "
                                   "move them away or write the output to another folder")
+
+
+SWAP_RETRIES = 3
+
+
+def _foreign_entries_of_one_folder(dst: Path, unit_sources: Sequence[Path]) -> list[str]:
+    """`foreign_entries(dst)`, read from one folder: another run's overwrite may swap `dst` for its new
+    output while this reads it (a check made before the lock is taken), and files read half from each
+    would look like a folder mixing two conversions. If `dst` is another folder after the check than
+    before, look again; a folder that stays the same is judged as it is."""
+    for attempt in range(SWAP_RETRIES + 1):
+        before = _folder_identity(dst)
+        try:
+            return foreign_entries(dst, unit_sources)
+        except (DestinationNotOwned, FileNotFoundError):  # FileNotFoundError: an entry went with the swap
+            after = _folder_identity(dst)
+            if after is None:  # moved aside by another run's replace: nothing of the user's to protect here
+                return []
+            if after == before or attempt == SWAP_RETRIES:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _folder_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def foreign_entries(folder: Path, unit_sources: Sequence[Path] = ()) -> list[str]:
