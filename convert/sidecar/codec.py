@@ -55,6 +55,7 @@ MAX_NODES = LIMITS.sidecar_nodes
 MODIFIERS = ("$id", "$attrs", "$with")
 
 Children = Generator[tuple[Any, int], Any, Any]  # decoding a container: yields (child, depth), gets it decoded
+Items = Generator[tuple[Any, list, int], Any, Any]  # encoding a container: yields (child, path, depth), gets it encoded
 
 
 # ------------------------------------------------------------------------------------------ registry
@@ -66,6 +67,8 @@ class Tag:
     `shared`: instances have identity (may be reached twice, get `$id`/`$ref`). `mutable`: created
     empty by `new`, registered, then filled by `fill` (so it may contain itself).
 
+    Encoding is iterative (see Encoder.value): a shared tag's `encode` is a generator that yields
+    `(child, path, depth)` for each value it holds, in order, and receives it encoded.
     Decoding is iterative (see Decoder.value): a tag whose payload holds values is decoded by a generator
     that yields `(child, depth)` for each of them, in the encoder's order, and receives it decoded."""
 
@@ -138,8 +141,8 @@ class ListTag(Tag):
 
     name, types, shared, mutable = "$list", (list,), True, True
 
-    def encode(self, enc: Encoder, v: list, path: list, depth: int) -> Any:
-        return [enc.value(x, [*path, i], depth + 1) for i, x in enumerate(v)]
+    def encode(self, enc: Encoder, v: list, path: list, depth: int) -> Items:
+        return (yield from _encode_items(v, path, depth))
 
     def new(self, node: dict) -> list:
         return []
@@ -170,8 +173,19 @@ class _MappingTag(Tag):
         return [(describe_short(k), x) for k, x in payload]
 
 
-def _encode_pairs(enc: Encoder, v: dict, path: list, depth: int) -> list:
-    return [[enc.value(k, [*path, KEY], depth + 1), enc.value(x, [*path, k], depth + 1)] for k, x in v.items()]
+def _encode_items(values: Any, path: list, depth: int) -> Items:
+    out = []
+    for i, x in enumerate(values):
+        out.append((yield x, [*path, i], depth + 1))
+    return out
+
+
+def _encode_pairs(pairs: Any, path: list, depth: int) -> Items:
+    out = []
+    for k, x in pairs:
+        key = yield k, [*path, KEY], depth + 1  # the key first: the decoder reads it first ($id definitions)
+        out.append([key, (yield x, [*path, k], depth + 1)])
+    return out
 
 
 @register
@@ -180,8 +194,8 @@ class DictTag(_MappingTag):
 
     name, types, kind = "$dict", (dict,), dict
 
-    def encode(self, enc: Encoder, v: dict, path: list, depth: int) -> Any:
-        return _encode_pairs(enc, v, path, depth)
+    def encode(self, enc: Encoder, v: dict, path: list, depth: int) -> Items:
+        return (yield from _encode_pairs(v.items(), path, depth))
 
 
 @register
@@ -190,14 +204,14 @@ class OrderedDictTag(_MappingTag):
 
     name, types, kind = "$odict", (collections.OrderedDict,), collections.OrderedDict
 
-    def encode(self, enc: Encoder, v: dict, path: list, depth: int) -> Any:
-        return _encode_pairs(enc, v, path, depth)
+    def encode(self, enc: Encoder, v: dict, path: list, depth: int) -> Items:
+        return (yield from _encode_pairs(v.items(), path, depth))
 
-    def attrs(self, enc: Encoder, v: Any, path: list, depth: int) -> dict | None:
-        attrs = getattr(v, "__dict__", None)
-        if not attrs:
-            return None
-        return {k: enc.value(x, [*path, Field(k)], depth + 1) for k, x in attrs.items()}
+    def attrs(self, v: Any, path: list, depth: int) -> Items:
+        out = {}
+        for k, x in (getattr(v, "__dict__", None) or {}).items():
+            out[k] = yield x, [*path, Field(k)], depth + 1
+        return out or None
 
     def fill(self, dec: Decoder, obj: Any, node: dict, depth: int) -> Children:
         yield from super().fill(dec, obj, node, depth)
@@ -211,8 +225,8 @@ class _ItemsTag(Tag):
     shared = True
     kind: ClassVar[type]
 
-    def encode(self, enc: Encoder, v: Any, path: list, depth: int) -> Any:
-        return [enc.value(x, [*path, i], depth + 1) for i, x in enumerate(v)]
+    def encode(self, enc: Encoder, v: Any, path: list, depth: int) -> Items:
+        return (yield from _encode_items(v, path, depth))
 
     def items(self, payload: list) -> list:
         return list(enumerate(payload))
@@ -250,8 +264,8 @@ def _member_key(x: Any) -> tuple:
 class SetTag(_ItemsTag):
     name, types, kind, mutable = "$set", (set,), set, True
 
-    def encode(self, enc: Encoder, v: Any, path: list, depth: int) -> Any:
-        return [enc.value(x, [*path, i], depth + 1) for i, x in enumerate(_ordered_members(v))]
+    def encode(self, enc: Encoder, v: Any, path: list, depth: int) -> Items:
+        return (yield from _encode_items(_ordered_members(v), path, depth))
 
     def new(self, node: dict) -> set:
         return set()
@@ -266,8 +280,8 @@ class SetTag(_ItemsTag):
 class FrozensetTag(_ItemsTag):
     name, types, kind = "$frozenset", (frozenset,), frozenset
 
-    def encode(self, enc: Encoder, v: Any, path: list, depth: int) -> Any:
-        return [enc.value(x, [*path, i], depth + 1) for i, x in enumerate(_ordered_members(v))]
+    def encode(self, enc: Encoder, v: Any, path: list, depth: int) -> Items:
+        return (yield from _encode_items(_ordered_members(v), path, depth))
 
     def decode(self, dec: Decoder, node: dict, depth: int) -> Any:
         items = []
@@ -490,17 +504,16 @@ class ObjectTag(Tag):
 
     name, types, shared, mutable = "$object", (ObjectRecord,), True, True
 
-    def encode(self, enc: Encoder, v: ObjectRecord, path: list, depth: int) -> Any:
+    def encode(self, enc: Encoder, v: ObjectRecord, path: list, depth: int) -> Items:
         d = depth + 1
-        out: dict[str, Any] = {"class": v.qualname, "via": v.via,
-                               "args": enc.value(v.args if type(v.args) is tuple else tuple(v.args),
-                                                 [*path, Field("args")], d)}
+        out: dict[str, Any] = {"class": v.qualname, "via": v.via}
+        out["args"] = yield v.args if type(v.args) is tuple else tuple(v.args), [*path, Field("args")], d
         if v.state is not None:
-            out["state"] = enc.value(v.state, [*path, Field("state")], d)
+            out["state"] = yield v.state, [*path, Field("state")], d
         if v.dictitems:
-            out["dictitems"] = [[enc.value(k, [*path, KEY], d), enc.value(x, [*path, k], d)] for k, x in v.dictitems]
+            out["dictitems"] = yield from _encode_pairs(v.dictitems, path, depth)
         if v.listitems:
-            out["listitems"] = [enc.value(x, [*path, i], d) for i, x in enumerate(v.listitems)]
+            out["listitems"] = yield from _encode_items(v.listitems, path, depth)
         return out
 
     def new(self, node: dict) -> ObjectRecord:
@@ -629,14 +642,37 @@ class Encoder:
                     stack.append(child)
 
     def value(self, v: Any, path: list, depth: int) -> Any:
-        if depth == 0:
-            try:
-                return self._value(v, path, 0)
-            except RecursionError:  # each level costs a few Python frames; the depth cap may not be reached first
-                raise MalformedCheckpoint(f"{format_path(path)}: checkpoint nests too deeply") from None
-        return self._value(v, path, depth)
+        """`v` encoded at `depth` (its level below the graph's root), iteratively (see `_run`)."""
+        return self._run(self._open(v, path, depth))
 
-    def _value(self, v: Any, path: list, depth: int) -> Any:
+    def _run(self, top: Any) -> Any:
+        """Drive an explicit stack of the containers being written, at most ENCODE_MAX_DEPTH deep: each is
+        a generator (`_node`) that yields its children and receives them encoded, in order. A hook
+        (a module's entry, a state dict's pairs) may call `value` again: one more, shallow, stack."""
+        if type(top) is not GeneratorType:
+            return top
+        stack, sent = [top], None
+        try:
+            while True:
+                try:
+                    child = stack[-1].send(sent)
+                except StopIteration as done:
+                    stack.pop()
+                    if not stack:
+                        return done.value
+                    sent = done.value
+                    continue
+                sent = self._open(*child)
+                if type(sent) is GeneratorType:
+                    stack.append(sent)
+                    sent = None
+        except BaseException:
+            for gen in reversed(stack):  # unwind as recursion would: the `open` bookkeeping of each level
+                gen.close()
+            raise
+
+    def _open(self, v: Any, path: list, depth: int) -> Any:
+        """A leaf encoded, or the generator that encodes a container (see `_run`)."""
         self.nodes += 1
         if self.nodes > self.max_nodes:
             raise MalformedCheckpoint(f"checkpoint has more than {self.max_nodes} values; refusing")
@@ -663,7 +699,7 @@ class Encoder:
                 raise UnsupportedValue(f"{format_path(path)}: {v.reason}")
             raise UnsupportedValue(f"{format_path(path)}: a {kind.__module__}.{kind.__qualname__}, which cannot be stored")
         if tag.shared:
-            return self.node(v, path, depth)
+            return self._node(v, path, depth, None)
         return {tag.name: tag.encode(self, v, path, depth)}
 
     def add_bytes(self, n: int, path: list) -> None:
@@ -677,6 +713,9 @@ class Encoder:
         """A container, record or module: a `$ref` if already written, else its definition (with `$id`
         when it is reached more than once). `payload` supplies the encoded contents (a mapping's pairs,
         a module's entry) in place of the tag's own `encode`."""
+        return self._run(self._node(v, path, depth, payload))
+
+    def _node(self, v: Any, path: list, depth: int, payload: Callable[[], Any] | None) -> Items:
         key = id(v)
         found = self.ids.get(key)
         if found is not None:
@@ -697,12 +736,14 @@ class Encoder:
             elif tag is TUPLE or tag is FROZENSET:
                 encoded = []
                 for i, x in enumerate(v if tag is TUPLE else _ordered_members(v)):
-                    encoded.append(self.value(x, [*path, i], depth + 1))
+                    encoded.append((yield x, [*path, i], depth + 1))
                     if key in self.ids:  # defined while its items were written: a cycle came back through it
                         return {"$ref": self.ids[key], "$with": encoded}
             else:
                 encoded = tag.encode(self, v, path, depth)
-            attrs = ODICT.attrs(self, v, path, depth) if tag is ODICT else None
+                if type(encoded) is GeneratorType:  # a module's entry comes back from the hook whole
+                    encoded = yield from encoded
+            attrs = (yield from ODICT.attrs(v, path, depth)) if tag is ODICT else None
         finally:
             self.open[key] -= 1
             if not self.open[key]:
