@@ -37,6 +37,7 @@ from ..model.limits import LIMITS
 from ..model.paths import KEY, Field, format_path
 from ..model.records import GlobalRef, ModuleRecord, NdArrayRef, NpDType, NpScalar, ObjectRecord, TensorRef, Unsupported
 from ..model.torch_types import DTYPES_BY_NAME, Device, DType, TorchSize, dtype_name, parse_device
+from .deep import json_depth
 from .schema import MAX_SIDECAR_BYTES
 
 
@@ -891,4 +892,9 @@ def describe_short(v: Any) -> str:
         tag = tag_of(v)
         if tag is not None and tag.items(v[tag.name]) is None and tag.name not in ("$tensor", "$ndarray", "$module"):
             return tag.describe(v[tag.name], None)
+    if json_depth(v, _SHORT_DEPTH) > _SHORT_DEPTH:  # repr recurses per level: a deep key would raise RecursionError
+        return f"<a key nested deeper than {_SHORT_DEPTH} levels>"
     return repr(v)[:100]
+
+
+_SHORT_DEPTH = 20
