@@ -282,6 +282,34 @@ def test_each_kind_of_nesting_one_level_deeper_is_refused_before_anything_is_wri
     assert sorted(p.name for p in tmp_path.iterdir()) == ["deep.pt"]
 
 
+def _tensor_chain(levels: int) -> torch.Tensor:
+    """A tensor whose attribute holds a tensor whose attribute holds ...: 2 levels each (tensor, its __dict__)."""
+    value: object = 1
+    for i in range(levels // 2):
+        t = torch.full((1,), float(i))
+        t.inner = value
+        value = t
+    return value
+
+
+def test_tensors_nested_through_their_attributes_convert_to_the_depth_limit(tmp_path, capsys):
+    """The reader did not count a tensor's attributes as nesting, and the writer and loader recursed through
+    them (a few frames per tensor): 150 such tensors failed with 'checkpoint nests too deeply'."""
+    from convert import compare_trees
+    from tests.helpers import torch_reference
+
+    torch.save(_tensor_chain(LIMITS.depth), tmp_path / "deep.pt")
+    convert_checkpoint(tmp_path / "deep.pt", tmp_path / "out")
+    expected = torch_reference(torch.load(tmp_path / "deep.pt", weights_only=False))
+    assert compare_trees(expected, load_checkpoint(tmp_path / "out")) == []
+    assert main(["inspect", str(tmp_path / "out")]) == 0
+    torch.save([_tensor_chain(LIMITS.depth)], tmp_path / "deeper.pt")
+    capsys.readouterr()
+    assert main(["convert", str(tmp_path / "deeper.pt"), str(tmp_path / "out2")]) == 2
+    assert f"checkpoint nests deeper than {LIMITS.depth} levels" in capsys.readouterr().err
+    assert not (tmp_path / "out2").exists()
+
+
 def test_recursion_limit_unchanged_after_loading_a_deep_sidecar(tmp_path):
     torch.save({"w": torch.ones(2)}, tmp_path / "m.pt")
     convert_checkpoint(tmp_path / "m.pt", tmp_path / "out")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import MalformedCheckpoint
-from .records import ObjectRecord
+from .records import ObjectRecord, TensorRef
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,8 @@ def _children(value: Any) -> list[Any]:
         return list(value)
     if isinstance(value, ObjectRecord):
         return [value.args, value.state, *(x for pair in value.dictitems for x in pair), *value.listitems]
+    if type(value) is TensorRef:  # a tensor's attributes (its pickled __dict__): one more dict level
+        return [value.attrs]
     return []
 
 
@@ -78,7 +80,8 @@ def check_structure(root: Any) -> None:
     while stack:
         node, depth = stack.pop()
         key = id(node)
-        if key in seen or not (type(node) in _CONTAINERS or isinstance(node, ObjectRecord)):
+        if key in seen or not (type(node) in _CONTAINERS or isinstance(node, ObjectRecord)
+                               or (type(node) is TensorRef and node.attrs)):
             continue
         if depth >= MAX_DEPTH:
             raise MalformedCheckpoint(f"checkpoint nests deeper than {MAX_DEPTH} levels")

@@ -564,6 +564,7 @@ class EncodeHooks:
     """What the encoder asks its owner (the writer's planner): where tensors, arrays and modules go."""
 
     def tensor_ref(self, ref: TensorRef, path: list) -> Any:
+        """The tensor's id in the sidecar, or a generator that yields values to encode and returns it."""
         raise UnsupportedValue(f"{format_path(path)}: a tensor cannot be stored here")
 
     def array_ref(self, ref: NdArrayRef, path: list) -> Any:
@@ -643,13 +644,14 @@ class Encoder:
                     stack.append(child)
 
     def value(self, v: Any, path: list, depth: int) -> Any:
-        """`v` encoded at `depth` (its level below the graph's root), iteratively (see `_run`)."""
-        return self._run(self._open(v, path, depth))
+        """`v` encoded at `depth` (its level below the graph's root), iteratively (see `run`)."""
+        return self.run(self._open(v, path, depth))
 
-    def _run(self, top: Any) -> Any:
-        """Drive an explicit stack of the containers being written, at most ENCODE_MAX_DEPTH deep: each is
-        a generator (`_node`) that yields its children and receives them encoded, in order. A hook
-        (a module's entry, a state dict's pairs) may call `value` again: one more, shallow, stack."""
+    def run(self, top: Any) -> Any:
+        """Drive an explicit stack of the containers being written, at most ENCODE_MAX_DEPTH deep, from `top`:
+        each is a generator (`_node`, or a hook's, such as a tensor's for its attributes) that yields
+        `(child, path, depth)` and receives it encoded, in order. A hook that returns a whole value (a
+        module's entry, a state dict's pairs) may call `value` again: one more, shallow, stack."""
         if type(top) is not GeneratorType:
             return top
         stack, sent = [top], None
@@ -673,7 +675,7 @@ class Encoder:
             raise
 
     def _open(self, v: Any, path: list, depth: int) -> Any:
-        """A leaf encoded, or the generator that encodes a container (see `_run`)."""
+        """A leaf encoded, or the generator that encodes a container (see `run`)."""
         self.nodes += 1
         if self.nodes > self.max_nodes:
             raise MalformedCheckpoint(f"checkpoint has more than {self.max_nodes} values; refusing")
@@ -701,7 +703,10 @@ class Encoder:
             raise UnsupportedValue(f"{format_path(path)}: a {kind.__module__}.{kind.__qualname__}, which cannot be stored")
         if tag.shared:
             return self._node(v, path, depth, None)
-        return {tag.name: tag.encode(self, v, path, depth)}
+        encoded = tag.encode(self, v, path, depth)
+        if type(encoded) is GeneratorType:  # a tensor whose attributes hold values: the hook yields them
+            return _tagged(tag.name, encoded)
+        return {tag.name: encoded}
 
     def add_bytes(self, n: int, path: list) -> None:
         """Count `n` more bytes of JSON; UnsupportedValue as soon as the sidecar cannot fit its largest allowance."""
@@ -714,7 +719,7 @@ class Encoder:
         """A container, record or module: a `$ref` if already written, else its definition (with `$id`
         when it is reached more than once). `payload` supplies the encoded contents (a mapping's pairs,
         a module's entry) in place of the tag's own `encode`."""
-        return self._run(self._node(v, path, depth, payload))
+        return self.run(self._node(v, path, depth, payload))
 
     def _node(self, v: Any, path: list, depth: int, payload: Callable[[], Any] | None) -> Items:
         key = id(v)
@@ -772,6 +777,10 @@ class Encoder:
         n = self.ids[id(v)] = len(self.ids)
         self._keep.append(v)
         return n
+
+
+def _tagged(name: str, encoded: Items) -> Items:
+    return {name: (yield from encoded)}
 
 
 def _with_items(tag: Tag, payload: Any) -> list:
