@@ -847,7 +847,7 @@ class Decoder:
                 if type(sent) is GeneratorType:
                     stack.append(sent)
                     sent = None
-        except RecursionError:  # only through the loader's callbacks (a tensor's attributes decode its values)
+        except RecursionError:  # only through a callback that decodes by calling `value` (the loader's yield instead)
             raise MalformedCheckpoint("sidecar nests too deeply") from None
 
     def _open(self, v: Any, depth: int) -> Any:
