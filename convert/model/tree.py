@@ -22,6 +22,7 @@ from .records import ModuleRecord, ObjectRecord
 TREE_DEPTH = LIMITS.tree_depth
 
 CONTAINERS = (dict, collections.OrderedDict, list, tuple, set, frozenset)
+_NODES = frozenset((*CONTAINERS, ObjectRecord, ModuleRecord))  # what `visit` may open as a generator
 
 Special = Callable[[Any, Callable[[Any], Any]], Any]
 
@@ -48,7 +49,7 @@ def transform(root: Any, leaf: Callable[[Any], Any], special: Special | None = N
         keep_alive.append(value)
         kind = type(value)
         if kind in CONTAINERS:
-            return _container(value, kind, memo, depth + 1, parent)
+            return _container(value, kind, memo, depth + 1, parent, visit)
         if kind is ObjectRecord or kind is ModuleRecord:
             def recurse(v: Any, _d: int = depth + 1, _p: tuple | None = parent) -> Any:
                 return _run(visit(v, _d, _p), visit)
@@ -91,15 +92,17 @@ def _run(top: Any, visit: Callable[[Any, int, tuple | None], Any]) -> Any:
             sent = None
 
 
-def _container(value: Any, kind: type, memo: dict[int, Any], d: int, parent: tuple | None) -> Walk:
+def _container(value: Any, kind: type, memo: dict[int, Any], d: int, parent: tuple | None,
+               visit: Callable[[Any, int, tuple | None], Any]) -> Walk:
     """Mutable kinds are remembered before their items (a cycle comes back to the copy); tuples and
-    frozensets after, unless a cycle through them already built one while the items were visited."""
+    frozensets after, unless a cycle through them already built one while the items were visited.
+    Leaves are visited in place (`visit` gives them back converted, never a generator)."""
     key = id(value)
     if kind is dict or kind is collections.OrderedDict:
         out = memo[key] = kind()
-        for k, v in value.items():
-            new_key = yield k, d, (parent, Field("<key>"))  # the key first, as pickle builds it
-            out[new_key] = yield v, d, (parent, k)
+        for k, v in value.items():  # the key first, as pickle builds it
+            new_key = (yield k, d, (parent, Field("<key>"))) if type(k) in _NODES else visit(k, d, (parent, Field("<key>")))
+            out[new_key] = (yield v, d, (parent, k)) if type(v) in _NODES else visit(v, d, (parent, k))
         for name, attr in getattr(value, "__dict__", {}).items():
             out.__dict__[name] = yield attr, d, (parent, Field(name))
         return out
@@ -107,11 +110,11 @@ def _container(value: Any, kind: type, memo: dict[int, Any], d: int, parent: tup
         out = memo[key] = kind()
         add = out.append if kind is list else out.add
         for i, v in enumerate(value):
-            add((yield v, d, (parent, i)))
+            add((yield v, d, (parent, i)) if type(v) in _NODES else visit(v, d, (parent, i)))
         return out
     items = []
     for i, v in enumerate(value):
-        items.append((yield v, d, (parent, i)))
+        items.append((yield v, d, (parent, i)) if type(v) in _NODES else visit(v, d, (parent, i)))
     if key in memo:  # built while its items were visited: a cycle through it
         return memo[key]
     out = memo[key] = kind(items)

@@ -143,7 +143,7 @@ class ListTag(Tag):
     name, types, shared, mutable = "$list", (list,), True, True
 
     def encode(self, enc: Encoder, v: list, path: list, depth: int) -> Items:
-        return (yield from _encode_items(v, path, depth))
+        return (yield from _encode_items(enc, v, path, depth))
 
     def new(self, node: dict) -> list:
         return []
@@ -174,18 +174,25 @@ class _MappingTag(Tag):
         return [(describe_short(k), x) for k, x in payload]
 
 
-def _encode_items(values: Any, path: list, depth: int) -> Items:
+# Values `Encoder._open` encodes in place (never a generator): a container writes them without a trip
+# through the stack's loop, which would cost more than the value itself.
+_LEAVES = frozenset((type(None), bool, int, float, str))
+
+
+def _encode_items(enc: Encoder, values: Any, path: list, depth: int) -> Items:
     out = []
+    d = depth + 1
     for i, x in enumerate(values):
-        out.append((yield x, [*path, i], depth + 1))
+        out.append(enc._open(x, [*path, i], d) if type(x) in _LEAVES else (yield x, [*path, i], d))
     return out
 
 
-def _encode_pairs(pairs: Any, path: list, depth: int) -> Items:
+def _encode_pairs(enc: Encoder, pairs: Any, path: list, depth: int) -> Items:
     out = []
-    for k, x in pairs:
-        key = yield k, [*path, KEY], depth + 1  # the key first: the decoder reads it first ($id definitions)
-        out.append([key, (yield x, [*path, k], depth + 1)])
+    d = depth + 1
+    for k, x in pairs:  # the key first: the decoder reads it first ($id definitions)
+        key = enc._open(k, [*path, KEY], d) if type(k) in _LEAVES else (yield k, [*path, KEY], d)
+        out.append([key, enc._open(x, [*path, k], d) if type(x) in _LEAVES else (yield x, [*path, k], d)])
     return out
 
 
@@ -196,7 +203,7 @@ class DictTag(_MappingTag):
     name, types, kind = "$dict", (dict,), dict
 
     def encode(self, enc: Encoder, v: dict, path: list, depth: int) -> Items:
-        return (yield from _encode_pairs(v.items(), path, depth))
+        return (yield from _encode_pairs(enc, v.items(), path, depth))
 
 
 @register
@@ -206,7 +213,7 @@ class OrderedDictTag(_MappingTag):
     name, types, kind = "$odict", (collections.OrderedDict,), collections.OrderedDict
 
     def encode(self, enc: Encoder, v: dict, path: list, depth: int) -> Items:
-        return (yield from _encode_pairs(v.items(), path, depth))
+        return (yield from _encode_pairs(enc, v.items(), path, depth))
 
     def attrs(self, v: Any, path: list, depth: int) -> Items:
         out = {}
@@ -227,7 +234,7 @@ class _ItemsTag(Tag):
     kind: ClassVar[type]
 
     def encode(self, enc: Encoder, v: Any, path: list, depth: int) -> Items:
-        return (yield from _encode_items(v, path, depth))
+        return (yield from _encode_items(enc, v, path, depth))
 
     def items(self, payload: list) -> list:
         return list(enumerate(payload))
@@ -266,7 +273,7 @@ class SetTag(_ItemsTag):
     name, types, kind, mutable = "$set", (set,), set, True
 
     def encode(self, enc: Encoder, v: Any, path: list, depth: int) -> Items:
-        return (yield from _encode_items(_ordered_members(v), path, depth))
+        return (yield from _encode_items(enc, _ordered_members(v), path, depth))
 
     def new(self, node: dict) -> set:
         return set()
@@ -282,7 +289,7 @@ class FrozensetTag(_ItemsTag):
     name, types, kind = "$frozenset", (frozenset,), frozenset
 
     def encode(self, enc: Encoder, v: Any, path: list, depth: int) -> Items:
-        return (yield from _encode_items(_ordered_members(v), path, depth))
+        return (yield from _encode_items(enc, _ordered_members(v), path, depth))
 
     def decode(self, dec: Decoder, node: dict, depth: int) -> Any:
         items = []
@@ -512,9 +519,9 @@ class ObjectTag(Tag):
         if v.state is not None:
             out["state"] = yield v.state, [*path, Field("state")], d
         if v.dictitems:
-            out["dictitems"] = yield from _encode_pairs(v.dictitems, path, depth)
+            out["dictitems"] = yield from _encode_pairs(enc, v.dictitems, path, depth)
         if v.listitems:
-            out["listitems"] = yield from _encode_items(v.listitems, path, depth)
+            out["listitems"] = yield from _encode_items(enc, v.listitems, path, depth)
         return out
 
     def new(self, node: dict) -> ObjectRecord:
@@ -742,7 +749,8 @@ class Encoder:
             elif tag is TUPLE or tag is FROZENSET:
                 encoded = []
                 for i, x in enumerate(v if tag is TUPLE else _ordered_members(v)):
-                    encoded.append((yield x, [*path, i], depth + 1))
+                    encoded.append(self._open(x, [*path, i], depth + 1) if type(x) in _LEAVES
+                                   else (yield x, [*path, i], depth + 1))
                     if key in self.ids:  # defined while its items were written: a cycle came back through it
                         return {"$ref": self.ids[key], "$with": encoded}
             else:
