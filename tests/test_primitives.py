@@ -3,6 +3,7 @@ fault-hook registry, one limits table, one wording for an existing destination; 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
@@ -202,6 +203,111 @@ def test_save_and_convert_refuse_at_the_same_depth(tmp_path):
         convert_checkpoint(tmp_path / "deep.pt", tmp_path / "out")
     with pytest.raises(ConvertError, match=f"deeper than {LIMITS.depth} levels"):
         save_checkpoint({"a": value}, tmp_path / "out2")
+
+
+class _Thing:
+    """A class the converter does not construct: read as an inert record (record + its state dict: 2 levels)."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+
+
+class _Box(torch.nn.Module):
+    """A module whose child is the next one (record + state dict + _modules: 3 levels of the pickle's graph)."""
+
+    def __init__(self, inner: torch.nn.Module | None) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1))
+        if inner is not None:
+            self.inner = inner
+
+
+# kind → (how one level is made, levels one costs in the reader's count, levels added once at the top)
+_NESTINGS = {
+    "dict": (lambda v: {"k": v}, 1, 0),
+    "OrderedDict": (lambda v: collections.OrderedDict(k=v), 1, 0),
+    "list": (lambda v: [v], 1, 0),
+    "tuple": (lambda v: (v,), 1, 0),
+    "set": (lambda v: frozenset([v]), 1, 1),  # a set of nested frozensets (a set cannot hold a set)
+    "object": (_Thing, 2, 0),
+    "module": (_Box, 3, 0),
+}
+
+
+def _nested(kind: str, levels: int) -> object:
+    """A value whose containers nest exactly `levels` deep as the reader counts them (LIMITS.depth)."""
+    make, cost, top = _NESTINGS[kind]
+    units = (levels - top) // cost
+    value: object = None if kind == "module" else 1
+    for _ in range(units):
+        value = make(value)
+    if kind == "set":
+        value = {value}
+    for _ in range(levels - top - units * cost):  # lists make up the rest: exactly one level each
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("kind", list(_NESTINGS))
+def test_each_kind_of_nesting_converts_loads_and_inspects_at_the_depth_limit(tmp_path, capsys, kind):
+    from convert import compare_trees, read_checkpoint
+    from tests.helpers import torch_reference
+
+    value = _nested(kind, LIMITS.depth)
+    torch.save(value, tmp_path / "deep.pt")
+    convert_checkpoint(tmp_path / "deep.pt", tmp_path / "out")
+    loaded = load_checkpoint(tmp_path / "out")
+    expected = (read_checkpoint(tmp_path / "deep.pt") if kind == "object"  # records: the safe reader's view
+                else torch_reference(torch.load(tmp_path / "deep.pt", weights_only=False)))
+    assert compare_trees(expected, loaded) == []
+    save_checkpoint(value, tmp_path / "saved")  # the live-object path walks the same graph
+    assert compare_trees(loaded, load_checkpoint(tmp_path / "saved")) == []
+    capsys.readouterr()
+    for argv in (["inspect", str(tmp_path / "out")], ["inspect", str(tmp_path / "deep.pt")],
+                 ["verify", str(tmp_path / "deep.pt"), str(tmp_path / "out")]):
+        assert main(argv) == 0, capsys.readouterr().err
+    assert capsys.readouterr().out.count("tree:") == 2
+
+
+@pytest.mark.parametrize("kind", list(_NESTINGS))
+def test_each_kind_of_nesting_one_level_deeper_is_refused_before_anything_is_written(tmp_path, capsys, kind):
+    value = _nested(kind, LIMITS.depth + 1)
+    torch.save(value, tmp_path / "deep.pt")
+    capsys.readouterr()
+    assert main(["convert", str(tmp_path / "deep.pt"), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"checkpoint nests deeper than {LIMITS.depth} levels" in err, err
+    with pytest.raises(UnsupportedValue, match=f"nests deeper than {LIMITS.depth} levels"):
+        save_checkpoint(value, tmp_path / "saved")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deep.pt"]
+
+
+def _tensor_chain(levels: int) -> torch.Tensor:
+    """A tensor whose attribute holds a tensor whose attribute holds ...: 2 levels each (tensor, its __dict__)."""
+    value: object = 1
+    for i in range(levels // 2):
+        t = torch.full((1,), float(i))
+        t.inner = value
+        value = t
+    return value
+
+
+def test_tensors_nested_through_their_attributes_convert_to_the_depth_limit(tmp_path, capsys):
+    """The reader did not count a tensor's attributes as nesting, and the writer and loader recursed through
+    them (a few frames per tensor): 150 such tensors failed with 'checkpoint nests too deeply'."""
+    from convert import compare_trees
+    from tests.helpers import torch_reference
+
+    torch.save(_tensor_chain(LIMITS.depth), tmp_path / "deep.pt")
+    convert_checkpoint(tmp_path / "deep.pt", tmp_path / "out")
+    expected = torch_reference(torch.load(tmp_path / "deep.pt", weights_only=False))
+    assert compare_trees(expected, load_checkpoint(tmp_path / "out")) == []
+    assert main(["inspect", str(tmp_path / "out")]) == 0
+    torch.save([_tensor_chain(LIMITS.depth)], tmp_path / "deeper.pt")
+    capsys.readouterr()
+    assert main(["convert", str(tmp_path / "deeper.pt"), str(tmp_path / "out2")]) == 2
+    assert f"checkpoint nests deeper than {LIMITS.depth} levels" in capsys.readouterr().err
+    assert not (tmp_path / "out2").exists()
 
 
 def test_recursion_limit_unchanged_after_loading_a_deep_sidecar(tmp_path):

@@ -76,38 +76,48 @@ class TreeRenderer:
         return f"tensor {t['dtype']} {t['shape']} {human_bytes(size)}{tail}"
 
     def node(self, label: str, v: Any, depth: int) -> None:
+        """Lines for `v` and everything below it, depth first, with an explicit stack: a sidecar may nest
+        as deep as the loader accepts (LIMITS.sidecar_json_depth), far beyond the interpreter's recursion limit."""
+        stack: list[tuple[str, Any, int] | str] = [(label, v, depth)]  # a node to describe, or a finished line
+        while stack:
+            task = stack.pop()
+            if isinstance(task, str):
+                self.lines.append(task)
+                continue
+            stack.extend(reversed(self._describe(*task)))
+
+    def _describe(self, label: str, v: Any, depth: int) -> list:
+        """Add `v`'s own line; return what comes below it, in order (nodes and lines)."""
         pad = "  " * depth
         if isinstance(v, list):
-            self.container(label, "list", list(enumerate(v)), depth)
-            return
+            return self.container(label, "list", list(enumerate(v)), depth)
         if not isinstance(v, dict):
             self.lines.append(f"{pad}{label}: {v!r:.100}")
-            return
+            return []
         tag = tag_of(v)
         if tag is None:
-            self.container(label, "dict", list(v.items()), depth)
-            return
+            return self.container(label, "dict", list(v.items()), depth)
         if "$id" in v:
             label = f"{label} (#{v['$id']})"
         payload = v[tag.name]
         items = tag.items(payload)
         if tag.name == "$ref" and v.get("$with"):  # a cycle through a tuple: the definitions sit inside
-            self.container(f"{label} {tag.describe(payload, self)}, defined inside", "items", list(enumerate(v["$with"])),
-                           depth)
-        elif tag.name == "$module":
-            self.node(f"{label} [{tag.describe(payload, self)}]", payload["state_dict"], depth)
-        elif items is not None:
+            return self.container(f"{label} {tag.describe(payload, self)}, defined inside", "items",
+                                  list(enumerate(v["$with"])), depth)
+        if tag.name == "$module":
+            return [(f"{label} [{tag.describe(payload, self)}]", payload["state_dict"], depth)]
+        if items is not None:
             kind = {"$odict": "OrderedDict", "$list": "list"}.get(tag.name, tag.name[1:])
-            self.container(label, kind, items, depth)
-        else:
-            self.lines.append(f"{pad}{label}: {tag.describe(payload, self)}")
+            return self.container(label, kind, items, depth)
+        self.lines.append(f"{pad}{label}: {tag.describe(payload, self)}")
+        return []
 
-    def container(self, label: str, kind: str, items: list, depth: int) -> None:
+    def container(self, label: str, kind: str, items: list, depth: int) -> list:
         self.lines.append(f"{'  ' * depth}{label}: {kind} ({len(items)} item{'' if len(items) == 1 else 's'})")
-        for key, value in items[:self.max_items]:
-            self.node(str(key), value, depth + 1)
+        below: list = [(str(key), value, depth + 1) for key, value in items[:self.max_items]]
         if len(items) > self.max_items:
-            self.lines.append(f"{'  ' * (depth + 1)}… {len(items) - self.max_items} more")
+            below.append(f"{'  ' * (depth + 1)}… {len(items) - self.max_items} more")
+        return below
 
 
 def render_tree(sidecar: dict, max_items: int = 50, plain: dict[str, tuple[str, list]] | None = None) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -138,11 +138,15 @@ class _Loader:
         except RuntimeError as exc:
             raise MalformedCheckpoint(f"storage {sid} cannot be rebuilt: {str(exc).splitlines()[0]}") from None
 
-    def tensor(self, tid: str) -> torch.Tensor:
+    def tensor(self, tid: str) -> Any:
+        """The tensor `tid`; the first time a tensor with attributes is met, a generator for the decoder that
+        yields the attributes' values and returns the tensor (a chain of them costs no Python frames)."""
         if tid not in self.tensors:
             info = self.sidecar["tensors"].get(tid)
             if info is not None:
-                self.tensors[tid] = self._build_tensor(tid, info)
+                t = self.tensors[tid] = self._build_tensor(tid, info)  # before its attributes: they may hold it
+                if info.get("attrs"):
+                    return self._attrs(t, info["attrs"])
             elif tid in self.entries:
                 self.tensors[tid] = self._plain_tensor(tid)
             else:
@@ -182,8 +186,12 @@ class _Loader:
                 t.requires_grad_(True)
         except RuntimeError as exc:
             raise MalformedCheckpoint(f"tensor {tid} cannot be rebuilt: {str(exc).splitlines()[0]}") from None
-        for name, value in info.get("attrs", {}).items():
-            t.__dict__[name] = self.decoder.value(value)
+        return t
+
+    @staticmethod
+    def _attrs(t: torch.Tensor, attrs: dict) -> Generator[tuple[Any, int], Any, torch.Tensor]:
+        for name, value in attrs.items():
+            t.__dict__[name] = yield value, 1
         return t
 
     def array(self, aid: str) -> np.ndarray:

@@ -4,9 +4,9 @@ Every bound on untrusted input the package applies is a field of `Limits`; modul
 `LIMITS` (a module-level name such as `MAX_DEPTH` elsewhere is only an alias of a field). The depths
 are chained so that each later stage has room for what the earlier one accepted: a graph `depth`
 levels deep becomes a tree at most `tree_depth` deep, a sidecar at most `encode_depth` codec levels
-(read back within `decode_depth`) and `sidecar_json_depth` JSON levels. Everything that walks them
-recursively stays inside the interpreter's default recursion limit (1000 frames), which the library
-never changes.
+(read back within `decode_depth`) and `sidecar_json_depth` JSON levels. The stages walk them with
+explicit stacks (tree.transform, the sidecar codec, inspect's renderer, compare_trees): no depth these
+limits allow costs Python frames, and the library never changes the interpreter's recursion limit.
 
 Structural limits on what a pickle built:
 
@@ -14,8 +14,8 @@ A pickle is a program: with the memo it can build a graph in which a value is re
 ("billion laughs": each list holds the previous one twice) or a container holds itself. Both are
 legitimate (omegaconf configs link every node back to its parent) and every later stage walks the
 graph once per distinct node, writing shared values once, so neither costs more than the input.
-What stays refused is depth: later stages recurse once per level, so the depth-first nesting of
-the graph must stay well inside the interpreter's recursion limit. Checked here iteratively.
+What stays refused is depth, a documented bound every later stage is tested at (the live-object walk of
+save_checkpoint still recurses, a few frames per level). Checked here iteratively.
 """
 
 from __future__ import annotations
@@ -25,15 +25,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import MalformedCheckpoint
-from .records import ObjectRecord
+from .records import ObjectRecord, TensorRef
 
 
 @dataclass(frozen=True)
 class Limits:
     """Bounds on untrusted input (and on live objects given to save_checkpoint), in one place."""
 
-    # Nesting. Later stages recurse once per level (several Python frames each): stay well inside the
-    # interpreter's default recursion limit. Real checkpoints nest a few dozen levels at most.
+    # Nesting. Real checkpoints nest a few dozen levels at most.
     depth: int = 200  # containers nested in a pickle's graph (the reader) or a live object (save_checkpoint)
     tree_depth: int = 400  # levels of the record tree built from it (objects add a level for their state)
     encode_depth: int = 400  # codec levels written into the sidecar
@@ -68,6 +67,8 @@ def _children(value: Any) -> list[Any]:
         return list(value)
     if isinstance(value, ObjectRecord):
         return [value.args, value.state, *(x for pair in value.dictitems for x in pair), *value.listitems]
+    if type(value) is TensorRef:  # a tensor's attributes (its pickled __dict__): one more dict level
+        return [value.attrs]
     return []
 
 
@@ -79,7 +80,8 @@ def check_structure(root: Any) -> None:
     while stack:
         node, depth = stack.pop()
         key = id(node)
-        if key in seen or not (type(node) in _CONTAINERS or isinstance(node, ObjectRecord)):
+        if key in seen or not (type(node) in _CONTAINERS or isinstance(node, ObjectRecord)
+                               or (type(node) is TensorRef and node.attrs)):
             continue
         if depth >= MAX_DEPTH:
             raise MalformedCheckpoint(f"checkpoint nests deeper than {MAX_DEPTH} levels")

@@ -34,6 +34,18 @@ class _Comparer:
         self.nodes_a_to_b: dict[int, int] = {}  # containers and records already paired
         self.nodes_b_to_a: dict[int, int] = {}
         self.keep: list[Any] = []  # ids are only stable while the objects live
+        # pairs still to compare, the next one last: depth first without recursion (a loadable sidecar nests
+        # up to LIMITS.decode_depth levels, beyond the interpreter's recursion limit)
+        self.todo: list[tuple[Any, Any, str]] = []
+
+    def run(self, a: Any, b: Any) -> None:
+        self.todo.append((a, b, ""))
+        while self.todo:
+            self.compare(*self.todo.pop())
+
+    def later(self, pairs: list[tuple[Any, Any, str]]) -> None:
+        """Compare `pairs` next, in their order (before anything queued earlier)."""
+        self.todo.extend(reversed(pairs))
 
     def diff(self, path: str, message: str) -> None:
         if len(self.diffs) < MAX_DIFFS:
@@ -61,26 +73,23 @@ class _Comparer:
             if struct.pack(">d", a) != struct.pack(">d", b):
                 self.diff(path, f"float {a!r} != {b!r}" + (" (bits differ)" if math.isnan(a) else ""))
         elif type(a) is complex:
-            self.compare(a.real, b.real, path + ".real")
-            self.compare(a.imag, b.imag, path + ".imag")
+            self.later([(a.real, b.real, path + ".real"), (a.imag, b.imag, path + ".imag")])
         elif type(a) in (dict, collections.OrderedDict):
             self.mapping(a, b, path)
         elif type(a) in (list, tuple, torch.Size):
             if len(a) != len(b):
                 self.diff(path, f"length {len(a)} != {len(b)}")
                 return
-            for i, (x, y) in enumerate(zip(a, b)):
-                self.compare(x, y, f"{path}[{i}]")
+            self.later([(x, y, f"{path}[{i}]") for i, (x, y) in enumerate(zip(a, b))])
         elif type(a) in (set, frozenset):
             if a != b or sorted(map(repr, a)) != sorted(map(repr, b)):
                 self.diff(path, f"set {sorted(map(repr, a))[:5]} != {sorted(map(repr, b))[:5]}")
         elif isinstance(a, ObjectRecord):
             if a.qualname != b.qualname:
                 self.diff(path, f"record of {a.qualname} != {b.qualname}")
-            self.compare(a.args, b.args, path + ".args")
-            self.compare(a.state, b.state, path + ".state")
-            self.compare(list(map(list, a.dictitems)), list(map(list, b.dictitems)), path + ".dictitems")
-            self.compare(a.listitems, b.listitems, path + ".listitems")
+            self.later([(a.args, b.args, path + ".args"), (a.state, b.state, path + ".state"),
+                        (list(map(list, a.dictitems)), list(map(list, b.dictitems)), path + ".dictitems"),
+                        (a.listitems, b.listitems, path + ".listitems")])
         elif isinstance(a, GlobalRef):
             if a.qualname != b.qualname:
                 self.diff(path, f"global {a.qualname} != {b.qualname}")
@@ -109,14 +118,12 @@ class _Comparer:
             detail = f"missing {missing}, extra {extra}" if missing or extra else "same keys, different order or key types"
             self.diff(path, f"keys differ: {detail}")
             return
-        for key in ka:
-            self.compare(a[key], b[key], f"{path}.{key}" if path else str(key))
+        pairs = [(a[key], b[key], f"{path}.{key}" if path else str(key)) for key in ka]
         attrs_a, attrs_b = getattr(a, "__dict__", {}), getattr(b, "__dict__", {})
         if list(attrs_a) != list(attrs_b):
             self.diff(path, f"attributes {list(attrs_a)} != {list(attrs_b)}")
-        for name in attrs_a:
-            if name in attrs_b:
-                self.compare(attrs_a[name], attrs_b[name], f"{path}.<{name}>")
+        pairs += [(attrs_a[name], attrs_b[name], f"{path}.<{name}>") for name in attrs_a if name in attrs_b]
+        self.later(pairs)
 
     def tensor(self, a: torch.Tensor, b: torch.Tensor, path: str) -> None:
         checks = [("dtype", a.dtype, b.dtype), ("shape", tuple(a.shape), tuple(b.shape)),
@@ -158,8 +165,5 @@ def compare_trees(a: Any, b: Any) -> list[str]:
         []
     """
     comparer = _Comparer()
-    try:
-        comparer.compare(a, b, "")
-    except RecursionError:
-        comparer.diff("", "nests too deeply to compare")
+    comparer.run(a, b)
     return comparer.diffs

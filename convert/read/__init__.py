@@ -9,14 +9,19 @@ from . import blobs as _blobs  # noqa: F401  (registers the _load_from_bytes blo
 from .containers import Input, ReadResult, read_container
 from .modules import module_state, to_module_record
 
-__all__ = ["Input", "ReadResult", "read_tree"]
+__all__ = ["Input", "ReadResult", "modules_as_state_dicts", "read_tree"]
 
 
 def read_tree(inp: Input) -> ReadResult:
     """Interpret `inp` and replace every pickled nn.Module by a ModuleRecord (its state_dict)."""
-    from ..model.tree import transform  # here: tree builds on the codec, which builds on read's records
-
     result = read_container(inp)
+    result.root = modules_as_state_dicts(result.root)
+    return result
+
+
+def modules_as_state_dicts(root: Any) -> Any:
+    """The graph `root` (records as the VM builds them) with every module's record made a ModuleRecord."""
+    from ..model.tree import transform  # here: tree builds on the codec, which builds on read's records
 
     def record(value: Any, recurse: Any) -> Any:
         if isinstance(value, ObjectRecord) and module_state(value) is not None:
@@ -25,5 +30,4 @@ def read_tree(inp: Input) -> ReadResult:
             return module
         return NotImplemented
 
-    result.root = transform(result.root, lambda v: v, record)
-    return result
+    return transform(root, lambda v: v, record)

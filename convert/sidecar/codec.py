@@ -37,6 +37,7 @@ from ..model.limits import LIMITS
 from ..model.paths import KEY, Field, format_path
 from ..model.records import GlobalRef, ModuleRecord, NdArrayRef, NpDType, NpScalar, ObjectRecord, TensorRef, Unsupported
 from ..model.torch_types import DTYPES_BY_NAME, Device, DType, TorchSize, dtype_name, parse_device
+from .deep import json_depth
 from .schema import MAX_SIDECAR_BYTES
 
 
@@ -55,6 +56,7 @@ MAX_NODES = LIMITS.sidecar_nodes
 MODIFIERS = ("$id", "$attrs", "$with")
 
 Children = Generator[tuple[Any, int], Any, Any]  # decoding a container: yields (child, depth), gets it decoded
+Items = Generator[tuple[Any, list, int], Any, Any]  # encoding a container: yields (child, path, depth), gets it encoded
 
 
 # ------------------------------------------------------------------------------------------ registry
@@ -66,6 +68,8 @@ class Tag:
     `shared`: instances have identity (may be reached twice, get `$id`/`$ref`). `mutable`: created
     empty by `new`, registered, then filled by `fill` (so it may contain itself).
 
+    Encoding is iterative (see Encoder.value): a shared tag's `encode` is a generator that yields
+    `(child, path, depth)` for each value it holds, in order, and receives it encoded.
     Decoding is iterative (see Decoder.value): a tag whose payload holds values is decoded by a generator
     that yields `(child, depth)` for each of them, in the encoder's order, and receives it decoded."""
 
@@ -138,8 +142,8 @@ class ListTag(Tag):
 
     name, types, shared, mutable = "$list", (list,), True, True
 
-    def encode(self, enc: Encoder, v: list, path: list, depth: int) -> Any:
-        return [enc.value(x, [*path, i], depth + 1) for i, x in enumerate(v)]
+    def encode(self, enc: Encoder, v: list, path: list, depth: int) -> Items:
+        return (yield from _encode_items(enc, v, path, depth))
 
     def new(self, node: dict) -> list:
         return []
@@ -170,8 +174,26 @@ class _MappingTag(Tag):
         return [(describe_short(k), x) for k, x in payload]
 
 
-def _encode_pairs(enc: Encoder, v: dict, path: list, depth: int) -> list:
-    return [[enc.value(k, [*path, KEY], depth + 1), enc.value(x, [*path, k], depth + 1)] for k, x in v.items()]
+# Values `Encoder._open` encodes in place (never a generator): a container writes them without a trip
+# through the stack's loop, which would cost more than the value itself.
+_LEAVES = frozenset((type(None), bool, int, float, str))
+
+
+def _encode_items(enc: Encoder, values: Any, path: list, depth: int) -> Items:
+    out = []
+    d = depth + 1
+    for i, x in enumerate(values):
+        out.append(enc._open(x, [*path, i], d) if type(x) in _LEAVES else (yield x, [*path, i], d))
+    return out
+
+
+def _encode_pairs(enc: Encoder, pairs: Any, path: list, depth: int) -> Items:
+    out = []
+    d = depth + 1
+    for k, x in pairs:  # the key first: the decoder reads it first ($id definitions)
+        key = enc._open(k, [*path, KEY], d) if type(k) in _LEAVES else (yield k, [*path, KEY], d)
+        out.append([key, enc._open(x, [*path, k], d) if type(x) in _LEAVES else (yield x, [*path, k], d)])
+    return out
 
 
 @register
@@ -180,8 +202,8 @@ class DictTag(_MappingTag):
 
     name, types, kind = "$dict", (dict,), dict
 
-    def encode(self, enc: Encoder, v: dict, path: list, depth: int) -> Any:
-        return _encode_pairs(enc, v, path, depth)
+    def encode(self, enc: Encoder, v: dict, path: list, depth: int) -> Items:
+        return (yield from _encode_pairs(enc, v.items(), path, depth))
 
 
 @register
@@ -190,14 +212,14 @@ class OrderedDictTag(_MappingTag):
 
     name, types, kind = "$odict", (collections.OrderedDict,), collections.OrderedDict
 
-    def encode(self, enc: Encoder, v: dict, path: list, depth: int) -> Any:
-        return _encode_pairs(enc, v, path, depth)
+    def encode(self, enc: Encoder, v: dict, path: list, depth: int) -> Items:
+        return (yield from _encode_pairs(enc, v.items(), path, depth))
 
-    def attrs(self, enc: Encoder, v: Any, path: list, depth: int) -> dict | None:
-        attrs = getattr(v, "__dict__", None)
-        if not attrs:
-            return None
-        return {k: enc.value(x, [*path, Field(k)], depth + 1) for k, x in attrs.items()}
+    def attrs(self, v: Any, path: list, depth: int) -> Items:
+        out = {}
+        for k, x in (getattr(v, "__dict__", None) or {}).items():
+            out[k] = yield x, [*path, Field(k)], depth + 1
+        return out or None
 
     def fill(self, dec: Decoder, obj: Any, node: dict, depth: int) -> Children:
         yield from super().fill(dec, obj, node, depth)
@@ -211,8 +233,8 @@ class _ItemsTag(Tag):
     shared = True
     kind: ClassVar[type]
 
-    def encode(self, enc: Encoder, v: Any, path: list, depth: int) -> Any:
-        return [enc.value(x, [*path, i], depth + 1) for i, x in enumerate(v)]
+    def encode(self, enc: Encoder, v: Any, path: list, depth: int) -> Items:
+        return (yield from _encode_items(enc, v, path, depth))
 
     def items(self, payload: list) -> list:
         return list(enumerate(payload))
@@ -250,8 +272,8 @@ def _member_key(x: Any) -> tuple:
 class SetTag(_ItemsTag):
     name, types, kind, mutable = "$set", (set,), set, True
 
-    def encode(self, enc: Encoder, v: Any, path: list, depth: int) -> Any:
-        return [enc.value(x, [*path, i], depth + 1) for i, x in enumerate(_ordered_members(v))]
+    def encode(self, enc: Encoder, v: Any, path: list, depth: int) -> Items:
+        return (yield from _encode_items(enc, _ordered_members(v), path, depth))
 
     def new(self, node: dict) -> set:
         return set()
@@ -266,8 +288,8 @@ class SetTag(_ItemsTag):
 class FrozensetTag(_ItemsTag):
     name, types, kind = "$frozenset", (frozenset,), frozenset
 
-    def encode(self, enc: Encoder, v: Any, path: list, depth: int) -> Any:
-        return [enc.value(x, [*path, i], depth + 1) for i, x in enumerate(_ordered_members(v))]
+    def encode(self, enc: Encoder, v: Any, path: list, depth: int) -> Items:
+        return (yield from _encode_items(enc, _ordered_members(v), path, depth))
 
     def decode(self, dec: Decoder, node: dict, depth: int) -> Any:
         items = []
@@ -490,17 +512,16 @@ class ObjectTag(Tag):
 
     name, types, shared, mutable = "$object", (ObjectRecord,), True, True
 
-    def encode(self, enc: Encoder, v: ObjectRecord, path: list, depth: int) -> Any:
+    def encode(self, enc: Encoder, v: ObjectRecord, path: list, depth: int) -> Items:
         d = depth + 1
-        out: dict[str, Any] = {"class": v.qualname, "via": v.via,
-                               "args": enc.value(v.args if type(v.args) is tuple else tuple(v.args),
-                                                 [*path, Field("args")], d)}
+        out: dict[str, Any] = {"class": v.qualname, "via": v.via}
+        out["args"] = yield v.args if type(v.args) is tuple else tuple(v.args), [*path, Field("args")], d
         if v.state is not None:
-            out["state"] = enc.value(v.state, [*path, Field("state")], d)
+            out["state"] = yield v.state, [*path, Field("state")], d
         if v.dictitems:
-            out["dictitems"] = [[enc.value(k, [*path, KEY], d), enc.value(x, [*path, k], d)] for k, x in v.dictitems]
+            out["dictitems"] = yield from _encode_pairs(enc, v.dictitems, path, depth)
         if v.listitems:
-            out["listitems"] = [enc.value(x, [*path, i], d) for i, x in enumerate(v.listitems)]
+            out["listitems"] = yield from _encode_items(enc, v.listitems, path, depth)
         return out
 
     def new(self, node: dict) -> ObjectRecord:
@@ -550,6 +571,7 @@ class EncodeHooks:
     """What the encoder asks its owner (the writer's planner): where tensors, arrays and modules go."""
 
     def tensor_ref(self, ref: TensorRef, path: list) -> Any:
+        """The tensor's id in the sidecar, or a generator that yields values to encode and returns it."""
         raise UnsupportedValue(f"{format_path(path)}: a tensor cannot be stored here")
 
     def array_ref(self, ref: NdArrayRef, path: list) -> Any:
@@ -629,14 +651,38 @@ class Encoder:
                     stack.append(child)
 
     def value(self, v: Any, path: list, depth: int) -> Any:
-        if depth == 0:
-            try:
-                return self._value(v, path, 0)
-            except RecursionError:  # each level costs a few Python frames; the depth cap may not be reached first
-                raise MalformedCheckpoint(f"{format_path(path)}: checkpoint nests too deeply") from None
-        return self._value(v, path, depth)
+        """`v` encoded at `depth` (its level below the graph's root), iteratively (see `run`)."""
+        return self.run(self._open(v, path, depth))
 
-    def _value(self, v: Any, path: list, depth: int) -> Any:
+    def run(self, top: Any) -> Any:
+        """Drive an explicit stack of the containers being written, at most ENCODE_MAX_DEPTH deep, from `top`:
+        each is a generator (`_node`, or a hook's, such as a tensor's for its attributes) that yields
+        `(child, path, depth)` and receives it encoded, in order. A hook that returns a whole value (a
+        module's entry, a state dict's pairs) may call `value` again: one more, shallow, stack."""
+        if type(top) is not GeneratorType:
+            return top
+        stack, sent = [top], None
+        try:
+            while True:
+                try:
+                    child = stack[-1].send(sent)
+                except StopIteration as done:
+                    stack.pop()
+                    if not stack:
+                        return done.value
+                    sent = done.value
+                    continue
+                sent = self._open(*child)
+                if type(sent) is GeneratorType:
+                    stack.append(sent)
+                    sent = None
+        except BaseException:
+            for gen in reversed(stack):  # unwind as recursion would: the `open` bookkeeping of each level
+                gen.close()
+            raise
+
+    def _open(self, v: Any, path: list, depth: int) -> Any:
+        """A leaf encoded, or the generator that encodes a container (see `run`)."""
         self.nodes += 1
         if self.nodes > self.max_nodes:
             raise MalformedCheckpoint(f"checkpoint has more than {self.max_nodes} values; refusing")
@@ -663,8 +709,11 @@ class Encoder:
                 raise UnsupportedValue(f"{format_path(path)}: {v.reason}")
             raise UnsupportedValue(f"{format_path(path)}: a {kind.__module__}.{kind.__qualname__}, which cannot be stored")
         if tag.shared:
-            return self.node(v, path, depth)
-        return {tag.name: tag.encode(self, v, path, depth)}
+            return self._node(v, path, depth, None)
+        encoded = tag.encode(self, v, path, depth)
+        if type(encoded) is GeneratorType:  # a tensor whose attributes hold values: the hook yields them
+            return _tagged(tag.name, encoded)
+        return {tag.name: encoded}
 
     def add_bytes(self, n: int, path: list) -> None:
         """Count `n` more bytes of JSON; UnsupportedValue as soon as the sidecar cannot fit its largest allowance."""
@@ -677,6 +726,9 @@ class Encoder:
         """A container, record or module: a `$ref` if already written, else its definition (with `$id`
         when it is reached more than once). `payload` supplies the encoded contents (a mapping's pairs,
         a module's entry) in place of the tag's own `encode`."""
+        return self.run(self._node(v, path, depth, payload))
+
+    def _node(self, v: Any, path: list, depth: int, payload: Callable[[], Any] | None) -> Items:
         key = id(v)
         found = self.ids.get(key)
         if found is not None:
@@ -697,12 +749,15 @@ class Encoder:
             elif tag is TUPLE or tag is FROZENSET:
                 encoded = []
                 for i, x in enumerate(v if tag is TUPLE else _ordered_members(v)):
-                    encoded.append(self.value(x, [*path, i], depth + 1))
+                    encoded.append(self._open(x, [*path, i], depth + 1) if type(x) in _LEAVES
+                                   else (yield x, [*path, i], depth + 1))
                     if key in self.ids:  # defined while its items were written: a cycle came back through it
                         return {"$ref": self.ids[key], "$with": encoded}
             else:
                 encoded = tag.encode(self, v, path, depth)
-            attrs = ODICT.attrs(self, v, path, depth) if tag is ODICT else None
+                if type(encoded) is GeneratorType:  # a module's entry comes back from the hook whole
+                    encoded = yield from encoded
+            attrs = (yield from ODICT.attrs(v, path, depth)) if tag is ODICT else None
         finally:
             self.open[key] -= 1
             if not self.open[key]:
@@ -730,6 +785,10 @@ class Encoder:
         n = self.ids[id(v)] = len(self.ids)
         self._keep.append(v)
         return n
+
+
+def _tagged(name: str, encoded: Items) -> Items:
+    return {name: (yield from encoded)}
 
 
 def _with_items(tag: Tag, payload: Any) -> list:
@@ -796,7 +855,7 @@ class Decoder:
                 if type(sent) is GeneratorType:
                     stack.append(sent)
                     sent = None
-        except RecursionError:  # only through the loader's callbacks (a tensor's attributes decode its values)
+        except RecursionError:  # only through a callback that decodes by calling `value` (the loader's yield instead)
             raise MalformedCheckpoint("sidecar nests too deeply") from None
 
     def _open(self, v: Any, depth: int) -> Any:
@@ -850,4 +909,9 @@ def describe_short(v: Any) -> str:
         tag = tag_of(v)
         if tag is not None and tag.items(v[tag.name]) is None and tag.name not in ("$tensor", "$ndarray", "$module"):
             return tag.describe(v[tag.name], None)
+    if json_depth(v, _SHORT_DEPTH) > _SHORT_DEPTH:  # repr recurses per level: a deep key would raise RecursionError
+        return f"<a key nested deeper than {_SHORT_DEPTH} levels>"
     return repr(v)[:100]
+
+
+_SHORT_DEPTH = 20

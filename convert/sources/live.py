@@ -27,14 +27,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ConvertError, UnsafeCheckpoint, UnsupportedValue
-from ..model.limits import LIMITS
+from ..errors import ConvertError, MalformedCheckpoint, UnsafeCheckpoint, UnsupportedValue
+from ..model.limits import LIMITS, check_structure
 from ..model.numpy_types import NUMERIC_CODES
 from ..model.records import GlobalRef, NdArrayRef, ObjectRecord, StorageRef
 from ..model.torch_types import DTYPES_BY_NAME
-from ..read import allowlist, gadgets
+from ..read import allowlist, gadgets, modules_as_state_dicts
 from ..read.compat_names import resolve
-from ..read.modules import to_module_record
 from ..read.vm import Finding, append_items, build, set_items
 from .base import Source
 from .staging import DeviceStorage
@@ -55,7 +54,17 @@ def live_tree(obj: Any) -> Any:
         Plain containers and values with TensorRef/NdArrayRef/ObjectRecord/ModuleRecord/... leaves,
         whose tensor bytes are the live objects' memory (keep `obj` alive and unchanged until written).
     """
-    return _LiveReader().value(obj, [], 0)
+    raw = _LiveReader().value(obj, [], 0)  # modules as the records the reader's VM builds for them
+    try:
+        check_structure(raw)  # the reader's own rule: save_checkpoint refuses exactly what convert would
+    except MalformedCheckpoint as exc:
+        raise UnsupportedValue(f"<root>: {exc}") from None
+    return modules_as_state_dicts(raw)
+
+
+# The walk recurses; it stops a little past LIMITS.depth (a tensor's own reduce adds levels the reader does
+# not keep), check_structure then applies the exact limit.
+_WALK_DEPTH = LIMITS.depth + 8
 
 
 def _where(path: list) -> str:
@@ -79,7 +88,7 @@ class _LiveReader:
     # ------------------------------------------------------------------ the walk (pickle's save())
 
     def value(self, obj: Any, path: list, depth: int) -> Any:
-        if depth > LIMITS.depth:
+        if depth > _WALK_DEPTH:
             raise UnsupportedValue(f"{_where(path)}: nests deeper than {LIMITS.depth} levels")
         if isinstance(obj, (torch.UntypedStorage, torch.storage.TypedStorage)):  # torch.save's persistent_id
             return self.storage(obj, path)
@@ -110,7 +119,7 @@ class _LiveReader:
         if kind in (set, frozenset):  # protocol 2: REDUCE set([...])
             return self.remember(obj, kind(self.value(v, [*path, i], depth + 1) for i, v in enumerate(obj)))
         if isinstance(obj, torch.nn.Module):
-            return self.remember(obj, to_module_record(self.module(obj, path, depth)))
+            return self.remember(obj, self.module(obj, path, depth))
         if kind is np.ndarray:
             array = self.ndarray(obj)
             if array is not None:
@@ -242,17 +251,18 @@ class _LiveReader:
         found = self.module_records.get(id(module))
         if found is not None:
             return found
+        # depth + 3: a child module or parameter sits in the record's state dict's `_modules`/`_parameters`
         cls = type(module)
         record = ObjectRecord(f"{cls.__module__}.{cls.__qualname__}", via="newobj")
         self.module_records[id(module)] = record
         self.keep.append(module)
         state: dict[str, Any] = {
-            "_parameters": {n: None if p is None else self.value(p, [*path, n], depth + 1)
+            "_parameters": {n: None if p is None else self.value(p, [*path, n], depth + 3)
                             for n, p in module._parameters.items()},
-            "_buffers": {n: None if b is None else self.value(b, [*path, n], depth + 1)
+            "_buffers": {n: None if b is None else self.value(b, [*path, n], depth + 3)
                          for n, b in module._buffers.items()},
             "_non_persistent_buffers_set": set(module._non_persistent_buffers_set),
-            "_modules": {n: None if c is None else self.module(c, [*path, n], depth + 1)
+            "_modules": {n: None if c is None else self.module(c, [*path, n], depth + 3)
                          for n, c in module._modules.items()},
             "training": module.training,
         }

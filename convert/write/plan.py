@@ -35,7 +35,7 @@ from ..model.tensor_bytes import (
 )
 from ..model.torch_types import CANONICAL, dtype_name
 from ..model.views import non_overlapping
-from ..sidecar.codec import MAX_NODES, EncodeHooks, Encoder, Field
+from ..sidecar.codec import MAX_NODES, EncodeHooks, Encoder, Field, Items
 from ..sidecar.schema import BARE_FILE, EXTRA_FILE, FORMAT_NAME, FORMAT_VERSION
 from .shards import assign_shards, index_bytes
 
@@ -120,8 +120,8 @@ class Planner(EncodeHooks):
         return found[0]
 
     # --------------------------------------------------------------- values
-    def tensor_ref(self, ref: TensorRef, path: list) -> str:
-        return self.tensor(ref, path, None, None)["$tensor"]
+    def tensor_ref(self, ref: TensorRef, path: list) -> Any:
+        return self._tensor(ref, path, None, None)  # a generator: the encoder writes the attributes' values
 
     def array_ref(self, ref: NdArrayRef, path: list) -> str:
         return self.array(ref, path)["$ndarray"]
@@ -130,6 +130,12 @@ class Planner(EncodeHooks):
         return self._module_entry(ref, path, None, depth)
 
     def tensor(self, ref: TensorRef, path: list, file: str | None, key: str | None) -> dict:
+        """A tensor's row (and entry, with `file` and `key`); `{"$tensor": id}`."""
+        return {"$tensor": self.encoder.run(self._tensor(ref, path, file, key))}
+
+    def _tensor(self, ref: TensorRef, path: list, file: str | None, key: str | None) -> Items:
+        """The tensor's id; yields its attributes' values to the encoder (a chain of tensors whose attributes
+        hold tensors costs no Python frames)."""
         memo_key = (id(ref), file if key is not None else None)
         tid = self.tensor_ids.get(memo_key)
         if tid is None:
@@ -148,7 +154,9 @@ class Planner(EncodeHooks):
             if ref.neg:
                 info["neg"] = True
             if ref.attrs:
-                info["attrs"] = {k: self.value(v, [*path, k], 0) for k, v in ref.attrs.items()}
+                attrs = info["attrs"] = {}
+                for k, v in ref.attrs.items():
+                    attrs[k] = yield v, [*path, k], 0
             if key is not None and file is not None:
                 info["file"] = file
                 info["key"] = self._add_entry(file, key, enc, list(ref.shape), ref.numel * ref.dtype.itemsize,
@@ -162,7 +170,7 @@ class Planner(EncodeHooks):
             extra = self._add_entry(file, key, encoding_for(ref.dtype, key), list(ref.shape),
                                     ref.numel * ref.dtype.itemsize, lambda r=ref: tensor_bytes(r), contiguous_source(ref))
             info.setdefault("also_keys", []).append(extra)
-        return {"$tensor": tid}
+        return tid
 
     def array(self, ref: NdArrayRef, path: list) -> dict:
         aid = self.array_ids.get(id(ref))

@@ -255,6 +255,31 @@ def test_sidecar_at_the_json_depth_limit_loads_and_one_level_more_is_refused(fol
     assert str(err.value) == f"checkpoint.json: JSON nests deeper than {MAX_SIDECAR_DEPTH} levels; refusing"
 
 
+def test_inspect_and_compare_a_maximally_deep_folder(folder, capsys):
+    """inspect rendered the tree one Python call per level and compare_trees compared likewise: exit 70
+    (RecursionError) and 'nests too deeply to compare' on a folder load_checkpoint accepts."""
+    from convert import compare_trees
+    from convert.cli import main
+
+    original = (folder / "checkpoint.json").read_text()
+    _deep_folder(folder, "[[]]")
+    capsys.readouterr()
+    assert main(["inspect", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("tuple (1 item)") == 498 and out.rstrip().endswith("0: list (0 items)")
+    assert compare_trees(load_checkpoint(folder), load_checkpoint(folder)) == []
+    diffs = compare_trees(load_checkpoint(folder), {**load_checkpoint(folder), "deep": ()})
+    assert diffs == ["deep: length 1 != 0"]
+
+    (folder / "checkpoint.json").write_text(original)  # a chain as deep as a mapping's key: shown, not repr'd
+    sidecar = json.loads(original)
+    sidecar["root"]["deep"] = "HERE"
+    (folder / "checkpoint.json").write_text(json.dumps(sidecar).replace(
+        '"HERE"', '{"$dict": [[' + _tuple_chain(497, "1") + ", 2]]}"))
+    assert list(load_checkpoint(folder)["deep"].values()) == [2]
+    assert main(["inspect", str(folder)]) == 0
+    assert "    deep: dict (1 item)\n      <a key nested deeper than 20 levels>: 2" in capsys.readouterr().out
+
 def test_loading_a_maximally_deep_folder_never_touches_the_recursion_limit(folder, monkeypatch):
     """The limit is process-wide on Python 3.11: raising it, even briefly, takes RecursionError's protection
     from the user's other threads (a training loop would crash the interpreter instead)."""
