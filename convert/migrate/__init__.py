@@ -10,18 +10,21 @@ overlap and cleanup (never touch anything but DST's own temp folders), report, p
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import signal
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConvertError, MissingDependency
-from ..primitives.signals import sigterm_raises
+from ..primitives.lock import remove_stale_lock
+from ..primitives.signals import Terminated, sigterm_raises
 from ..primitives.temp import remove_stale_temporaries
 from ..sign.context import check_signer
 from ..write.ownership import check_replaceable
-from .journal import DONE_STATUSES, JOURNAL_NAME, Journal, JournalState, output_present, read_journal
+from .journal import DONE_STATUSES, JOURNAL_NAME, PENDING_STATUSES, Journal, JournalState, output_present, read_journal
 from .lock import LOCK_NAME, holder_pid, migrate_lock
 from .manifest import MANIFEST_NAME, MIGRATED_SUFFIX, read_legacy_manifest, retire_legacy_manifest
 from .overlap import check_overlap
@@ -75,6 +78,43 @@ def _refusal(job: Job, dst: Path, journal: Journal) -> str | None:
     return None
 
 
+STOPPED = "the migrate was stopped ({}) before this job finished; a re-run converts it"
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM ignored for the block (a second Ctrl-C must not cut the cleanup short); main thread only."""
+    try:
+        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: signals are not ours to change
+        yield
+        return
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _stop(results: Iterable[tuple[Job, dict]] | None, in_flight: Iterable[Job], journal: Journal, dst: Path,
+          exc: BaseException) -> None:
+    """End a run that was stopped: kill the busy workers (closing the runner does: `pool.run_bounded`), remove
+    what the killed ones were building (their marked temp folders, writer locks), and record the jobs they
+    had as not done, so that a re-run converts them. Installed outputs are whole (renamed in complete)."""
+    close = getattr(results, "close", None)
+    if close is not None:
+        close()
+    jobs = list(in_flight)
+    for job in jobs:
+        out = dst / job.output_rel
+        remove_stale_temporaries(out.parent)  # only marked folders whose owner is gone (killed above)
+        remove_stale_lock(out)
+    why = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT" if isinstance(exc, KeyboardInterrupt) else \
+        f"{type(exc).__name__}"
+    with contextlib.suppress(ConvertError):  # the journal cannot be written: its "started" lines say the same
+        journal.interrupted([(job.rel, job.output_rel) for job in jobs], STOPPED.format(why))
+
+
 def migrate(src: str | os.PathLike, dst: str | os.PathLike, *, jobs: int | None = None, quiet: bool = True,
             max_shard_size: str | None = None, submit: Submit | None = None,
             select: Callable[[Job], str | None] | None = None, sign_key: str | os.PathLike | None = None) -> Report:
@@ -106,13 +146,14 @@ def migrate(src: str | os.PathLike, dst: str | os.PathLike, *, jobs: int | None 
         dst.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConvertError(f"cannot create {dst}: {exc.strerror}") from None
-    with migrate_lock(dst), sigterm_raises(KeyboardInterrupt):  # exit 130, as Ctrl-C
+    with migrate_lock(dst), sigterm_raises(Terminated):  # unwinds as Ctrl-C does; the CLI exits 143
         report = Report("migrate", str(src), str(dst))
         journal = _open_journal(dst, src, report)
         if dst_inside_src:
             report.notes.append(f"{dst} lies inside the source {src}: it is not walked, so nothing in it is converted")
         stats = WalkStats()
         progress = MigrateProgress(not quiet)
+        in_flight: dict[str, Job] = {}  # dispatched, no result yet: what a stop interrupts
 
         def pending() -> Iterator[Job]:
             walk = iter_jobs(src, stats, skip=dst if dst_inside_src else None,
@@ -135,17 +176,20 @@ def migrate(src: str | os.PathLike, dst: str | os.PathLike, *, jobs: int | None 
                     continue
                 if os.path.lexists(dst / job.output_rel):  # _refusal said it is ours
                     job = dataclasses.replace(job, replace=True)
+                in_flight[job.rel] = job  # first: a signal may come between any two lines
                 journal.started(job.rel, job.output_rel)
                 progress.found_job(job)
                 yield job
             progress.walk_finished()
 
         args = (str(dst), max_shard_size) + ((sign_key,) if sign_key else ())
+        results: Iterable[tuple[Job, dict]] | None = None
         try:
-            results = submit(pending(), *args) if submit is not None else \
-                run_bounded(pool_job, pending(), args, jobs or os.cpu_count() or 1)
             try:
+                results = submit(pending(), *args) if submit is not None else \
+                    run_bounded(pool_job, pending(), args, jobs or os.cpu_count() or 1)
                 for job, entry in results:
+                    in_flight.pop(job.rel, None)
                     entry.update(size=job.size, mtime_ns=job.mtime_ns)
                     # dispatched with its output path free or ours: whatever is there now, this run put there
                     entry.setdefault("owner", os.path.lexists(dst / job.output_rel))
@@ -154,6 +198,10 @@ def migrate(src: str | os.PathLike, dst: str | os.PathLike, *, jobs: int | None 
                     journal.record(job.rel, entry)
                     report.add(job.rel, entry)
                     progress.finished_job(job)
+            except BaseException as exc:  # SIGINT, SIGTERM (or a journal that cannot be written): stop now
+                with _signals_held():
+                    _stop(results, in_flight.values(), journal, dst, exc)
+                raise
             finally:
                 progress.stop()
             unverified = sum(1 for e in report.files.values() if e.get("unverified"))
@@ -206,7 +254,7 @@ def migrate_status(dst: str | os.PathLike, src: str | os.PathLike | None = None)
             counts[status] += 1
             if len(problems) < 50:
                 problems.append({"file": rel, "status": status, "reason": str(entry.get("reason", ""))[:300]})
-        elif status != "started":  # started: in flight when a run was killed (pending)
+        elif status not in PENDING_STATUSES:  # in flight when a run was killed or stopped: pending
             counts["failed"] += 1
     pending = None
     if source_ok:

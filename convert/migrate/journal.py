@@ -32,6 +32,7 @@ JOURNAL_NAME = ".ckpt-convert-journal.jsonl"
 JOURNAL_VERSION = 2
 HEADER_KEY = "ckpt_convert_journal"
 DONE_STATUSES = ("converted", "skipped")
+PENDING_STATUSES = ("started", "interrupted")  # in flight when a run was killed / stopped: converted again
 KILL_ENV = faults.KILL_ENV  # test-only: "journal:K" / "compact" SIGKILLs the driver at that point
 
 
@@ -180,6 +181,20 @@ class Journal:
             raise ConvertError(f"{self.path}: cannot write the migration journal: {exc.strerror}") from None
         self.state.entries[rel] = entry
         self.started_lines += 1
+
+    def interrupted(self, jobs: Iterable[tuple[str, str]], reason: str) -> None:
+        """Record the jobs `(rel, output)` a stopped run was converting as not done (one write, one fsync):
+        a re-run converts them, and may replace what they installed (`owner`)."""
+        lines = []
+        for rel, output in jobs:
+            entry = {"status": "interrupted", "output": output, "owner": True, "reason": reason}
+            lines.append(_line({"rel": rel, **entry}))
+            self.state.entries[rel] = entry
+        if lines:
+            try:
+                self._write(b"".join(lines))
+            except OSError as exc:
+                raise ConvertError(f"{self.path}: cannot write the migration journal: {exc.strerror}") from None
 
     def add_many(self, entries: Iterable[tuple[str, dict[str, Any]]]) -> None:
         """Append many entries with one fsync (folding in a legacy manifest)."""

@@ -12,6 +12,7 @@ checkpoints are not packed onto one node. Every node must see SRC and DST at the
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -80,6 +81,11 @@ def ray_submit(address: str | None, *, max_retries: int = 3) -> Any:
                     except Exception as exc:  # retries exhausted: the worker kept dying
                         entry = crashed_entry(job, exc, "Ray task failed")
                     yield job, entry
+        except BaseException:  # interrupted, or the driver stopped reading: end the tasks, do not wait for them
+            for ref in pending:
+                with contextlib.suppress(Exception):
+                    ray.cancel(ref, force=True)
+            raise
         finally:
             if started_here:
                 ray.shutdown()
