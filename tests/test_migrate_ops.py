@@ -122,3 +122,72 @@ def test_a_signal_stops_the_busy_workers_at_once_and_the_rerun_converts_the_rest
     assert all(verify_folder(dst / name).ok for name in NAMES)
     assert not stale_temporaries(dst)
     assert migrate_status(dst)["pending"] == 0
+
+
+# ------------------------------------------------------------------ retries that find their output installed
+
+from convert.migrate.journal import JOURNAL_NAME  # noqa: E402
+from convert.migrate.walker import find_jobs  # noqa: E402
+from convert.migrate.worker import pool_job  # noqa: E402
+from convert.primitives.hashing import sha256_path  # noqa: E402
+
+
+def _hf_folder(folder: Path, value: float = 1.0) -> None:
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text('{"model_type": "bert"}')
+    (folder / "tokenizer.json").write_text('{"version": "1.0"}')
+    torch.save({"emb.weight": torch.full((4, 2), value)}, folder / "pytorch_model.bin")
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
+    """Every file under `folder` with its inode: a folder converted again would have new ones."""
+    return {p.relative_to(folder).as_posix(): (p.stat().st_ino, p.read_bytes())
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def retry_tree(tmp_path) -> Path:
+    src = tmp_path / "src"
+    _sources(src)
+    _hf_folder(src / "bert")
+    return src
+
+
+def test_a_retried_job_adopts_the_output_its_earlier_attempt_installed(retry_tree, tmp_path):
+    dst = tmp_path / "dst"
+    jobs = {job.rel: job for job in find_jobs(retry_tree)[0]}
+    assert jobs["bert"].kind == "hf" and jobs["a.pt"].kind == "file"
+    for rel in ("a.pt", "bert"):
+        first = pool_job(jobs[rel], str(dst))  # the attempt that installed the output, then "died"
+        assert first["status"] == "converted" and first["verified"], first
+        installed = _snapshot(dst / rel)
+        again = pool_job(jobs[rel], str(dst))  # the retry: same job, output already there
+        assert again["status"] == "converted" and again["verified"] and again.get("adopted"), again
+        assert _snapshot(dst / rel) == installed, "the retry converted again instead of adopting"
+        assert {k: again[k] for k in ("tensors", "files", "output_bytes")} == \
+            {k: first[k] for k in ("tensors", "files", "output_bytes")}
+    assert again["kind"] == "hf" and pool_job(jobs["a.pt"], str(dst))["sha256"] == sha256_path(retry_tree / "a.pt")
+
+
+def test_a_retry_does_not_adopt_another_sources_output(retry_tree, tmp_path):
+    """An output converted from another unit (or damaged) is not this job's: the job fails, nothing touched."""
+    dst, other = tmp_path / "dst", tmp_path / "other"
+    _hf_folder(other / "bert", value=7.0)
+    pool_job(find_jobs(other)[0][0], str(dst))  # DST/bert now holds the conversion of a different folder
+    before = _snapshot(dst / "bert")
+    job = {j.rel: j for j in find_jobs(retry_tree)[0]}["bert"]
+    entry = pool_job(job, str(dst))
+    assert entry["status"] == "failed" and "was not written by this migration" in entry["reason"], entry
+    assert _snapshot(dst / "bert") == before
+
+
+def test_a_unit_output_whose_journal_line_was_lost_is_adopted_not_refused(retry_tree, tmp_path):
+    dst = tmp_path / "dst"
+    assert migrate(retry_tree, dst, jobs=1).exit_code == 0
+    installed = _snapshot(dst / "bert")
+    (dst / JOURNAL_NAME).unlink()  # e.g. a kill before the unsynced "started" line reached the disk
+    report = migrate(retry_tree, dst, jobs=1)
+    assert report.exit_code == 0 and report.files["bert"]["status"] == "converted", report.files["bert"]
+    assert report.files["bert"].get("adopted") and _snapshot(dst / "bert") == installed
+    assert read_journal(dst).entries["bert"]["owner"] is True
+    assert migrate(retry_tree, dst, jobs=1).files["bert"]["status"] == "skipped"

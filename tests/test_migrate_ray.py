@@ -98,3 +98,30 @@ def test_tasks_declare_memory_growing_with_the_file():
     small = Job("file", Path("a.pt"), "a.pt", "a", 10 << 20)
     big = Job("file", Path("b.pt"), "b.pt", "b", 10 << 30)
     assert task_memory(big) - task_memory(small) == 2 * ((10 << 30) - (10 << 20))
+
+
+def test_a_retried_ray_task_adopts_the_output_its_earlier_attempt_installed(tmp_path):
+    """Ray re-runs a task whose worker died after installing the output: the same task, run again, is done."""
+    from convert.migrate.walker import find_jobs
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    (src / "bert").mkdir(parents=True)
+    (src / "bert" / "config.json").write_text('{"model_type": "bert"}')
+    torch.save({"emb.weight": torch.ones(4, 2)}, src / "bert" / "pytorch_model.bin")
+    torch.save({"w": torch.ones(3)}, src / "a.pt")
+    jobs = find_jobs(src)[0]
+    assert {j.kind for j in jobs} == {"file", "hf"}
+    try:
+        ray.init(include_dashboard=False, log_to_driver=False, num_cpus=2)
+    except Exception as exc:
+        pytest.skip(f"Ray cannot start here: {exc}")
+    try:
+        submit = ray_submit(None)  # Ray already up: the submit leaves it running between the two attempts
+        first = dict((j.rel, e) for j, e in submit(jobs, str(dst), None))
+        snapshot = {p: p.stat().st_ino for p in dst.rglob("*")}
+        retried = dict((j.rel, e) for j, e in submit(jobs, str(dst), None))
+    finally:
+        ray.shutdown()
+    assert all(e["status"] == "converted" and not e.get("adopted") for e in first.values()), first
+    assert all(e["status"] == "converted" and e["verified"] and e.get("adopted") for e in retried.values()), retried
+    assert {p: p.stat().st_ino for p in dst.rglob("*")} == snapshot  # nothing converted or replaced again

@@ -62,20 +62,26 @@ def _open_journal(dst: Path, src: Path, report: Report) -> Journal:
 RESERVED = frozenset({JOURNAL_NAME, REPORT_NAME, LOCK_NAME, MANIFEST_NAME, MANIFEST_NAME + MIGRATED_SUFFIX})
 
 
-def _refusal(job: Job, dst: Path, journal: Journal) -> str | None:
-    """Why `job` must not run (its output path holds something this migration did not write), else None."""
+def _placement(job: Job, dst: Path, journal: Journal) -> tuple[str | None, bool | None]:
+    """`(why the job must not run, None)`, or `(None, owned)`: whether its output path holds an output this
+    migration wrote (True: it may be replaced), nothing (None), or a unit's ckpt-convert output with nothing
+    foreign in it that the journal does not record (False: its line was lost; the worker adopts it if it is an
+    intact conversion of this very unit, `worker.run_job`, and otherwise fails the job, touching nothing)."""
     if job.output_rel in RESERVED:
-        return f"{job.rel}: its output name is one of migrate's own files in {dst}; rename the source"
+        return f"{job.rel}: its output name is one of migrate's own files in {dst}; rename the source", None
     out = dst / job.output_rel
-    if os.path.lexists(out) and not journal.state.owns(job.rel, job.output_rel) and \
-            not (job.kind == "file" and converted_from(out, job.source)):
-        try:
-            check_replaceable(out, [job.source])  # user files in the way: the writer's one wording
-        except ConvertError as exc:
-            return str(exc)
-        return (f"{out} already exists and was not written by this migration for {job.rel}; nothing was changed: "
-                "move it away (or choose another destination) and re-run")
-    return None
+    if not os.path.lexists(out):
+        return None, None
+    if journal.state.owns(job.rel, job.output_rel) or (job.kind == "file" and converted_from(out, job.source)):
+        return None, True
+    try:
+        check_replaceable(out, [job.source])  # user files in the way: the writer's one wording
+    except ConvertError as exc:
+        return str(exc), None
+    if job.kind != "file":  # a file's output records its source: converted_from said it is another's
+        return None, False
+    return (f"{out} already exists and was not written by this migration for {job.rel}; nothing was changed: "
+            "move it away (or choose another destination) and re-run"), None
 
 
 STOPPED = "the migrate was stopped ({}) before this job finished; a re-run converts it"
@@ -96,8 +102,8 @@ def _signals_held() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def _stop(results: Iterable[tuple[Job, dict]] | None, in_flight: Iterable[Job], journal: Journal, dst: Path,
-          exc: BaseException) -> None:
+def _stop(results: Iterable[tuple[Job, dict]] | None, in_flight: Iterable[Job], not_ours: set[str], journal: Journal,
+          dst: Path, exc: BaseException) -> None:
     """End a run that was stopped: kill the busy workers (closing the runner does: `pool.run_bounded`), remove
     what the killed ones were building (their marked temp folders, writer locks), and record the jobs they
     had as not done, so that a re-run converts them. Installed outputs are whole (renamed in complete)."""
@@ -112,7 +118,7 @@ def _stop(results: Iterable[tuple[Job, dict]] | None, in_flight: Iterable[Job], 
     why = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT" if isinstance(exc, KeyboardInterrupt) else \
         f"{type(exc).__name__}"
     with contextlib.suppress(ConvertError):  # the journal cannot be written: its "started" lines say the same
-        journal.interrupted([(job.rel, job.output_rel) for job in jobs], STOPPED.format(why))
+        journal.interrupted([(job.rel, job.output_rel, job.rel not in not_ours) for job in jobs], STOPPED.format(why))
 
 
 def migrate(src: str | os.PathLike, dst: str | os.PathLike, *, jobs: int | None = None, quiet: bool = True,
@@ -154,6 +160,7 @@ def migrate(src: str | os.PathLike, dst: str | os.PathLike, *, jobs: int | None 
         stats = WalkStats()
         progress = MigrateProgress(not quiet)
         in_flight: dict[str, Job] = {}  # dispatched, no result yet: what a stop interrupts
+        not_ours: set[str] = set()  # dispatched over an output the journal does not record (adopted, or failed)
 
         def pending() -> Iterator[Job]:
             walk = iter_jobs(src, stats, skip=dst if dst_inside_src else None,
@@ -167,17 +174,19 @@ def migrate(src: str | os.PathLike, dst: str | os.PathLike, *, jobs: int | None 
                 if previous:
                     report.add(job.rel, {**previous, "status": "skipped"})
                     continue
-                refused = _refusal(job, dst, journal)
+                refused, owned = _placement(job, dst, journal)
                 if refused:
                     entry = {"kind": job.kind, "output": job.output_rel, "bytes": job.size, "status": "failed",
                              "reason": refused, "size": job.size, "mtime_ns": job.mtime_ns}
                     journal.record(job.rel, entry)
                     report.add(job.rel, entry)
                     continue
-                if os.path.lexists(dst / job.output_rel):  # _refusal said it is ours
+                if owned:
                     job = dataclasses.replace(job, replace=True)
+                elif owned is False:
+                    not_ours.add(job.rel)
                 in_flight[job.rel] = job  # first: a signal may come between any two lines
-                journal.started(job.rel, job.output_rel)
+                journal.started(job.rel, job.output_rel, owner=owned is not False)
                 progress.found_job(job)
                 yield job
             progress.walk_finished()
@@ -192,6 +201,9 @@ def migrate(src: str | os.PathLike, dst: str | os.PathLike, *, jobs: int | None 
                     in_flight.pop(job.rel, None)
                     entry.update(size=job.size, mtime_ns=job.mtime_ns)
                     # dispatched with its output path free or ours: whatever is there now, this run put there
+                    # (or adopted as this very source's conversion)
+                    if job.rel in not_ours and entry["status"] != "converted":
+                        entry["owner"] = False
                     entry.setdefault("owner", os.path.lexists(dst / job.output_rel))
                     report.skip_paths([(job.rel if p == "." else p if job.rel == "." else f"{job.rel}/{p}", why)
                                        for p, why in entry.get("skipped_inside", ())])
@@ -200,7 +212,7 @@ def migrate(src: str | os.PathLike, dst: str | os.PathLike, *, jobs: int | None 
                     progress.finished_job(job)
             except BaseException as exc:  # SIGINT, SIGTERM (or a journal that cannot be written): stop now
                 with _signals_held():
-                    _stop(results, in_flight.values(), journal, dst, exc)
+                    _stop(results, in_flight.values(), not_ours, journal, dst, exc)
                 raise
             finally:
                 progress.stop()

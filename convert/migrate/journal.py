@@ -169,10 +169,10 @@ class Journal:
         self.appended += 1
         faults.point("journal", self.appended)
 
-    def started(self, rel: str, output: str) -> None:
-        """Note that `rel` is being converted into `output`, which was free or ours (no fsync: a kill of
-        the process keeps it, and it only lets a re-run replace an output a killed run installed)."""
-        entry = {"status": "started", "output": output, "owner": True}
+    def started(self, rel: str, output: str, owner: bool = True) -> None:
+        """Note that `rel` is being converted into `output`, which was free or ours (`owner`; no fsync: a kill
+        of the process keeps it, and it only lets a re-run replace an output a killed run installed)."""
+        entry = {"status": "started", "output": output, "owner": owner}
         try:
             view = memoryview(_line({"rel": rel, **entry}))
             while view:
@@ -182,12 +182,12 @@ class Journal:
         self.state.entries[rel] = entry
         self.started_lines += 1
 
-    def interrupted(self, jobs: Iterable[tuple[str, str]], reason: str) -> None:
-        """Record the jobs `(rel, output)` a stopped run was converting as not done (one write, one fsync):
-        a re-run converts them, and may replace what they installed (`owner`)."""
+    def interrupted(self, jobs: Iterable[tuple[str, str, bool]], reason: str) -> None:
+        """Record the jobs `(rel, output, owner)` a stopped run was converting as not done (one write, one
+        fsync): a re-run converts them, and may replace what they installed if `owner`."""
         lines = []
-        for rel, output in jobs:
-            entry = {"status": "interrupted", "output": output, "owner": True, "reason": reason}
+        for rel, output, owner in jobs:
+            entry = {"status": "interrupted", "output": output, "owner": owner, "reason": reason}
             lines.append(_line({"rel": rel, **entry}))
             self.state.entries[rel] = entry
         if lines:

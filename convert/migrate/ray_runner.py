@@ -2,8 +2,9 @@
 
 The walker, journal, verification and report stay in the driver (`migrate`); only the
 per-file work (`run_job`: convert + verify) runs as Ray tasks, pulled from the walker with a
-bounded number in flight. Tasks are idempotent (each writes
-its own output folder atomically, with overwrite), so Ray may retry them when a worker dies; the
+bounded number in flight. Tasks are idempotent (each writes its own output folder atomically, and a
+retry that finds the output its earlier attempt installed adopts it: `worker.run_job`), so Ray may
+retry them when a worker dies; the
 journal is written by the driver alone, and only from a task's returned result, so a worker that
 dies mid-file leaves no trace in it. Each task declares the memory its file needs, so big
 checkpoints are not packed onto one node. Every node must see SRC and DST at the same paths
