@@ -191,3 +191,77 @@ def test_a_unit_output_whose_journal_line_was_lost_is_adopted_not_refused(retry_
     assert report.files["bert"].get("adopted") and _snapshot(dst / "bert") == installed
     assert read_journal(dst).entries["bert"]["owner"] is True
     assert migrate(retry_tree, dst, jobs=1).files["bert"]["status"] == "skipped"
+
+
+# ------------------------------------------------------------------ --sign-key over outputs of earlier runs
+
+from tests.helpers import run_cli  # noqa: E402
+
+SIGNATURE = "model.sig"
+
+
+def _key_pair(folder: Path, name: str) -> tuple[Path, Path]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    private, public = folder / f"{name}.pem", folder / f"{name}.pub"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
+    return private, public
+
+
+def _signatures(dst: Path, outputs) -> dict[str, tuple[int, int]]:
+    return {o: ((dst / o / SIGNATURE).stat().st_ino, (dst / o / SIGNATURE).stat().st_mtime_ns)
+            for o in outputs if (dst / o / SIGNATURE).exists()}
+
+
+def test_a_rerun_with_a_sign_key_signs_the_outputs_earlier_runs_left_unsigned(retry_tree, tmp_path):
+    pytest.importorskip("model_signing", reason="signing needs the sign extra")
+    private, public = _key_pair(tmp_path, "ours")
+    other, _ = _key_pair(tmp_path, "other")
+    dst = tmp_path / "dst"
+    outputs = [*NAMES, "bert"]
+    assert migrate(retry_tree, dst, jobs=1).exit_code == 0
+    assert not _signatures(dst, outputs)
+    assert run_cli("sign", dst / "a.pt", "--private-key", other).returncode == 0  # signed, by another key
+
+    cli = run_cli("migrate", retry_tree, dst, "-q", "-j", "2", "--sign-key", private, timeout=600)
+    assert cli.returncode == 0, cli.stderr
+    assert f"signed {len(outputs)} earlier output(s)" in cli.stdout, cli.stdout
+    for out in outputs:
+        verified = run_cli("verify", dst / out, "--public-key", public)
+        assert verified.returncode == 0, (out, verified.stdout, verified.stderr)
+    assert not [p for p in dst.rglob(".model.sig.partial")]
+    signed = _signatures(dst, outputs)
+
+    again = migrate(retry_tree, dst, jobs=2, sign_key=private)  # nothing new: no output signed or converted again
+    assert again.signed_earlier == 0 and set(again.summary) >= {"skipped"} and again.summary["skipped"] == len(outputs)
+    assert not any(e.get("signed_now") for e in again.files.values())
+    assert _signatures(dst, outputs) == signed
+
+    new = retry_tree / "e.pt"  # a new file in the same run is signed as it is written
+    torch.save({"w": torch.ones(2)}, new)
+    (dst / "b.pt" / SIGNATURE).unlink()  # an output whose signature went missing is signed again
+    third = migrate(retry_tree, dst, jobs=1, sign_key=private)
+    assert third.files["e.pt"]["status"] == "converted" and third.signed_earlier == 1, third.files
+    assert all(run_cli("verify", dst / out, "--public-key", public).returncode == 0 for out in ("e.pt", "b.pt"))
+
+
+def test_a_damaged_earlier_output_is_not_signed(retry_tree, tmp_path):
+    pytest.importorskip("model_signing", reason="signing needs the sign extra")
+    private, _ = _key_pair(tmp_path, "ours")
+    dst = tmp_path / "dst"
+    migrate(retry_tree, dst, jobs=1)
+    data = next((dst / "a.pt").glob("*.safetensors"))
+    raw = bytearray(data.read_bytes())
+    raw[-1] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    report = migrate(retry_tree, dst, jobs=1, sign_key=private)
+    assert report.files["a.pt"]["status"] == "failed" and "damaged" in report.files["a.pt"]["reason"]
+    assert not (dst / "a.pt" / SIGNATURE).exists() and report.signed_earlier == len(NAMES)  # the others: signed
+    fixed = migrate(retry_tree, dst, jobs=1, sign_key=private)  # converted again (it is ours), signed as written
+    assert fixed.files["a.pt"]["status"] == "converted" and (dst / "a.pt" / SIGNATURE).exists()
+    assert verify_folder(dst / "a.pt").ok

@@ -31,6 +31,7 @@ from .overlap import check_overlap
 from .pool import run_bounded
 from .progress import MigrateProgress
 from .report import REPORT_NAME, Report
+from .signatures import PARTIAL_NAME, key_id, signature_current
 from .walker import Job, WalkStats, iter_jobs
 from .worker import converted_from, pool_job, scan_job
 
@@ -113,12 +114,31 @@ def _stop(results: Iterable[tuple[Job, dict]] | None, in_flight: Iterable[Job], 
     jobs = list(in_flight)
     for job in jobs:
         out = dst / job.output_rel
+        if job.sign_only:  # a killed signing's partial signature (the output itself stays as it was: done)
+            (out / PARTIAL_NAME).unlink(missing_ok=True)
+            continue
         remove_stale_temporaries(out.parent)  # only marked folders whose owner is gone (killed above)
         remove_stale_lock(out)
     why = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT" if isinstance(exc, KeyboardInterrupt) else \
         f"{type(exc).__name__}"
     with contextlib.suppress(ConvertError):  # the journal cannot be written: its "started" lines say the same
-        journal.interrupted([(job.rel, job.output_rel, job.rel not in not_ours) for job in jobs], STOPPED.format(why))
+        journal.interrupted([(job.rel, job.output_rel, job.rel not in not_ours) for job in jobs if not job.sign_only],
+                            STOPPED.format(why))
+
+
+def _signed_earlier(job: Job, entry: dict[str, Any], previous: dict[str, Any], journal: Journal,
+                    report: Report) -> None:
+    """Record a sign-only job: the output stays done, now with its signature's record; a failure (a damaged
+    output, a key that cannot sign) fails the file, and the next run converts it again (it is ours)."""
+    if entry["status"] == "skipped":
+        done = {**previous, "signature": entry["signature"]}
+        journal.record(job.rel, done)
+        report.add(job.rel, {**done, "status": "skipped", "signed_now": entry["signed_now"]})
+        report.signed_earlier += bool(entry["signed_now"])
+        return
+    failed = {**entry, "owner": True, "size": job.size, "mtime_ns": job.mtime_ns}
+    journal.record(job.rel, failed)
+    report.add(job.rel, failed)
 
 
 def migrate(src: str | os.PathLike, dst: str | os.PathLike, *, jobs: int | None = None, quiet: bool = True,
@@ -161,6 +181,8 @@ def migrate(src: str | os.PathLike, dst: str | os.PathLike, *, jobs: int | None 
         progress = MigrateProgress(not quiet)
         in_flight: dict[str, Job] = {}  # dispatched, no result yet: what a stop interrupts
         not_ours: set[str] = set()  # dispatched over an output the journal does not record (adopted, or failed)
+        earlier: dict[str, dict] = {}  # the journal entries of the sign-only jobs in flight
+        signer_id = key_id(sign_key) if sign_key else None
 
         def pending() -> Iterator[Job]:
             walk = iter_jobs(src, stats, skip=dst if dst_inside_src else None,
@@ -171,6 +193,14 @@ def migrate(src: str | os.PathLike, dst: str | os.PathLike, *, jobs: int | None 
                     report.skip_paths([(job.rel, why_not)])
                     continue
                 previous = journal.state.is_done(job.rel, job.size, job.mtime_ns, dst, job.output_rel)
+                if previous and signer_id and not signature_current(dst / job.output_rel, previous.get("signature"),
+                                                                    signer_id):
+                    earlier[job.rel] = previous  # up to date, not (known to be) signed by this key: sign it
+                    job = dataclasses.replace(job, sign_only=True)
+                    in_flight[job.rel] = job
+                    progress.found_job(job)
+                    yield job
+                    continue
                 if previous:
                     report.add(job.rel, {**previous, "status": "skipped"})
                     continue
@@ -199,6 +229,10 @@ def migrate(src: str | os.PathLike, dst: str | os.PathLike, *, jobs: int | None 
                     run_bounded(pool_job, pending(), args, jobs or os.cpu_count() or 1)
                 for job, entry in results:
                     in_flight.pop(job.rel, None)
+                    if job.sign_only:
+                        _signed_earlier(job, entry, earlier.pop(job.rel), journal, report)
+                        progress.finished_job(job)
+                        continue
                     entry.update(size=job.size, mtime_ns=job.mtime_ns)
                     # dispatched with its output path free or ours: whatever is there now, this run put there
                     # (or adopted as this very source's conversion)

@@ -51,8 +51,23 @@ def _can_verify() -> bool:
 def pool_job(job: Job, dst_root: str, max_shard_size: str | None = None, sign_key: str | None = None) -> dict[str, Any]:
     """`run_job` as a pool or Ray task runs it (with the tests' fault injection)."""
     faults.hang(job.rel)
-    with signing(sign_key):  # each folder written is signed before it appears (convert.sign)
+    if sign_key is None:
         return run_job(job, dst_root, max_shard_size)
+    from .signatures import ensure_signed, key_id, sign_earlier_output, signature_record
+
+    if job.sign_only:  # converted by an earlier run: signed now unless the key's signature is there
+        return sign_earlier_output(job, dst_root, sign_key)
+    with signing(sign_key):  # each folder written is signed before it appears (convert.sign)
+        entry = run_job(job, dst_root, max_shard_size)
+    if entry["status"] == "converted":
+        out = Path(dst_root) / job.output_rel
+        try:
+            if entry.get("adopted"):  # installed by an earlier attempt, which may have been unsigned
+                entry["signed_now"] = ensure_signed(out, sign_key)
+            entry["signature"] = signature_record(out, key_id(sign_key))
+        except ConvertError as exc:
+            entry.update(status="failed", reason=f"{exc.label}: {exc}")
+    return entry
 
 
 def run_job(job: Job, dst_root: str, max_shard_size: str | None = None) -> dict[str, Any]:
