@@ -265,3 +265,49 @@ def test_a_damaged_earlier_output_is_not_signed(retry_tree, tmp_path):
     fixed = migrate(retry_tree, dst, jobs=1, sign_key=private)  # converted again (it is ours), signed as written
     assert fixed.files["a.pt"]["status"] == "converted" and (dst / "a.pt" / SIGNATURE).exists()
     assert verify_folder(dst / "a.pt").ok
+
+
+# ------------------------------------------------------------------ a worker killed between mkdir and its marker
+
+from convert.migrate.cleanup import remove_unmarked_builds  # noqa: E402
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_temp_folder_killed_before_its_marker_is_removed_only_when_it_is_surely_that(tmp_path):
+    out = tmp_path / "dst" / "a.pt"
+    out.parent.mkdir()
+    dead, alive = _dead_pid(), os.getpid()
+    unmarked = out.parent / f".a.pt.ckpt-convert-tmp-{dead}-0123456789ab"
+    unmarked.mkdir()
+    (unmarked / "owner.json").write_bytes(b'{"tool": "ckpt-con')  # cut short by the kill
+    empty = out.parent / f".a.pt.ckpt-convert-tmp-{dead}-ba9876543210"
+    empty.mkdir()
+    kept = [out.parent / f".a.pt.ckpt-convert-tmp-{alive}-0123456789ab",  # its process lives
+            out.parent / f".a.pt.ckpt-convert-tmp-{dead}-00000000000a",  # a build was started (the marker rule's)
+            out.parent / f".b.pt.ckpt-convert-tmp-{dead}-0123456789ab",  # another output's
+            out.parent / f".a.pt.ckpt-convert-tmp-{dead}-0000000000"]  # not the writer's name
+    for folder in kept:
+        folder.mkdir()
+    (kept[1] / "new").mkdir()
+    assert sorted(remove_unmarked_builds(out)) == sorted([unmarked, empty])
+    assert all(folder.is_dir() for folder in kept)
+
+
+def test_the_rerun_removes_what_a_worker_killed_mid_start_left(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    _sources(src)
+    migrate(src, dst, jobs=1)
+    lines = (dst / JOURNAL_NAME).read_text().splitlines()
+    lines = [ln for ln in lines if '"rel":"a.pt"' not in ln] + \
+        ['{"rel":"a.pt","status":"interrupted","output":"a.pt","owner":true,"reason":"stopped"}']
+    (dst / JOURNAL_NAME).write_text("\n".join(lines) + "\n")
+    left = dst / f".a.pt.ckpt-convert-tmp-{_dead_pid()}-0123456789ab"
+    left.mkdir()
+    report = migrate(src, dst, jobs=1)
+    assert report.files["a.pt"]["status"] == "converted" and not left.exists()
+    assert not stale_temporaries(dst)

@@ -1,7 +1,8 @@
 """`migrate` and folder `scan`: every checkpoint under a folder, in parallel, resumable, verified.
 
-Modules: walker (streams jobs), pool / ray_runner (run them), journal (what is done), lock,
-overlap and cleanup (never touch anything but DST's own temp folders), report, progress.
+Modules: walker (streams jobs), pool / ray_runner (run them), worker (one job: convert and verify, or adopt
+what an earlier attempt installed), journal (what is done), lock, overlap (never touch anything but DST's own
+temp folders), cleanup (what a worker killed mid-start leaves), signatures (--sign-key over earlier outputs), report, progress.
 
     >>> report = migrate("old_models/", "new_models/", jobs=4)   # doctest: +SKIP
     >>> report.exit_code                                        # doctest: +SKIP
@@ -24,6 +25,7 @@ from ..primitives.signals import Terminated, sigterm_raises
 from ..primitives.temp import remove_stale_temporaries
 from ..sign.context import check_signer
 from ..write.ownership import check_replaceable
+from .cleanup import remove_unmarked_builds
 from .journal import DONE_STATUSES, JOURNAL_NAME, PENDING_STATUSES, Journal, JournalState, output_present, read_journal
 from .lock import LOCK_NAME, holder_pid, migrate_lock
 from .manifest import MANIFEST_NAME, MIGRATED_SUFFIX, read_legacy_manifest, retire_legacy_manifest
@@ -118,6 +120,7 @@ def _stop(results: Iterable[tuple[Job, dict]] | None, in_flight: Iterable[Job], 
             (out / PARTIAL_NAME).unlink(missing_ok=True)
             continue
         remove_stale_temporaries(out.parent)  # only marked folders whose owner is gone (killed above)
+        remove_unmarked_builds(out)  # killed before its marker was written (migrate/cleanup.py)
         remove_stale_lock(out)
     why = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT" if isinstance(exc, KeyboardInterrupt) else \
         f"{type(exc).__name__}"
@@ -158,7 +161,11 @@ def migrate(src: str | os.PathLike, dst: str | os.PathLike, *, jobs: int | None 
         max_shard_size: shard state dicts larger than this (e.g. "5GB").
         submit: replaces the local process pool (e.g. Ray): receives an iterable of pending jobs, the
             destination and the shard size (and the signing key, if any), and yields `(job, entry)` as jobs finish.
-        sign_key: a private key's path: every converted folder is signed (`model.sig`) before it appears.
+        sign_key: a private key's path: every converted folder is signed (`model.sig`) before it appears,
+            and every up-to-date output of an earlier run without a valid signature by this key is signed.
+
+    A SIGTERM or SIGINT stops it at once: busy workers are killed, what they were building removed,
+    their jobs journaled as `interrupted` (converted by a re-run); it raises Terminated / KeyboardInterrupt.
 
     Returns:
         The report (also written to `dst/ckpt-convert-report.json`).
@@ -204,6 +211,8 @@ def migrate(src: str | os.PathLike, dst: str | os.PathLike, *, jobs: int | None 
                 if previous:
                     report.add(job.rel, {**previous, "status": "skipped"})
                     continue
+                if journal.entries.get(job.rel, {}).get("status") in PENDING_STATUSES:  # a killed run's job
+                    remove_unmarked_builds(dst / job.output_rel)
                 refused, owned = _placement(job, dst, journal)
                 if refused:
                     entry = {"kind": job.kind, "output": job.output_rel, "bytes": job.size, "status": "failed",
