@@ -16,19 +16,20 @@ import shutil
 import stat
 from pathlib import Path
 
-from ..primitives.temp import MARKER, is_temporary, temp_stem
+from ..primitives.temp import MARKER, _is_zombie, is_temporary, temp_stem  # the marker rule's own zombie test
 
 MAX_MARKER = 4096  # a marker being written is small; anything larger is not one
 
 
 def _process_gone(pid: int) -> bool:
+    """No such process, or only its zombie (a worker killed with its driver, not reaped in a container)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
     except OSError:  # alive (another user's) or unknown: not gone
         return False
-    return False
+    return _is_zombie(pid)
 
 
 def remove_unmarked_builds(out: Path) -> list[Path]:
