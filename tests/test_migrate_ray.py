@@ -98,3 +98,73 @@ def test_tasks_declare_memory_growing_with_the_file():
     small = Job("file", Path("a.pt"), "a.pt", "a", 10 << 20)
     big = Job("file", Path("b.pt"), "b.pt", "b", 10 << 30)
     assert task_memory(big) - task_memory(small) == 2 * ((10 << 30) - (10 << 20))
+
+
+def test_a_retried_ray_task_adopts_the_output_its_earlier_attempt_installed(tmp_path):
+    """Ray re-runs a task whose worker died after installing the output: the same task, run again, is done."""
+    from convert.migrate.walker import find_jobs
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    (src / "bert").mkdir(parents=True)
+    (src / "bert" / "config.json").write_text('{"model_type": "bert"}')
+    torch.save({"emb.weight": torch.ones(4, 2)}, src / "bert" / "pytorch_model.bin")
+    torch.save({"w": torch.ones(3)}, src / "a.pt")
+    jobs = find_jobs(src)[0]
+    assert {j.kind for j in jobs} == {"file", "hf"}
+    try:
+        ray.init(include_dashboard=False, log_to_driver=False, num_cpus=2)
+    except Exception as exc:
+        pytest.skip(f"Ray cannot start here: {exc}")
+    try:
+        submit = ray_submit(None)  # Ray already up: the submit leaves it running between the two attempts
+        first = dict((j.rel, e) for j, e in submit(jobs, str(dst), None))
+        snapshot = {p: p.stat().st_ino for p in dst.rglob("*")}
+        retried = dict((j.rel, e) for j, e in submit(jobs, str(dst), None))
+    finally:
+        ray.shutdown()
+    assert all(e["status"] == "converted" and not e.get("adopted") for e in first.values()), first
+    assert all(e["status"] == "converted" and e["verified"] and e.get("adopted") for e in retried.values()), retried
+    assert {p: p.stat().st_ino for p in dst.rglob("*")} == snapshot  # nothing converted or replaced again
+
+
+def test_sigterm_stops_a_ray_migrate_cleanly(small_zoo, tmp_path):
+    """Ray's init takes SIGTERM over (a stack dump, exit 1); migrate takes it back: tasks cancelled, 143."""
+    import subprocess
+    import sys
+
+    from convert.migrate import migrate_status
+    from tests.helpers import REPO_ROOT, stale_temporaries
+
+    dst, marker = tmp_path / "dst", tmp_path / "worker.pid"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONWARNINGS": "ignore", FAULT_ENV: f"a/ck3.pt:{marker}"}
+    proc = subprocess.Popen([sys.executable, "-m", "convert", "migrate", str(small_zoo), str(dst), "-q", "--ray"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (marker.exists() and marker.read_text().strip()):
+            if proc.poll() is not None:
+                err = proc.communicate()[1]
+                if "cannot start or reach Ray" in err:
+                    pytest.skip(f"Ray cannot start here: {err.strip()}")
+                pytest.fail(f"migrate ended before the task hung: {err}")
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        worker = int(marker.read_text())
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    # Ray logs its own start-up lines; migrate's is the last one
+    assert proc.returncode == 143 and err.strip().splitlines()[-1] == "ckpt-convert: terminated", err
+    deadline = time.monotonic() + 30
+    while os.path.exists(f"/proc/{worker}") and time.monotonic() < deadline:
+        with open(f"/proc/{worker}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                break
+        time.sleep(0.2)
+    assert read_journal(dst).entries["a/ck3.pt"]["status"] == "interrupted"
+    assert migrate_status(dst)["running_pid"] is None
+    again = migrate(small_zoo, dst, jobs=1)
+    assert again.files["a/ck3.pt"]["status"] == "converted" and not stale_temporaries(dst)

@@ -32,6 +32,7 @@ JOURNAL_NAME = ".ckpt-convert-journal.jsonl"
 JOURNAL_VERSION = 2
 HEADER_KEY = "ckpt_convert_journal"
 DONE_STATUSES = ("converted", "skipped")
+PENDING_STATUSES = ("started", "interrupted")  # in flight when a run was killed / stopped: converted again
 KILL_ENV = faults.KILL_ENV  # test-only: "journal:K" / "compact" SIGKILLs the driver at that point
 
 
@@ -168,10 +169,10 @@ class Journal:
         self.appended += 1
         faults.point("journal", self.appended)
 
-    def started(self, rel: str, output: str) -> None:
-        """Note that `rel` is being converted into `output`, which was free or ours (no fsync: a kill of
-        the process keeps it, and it only lets a re-run replace an output a killed run installed)."""
-        entry = {"status": "started", "output": output, "owner": True}
+    def started(self, rel: str, output: str, owner: bool = True) -> None:
+        """Note that `rel` is being converted into `output`, which was free or ours (`owner`; no fsync: a kill
+        of the process keeps it, and it only lets a re-run replace an output a killed run installed)."""
+        entry = {"status": "started", "output": output, "owner": owner}
         try:
             view = memoryview(_line({"rel": rel, **entry}))
             while view:
@@ -180,6 +181,20 @@ class Journal:
             raise ConvertError(f"{self.path}: cannot write the migration journal: {exc.strerror}") from None
         self.state.entries[rel] = entry
         self.started_lines += 1
+
+    def interrupted(self, jobs: Iterable[tuple[str, str, bool]], reason: str) -> None:
+        """Record the jobs `(rel, output, owner)` a stopped run was converting as not done (one write, one
+        fsync): a re-run converts them, and may replace what they installed if `owner`."""
+        lines = []
+        for rel, output, owner in jobs:
+            entry = {"status": "interrupted", "output": output, "owner": owner, "reason": reason}
+            lines.append(_line({"rel": rel, **entry}))
+            self.state.entries[rel] = entry
+        if lines:
+            try:
+                self._write(b"".join(lines))
+            except OSError as exc:
+                raise ConvertError(f"{self.path}: cannot write the migration journal: {exc.strerror}") from None
 
     def add_many(self, entries: Iterable[tuple[str, dict[str, Any]]]) -> None:
         """Append many entries with one fsync (folding in a legacy manifest)."""

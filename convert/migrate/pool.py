@@ -4,12 +4,15 @@ Jobs are pulled from the walker's generator only as workers free up (at most `IN
 per worker queued), so memory and per-job cost stay constant however many files the tree holds,
 and the first conversions start while the walk goes on. Each worker asks the kernel to kill it
 when the driver dies (`prctl(PR_SET_PDEATHSIG)` on Linux), so a `kill -9` of the driver leaves no
-worker converting on its own.
+worker converting on its own. Workers ignore SIGINT (Ctrl-C reaches the whole process group): the
+driver alone decides, and when it is interrupted (SIGINT, SIGTERM) or stops reading results, it kills
+its workers at once, busy or not, instead of waiting for their current jobs (`stop_workers`).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import ctypes
 import itertools
 import multiprocessing
@@ -27,7 +30,9 @@ PR_SET_PDEATHSIG = 1
 
 
 def die_with_parent(parent_pid: int) -> None:
-    """Pool initializer: SIGKILL this worker when its parent dies (Linux), or exit now if it already has."""
+    """Pool initializer: SIGKILL this worker when its parent dies (Linux), or exit now if it already has;
+    ignore SIGINT (a Ctrl-C is the driver's to handle: it kills its workers)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         try:
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -41,6 +46,19 @@ def local_pool(n: int) -> concurrent.futures.ProcessPoolExecutor:
     # spawn, not fork: a forked child of a process that already ran torch ops can deadlock.
     return concurrent.futures.ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("spawn"),
                                                   initializer=die_with_parent, initargs=(os.getpid(),))
+
+
+def stop_workers(pool: concurrent.futures.ProcessPoolExecutor, timeout: float = 10.0) -> None:
+    """SIGKILL every worker of `pool` now and wait until each is dead, so that the temp folders they were
+    building can be told apart as stale (their owner gone) and removed. The executor has no public way
+    to end busy workers: `shutdown` waits for their jobs, however long."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for process in processes:
+        with contextlib.suppress(Exception):  # exited meanwhile
+            process.kill()
+    for process in processes:
+        with contextlib.suppress(Exception):
+            process.join(timeout)
 
 
 def crashed_entry(job: Job, exc: BaseException, what: str = "worker failed") -> dict[str, Any]:
@@ -90,5 +108,8 @@ def run_bounded(fn: Callable[..., dict[str, Any]], jobs: Iterable[Job], args: tu
                 except Exception as exc:  # the worker died (OOM-killed, segfault): record it, go on
                     entry = crashed_entry(job, exc)
                 yield job, entry
+    except BaseException:  # interrupted, or the consumer stopped (GeneratorExit): no job is waited for
+        stop_workers(pool)
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

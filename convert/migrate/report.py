@@ -32,6 +32,7 @@ class Report:
     notes: list[str] = field(default_factory=list)  # warnings for the user (dropped journal lines, ...)
     skipped_paths: list[dict[str, str]] = field(default_factory=list)  # symlinks not followed, ...: path + reason
     counts: dict[str, int] = field(default_factory=dict)
+    signed_earlier: int = 0  # migrate --sign-key: outputs of earlier runs signed by this one
 
     def add(self, rel: str, entry: dict[str, Any]) -> None:
         """Record one file's outcome (a later outcome for the same file replaces the earlier)."""
@@ -64,7 +65,8 @@ class Report:
     def _head(self) -> dict[str, Any]:
         return {"command": self.command, "source": self.source, "destination": self.destination,
                 "summary": self.summary, "other_files": self.other_files, "special_files": self.special_files,
-                "skipped_paths": self.skipped_paths, "notes": self.notes, "exit_code": self.exit_code}
+                "skipped_paths": self.skipped_paths, "notes": self.notes, "exit_code": self.exit_code,
+                **({"signed_earlier": self.signed_earlier} if self.command == "migrate" else {})}
 
     def to_json(self) -> dict[str, Any]:
         return {**self._head(), "files": dict(sorted(self.files.items()))}
@@ -89,6 +91,8 @@ class Report:
         width = max(len(k) for k in (*summary, "special files"))
         lines += [f"  {k.ljust(width)}  {v}" for k, v in summary.items()]
         lines.append(f"  {'other files'.ljust(width)}  {self.other_files} (not checkpoints, left alone)")
+        if self.signed_earlier:
+            lines.append(f"  signed {self.signed_earlier} earlier output(s) (converted by an earlier run) with --sign-key")
         if self.special_files:
             lines.append(f"  {'special files'.ljust(width)}  {self.special_files} (FIFOs, sockets, devices: "
                          "skipped, never opened)")

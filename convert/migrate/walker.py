@@ -27,6 +27,7 @@ class Job:
     mtime_ns: int = 0  # newest mtime of the job's input files: with `size`, what lets a re-run skip it
     replace: bool = False  # the output exists and this migration wrote it: it may be replaced
     root: Path | None = None  # the migration's SRC: symlinks inside a unit are followed only into it
+    sign_only: bool = False  # up to date but not signed by --sign-key: only sign its output (migrate/signatures.py)
 
 
 def output_rel(rel: str, source: Path) -> str:
