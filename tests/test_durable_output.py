@@ -310,17 +310,19 @@ def test_stale_temporaries_are_removed_only_with_a_valid_marker_of_a_gone_owner_
 
     # a run killed inside TempFolder.create leaves its bare skeleton: no marker yet, or one cut short
     cut_short = tmp_path / f".out.ckpt-convert-tmp-{dead}-dddddddddddd"
-    (cut_short / "new").mkdir(parents=True)
+    cut_short.mkdir()
     (cut_short / "owner.json").write_bytes(json.dumps(temp.owner_marker("out")).encode()[:13])
     skeleton_of_live = tmp_path / f".out.ckpt-convert-tmp-{os.getppid()}-eeeeeeeeeeee"
-    (skeleton_of_live / "new").mkdir(parents=True)
+    skeleton_of_live.mkdir()
+    bare = tmp_path / f".out.ckpt-convert-tmp-{dead}-abababababab"
+    bare.mkdir()
     with_a_file = tmp_path / f".out.ckpt-convert-tmp-{dead}-ffffffffffff"
     (with_a_file / "new").mkdir(parents=True)
     (with_a_file / "new" / "notes.txt").write_text("someone's")
 
-    assert set(remove_stale_temporaries(tmp_path, "out")) == {stale, no_marker, cut_short}
+    assert set(remove_stale_temporaries(tmp_path, "out")) == {stale, bare, cut_short}
     assert remove_stale_temporaries(tmp_path) == [other_dst]
-    for kept in (live, mine, elsewhere, mismatched, bad_marker, old_style / "keep", link, skeleton_of_live,
+    for kept in (live, mine, elsewhere, mismatched, no_marker, bad_marker, old_style / "keep", link, skeleton_of_live,
                  with_a_file / "new" / "notes.txt", target / f".x.ckpt-convert-tmp-{dead}-0123456789ab"):
         assert os.path.lexists(kept), kept
     assert is_temporary(stale) and not is_temporary(old_style)

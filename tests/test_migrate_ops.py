@@ -269,7 +269,7 @@ def test_a_damaged_earlier_output_is_not_signed(retry_tree, tmp_path):
 
 # ------------------------------------------------------------------ a worker killed between mkdir and its marker
 
-from convert.migrate.cleanup import remove_unmarked_builds  # noqa: E402
+from convert.primitives.temp import remove_stale_temporaries  # noqa: E402
 
 
 def _dead_pid() -> int:
@@ -288,13 +288,13 @@ def test_a_temp_folder_killed_before_its_marker_is_removed_only_when_it_is_surel
     empty = out.parent / f".a.pt.ckpt-convert-tmp-{dead}-ba9876543210"
     empty.mkdir()
     kept = [out.parent / f".a.pt.ckpt-convert-tmp-{alive}-0123456789ab",  # its process lives
-            out.parent / f".a.pt.ckpt-convert-tmp-{dead}-00000000000a",  # a build was started (the marker rule's)
+            out.parent / f".a.pt.ckpt-convert-tmp-{dead}-00000000000a",  # a build was started: not create's leftover
             out.parent / f".b.pt.ckpt-convert-tmp-{dead}-0123456789ab",  # another output's
             out.parent / f".a.pt.ckpt-convert-tmp-{dead}-0000000000"]  # not the writer's name
     for folder in kept:
         folder.mkdir()
     (kept[1] / "new").mkdir()
-    assert sorted(remove_unmarked_builds(out)) == sorted([unmarked, empty])
+    assert sorted(remove_stale_temporaries(out.parent, out.name)) == sorted([unmarked, empty])
     assert all(folder.is_dir() for folder in kept)
 
 

@@ -2,7 +2,7 @@
 
 Modules: walker (streams jobs), pool / ray_runner (run them), worker (one job: convert and verify, or adopt
 what an earlier attempt installed), journal (what is done), lock, overlap (never touch anything but DST's own
-temp folders), cleanup (what a worker killed mid-start leaves), signatures (--sign-key over earlier outputs), report, progress.
+temp folders), signatures (--sign-key over earlier outputs), report, progress.
 
     >>> report = migrate("old_models/", "new_models/", jobs=4)   # doctest: +SKIP
     >>> report.exit_code                                        # doctest: +SKIP
@@ -25,7 +25,6 @@ from ..primitives.signals import Terminated, sigterm_raises
 from ..primitives.temp import remove_stale_temporaries
 from ..sign.context import check_signer
 from ..write.ownership import check_replaceable
-from .cleanup import remove_unmarked_builds
 from .journal import DONE_STATUSES, JOURNAL_NAME, PENDING_STATUSES, Journal, JournalState, output_present, read_journal
 from .lock import LOCK_NAME, holder_pid, migrate_lock
 from .manifest import MANIFEST_NAME, MIGRATED_SUFFIX, read_legacy_manifest, retire_legacy_manifest
@@ -119,8 +118,7 @@ def _stop(results: Iterable[tuple[Job, dict]] | None, in_flight: Iterable[Job], 
         if job.sign_only:  # a killed signing's partial signature (the output itself stays as it was: done)
             (out / PARTIAL_NAME).unlink(missing_ok=True)
             continue
-        remove_stale_temporaries(out.parent)  # only marked folders whose owner is gone (killed above)
-        remove_unmarked_builds(out)  # killed before its marker was written (migrate/cleanup.py)
+        remove_stale_temporaries(out.parent)  # folders whose owner is gone (killed above), marked or cut short
         remove_stale_lock(out)
     why = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT" if isinstance(exc, KeyboardInterrupt) else \
         f"{type(exc).__name__}"
@@ -212,7 +210,8 @@ def migrate(src: str | os.PathLike, dst: str | os.PathLike, *, jobs: int | None 
                     report.add(job.rel, {**previous, "status": "skipped"})
                     continue
                 if journal.entries.get(job.rel, {}).get("status") in PENDING_STATUSES:  # a killed run's job
-                    remove_unmarked_builds(dst / job.output_rel)
+                    out = dst / job.output_rel  # what its killed worker left, marked or cut short
+                    remove_stale_temporaries(out.parent, out.name)
                 refused, owned = _placement(job, dst, journal)
                 if refused:
                     entry = {"kind": job.kind, "output": job.output_rel, "bytes": job.size, "status": "failed",

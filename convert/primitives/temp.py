@@ -13,8 +13,8 @@ temporary folder.
 `remove_stale_temporaries` removes a folder only if its name has that form, its marker is valid
 and names the same pid, and that owner process is gone (same host and boot, pid not running or
 running a different process). Never by name alone: a folder without a valid marker is left as is,
-unless it is the bare skeleton `create` makes before the marker is whole (a run killed in between) and
-the pid in its name runs no process.
+unless it is what `create` leaves when killed before its marker is whole (the folder, a marker cut
+short) and the pid in its name runs no process.
 """
 
 from __future__ import annotations
@@ -166,8 +166,8 @@ def _restore_moved_aside(temp: Path, dst: Path) -> None:
 
 def _remove_unmarked_skeleton(path: Path, pid: int) -> bool:
     """A run killed inside `TempFolder.create`, between the mkdir and the marker's last byte, leaves a folder
-    with no valid marker. Remove it only if it holds nothing but what `create` makes (an owner.json that is a
-    marker cut short, an empty new/) and the pid in its name runs no process: each entry by name, never rmtree."""
+    with no valid marker. Remove it only if it holds nothing but a marker cut short (or none: `create` writes
+    owner.json before it makes new/) and the pid in its name runs no process: each entry by name, never rmtree."""
     if pid == os.getpid():
         return False
     try:
@@ -180,7 +180,7 @@ def _remove_unmarked_skeleton(path: Path, pid: int) -> bool:
         return False
     try:
         names = set(os.listdir(path))
-        if not names <= {MARKER, BUILD}:
+        if not names <= {MARKER}:  # a build was started: its marker was whole, and something else changed it
             return False
         if MARKER in names:
             st = os.lstat(path / MARKER)
@@ -190,10 +190,6 @@ def _remove_unmarked_skeleton(path: Path, pid: int) -> bool:
                 head = f.read(len(_MARKER_HEAD))
             if not _MARKER_HEAD.startswith(head):
                 return False
-        if BUILD in names and (os.path.islink(path / BUILD) or os.listdir(path / BUILD)):
-            return False
-        if BUILD in names:
-            os.rmdir(path / BUILD)
         if MARKER in names:
             os.unlink(path / MARKER)
         os.rmdir(path)
@@ -213,8 +209,8 @@ def remove_stale_temporaries(folder: str | os.PathLike, name: str | None = None)
     Looks only at the direct entries of `folder` (not below). An entry is removed only if it is a
     real folder (not a symlink) named `.NAME.ckpt-convert-tmp-PID-RANDOM`, holds a valid
     `owner.json` marker naming the same PID, and `owner_is_gone(marker)`. Temporary folders of live
-    runs, of other hosts, and anything without a valid marker are left untouched, except the bare
-    skeleton of a run killed while creating it (`_remove_unmarked_skeleton`).
+    runs, of other hosts, and anything without a valid marker are left untouched, except what a run
+    killed inside `TempFolder.create` left (`_remove_unmarked_skeleton`).
 
     Args:
         folder: the folder the destinations live in (a destination's parent).
