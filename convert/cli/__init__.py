@@ -190,7 +190,25 @@ def _drop_stdout() -> None:
         os.close(devnull)
 
 
+def _closed_streams_to_devnull() -> None:
+    """A standard stream the caller closed (`>&-`, a daemon's empty fd table) leaves Python's sys.stdout None:
+    put /dev/null there, so output is dropped rather than failing, and no file this run opens takes fd 0-2."""
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        if getattr(sys, name) is not None:
+            continue
+        with contextlib.suppress(OSError):
+            try:
+                os.fstat(fd)
+            except OSError:
+                devnull = os.open(os.devnull, os.O_RDWR)
+                if devnull != fd:
+                    os.dup2(devnull, fd)
+                    os.close(devnull)
+            setattr(sys, name, open(fd, mode, closefd=False))  # noqa: SIM115 - the process's own stream
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _closed_streams_to_devnull()
     with sigterm_raises(Terminated):
         code = _main(argv)
         try:

@@ -11,7 +11,7 @@ from typing import Any
 from ..errors import OutputExists
 from ..sidecar.schema import SIDECAR_NAME, read_sidecar
 from ..sources.base import Source
-from ..write.ownership import check_replaceable
+from ..write.ownership import check_outside_sources, check_replaceable
 from .pipeline import provenance, write_checkpoint_folder
 
 
@@ -45,6 +45,8 @@ def precheck(dst: Path, sources: Sequence[str | os.PathLike], overwrite: bool, *
         raise OutputExists.for_path(dst)
     if overwrite:
         check_replaceable(dst, sources, file=file)
+    if not file:
+        check_outside_sources(dst, sources)
 
 
 def convert(source: Source, dst: str | os.PathLike, *, overwrite: bool = False,

@@ -45,7 +45,7 @@ from ..primitives.temp import TempFolder, remove_stale_temporaries
 from ..sidecar.integrity import FOLDER_ID_KEY, new_folder_id, record, seal
 from ..sidecar.schema import SIDECAR_NAME, check_sidecar_size
 from ..sign.context import sign_finished
-from .ownership import check_replaceable
+from .ownership import check_outside_sources, check_replaceable
 from .plan import Plan
 from .safetensors_io import KernelCopySources, write_safetensors
 
@@ -101,6 +101,7 @@ def _build_folder(dst: Path, fill: Callable[[Path], None], overwrite: bool,
                   sources: Sequence[str | os.PathLike]) -> None:
     if overwrite:
         check_replaceable(dst, sources)  # first: refuse `.`, a mount point or a user's folder before anything
+    check_outside_sources(dst, sources)  # a folder source is read whole: never write into it
     remove_stale_temporaries(dst.parent, dst.name)  # first: it may put back an old folder a killed run moved aside
     if not overwrite:
         remove_stale_lock(dst)  # an overwriting run takes (and then removes) the lock anyway

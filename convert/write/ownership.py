@@ -74,6 +74,21 @@ def check_replaceable(dst: Path, sources: Sequence[str | os.PathLike] = (), *, f
                                   "move them away or write the output to another folder")
 
 
+def check_outside_sources(dst: Path, sources: Sequence[str | os.PathLike] = ()) -> None:
+    """Raise ConvertError if the output folder `dst` would lie inside a source folder (paths resolved).
+
+    A folder source (HF, Trainer, DCP) is read whole, so an output inside it would be read back into
+    itself (its temporary folder copied into itself, level after level, until the path overflows), and
+    the source would be written. A file's folder is not protected here: `x.pt` → `x/` beside it is usual."""
+    real = Path(os.path.realpath(dst))
+    for source in sources:
+        held = Path(os.path.realpath(source))
+        if held.is_dir() and _within(real, held):
+            what = "is the source folder" if real == held else f"is inside the source folder {source}"
+            raise ConvertError(f"{dst} {what}; nothing under the source is written: "
+                               "write the output to a folder outside it")
+
+
 def foreign_entries(folder: Path, unit_sources: Sequence[Path] = ()) -> list[str]:
     """The entries of `folder` that a ckpt-convert output there did not write (empty: it may be replaced).
 
