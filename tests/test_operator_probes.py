@@ -80,3 +80,43 @@ def test_closed_stdout_is_not_a_traceback(tmp_path, src_dir):
     assert (proc.returncode, proc.stderr) == (0, "")
     proc = _cli_with_closed_stdout("convert", src_dir / "missing.pt", tmp_path / "out2", cwd=tmp_path)
     assert_one_line_error(proc, 2)
+
+
+def _cli_under_address_limit(mib: int, *args, cwd) -> subprocess.CompletedProcess:
+    import resource
+
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), PYTHONWARNINGS="ignore")
+    env.pop("OPENBLAS_NUM_THREADS", None)
+    limit = mib * 1024 * 1024
+    return subprocess.run([sys.executable, "-m", "convert", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
+
+
+@pytest.mark.parametrize("mib", [64, 100])
+def test_tiny_address_space_limit_is_one_line(tmp_path, src_dir, mib):
+    """`ulimit -v 60000; ckpt-convert convert ...`: numpy's import failed ('internal error: ImportError', exit 70),
+    or OpenBLAS's own allocation failed and it ended the process with exit 1 (which reads as 'unsafe')."""
+    src = save({"w": torch.randn(8, 8)}, src_dir / "a.pt", "zip")
+    proc = _cli_under_address_limit(mib, "convert", src, tmp_path / "out", cwd=tmp_path)
+    assert_one_line_error(proc, 2)
+    assert "memory" in proc.stderr and "ulimit -v" in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["convert", "verify"])
+def test_low_address_space_limit_converts_or_says_out_of_memory(tmp_path, src_dir, command):
+    """Just above the start-up floor: a conversion (no BLAS math: OpenBLAS is held to one thread's buffer) works,
+    and `verify SRC OUT`, whose torch import cannot map libtorch, says out of memory (it said 'internal error')."""
+    src = save({"w": torch.randn(8, 8)}, src_dir / "a.pt", "zip")
+    out = tmp_path / "out"
+    if command == "verify":
+        convert_checkpoint(src, out)
+    args = ("convert", src, out) if command == "convert" else ("verify", src, out)
+    proc = _cli_under_address_limit(170 if command == "convert" else 300, *args, cwd=tmp_path)
+    assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr, proc.stderr
+    if command == "convert":
+        assert proc.returncode == 0, proc.stderr
+    elif proc.returncode != 0:
+        assert_one_line_error(proc, 2)
+        assert "out of memory" in proc.stderr, proc.stderr

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from .._version import __version__
-from ..errors import ENVIRONMENT_ERRNOS, ConvertError, MissingDependency
+from ..errors import ENVIRONMENT_ERRNOS, ConvertError, MissingDependency, out_of_memory
 from ..primitives.signals import Terminated, sigterm_raises
 from . import commands, hints, signing
 
@@ -23,6 +23,8 @@ EXIT_DIFFERENT = 3
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 EXIT_TERMINATED = 143  # 128 + SIGTERM
 EXIT_INTERNAL = 70  # EX_SOFTWARE (sysexits.h): a bug in ckpt-convert, not bad input
+MIN_ADDRESS_SPACE = 128 << 20  # below this `ulimit -v`, importing numpy fails (or OpenBLAS ends the process)
+OUT_OF_MEMORY = "out of memory; free some memory or raise the limit (ulimit -v) and retry"
 TORCH_SIDE = {"torch"}  # what load/verify/inspect-folder/demo need beyond the lean install
 
 DESCRIPTION = """\
@@ -207,8 +209,27 @@ def _closed_streams_to_devnull() -> None:
             setattr(sys, name, open(fd, mode, closefd=False))  # noqa: SIM115 - the process's own stream
 
 
+def _address_space_too_small() -> bool:
+    """Under an address-space limit (`ulimit -v`): hold OpenBLAS to one thread's buffer (ckpt-convert does no
+    BLAS math; OpenBLAS reserves a buffer per core when numpy is imported and, refused, ends the process with
+    exit 1), and say whether the limit is below what the interpreter needs to import numpy at all."""
+    try:
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    except (ImportError, OSError, ValueError):
+        return False
+    if soft == resource.RLIM_INFINITY:
+        return False
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    return soft < MIN_ADDRESS_SPACE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     _closed_streams_to_devnull()
+    if _address_space_too_small():
+        print(f"ckpt-convert: error: out of memory: ulimit -v is below the {MIN_ADDRESS_SPACE >> 20} MiB "
+              "ckpt-convert needs to start; raise the limit and retry", file=sys.stderr)
+        return 2
     with sigterm_raises(Terminated):
         code = _main(argv)
         try:
@@ -249,13 +270,21 @@ def _main(argv: Sequence[str] | None) -> int:
     except MemoryError:
         if args.debug:
             raise
-        print("ckpt-convert: error: out of memory; free some memory or raise the limit (ulimit -v) and retry",
-              file=sys.stderr)
+        print(f"ckpt-convert: error: {OUT_OF_MEMORY}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as exc:
-        if args.debug or exc.name not in TORCH_SIDE:  # torch is optional: scan/convert run without it
+        if args.debug:
             raise
+        if exc.name not in TORCH_SIDE:  # torch is optional: scan/convert run without it
+            return _internal_error(exc)
         print(f"ckpt-convert: error: {MissingDependency(repr(args.command))}", file=sys.stderr)
+        return 2
+    except ImportError as exc:  # a library's mapping refused by the address-space limit (`ulimit -v`)
+        if args.debug or not out_of_memory(exc):
+            if args.debug:
+                raise
+            return _internal_error(exc)
+        print(f"ckpt-convert: error: {OUT_OF_MEMORY}", file=sys.stderr)
         return 2
     except Exception as exc:  # a bug, not bad input: still one line, and how to see more
         if args.debug:
@@ -264,7 +293,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 def _internal_error(exc: BaseException) -> int:
-    first = str(exc).splitlines()[0] if str(exc) else ""
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
     print(f"ckpt-convert: internal error: {type(exc).__name__}: {first} (rerun with --debug for details)",
           file=sys.stderr)
     return EXIT_INTERNAL
