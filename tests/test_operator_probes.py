@@ -120,3 +120,25 @@ def test_low_address_space_limit_converts_or_says_out_of_memory(tmp_path, src_di
     elif proc.returncode != 0:
         assert_one_line_error(proc, 2)
         assert "out of memory" in proc.stderr, proc.stderr
+
+
+def test_two_data_files_of_one_folder_swapped_are_refused_by_a_plain_load(tmp_path, src_dir):
+    """model_state_dict.safetensors and ema_state_dict.safetensors (same keys, same sizes) renamed into each other:
+    both carry the folder's id and the recorded size, so the default load (verify=False) gave the EMA weights as the
+    model's, silently. Each data file's header now names the file it was written as."""
+    from convert import CorruptFolder, load_checkpoint, verify_folder
+
+    torch.manual_seed(0)
+    ck = {"model_state_dict": {"w": torch.randn(4, 4)}, "ema_state_dict": {"w": torch.randn(4, 4)}}
+    src = save(ck, src_dir / "two.pt", "zip")
+    out = tmp_path / "out"
+    convert_checkpoint(src, out)
+    a, b = out / "model_state_dict.safetensors", out / "ema_state_dict.safetensors"
+    a.rename(tmp_path / "moved")
+    b.rename(a)
+    (tmp_path / "moved").rename(b)
+    with pytest.raises(CorruptFolder, match="was written as"):
+        load_checkpoint(out, map_location="cpu")
+    assert not verify_folder(out)
+    proc = run_cli("verify", out)
+    assert proc.returncode == 3 and "was written as" in proc.stdout, proc.stdout

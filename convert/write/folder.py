@@ -42,7 +42,7 @@ from ..primitives.durable import (
 from ..primitives.hashing import OutputDigest, sha256_fd
 from ..primitives.lock import WriterLock, remove_stale_lock
 from ..primitives.temp import TempFolder, remove_stale_temporaries
-from ..sidecar.integrity import FOLDER_ID_KEY, new_folder_id, record, seal
+from ..sidecar.integrity import FILE_NAME_KEY, FOLDER_ID_KEY, new_folder_id, record, seal
 from ..sidecar.schema import SIDECAR_NAME, check_sidecar_size
 from ..sign.context import sign_finished
 from .ownership import check_outside_sources, check_replaceable
@@ -155,7 +155,8 @@ def _write_contents(plan: Plan, folder: Path, copy_files: list[Path], before_sid
                 with open(folder / name, "xb+") as out:  # readable: hashed back through a dup of its fd
                     digest = OutputDigest(os.dup(out.fileno()))  # hashes it as it is written
                     try:
-                        write_safetensors(out, entries, metadata, kernel_copy_source=kernel_copy_source,
+                        write_safetensors(out, entries, {**metadata, FILE_NAME_KEY: name},
+                                          kernel_copy_source=kernel_copy_source,
                                           progress=digest.written)
                     except BaseException:
                         digest.cancel()
