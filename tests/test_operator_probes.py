@@ -142,3 +142,18 @@ def test_two_data_files_of_one_folder_swapped_are_refused_by_a_plain_load(tmp_pa
     assert not verify_folder(out)
     proc = run_cli("verify", out)
     assert proc.returncode == 3 and "was written as" in proc.stdout, proc.stdout
+
+
+def test_many_shards_convert_under_a_low_descriptor_limit(tmp_path, src_dir):
+    """`convert --max-shard-size` into hundreds of shards: each written shard kept a descriptor open until the
+    helper thread had hashed and fsync'd it, so a fast writer ran out ('Too many open files' at ulimit -n 1024 with
+    1500 shards). Now at most a few wait at once."""
+    src = save({f"w{i}": torch.full((16,), float(i)) for i in range(300)}, src_dir / "many.pt", "zip")
+    out = tmp_path / "out"
+    script = ("import resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48)); "
+              "from convert import convert_checkpoint; convert_checkpoint(sys.argv[1], sys.argv[2], max_shard_size=100)")
+    proc = subprocess.run([sys.executable, "-c", script, str(src), str(out)], capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT), PYTHONWARNINGS="ignore"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(list(out.glob("model-*.safetensors"))) == 300
+    assert run_cli("verify", src, out).returncode == 0

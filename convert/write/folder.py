@@ -22,6 +22,7 @@ The source is only ever read.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import os
@@ -52,6 +53,7 @@ from .safetensors_io import KernelCopySources, write_safetensors
 PT_METADATA = {"format": "pt"}
 FAULT_ENV = faults.WRITE_ENV  # the test hooks of each step (primitives/faults.py)
 FAULT_POINTS = faults.WRITE_POINTS
+MAX_UNFINISHED_FILES = 4  # data files written, not yet hashed and fsync'd: each holds a descriptor until then
 
 
 def write_folder(plan: Plan, dst: Path, *, overwrite: bool = False, copy_files: Iterable[Path] = (),
@@ -149,7 +151,8 @@ def _write_contents(plan: Plan, folder: Path, copy_files: list[Path], before_sid
     metadata = {**PT_METADATA, FOLDER_ID_KEY: folder_id}
     # Each data file is hashed as it is written (OutputDigest), then fsync'd on a helper thread while the next is written.
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as finisher:
-        pending = {}
+        pending: dict[str, concurrent.futures.Future[str]] = {}
+        unfinished: collections.deque[concurrent.futures.Future[str]] = collections.deque()
         try:
             for name, entries in plan.files.items():
                 with open(folder / name, "xb+") as out:  # readable: hashed back through a dup of its fd
@@ -163,6 +166,9 @@ def _write_contents(plan: Plan, folder: Path, copy_files: list[Path], before_sid
                         os.close(digest.fd)
                         raise
                     pending[name] = finisher.submit(_hash_and_sync, digest)
+                    unfinished.append(pending[name])
+                    while len(unfinished) > MAX_UNFINISHED_FILES:  # bounded descriptors, however many shards
+                        unfinished.popleft().result()
             digests = {name: future.result() for name, future in pending.items()}
         finally:
             for future in pending.values():  # on failure: close the fds of hashes that still run
