@@ -157,3 +157,11 @@ def test_many_shards_convert_under_a_low_descriptor_limit(tmp_path, src_dir):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(list(out.glob("model-*.safetensors"))) == 300
     assert run_cli("verify", src, out).returncode == 0
+
+
+def test_summary_line_of_a_many_shard_convert_stays_short(tmp_path, src_dir):
+    src = save({f"w{i}": torch.full((16,), float(i)) for i in range(40)}, src_dir / "many.pt", "zip")
+    proc = run_cli("convert", src, tmp_path / "out", "--max-shard-size", "100")
+    assert proc.returncode == 0, proc.stderr
+    first = proc.stdout.splitlines()[0]
+    assert "and 34 more files" in first and len(first) < 600, first

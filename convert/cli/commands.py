@@ -14,6 +14,7 @@ from .safetensors_view import is_safetensors_file, render_safetensors
 from .signing import verify_signed
 
 EXIT_DIFFERENT = 3
+SHOWN_FILES = 6  # data files named on convert's summary line (1500 shards made it one 60 kB line)
 
 
 def convert(args: argparse.Namespace) -> int:
@@ -22,7 +23,9 @@ def convert(args: argparse.Namespace) -> int:
     report = convert_checkpoint(args.src, args.dst, overwrite=args.overwrite, max_shard_size=args.max_shard_size,
                                 sign=args.sign_key, salvage=args.salvage)
     if not args.quiet:
-        files = ", ".join(f"{name} ({info['tensors']})" for name, info in report.files.items()) or "no tensors"
+        shown = [f"{name} ({info['tensors']})" for name, info in list(report.files.items())[:SHOWN_FILES]]
+        more = len(report.files) - len(shown)
+        files = ", ".join(shown + ([f"and {more} more files"] if more else [])) or "no tensors"
         print(f"converted {report.source} ({report.source_format}) → {report.destination}: {report.tensors} tensors, "
               f"{human_bytes(report.bytes)} in {files}")
         if report.copied:
