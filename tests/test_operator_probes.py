@@ -165,3 +165,30 @@ def test_summary_line_of_a_many_shard_convert_stays_short(tmp_path, src_dir):
     assert proc.returncode == 0, proc.stderr
     first = proc.stdout.splitlines()[0]
     assert "and 34 more files" in first and len(first) < 600, first
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder", "symlink_out"])
+def test_a_data_or_copied_file_that_is_not_a_plain_file_is_named_as_such(tmp_path, kind):
+    """A data file replaced by a FIFO or a folder, a copied config.json by a symlink out of the folder: `verify FOLDER`
+    and the load said 'is missing' (the file is there); now what it is. Never a hang on the FIFO."""
+    from convert import load_checkpoint
+
+    src = _hf_folder(tmp_path)
+    out = tmp_path / "out"
+    convert_checkpoint(src, out)
+    victim = out / ("config.json" if kind == "symlink_out" else "model.safetensors")
+    victim.unlink()
+    if kind == "fifo":
+        os.mkfifo(victim)
+    elif kind == "folder":
+        victim.mkdir()
+    else:
+        (tmp_path / "mine.json").write_text("{}")
+        victim.symlink_to(tmp_path / "mine.json")
+    expected = {"fifo": "is a FIFO (named pipe), not a regular file", "folder": "is a folder, not a regular file",
+                "symlink_out": "resolves outside the folder"}[kind]
+    proc = run_cli("verify", out, timeout=60)
+    assert proc.returncode == 3 and expected in proc.stdout and "missing" not in proc.stdout, proc.stdout
+    if kind != "symlink_out":
+        with pytest.raises(ConvertError, match="not a regular file"):
+            load_checkpoint(out, map_location="cpu")
