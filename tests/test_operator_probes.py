@@ -192,3 +192,23 @@ def test_a_data_or_copied_file_that_is_not_a_plain_file_is_named_as_such(tmp_pat
     if kind != "symlink_out":
         with pytest.raises(ConvertError, match="not a regular file"):
             load_checkpoint(out, map_location="cpu")
+
+
+@pytest.mark.parametrize("target", ["scanned", "other_checkpoint", "scanned_via_symlink"])
+def test_scan_report_never_overwrites_a_checkpoint(tmp_path, src_dir, target):
+    """`scan a.pt -o a.pt` (a slip of the fingers, or a script's variable) replaced the checkpoint with its own
+    report, exit 0: the source was written. The report may not replace a scanned file nor any checkpoint."""
+    a = save({"w": torch.randn(3)}, src_dir / "a.pt", "zip")
+    b = save({"w": torch.randn(3)}, src_dir / "b.pt", "zip")
+    out = {"scanned": a, "other_checkpoint": b, "scanned_via_symlink": tmp_path / "report.json"}[target]
+    if target == "scanned_via_symlink":
+        out.symlink_to(a)
+    before = {p: p.read_bytes() for p in (a, b)}
+    proc = run_cli("scan", a, "-o", out, "--format", "json")
+    assert_one_line_error(proc, 2)
+    assert "checkpoint" in proc.stderr and "report" in proc.stderr, proc.stderr
+    assert {p: p.read_bytes() for p in (a, b)} == before
+    report = tmp_path / "r.json"  # an earlier report is replaced as before
+    report.write_text("old")
+    assert run_cli("scan", a, "-o", report, "--format", "json").returncode == 0
+    assert report.read_text().startswith("{")
