@@ -212,3 +212,25 @@ def test_scan_report_never_overwrites_a_checkpoint(tmp_path, src_dir, target):
     report.write_text("old")
     assert run_cli("scan", a, "-o", report, "--format", "json").returncode == 0
     assert report.read_text().startswith("{")
+
+
+@pytest.mark.parametrize("target", ["output", "empty", "dangling"])
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_symlink_destination_is_named_as_one(tmp_path, src_dir, target, overwrite):
+    """DST a symlink (to an earlier output, an empty folder, nowhere): refused, untouched, and said so. It used to
+    suggest --overwrite, which then said 'exists and is not a folder' of what is (a link to) a folder."""
+    src = save({"w": torch.randn(3)}, src_dir / "a.pt", "zip")
+    real = tmp_path / "real"
+    if target == "output":
+        convert_checkpoint(src, real)
+    elif target == "empty":
+        real.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    before = folder_snapshot(real) if real.exists() else None
+    proc = run_cli("convert", src, link, *(["--overwrite"] if overwrite else []))
+    assert_one_line_error(proc, 2)
+    assert "is a symbolic link" in proc.stderr and "--overwrite" not in proc.stderr, proc.stderr
+    assert link.is_symlink() and (folder_snapshot(real) if real.exists() else None) == before
+    with pytest.raises(ConvertError, match="symbolic link"):
+        convert_checkpoint(src, link, overwrite=overwrite)

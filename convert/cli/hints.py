@@ -43,6 +43,10 @@ def _check_convert(args: argparse.Namespace) -> None:
     if src.is_dir() and (src / SIDECAR_NAME).is_file():
         raise ConvertError(f"{src} is already a converted folder: load it with load_checkpoint, check it with "
                            f"ckpt-convert verify {_q(src)}")
+    if dst.is_symlink():  # never followed nor replaced: --overwrite would not help
+        from ..write.ownership import not_a_folder
+
+        raise not_a_folder(dst)
     if os.path.lexists(dst) and not dst.is_dir():  # --overwrite replaces only an earlier output folder
         raise OutputExists(f"{dst} is an existing file; the destination is a folder to create: "
                            "give a new folder name")

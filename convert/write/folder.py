@@ -46,7 +46,7 @@ from ..primitives.temp import TempFolder, remove_stale_temporaries
 from ..sidecar.integrity import FILE_NAME_KEY, FOLDER_ID_KEY, new_folder_id, record, seal
 from ..sidecar.schema import SIDECAR_NAME, check_sidecar_size
 from ..sign.context import sign_finished
-from .ownership import check_outside_sources, check_replaceable
+from .ownership import check_outside_sources, check_replaceable, not_a_folder
 from .plan import Plan
 from .safetensors_io import KernelCopySources, write_safetensors
 
@@ -107,10 +107,12 @@ def _build_folder(dst: Path, fill: Callable[[Path], None], overwrite: bool,
     remove_stale_temporaries(dst.parent, dst.name)  # first: it may put back an old folder a killed run moved aside
     if not overwrite:
         remove_stale_lock(dst)  # an overwriting run takes (and then removes) the lock anyway
+    if os.path.islink(dst):  # never followed nor replaced: --overwrite would not help
+        raise not_a_folder(dst)
     if os.path.lexists(dst) and not overwrite:  # early and friendly; the final rename decides
         raise OutputExists.for_path(dst)
     if os.path.lexists(dst) and not dst.is_dir():
-        raise ConvertError(f"{dst} exists and is not a folder")
+        raise not_a_folder(dst)
     with parents_made(dst.parent) as created, WriterLock(dst) if overwrite else contextlib.nullcontext():
         try:
             temp = TempFolder.create(dst)

@@ -65,13 +65,21 @@ def check_replaceable(dst: Path, sources: Sequence[str | os.PathLike] = (), *, f
                                       "move it away or write the output to another file")
         return
     if dst.is_symlink() or not dst.is_dir():
-        raise ConvertError(f"{dst} exists and is not a folder")
+        raise not_a_folder(dst)
     unit_sources = [Path(s) for s in sources if Path(s).is_dir()]
     in_way = foreign_entries(dst, unit_sources)
     if in_way:
         shown = ", ".join(in_way[:SHOWN]) + (f" and {len(in_way) - SHOWN} more" if len(in_way) > SHOWN else "")
         raise DestinationNotOwned(f"{dst} holds files ckpt-convert did not write ({shown}); refusing to replace it: "
                                   "move them away or write the output to another folder")
+
+
+def not_a_folder(dst: Path) -> ConvertError:
+    """The one wording of a destination in the way that is not a folder (a symlink is never followed nor replaced)."""
+    if os.path.islink(dst):
+        return ConvertError(f"{dst} is a symbolic link; it is never followed nor replaced: give the folder's own "
+                            f"path ({os.path.realpath(dst)}) or a new folder name")
+    return ConvertError(f"{dst} exists and is not a folder; give a new folder name")
 
 
 def check_outside_sources(dst: Path, sources: Sequence[str | os.PathLike] = ()) -> None:
