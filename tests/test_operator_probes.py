@@ -234,3 +234,20 @@ def test_a_symlink_destination_is_named_as_one(tmp_path, src_dir, target, overwr
     assert link.is_symlink() and (folder_snapshot(real) if real.exists() else None) == before
     with pytest.raises(ConvertError, match="symbolic link"):
         convert_checkpoint(src, link, overwrite=overwrite)
+
+
+def test_verify_src_dst_reports_an_edited_checkpoint_json(tmp_path, src_dir):
+    """An edit of checkpoint.json that leaves the tree as it was (the recorded source name): `verify FOLDER` said
+    NOT intact (the seal) while `verify SRC DST` said equivalent, exit 0. Both now say the sidecar was changed."""
+    src = save({"w": torch.randn(3)}, src_dir / "a.pt", "zip")
+    out = tmp_path / "out"
+    convert_checkpoint(src, out)
+    sidecar = out / "checkpoint.json"
+    raw = sidecar.read_text()
+    assert '"name":"a.pt"' in raw
+    sidecar.write_text(raw.replace('"name":"a.pt"', '"name":"b.pt"'))
+    proc = run_cli("verify", src, out)
+    assert proc.returncode == 3 and "checkpoint.json was changed" in proc.stdout, (proc.stdout, proc.stderr)
+    from convert import verify_checkpoint
+
+    assert any("checkpoint.json was changed" in d for d in verify_checkpoint(src, out))
