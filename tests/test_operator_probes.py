@@ -251,3 +251,33 @@ def test_verify_src_dst_reports_an_edited_checkpoint_json(tmp_path, src_dir):
     from convert import verify_checkpoint
 
     assert any("checkpoint.json was changed" in d for d in verify_checkpoint(src, out))
+
+
+@pytest.mark.parametrize("command", ["convert", "convert-overwrite", "scan", "migrate"])
+def test_a_deleted_current_folder_is_one_line(tmp_path, src_dir, command):
+    """A shell left in a folder that was removed meanwhile: 'internal error: FileNotFoundError', exit 70."""
+    src = save({"w": torch.randn(3)}, src_dir / "a.pt", "zip")
+    out = tmp_path / "out"
+    convert_checkpoint(src, out)
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    args = {"convert": ["convert", src, tmp_path / "new"], "convert-overwrite": ["convert", src, out, "--overwrite"],
+            "scan": ["scan", src_dir], "migrate": ["migrate", src_dir, tmp_path / "mig"]}[command]
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), PYTHONWARNINGS="ignore")
+    proc = subprocess.run([sys.executable, "-m", "convert", *map(str, args)], env=env, capture_output=True,
+                          text=True, timeout=120, preexec_fn=lambda: (os.chdir(gone), os.rmdir(gone)))
+    assert_one_line_error(proc, 2)
+    assert "current folder" in proc.stderr, proc.stderr
+    assert not (tmp_path / "new").exists() and not (tmp_path / "mig").exists()
+
+
+def test_api_overwrite_with_a_deleted_current_folder(tmp_path, src_dir, monkeypatch):
+    src = save({"w": torch.randn(3)}, src_dir / "a.pt", "zip")
+    out = tmp_path / "out"
+    convert_checkpoint(src, out)
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    convert_checkpoint(src, out, overwrite=True)  # absolute paths: no need of the current folder
+    assert (out / "checkpoint.json").is_file()

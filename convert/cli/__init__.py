@@ -230,6 +230,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ckpt-convert: error: out of memory: ulimit -v is below the {MIN_ADDRESS_SPACE >> 20} MiB "
               "ckpt-convert needs to start; raise the limit and retry", file=sys.stderr)
         return 2
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        print("ckpt-convert: error: the current folder no longer exists (it was removed while this shell was in it): "
+              "cd to an existing folder and retry", file=sys.stderr)
+        return 2
     with sigterm_raises(Terminated):
         code = _main(argv)
         try:

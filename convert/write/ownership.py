@@ -50,7 +50,8 @@ def check_replaceable(dst: Path, sources: Sequence[str | os.PathLike] = (), *, f
     real = Path(os.path.realpath(dst))
     if os.path.ismount(real):
         raise DestinationNotOwned(f"{dst} is a mount point; refusing to replace it: write into a new folder inside it")
-    if _within(Path(os.path.realpath(os.getcwd())), real):
+    cwd = _current_folder()
+    if cwd is not None and _within(cwd, real):
         raise DestinationNotOwned(f"{dst} is the current folder (or holds it); refusing to replace it: "
                                   "name a new output folder")
     for source in sources:
@@ -163,6 +164,14 @@ def is_export(path: Path) -> bool:
     weights = [p for p in entries if p.suffix == ".safetensors"]
     return bool(weights) and all(is_export(p) for p in weights) and \
         all(p.suffix == ".safetensors" or (p.name == EXPORT_INDEX_NAME and _plain_file(p)) for p in entries)
+
+
+def _current_folder() -> Path | None:
+    """The resolved current folder; None if it was deleted (a shell left in it): no destination holds it."""
+    try:
+        return Path(os.path.realpath(os.getcwd()))
+    except FileNotFoundError:
+        return None
 
 
 def _plain_file(path: Path) -> bool:
