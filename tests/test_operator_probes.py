@@ -281,3 +281,30 @@ def test_api_overwrite_with_a_deleted_current_folder(tmp_path, src_dir, monkeypa
     gone.rmdir()
     convert_checkpoint(src, out, overwrite=True)  # absolute paths: no need of the current folder
     assert (out / "checkpoint.json").is_file()
+
+
+@pytest.mark.parametrize("command", ["convert", "export"])
+def test_no_overwrite_hint_where_overwrite_would_be_refused(tmp_path, src_dir, command):
+    """`convert a.pt myproject` (a folder of the user's files) and `export a.pt theirs.safetensors` (a file export
+    did not write) said 'already exists; pass --overwrite', which then refused: the refusal is said at once."""
+    src = save({"w": torch.randn(3)}, src_dir / "a.pt", "zip")
+    if command == "convert":
+        dst = tmp_path / "myproject"
+        dst.mkdir()
+        (dst / "notes.txt").write_text("mine")
+    else:
+        dst = tmp_path / "theirs.safetensors"
+        from safetensors.torch import save_file
+
+        save_file({"x": torch.zeros(2)}, str(dst))
+    before = folder_snapshot(tmp_path)
+    proc = run_cli(command, src, dst)
+    assert_one_line_error(proc, 2)
+    assert "--overwrite" not in proc.stderr and "refusing to replace it" in proc.stderr, proc.stderr
+    assert folder_snapshot(tmp_path) == before
+    empty = tmp_path / "empty"  # what --overwrite would replace: the hint stays
+    empty.mkdir()
+    if command == "convert":
+        proc = run_cli("convert", src, empty)
+        assert_one_line_error(proc, 2)
+        assert "pass --overwrite" in proc.stderr, proc.stderr

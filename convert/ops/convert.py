@@ -44,6 +44,7 @@ def precheck(dst: Path, sources: Sequence[str | os.PathLike], overwrite: bool, *
     if not file and os.path.islink(dst):  # never followed nor replaced: --overwrite would not help
         raise not_a_folder(dst)
     if os.path.lexists(dst) and not overwrite:
+        check_replaceable(dst, sources, file=file)  # what --overwrite would refuse is said now, not after the hint
         raise OutputExists.for_path(dst)
     if overwrite:
         check_replaceable(dst, sources, file=file)
