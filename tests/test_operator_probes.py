@@ -308,3 +308,24 @@ def test_no_overwrite_hint_where_overwrite_would_be_refused(tmp_path, src_dir, c
         proc = run_cli("convert", src, empty)
         assert_one_line_error(proc, 2)
         assert "pass --overwrite" in proc.stderr, proc.stderr
+
+
+def test_a_fifo_in_a_leftover_temporary_folder_does_not_hang(tmp_path, src_dir):
+    """A leftover `.out.ckpt-convert-tmp-PID-RANDOM/owner.json` that is a FIFO (the cleanup reads every leftover's
+    marker): the next convert to `out` blocked forever in open(). Now the leftover is not ours and is left alone."""
+    src = save({"w": torch.randn(3)}, src_dir / "a.pt", "zip")
+    leftover = tmp_path / ".out.ckpt-convert-tmp-999999-abcdef123456"
+    leftover.mkdir()
+    os.mkfifo(leftover / "owner.json")
+    proc = run_cli("convert", src, tmp_path / "out", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert (leftover / "owner.json").exists()
+
+
+def test_a_fifo_as_migrate_lock_does_not_hang(tmp_path, src_dir):
+    save({"w": torch.randn(3)}, src_dir / "a.pt", "zip")
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    os.mkfifo(dst / ".ckpt-convert.lock")
+    proc = run_cli("migrate", "--status", dst, timeout=60)
+    assert "Traceback" not in proc.stderr, proc.stderr

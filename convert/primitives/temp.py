@@ -24,6 +24,7 @@ import re
 import secrets
 import shutil
 import socket
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,11 +102,14 @@ def owner_marker(dst_name: str) -> dict:
 
 def _read_marker(folder: Path) -> dict | None:
     """The folder's owner marker, or None if it is missing, not a regular file, too large or not ours."""
-    try:
-        fd = os.open(folder / MARKER, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:  # O_NONBLOCK: a FIFO planted as the marker must not block the open (or the read)
+        fd = os.open(folder / MARKER, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
+                     | getattr(os, "O_CLOEXEC", 0))
     except OSError:
         return None
     with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
         raw = f.read(_MAX_MARKER + 1)
     try:
         marker = json.loads(raw.decode("utf-8"))
