@@ -329,3 +329,17 @@ def test_a_fifo_as_migrate_lock_does_not_hang(tmp_path, src_dir):
     os.mkfifo(dst / ".ckpt-convert.lock")
     proc = run_cli("migrate", "--status", dst, timeout=60)
     assert "Traceback" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("command", ["verify", "inspect", "convert", "export"])
+def test_a_sidecar_given_for_its_folder_names_the_folder(tmp_path, src_dir, command):
+    """`verify out/checkpoint.json` said 'is a checkpoint file ... verify out/checkpoint.json OUT'; inspect/convert
+    said 'unknown pickle opcode 0x7b'. Now: it is the sidecar of `out`, and the command to run on the folder."""
+    src = save({"w": torch.randn(3)}, src_dir / "a.pt", "zip")
+    out = tmp_path / "out"
+    convert_checkpoint(src, out)
+    extra = {"convert": [tmp_path / "x"], "export": [tmp_path / "x.safetensors"]}.get(command, [])
+    proc = run_cli(command, out / "checkpoint.json", *extra)
+    assert_one_line_error(proc, 2)
+    assert f"is the sidecar of the converted folder {out}" in proc.stderr, proc.stderr
+    assert not (tmp_path / "x").exists() and not (tmp_path / "x.safetensors").exists()

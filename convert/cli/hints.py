@@ -18,7 +18,21 @@ def precheck(args: argparse.Namespace) -> None:
     """Raise ConvertError (one line, exit 2) for a path that does not exist or is of the wrong kind."""
     check = _CHECKS.get(args.command)
     if check is not None:
+        _not_a_sidecar(args)
         check(args)
+
+
+def _not_a_sidecar(args: argparse.Namespace) -> None:
+    """`verify out/checkpoint.json` (tab completion went one step too far): name the folder it belongs to."""
+    path = Path(getattr(args, "path", None) or getattr(args, "src", None) or "")
+    if path.name != SIDECAR_NAME or not path.is_file():
+        return
+    folder = _q(path.parent)
+    what = {"convert": f"it is already converted: load the folder with load_checkpoint, check it with "
+                       f"ckpt-convert verify {folder}",
+            "export": f"export the folder: ckpt-convert export {folder} OUT"}.get(
+                args.command, f"give the folder: ckpt-convert {args.command} {folder}")
+    raise ConvertError(f"{path} is the sidecar of the converted folder {path.parent}; {what}")
 
 
 def _q(path: str | os.PathLike) -> str:
