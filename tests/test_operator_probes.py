@@ -343,3 +343,36 @@ def test_a_sidecar_given_for_its_folder_names_the_folder(tmp_path, src_dir, comm
     assert_one_line_error(proc, 2)
     assert f"is the sidecar of the converted folder {out}" in proc.stderr, proc.stderr
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.safetensors").exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+@pytest.mark.parametrize("how", ["removed", "moved"])
+def test_destination_parent_removed_mid_run_is_one_line(tmp_path, src_dir, how):
+    """`rm -rf runs/` (or `mv runs old`) while `convert x.pt runs/out` writes: 'internal error: FileNotFoundError',
+    exit 70. It is the user's environment: one line, exit 2, the source untouched."""
+    import shutil
+    import signal
+    import time
+
+    src = save({"w": torch.randn(64, 64)}, src_dir / "a.pt", "zip")
+    digest = src.read_bytes()
+    parent = tmp_path / "runs"
+    parent.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), PYTHONWARNINGS="ignore", CKPT_CONVERT_FAULT="after-data:stop")
+    proc = subprocess.Popen([sys.executable, "-m", "convert", "convert", str(src), str(parent / "out")], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.02)
+    if how == "removed":
+        shutil.rmtree(parent)
+    else:
+        parent.rename(tmp_path / "old")
+    os.kill(proc.pid, signal.SIGCONT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, (proc.returncode, err)
+    assert len(err.strip().splitlines()) == 1 and "internal error" not in err and "Traceback" not in err, err
+    assert "removed or moved" in err, err
+    assert src.read_bytes() == digest
+    assert not (parent / "out").exists()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
+import errno
 import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -96,6 +97,8 @@ def build_folder(dst: Path, fill: Callable[[Path], None], *, overwrite: bool = F
     except OSError as exc:
         if exc.errno in ENVIRONMENT_ERRNOS:
             raise CannotWrite(dst, exc.strerror or str(exc)) from None
+        if exc.errno == errno.ENOENT and not os.path.isdir(dst.parent):  # `rm -rf`/`mv` of its folder meanwhile
+            raise CannotWrite(dst, "its folder was removed or moved while it was being written") from None
         raise
 
 
