@@ -347,7 +347,8 @@ def test_a_sidecar_given_for_its_folder_names_the_folder(tmp_path, src_dir, comm
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 @pytest.mark.parametrize("how", ["removed", "moved"])
-def test_destination_parent_removed_mid_run_is_one_line(tmp_path, src_dir, how):
+@pytest.mark.parametrize("command", ["convert", "export", "export-shards"])
+def test_destination_parent_removed_mid_run_is_one_line(tmp_path, src_dir, how, command):
     """`rm -rf runs/` (or `mv runs old`) while `convert x.pt runs/out` writes: 'internal error: FileNotFoundError',
     exit 70. It is the user's environment: one line, exit 2, the source untouched."""
     import shutil
@@ -359,7 +360,11 @@ def test_destination_parent_removed_mid_run_is_one_line(tmp_path, src_dir, how):
     parent = tmp_path / "runs"
     parent.mkdir()
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), PYTHONWARNINGS="ignore", CKPT_CONVERT_FAULT="after-data:stop")
-    proc = subprocess.Popen([sys.executable, "-m", "convert", "convert", str(src), str(parent / "out")], env=env,
+    args = {"convert": ["convert", src, parent / "out"], "export": ["export", src, parent / "out"],
+            "export-shards": ["export", src, parent / "out", "--max-shard-size", "4KB"]}[command]
+    if command == "export":
+        args[2] = parent / "out.safetensors"
+    proc = subprocess.Popen([sys.executable, "-m", "convert", *map(str, args)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
@@ -375,4 +380,4 @@ def test_destination_parent_removed_mid_run_is_one_line(tmp_path, src_dir, how):
     assert len(err.strip().splitlines()) == 1 and "internal error" not in err and "Traceback" not in err, err
     assert "removed or moved" in err, err
     assert src.read_bytes() == digest
-    assert not (parent / "out").exists()
+    assert not (parent / "out").exists() and not (parent / "out.safetensors").exists()

@@ -43,7 +43,7 @@ from ..primitives.durable import (
 )
 from ..primitives.hashing import OutputDigest, sha256_fd
 from ..primitives.lock import WriterLock, remove_stale_lock
-from ..primitives.temp import TempFolder, remove_stale_temporaries
+from ..primitives.temp import TempFolder, is_temporary, remove_stale_temporaries
 from ..sidecar.integrity import FILE_NAME_KEY, FOLDER_ID_KEY, new_folder_id, record, seal
 from ..sidecar.schema import SIDECAR_NAME, check_sidecar_size
 from ..sign.context import sign_finished
@@ -95,11 +95,22 @@ def build_folder(dst: Path, fill: Callable[[Path], None], *, overwrite: bool = F
     try:
         _build_folder(dst, fill, overwrite, sources)
     except OSError as exc:
-        if exc.errno in ENVIRONMENT_ERRNOS:
-            raise CannotWrite(dst, exc.strerror or str(exc)) from None
-        if exc.errno == errno.ENOENT and not os.path.isdir(dst.parent):  # `rm -rf`/`mv` of its folder meanwhile
-            raise CannotWrite(dst, "its folder was removed or moved while it was being written") from None
-        raise
+        error = cannot_write(dst, exc)
+        if error is None:
+            raise
+        raise error from None
+
+
+def cannot_write(dst: Path, exc: OSError) -> CannotWrite | None:
+    """The one-line error for an OS error met while writing `dst` if it is the user's environment (a full disk,
+    permissions, the folder removed or moved meanwhile), else None (a bug: let it surface)."""
+    if exc.errno in ENVIRONMENT_ERRNOS:
+        return CannotWrite(dst, exc.strerror or str(exc))
+    touched = [Path(os.fsdecode(f)) for f in (exc.filename, exc.filename2) if isinstance(f, (str, bytes))]
+    if exc.errno == errno.ENOENT and (not os.path.isdir(dst.parent) or any(  # `rm -rf`/`mv` of its folder meanwhile
+            is_temporary(p) for f in touched for p in (f, *f.parents))):
+        return CannotWrite(dst, "its folder was removed or moved while it was being written")
+    return None
 
 
 def _build_folder(dst: Path, fill: Callable[[Path], None], overwrite: bool,
