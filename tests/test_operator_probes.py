@@ -381,3 +381,13 @@ def test_destination_parent_removed_mid_run_is_one_line(tmp_path, src_dir, how, 
     assert "removed or moved" in err, err
     assert src.read_bytes() == digest
     assert not (parent / "out").exists() and not (parent / "out.safetensors").exists()
+
+
+def test_verify_of_two_converted_folders_says_what_verify_takes(tmp_path, src_dir):
+    """`verify out out2` (two outputs) said 'out: is a folder, not a regular file; only regular files are read'."""
+    src = save({"w": torch.randn(3)}, src_dir / "a.pt", "zip")
+    convert_checkpoint(src, tmp_path / "out")
+    convert_checkpoint(src, tmp_path / "out2")
+    proc = run_cli("verify", tmp_path / "out", tmp_path / "out2")
+    assert_one_line_error(proc, 2)
+    assert "is a converted folder, not a source" in proc.stderr, proc.stderr

@@ -82,6 +82,9 @@ def _check_verify(args: argparse.Namespace) -> None:
     dst = Path(args.dst)
     if not os.path.lexists(src):
         raise ConvertError(f"{src}: no such file or folder")
+    if src.is_dir() and (src / SIDECAR_NAME).is_file() and dst.is_dir() and (dst / SIDECAR_NAME).is_file():
+        raise ConvertError(f"{src} is a converted folder, not a source: check a folder alone with ckpt-convert verify "
+                           f"{_q(dst)}, or against its source with ckpt-convert verify SRC {_q(dst)}")
     if not os.path.lexists(dst):
         raise ConvertError(f"{dst}: no such folder")
     if dst.is_file():
