@@ -391,3 +391,28 @@ def test_verify_of_two_converted_folders_says_what_verify_takes(tmp_path, src_di
     proc = run_cli("verify", tmp_path / "out", tmp_path / "out2")
     assert_one_line_error(proc, 2)
     assert "is a converted folder, not a source" in proc.stderr, proc.stderr
+
+
+_MAP_UNDER_LIMIT = """
+import resource, sys
+from convert.cli import main
+import convert.ops.verify, convert.export, convert.sidecar.safetensors_file  # the baseline, imported first
+vm = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+resource.setrlimit(resource.RLIMIT_AS, (vm + (32 << 20), resource.RLIM_INFINITY))
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs /proc")
+@pytest.mark.parametrize("command", ["verify", "export"])
+def test_a_data_file_too_large_to_map_under_ulimit_v_is_out_of_memory(tmp_path, src_dir, command):
+    """`ulimit -v` below a data file's size: mapping it failed with ENOMEM, 'internal error: OSError: [Errno 12]
+    cannot map the file', exit 70. It is memory: the out-of-memory line, exit 2."""
+    src = save({"w": torch.zeros(96 << 20, dtype=torch.uint8)}, src_dir / "a.pt", "zip")  # 96 MiB > the 32 MiB left
+    out = tmp_path / "out"
+    convert_checkpoint(src, out)
+    args = ["verify", out] if command == "verify" else ["export", out, tmp_path / "w.safetensors"]
+    proc = subprocess.run([sys.executable, "-c", _MAP_UNDER_LIMIT, *map(str, args)], capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT), PYTHONWARNINGS="ignore"))
+    assert_one_line_error(proc, 2)
+    assert "out of memory" in proc.stderr, proc.stderr

@@ -260,6 +260,9 @@ def _main(argv: Sequence[str] | None) -> int:
         _drop_stdout()
         return 0
     except OSError as exc:  # the user's environment (disk full, permissions...) wherever it surfaced: not a bug
+        if out_of_memory(exc) and not args.debug:  # ENOMEM: a mapping the address-space limit refused
+            print(f"ckpt-convert: error: {OUT_OF_MEMORY}", file=sys.stderr)
+            return 2
         if args.debug or exc.errno not in ENVIRONMENT_ERRNOS:
             if args.debug:
                 raise
