@@ -416,3 +416,16 @@ def test_a_data_file_too_large_to_map_under_ulimit_v_is_out_of_memory(tmp_path, 
                           timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT), PYTHONWARNINGS="ignore"))
     assert_one_line_error(proc, 2)
     assert "out of memory" in proc.stderr, proc.stderr
+
+
+def test_a_users_checkpoint_json_does_not_make_a_converted_folder(tmp_path):
+    """A Trainer folder holding the user's own checkpoint.json was 'already a converted folder' (refused, wrongly)."""
+    ck = _trainer_folder(tmp_path)
+    (ck / "checkpoint.json").write_text('{"step": 500}')
+    proc = run_cli("convert", ck, tmp_path / "out")
+    assert "already a converted folder" not in proc.stderr, proc.stderr
+    # copied as is it would sit where every tool reads the output's sidecar: the unit is refused, nothing written
+    # (it used to be published, then the report step failed on it: exit 2 with the output in place)
+    assert_one_line_error(proc, 2)
+    assert "checkpoint.json" in proc.stderr and "rename it" in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists()
