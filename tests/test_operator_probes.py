@@ -429,3 +429,13 @@ def test_a_users_checkpoint_json_does_not_make_a_converted_folder(tmp_path):
     assert_one_line_error(proc, 2)
     assert "checkpoint.json" in proc.stderr and "rename it" in proc.stderr, proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc")
+@pytest.mark.parametrize("command", ["convert", "export"])
+def test_a_folder_that_refuses_new_files_is_one_line(tmp_path, src_dir, command):
+    """DST under /proc (a folder where mkdir says ENOENT): one line naming DST, never an internal error."""
+    src = save({"w": torch.randn(3)}, src_dir / "a.pt", "zip")
+    proc = run_cli(command, src, "/proc/ckpt-convert-probe" + (".safetensors" if command == "export" else ""))
+    assert_one_line_error(proc, 2)
+    assert "cannot write /proc/ckpt-convert-probe" in proc.stderr and "removed or moved" not in proc.stderr, proc.stderr

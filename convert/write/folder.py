@@ -106,10 +106,13 @@ def cannot_write(dst: Path, exc: OSError) -> CannotWrite | None:
     permissions, the folder removed or moved meanwhile), else None (a bug: let it surface)."""
     if exc.errno in ENVIRONMENT_ERRNOS:
         return CannotWrite(dst, exc.strerror or str(exc))
+    if exc.errno != errno.ENOENT:
+        return None
     touched = [Path(os.fsdecode(f)) for f in (exc.filename, exc.filename2) if isinstance(f, (str, bytes))]
-    if exc.errno == errno.ENOENT and (not os.path.isdir(dst.parent) or any(  # `rm -rf`/`mv` of its folder meanwhile
-            is_temporary(p) for f in touched for p in (f, *f.parents))):
-        return CannotWrite(dst, "its folder was removed or moved while it was being written")
+    if not os.path.isdir(dst.parent) or any(is_temporary(p) for f in touched for p in f.parents):
+        return CannotWrite(dst, "its folder was removed or moved while it was being written")  # `rm -rf`, `mv`
+    if any(is_temporary(f) for f in touched):  # the temporary folder itself could not be made (/proc refuses)
+        return CannotWrite(dst, exc.strerror or str(exc))
     return None
 
 
