@@ -439,3 +439,15 @@ def test_a_folder_that_refuses_new_files_is_one_line(tmp_path, src_dir, command)
     proc = run_cli(command, src, "/proc/ckpt-convert-probe" + (".safetensors" if command == "export" else ""))
     assert_one_line_error(proc, 2)
     assert "cannot write /proc/ckpt-convert-probe" in proc.stderr and "removed or moved" not in proc.stderr, proc.stderr
+
+
+def test_a_header_safetensors_would_refuse_is_never_written(tmp_path, src_dir):
+    """export --add-prefix of 51 MB (or millions of tensor names): the file was written with a 102 MB header, which
+    safetensors refuses to open ('header too large'). Now refused before writing, one line, nothing left."""
+    from convert import UnsupportedValue, export_weights
+
+    src = save({"a": torch.zeros(2), "b": torch.zeros(2)}, src_dir / "a.pt", "zip")
+    out = tmp_path / "w.safetensors"
+    with pytest.raises(UnsupportedValue, match="safetensors reads"):
+        export_weights(src, out, add_prefix="p" * 51_000_000)
+    assert os.listdir(tmp_path) == ["src"]
