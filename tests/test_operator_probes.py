@@ -451,3 +451,12 @@ def test_a_header_safetensors_would_refuse_is_never_written(tmp_path, src_dir):
     with pytest.raises(UnsupportedValue, match="safetensors reads"):
         export_weights(src, out, add_prefix="p" * 51_000_000)
     assert os.listdir(tmp_path) == ["src"]
+
+
+@pytest.mark.parametrize(("key", "what"), [("model_state_dict/w", "is a tensor,"), ("epoch", "a value of type int")])
+def test_export_key_of_a_non_dict_says_what_it_is(tmp_path, src_dir, key, what):
+    """`export --key model_state_dict/w` said 'is a TensorRef' (an internal class), `--key epoch` 'is a int'."""
+    src = save({"model_state_dict": {"w": torch.randn(2)}, "epoch": 3}, src_dir / "a.pt", "zip")
+    proc = run_cli("export", src, tmp_path / "w.safetensors", "--key", key)
+    assert_one_line_error(proc, 2)
+    assert what in proc.stderr and "TensorRef" not in proc.stderr, proc.stderr
