@@ -13,6 +13,21 @@ ENVIRONMENT_ERRNOS = frozenset(code for code in (
 ) if code is not None)
 
 
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` is memory running out: a MemoryError, an OSError ENOMEM (a mapping refused), or an ImportError
+    whose shared library the address-space limit (`ulimit -v`) refused to map (numpy wraps the loader's error)."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        text = str(seen)
+        if (isinstance(seen, MemoryError) or (isinstance(seen, OSError) and seen.errno == errno.ENOMEM)
+                or "failed to map segment" in text or "Cannot allocate memory" in text):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 class ConvertError(Exception):
     """Base class: a problem with the input or the request, reported as one clear line."""
 

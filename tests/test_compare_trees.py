@@ -134,3 +134,24 @@ def test_numpy_values_are_checked():
     assert differs(np.float32(1.0), np.float32(2.0))
     assert differs(np.int64(3), 3)
     assert differs(a, torch.from_numpy(a.copy()))
+
+
+def test_large_tensors_are_compared_a_slice_at_a_time(monkeypatch):
+    """compare_trees (verify SRC DST) compares slices of rows, not whole copies: a difference in the last
+    slice, in a transposed view, or in a conjugated tensor is still found."""
+    from convert.ops import compare
+
+    monkeypatch.setattr(compare, "CHUNK_BYTES", 64)
+    a = torch.arange(1000, dtype=torch.float32).reshape(100, 10)
+    assert compare_trees({"w": a}, {"w": a.clone()}) == []
+    b = a.clone()
+    b[99, 9] = -0.0 if a[99, 9] == 0 else float("nan")
+    assert compare_trees({"w": a}, {"w": b})
+    assert compare_trees({"w": a.t()}, {"w": a.clone().t()}) == []
+    c = b.clone().t()
+    assert compare_trees({"w": a.t()}, {"w": c})
+    z = torch.randn(50, 3, dtype=torch.complex64)
+    assert compare_trees({"z": z.conj()}, {"z": z.clone().conj()}) == []
+    y = z.clone()
+    y[49, 2] += 1
+    assert compare_trees({"z": z.conj()}, {"z": y.conj()})

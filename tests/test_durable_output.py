@@ -60,7 +60,7 @@ def test_sidecar_and_every_data_file_carry_the_folder_id_and_digests(tmp_path, s
     for name, info in sidecar["files"].items():
         assert info["sha256"] == hashlib.sha256((dst / name).read_bytes()).hexdigest()
         with safe_open(str(dst / name), framework="pt") as f:
-            assert f.metadata() == {"format": "pt", "folder_id": folder_id}
+            assert f.metadata() == {"format": "pt", "folder_id": folder_id, "file_name": name}
     other = tmp_path / "again"
     convert_checkpoint(src, other)
     assert _sidecar(other)["folder_id"] != folder_id  # each conversion draws its own

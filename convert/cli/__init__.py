@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from .._version import __version__
-from ..errors import ENVIRONMENT_ERRNOS, ConvertError, MissingDependency
+from ..errors import ENVIRONMENT_ERRNOS, ConvertError, MissingDependency, out_of_memory
 from ..primitives.signals import Terminated, sigterm_raises
 from . import commands, hints, signing
 
@@ -23,6 +23,8 @@ EXIT_DIFFERENT = 3
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 EXIT_TERMINATED = 143  # 128 + SIGTERM
 EXIT_INTERNAL = 70  # EX_SOFTWARE (sysexits.h): a bug in ckpt-convert, not bad input
+MIN_ADDRESS_SPACE = 128 << 20  # below this `ulimit -v`, importing numpy fails (or OpenBLAS ends the process)
+OUT_OF_MEMORY = "out of memory; free some memory or raise the limit (ulimit -v) and retry"
 TORCH_SIDE = {"torch"}  # what load/verify/inspect-folder/demo need beyond the lean install
 
 DESCRIPTION = """\
@@ -190,7 +192,50 @@ def _drop_stdout() -> None:
         os.close(devnull)
 
 
+def _closed_streams_to_devnull() -> None:
+    """A standard stream the caller closed (`>&-`, a daemon's empty fd table) leaves Python's sys.stdout None:
+    put /dev/null there, so output is dropped rather than failing, and no file this run opens takes fd 0-2."""
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        if getattr(sys, name) is not None:
+            continue
+        with contextlib.suppress(OSError):
+            try:
+                os.fstat(fd)
+            except OSError:
+                devnull = os.open(os.devnull, os.O_RDWR)
+                if devnull != fd:
+                    os.dup2(devnull, fd)
+                    os.close(devnull)
+            setattr(sys, name, open(fd, mode, closefd=False))  # noqa: SIM115 - the process's own stream
+
+
+def _address_space_too_small() -> bool:
+    """Under an address-space limit (`ulimit -v`): hold OpenBLAS to one thread's buffer (ckpt-convert does no
+    BLAS math; OpenBLAS reserves a buffer per core when numpy is imported and, refused, ends the process with
+    exit 1), and say whether the limit is below what the interpreter needs to import numpy at all."""
+    try:
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    except (ImportError, OSError, ValueError):
+        return False
+    if soft == resource.RLIM_INFINITY:
+        return False
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    return soft < MIN_ADDRESS_SPACE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _closed_streams_to_devnull()
+    if _address_space_too_small():
+        print(f"ckpt-convert: error: out of memory: ulimit -v is below the {MIN_ADDRESS_SPACE >> 20} MiB "
+              "ckpt-convert needs to start; raise the limit and retry", file=sys.stderr)
+        return 2
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        print("ckpt-convert: error: the current folder no longer exists (it was removed while this shell was in it): "
+              "cd to an existing folder and retry", file=sys.stderr)
+        return 2
     with sigterm_raises(Terminated):
         code = _main(argv)
         try:
@@ -215,6 +260,9 @@ def _main(argv: Sequence[str] | None) -> int:
         _drop_stdout()
         return 0
     except OSError as exc:  # the user's environment (disk full, permissions...) wherever it surfaced: not a bug
+        if out_of_memory(exc) and not args.debug:  # ENOMEM: a mapping the address-space limit refused
+            print(f"ckpt-convert: error: {OUT_OF_MEMORY}", file=sys.stderr)
+            return 2
         if args.debug or exc.errno not in ENVIRONMENT_ERRNOS:
             if args.debug:
                 raise
@@ -231,13 +279,21 @@ def _main(argv: Sequence[str] | None) -> int:
     except MemoryError:
         if args.debug:
             raise
-        print("ckpt-convert: error: out of memory; free some memory or raise the limit (ulimit -v) and retry",
-              file=sys.stderr)
+        print(f"ckpt-convert: error: {OUT_OF_MEMORY}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as exc:
-        if args.debug or exc.name not in TORCH_SIDE:  # torch is optional: scan/convert run without it
+        if args.debug:
             raise
+        if exc.name not in TORCH_SIDE:  # torch is optional: scan/convert run without it
+            return _internal_error(exc)
         print(f"ckpt-convert: error: {MissingDependency(repr(args.command))}", file=sys.stderr)
+        return 2
+    except ImportError as exc:  # a library's mapping refused by the address-space limit (`ulimit -v`)
+        if args.debug or not out_of_memory(exc):
+            if args.debug:
+                raise
+            return _internal_error(exc)
+        print(f"ckpt-convert: error: {OUT_OF_MEMORY}", file=sys.stderr)
         return 2
     except Exception as exc:  # a bug, not bad input: still one line, and how to see more
         if args.debug:
@@ -246,7 +302,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 def _internal_error(exc: BaseException) -> int:
-    first = str(exc).splitlines()[0] if str(exc) else ""
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
     print(f"ckpt-convert: internal error: {type(exc).__name__}: {first} (rerun with --debug for details)",
           file=sys.stderr)
     return EXIT_INTERNAL

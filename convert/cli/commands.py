@@ -14,6 +14,7 @@ from .safetensors_view import is_safetensors_file, render_safetensors
 from .signing import verify_signed
 
 EXIT_DIFFERENT = 3
+SHOWN_FILES = 6  # data files named on convert's summary line (1500 shards made it one 60 kB line)
 
 
 def convert(args: argparse.Namespace) -> int:
@@ -22,7 +23,9 @@ def convert(args: argparse.Namespace) -> int:
     report = convert_checkpoint(args.src, args.dst, overwrite=args.overwrite, max_shard_size=args.max_shard_size,
                                 sign=args.sign_key, salvage=args.salvage)
     if not args.quiet:
-        files = ", ".join(f"{name} ({info['tensors']})" for name, info in report.files.items()) or "no tensors"
+        shown = [f"{name} ({info['tensors']})" for name, info in list(report.files.items())[:SHOWN_FILES]]
+        more = len(report.files) - len(shown)
+        files = ", ".join(shown + ([f"and {more} more files"] if more else [])) or "no tensors"
         print(f"converted {report.source} ({report.source_format}) → {report.destination}: {report.tensors} tensors, "
               f"{human_bytes(report.bytes)} in {files}")
         if report.copied:
@@ -195,6 +198,8 @@ def scan(args: argparse.Namespace) -> int:
         raise ConvertError(f"{missing[0]}: no such file or folder")
     selection = batch.select(args.paths, skip_non_checkpoints=args.skip_non_checkpoints)
     skipped = len(selection.skipped) + selection.others  # a README.txt passed over is skipped too
+    if args.output:
+        _report_replaces_no_checkpoint(Path(args.output), selection.files)
     if not selection.files and not selection.skipped:  # (files passed over by --skip-non-checkpoints: a clean pass)
         return nothing_to_scan(args, skipped)
     show_progress = args.format == "text" and not args.quiet and not args.output and sys.stderr.isatty()
@@ -218,6 +223,18 @@ def scan(args: argparse.Namespace) -> int:
     else:
         print(text)
     return code
+
+
+def _report_replaces_no_checkpoint(output: Path, scanned: list) -> None:
+    """`scan a.pt -o a.pt` would replace the checkpoint with its report: refuse a scanned file or any checkpoint."""
+    from ..sources.discover import looks_like_checkpoint
+
+    if not output.exists() or output.is_dir():
+        return  # a new report (a folder is said when the report is written)
+    real = os.path.realpath(output)
+    if any(os.path.realpath(path) == real for path in scanned) or looks_like_checkpoint(Path(real)):
+        raise ConvertError(f"{output} is a checkpoint; refusing to write the report over it: "
+                           "choose another report file (-o)")
 
 
 def nothing_to_scan(args: argparse.Namespace, skipped: int) -> int:

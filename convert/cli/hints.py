@@ -18,7 +18,21 @@ def precheck(args: argparse.Namespace) -> None:
     """Raise ConvertError (one line, exit 2) for a path that does not exist or is of the wrong kind."""
     check = _CHECKS.get(args.command)
     if check is not None:
+        _not_a_sidecar(args)
         check(args)
+
+
+def _not_a_sidecar(args: argparse.Namespace) -> None:
+    """`verify out/checkpoint.json` (tab completion went one step too far): name the folder it belongs to."""
+    path = Path(getattr(args, "path", None) or getattr(args, "src", None) or "")
+    if path.name != SIDECAR_NAME or not _is_sidecar(path):
+        return
+    folder = _q(path.parent)
+    what = {"convert": f"it is already converted: load the folder with load_checkpoint, check it with "
+                       f"ckpt-convert verify {folder}",
+            "export": f"export the folder: ckpt-convert export {folder} OUT"}.get(
+                args.command, f"give the folder: ckpt-convert {args.command} {folder}")
+    raise ConvertError(f"{path} is the sidecar of the converted folder {path.parent}; {what}")
 
 
 def _q(path: str | os.PathLike) -> str:
@@ -32,6 +46,24 @@ def _is_source(path: Path) -> bool:
     return path.is_file() or (path.is_dir() and is_dcp_folder(path))
 
 
+_SIDECAR_HEAD = b'{"format":"ckpt-convert"'  # how every checkpoint.json ckpt-convert writes begins
+
+
+def _is_sidecar(path: Path) -> bool:
+    """A checkpoint.json that ckpt-convert wrote (not a user's file of that name in a training folder)."""
+    if not path.is_file():  # first: opening a FIFO would wait for a writer
+        return False
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(_SIDECAR_HEAD)) == _SIDECAR_HEAD
+    except OSError:
+        return False
+
+
+def _converted(folder: Path) -> bool:
+    return folder.is_dir() and _is_sidecar(folder / SIDECAR_NAME)
+
+
 def _source_exists(src: Path) -> None:
     if not os.path.lexists(src):
         raise ConvertError(f"{src}: no such file or folder")  # a source may be a file or a unit folder
@@ -40,9 +72,13 @@ def _source_exists(src: Path) -> None:
 def _check_convert(args: argparse.Namespace) -> None:
     src, dst = Path(args.src), Path(args.dst)
     _source_exists(src)
-    if src.is_dir() and (src / SIDECAR_NAME).is_file():
+    if _converted(src):
         raise ConvertError(f"{src} is already a converted folder: load it with load_checkpoint, check it with "
                            f"ckpt-convert verify {_q(src)}")
+    if dst.is_symlink():  # never followed nor replaced: --overwrite would not help
+        from ..write.ownership import not_a_folder
+
+        raise not_a_folder(dst)
     if os.path.lexists(dst) and not dst.is_dir():  # --overwrite replaces only an earlier output folder
         raise OutputExists(f"{dst} is an existing file; the destination is a folder to create: "
                            "give a new folder name")
@@ -64,6 +100,9 @@ def _check_verify(args: argparse.Namespace) -> None:
     dst = Path(args.dst)
     if not os.path.lexists(src):
         raise ConvertError(f"{src}: no such file or folder")
+    if _converted(src) and _converted(dst):
+        raise ConvertError(f"{src} is a converted folder, not a source: check a folder alone with ckpt-convert verify "
+                           f"{_q(dst)}, or against its source with ckpt-convert verify SRC {_q(dst)}")
     if not os.path.lexists(dst):
         raise ConvertError(f"{dst}: no such folder")
     if dst.is_file():

@@ -41,7 +41,8 @@ def select_state_dict(root: Any, key: str | None = None) -> tuple[dict, str]:
         value, path = found
         value = _unwrap(value)
         if not _holds_tensors(value, 0):
-            raise ConvertError(f"--key {key!r} is a {type(value).__name__}, not a dict of tensors; "
+            what = "a tensor" if isinstance(value, TENSORS) else f"a value of type {type(value).__name__}"
+            raise ConvertError(f"--key {key!r} is {what}, not a dict of tensors; "
                                f"candidates: {_candidates(root)}")
         return value, path
     found = _default(root, "", 0)

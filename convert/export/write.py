@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
-from ..errors import ENVIRONMENT_ERRNOS, CannotWrite, ConvertError, OutputExists, UnsupportedValue
+from ..errors import ConvertError, OutputExists, UnsupportedValue
 from ..model.dtypes import ITEMSIZE_BY_CODE, NATIVE, NUMPY_TO_DTYPE
 from ..model.records import NdArrayRef, TensorRef
 from ..model.tensor_bytes import contiguous_source, is_contiguous, ndarray_bytes, tensor_bytes
@@ -31,7 +31,7 @@ from ..primitives.hashing import PENDING_SHA256
 from ..primitives.lock import WriterLock
 from ..primitives.source import SourceBytes
 from ..primitives.temp import TempFolder, remove_stale_temporaries
-from ..write.folder import build_folder, parents_made
+from ..write.folder import build_folder, cannot_write, parents_made
 from ..write.ownership import EXPORT_INDEX_NAME, check_replaceable, is_export
 from ..write.ownership import EXPORT_MARK_KEY as MARK_KEY
 from ..write.plan import Entry
@@ -167,9 +167,10 @@ def write_file(dst: Path, entries: list[Entry], meta: dict[str, str], kernel: Ke
             finally:
                 temp.remove()
     except OSError as exc:
-        if exc.errno in ENVIRONMENT_ERRNOS:
-            raise CannotWrite(dst, exc.strerror or str(exc)) from None
-        raise
+        error = cannot_write(dst, exc)
+        if error is None:
+            raise
+        raise error from None
 
 
 def write_sharded(dst: Path, entries: list[Entry], meta: dict[str, str], kernel: KernelCopySources,

@@ -41,7 +41,7 @@ class Limits:
     # Sizes and counts.
     sidecar_bytes: int = 1 << 30  # checkpoint.json, whatever the headers say
     sidecar_nodes: int = 5_000_000  # values written per sidecar (a graph is written once: a plain size bound)
-    safetensors_header_bytes: int = 100 * 1024 * 1024  # the limit safetensors itself applies
+    safetensors_header_bytes: int = 100_000_000  # the limit safetensors itself applies (MAX_HEADER_SIZE)
     ndim: int = 64  # dimensions of one tensor or array
     dim: int = 1 << 62  # elements along one dimension
     same_hash: int = 256  # unequal keys of one container allowed to share a hash

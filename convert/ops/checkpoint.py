@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConvertError, require_torch
+from ..primitives.source import open_regular
 from ..sign.context import Signer, signing
 from ..sources.base import Source
 from ..sources.dcp_folder import DcpSource
@@ -90,6 +91,8 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, overwr
         unit = convert_unit(kind, src, dst, root=root, overwrite=overwrite, max_shard_size=max_shard_size)
         return report_of(src, dst, sidecars_under(dst), kind=kind, sha256=unit["sha256"],
                          converted=unit["converted"], copied=unit["copied"], skipped=unit["skipped"])
+    if kind == "file" and src.is_dir():  # a folder that is no checkpoint: said as such, before any DST check
+        os.close(open_regular(src)[0])  # raises the one wording ("...: is a folder, not a regular file")
     precheck(dst, [src], overwrite)  # before reading a possibly large source (the writer checks again)
     with open_source(src, kind=kind, converting=True, salvage=salvage) as source:
         return convert(source, dst, overwrite=overwrite, max_shard_size=max_shard_size)

@@ -11,7 +11,7 @@ from typing import Any
 from ..errors import OutputExists
 from ..sidecar.schema import SIDECAR_NAME, read_sidecar
 from ..sources.base import Source
-from ..write.ownership import check_replaceable
+from ..write.ownership import check_outside_sources, check_replaceable, not_a_folder
 from .pipeline import provenance, write_checkpoint_folder
 
 
@@ -41,10 +41,15 @@ class ConversionReport:
 def precheck(dst: Path, sources: Sequence[str | os.PathLike], overwrite: bool, *, file: bool = False) -> None:
     """Before reading a possibly large source: the destination is free, or replaceable (the writer asks again).
     `file`: the output is one file (export's OUT; see `check_replaceable`)."""
+    if not file and os.path.islink(dst):  # never followed nor replaced: --overwrite would not help
+        raise not_a_folder(dst)
     if os.path.lexists(dst) and not overwrite:
+        check_replaceable(dst, sources, file=file)  # what --overwrite would refuse is said now, not after the hint
         raise OutputExists.for_path(dst)
     if overwrite:
         check_replaceable(dst, sources, file=file)
+    if not file:
+        check_outside_sources(dst, sources)
 
 
 def convert(source: Source, dst: str | os.PathLike, *, overwrite: bool = False,

@@ -29,6 +29,7 @@ from ..errors import ConvertError
 from ..primitives.durable import copy_durably, fsync_dir
 from ..primitives.hashing import sha256_path
 from ..primitives.source import Identity, SourceChanged, open_regular
+from ..sidecar.schema import SIDECAR_NAME
 from ..sources.base import Source
 from ..sources.dcp_folder import DcpSource
 from ..sources.dcp_metadata import dcp_files, rank_metadata_files
@@ -103,6 +104,9 @@ def _fill(kind: str | None, src: Path, out: Path, root: Path, rel: str, outcome:
             continue
         if os.path.lexists(out / e.name):
             raise ConvertError(f"{sub}: its name is taken by the unit's converted weights; rename it in the source")
+        if e.name == SIDECAR_NAME:  # copied as is, it would make the output a converted folder with a foreign sidecar
+            raise ConvertError(f"{sub}: its name is ckpt-convert's sidecar's, which every tool reads as the folder's "
+                               "description; rename it in the source")
         if e.what == "folder":
             (out / e.name).mkdir()
             _fill(unit_kind(e.path), e.path, out / e.name, root, sub, outcome, digest, max_shard_size)

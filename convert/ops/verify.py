@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import ConvertError, CorruptFolder, MalformedCheckpoint
 from ..primitives.hashing import sha256_mapping, sha256_path
+from ..primitives.source import not_regular
 from ..sidecar.integrity import SEAL_KEY, check_digest, check_header, has_record
 from ..sidecar.safetensors_file import open_data_file  # torch-free: `verify FOLDER` imports no torch
 from ..sidecar.schema import inside_folder, read_sidecar
@@ -49,7 +50,8 @@ def _problems(folder: Path) -> list[str]:
         except (ConvertError, OSError):  # not inside the folder, not a regular file, unreadable
             actual = None
         if actual is None:
-            problems.append(f"{name} (copied into the folder) is missing")
+            why = not_regular(path) or "resolves outside the folder (a symbolic link)"
+            problems.append(f"{name} (copied into the folder) {why}")
         elif actual != expected:
             problems.append(f"{name}: sha256 {actual} differs from the {expected} recorded in checkpoint.json "
                             "(the copied file was changed)")
@@ -82,10 +84,14 @@ def verify_source(source: Source, folder: str | os.PathLike) -> list[str]:
     from .compare import compare_trees
 
     folder = Path(folder)
-    recorded = read_sidecar(folder)["source"]
+    try:
+        recorded = read_sidecar(folder, check_seal=True)["source"]
+        diffs = []
+    except CorruptFolder as exc:  # edited after it was written: what else it says is compared below
+        recorded = read_sidecar(folder)["source"]
+        diffs = [f"<folder>: {exc}"]
     original = materialize(source.root)
     expected = {**source.provenance(), **source.seal()}  # every byte read: unchanged, and its sha256
-    diffs = []
     if "parts" in expected or "parts" in recorded:
         if recorded.get("format") != expected["format"] or recorded.get("parts") != expected.get("parts") or \
                 recorded.get("sha256") != expected["sha256"]:

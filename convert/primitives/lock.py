@@ -116,7 +116,7 @@ class RunLock:
     def holder_pid(folder: Path, name: str) -> int | None:
         """The pid written by the holder if the lock is held now (-1: unreadable), else None (read-only check)."""
         try:
-            fd = os.open(folder / name, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            fd = os.open(folder / name, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))  # a FIFO: no wait
         except OSError:
             return None
         try:

@@ -52,6 +52,18 @@ def _kind(mode: int) -> str:
     return next((what for test, what in _KINDS if test(mode)), "not a regular file")
 
 
+def not_regular(path: Path) -> str:
+    """Why `path` is not a regular file (symlinks followed), as a phrase: "is missing", "is a FIFO (named pipe),
+    not a regular file", ...; "" if it is one."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "is missing" if not os.path.islink(path) else "is a dangling symbolic link"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    return "" if stat.S_ISREG(mode) else f"is {_kind(mode)}, not a regular file"
+
+
 def _environment_error(path: Path, exc: OSError, doing: str) -> ConvertError:
     if exc.errno == errno.ENOENT:
         return ConvertError(f"{path}: no such file")

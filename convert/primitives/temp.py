@@ -109,11 +109,14 @@ def owner_marker(dst_name: str) -> dict:
 
 def _read_marker(folder: Path) -> dict | None:
     """The folder's owner marker, or None if it is missing, not a regular file, too large or not ours."""
-    try:
-        fd = os.open(folder / MARKER, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:  # O_NONBLOCK: a FIFO planted as the marker must not block the open (or the read)
+        fd = os.open(folder / MARKER, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
+                     | getattr(os, "O_CLOEXEC", 0))
     except OSError:
         return None
     with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
         raw = f.read(_MAX_MARKER + 1)
     try:
         marker = json.loads(raw.decode("utf-8"))
@@ -183,14 +186,15 @@ def _remove_unmarked_skeleton(path: Path, pid: int) -> bool:
         if not names <= {MARKER}:  # a build was started: its marker was whole, and something else changed it
             return False
         if MARKER in names:
-            st = os.lstat(path / MARKER)
-            if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_MARKER:
-                return False
-            with open(path / MARKER, "rb") as f:  # a marker cut short: what `create` had written of it
-                head = f.read(len(_MARKER_HEAD))
+            fd = os.open(path / MARKER, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
+                         | getattr(os, "O_CLOEXEC", 0))  # as _read_marker: a FIFO must not block
+            with os.fdopen(fd, "rb") as f:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_MARKER:
+                    return False
+                head = f.read(len(_MARKER_HEAD))  # a marker cut short: what `create` had written of it
             if not _MARKER_HEAD.startswith(head):
                 return False
-        if MARKER in names:
             os.unlink(path / MARKER)
         os.rmdir(path)
     except OSError:  # changed meanwhile, or a concurrent cleaner got there first

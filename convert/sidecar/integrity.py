@@ -9,8 +9,9 @@ with `sha256sum`, and with the SHA extensions of current CPUs it hashes faster t
 writes (see benchmarks/durability.py).
 
 Checks, cheapest first:
-- `check_header` (every load, no extra I/O): the file's folder id equals the sidecar's and its data
-  area has the size the sidecar records. A file from another conversion is refused.
+- `check_header` (every load, no extra I/O): the file's folder id equals the sidecar's, the name it
+  was written as (`file_name`, in the same metadata) is its name, and its data area has the size the
+  sidecar records. A file from another conversion is refused.
 - `primitives.hashing.sha256_path` / `verify_folder` (`load_checkpoint(verify=True)`, `ckpt-convert verify FOLDER`):
   every byte of every data file against its digest.
 
@@ -36,6 +37,7 @@ import secrets
 from ..model.limits import LIMITS
 
 FOLDER_ID_KEY = "folder_id"
+FILE_NAME_KEY = "file_name"  # the name a data file was written as: two files of one folder swapped are refused
 SEAL_KEY = "integrity"
 MAX_HEADER = LIMITS.safetensors_header_bytes
 
@@ -138,6 +140,10 @@ def check_header(sidecar: dict, name: str, metadata: dict | None, data_bytes: in
     if found != expected:
         return (f"{name} belongs to another conversion than checkpoint.json (folder id {found or 'none'}, "
                 f"checkpoint.json has {expected or 'none'}); the folder mixes files of different conversions")
+    written_as = (metadata or {}).get(FILE_NAME_KEY)
+    if written_as is not None and written_as != name:  # absent: written before the name was recorded
+        return (f"{name} was written as {written_as} (data files of the folder were renamed or swapped); "
+                "rename them back or convert the source again")
     info = sidecar["files"].get(name)
     if info is not None and info["bytes"] != data_bytes:
         return f"{name} holds {data_bytes} bytes of data; checkpoint.json records {info['bytes']}"

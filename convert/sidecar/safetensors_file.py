@@ -18,6 +18,7 @@ from ..errors import MalformedCheckpoint
 from ..model.dtypes import ITEMSIZE_BY_CODE
 from ..model.limits import LIMITS
 from ..primitives.mapping import map_private
+from ..primitives.source import not_regular
 from .jsonio import strict_json
 from .schema import inside_folder
 
@@ -122,5 +123,5 @@ def open_data_file(folder: Path, name: str, cls: type[FileT] = SafetensorsFile) 
     """The data file `name` of `folder`, header-checked; it must be a plain file inside the folder."""
     path = folder / name
     if not path.is_file():
-        raise MalformedCheckpoint(f"{folder}: {name} is missing")
+        raise MalformedCheckpoint(f"{folder}: {name} {not_regular(path) or 'is missing'}")
     return cls(inside_folder(folder, path))

@@ -22,8 +22,10 @@ The source is only ever read.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
+import errno
 import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -41,17 +43,18 @@ from ..primitives.durable import (
 )
 from ..primitives.hashing import OutputDigest, sha256_fd
 from ..primitives.lock import WriterLock, remove_stale_lock
-from ..primitives.temp import TempFolder, remove_stale_temporaries
-from ..sidecar.integrity import FOLDER_ID_KEY, new_folder_id, record, seal
+from ..primitives.temp import TempFolder, is_temporary, remove_stale_temporaries
+from ..sidecar.integrity import FILE_NAME_KEY, FOLDER_ID_KEY, new_folder_id, record, seal
 from ..sidecar.schema import SIDECAR_NAME, check_sidecar_size
 from ..sign.context import sign_finished
-from .ownership import check_replaceable
+from .ownership import check_outside_sources, check_replaceable, not_a_folder
 from .plan import Plan
 from .safetensors_io import KernelCopySources, write_safetensors
 
 PT_METADATA = {"format": "pt"}
 FAULT_ENV = faults.WRITE_ENV  # the test hooks of each step (primitives/faults.py)
 FAULT_POINTS = faults.WRITE_POINTS
+MAX_UNFINISHED_FILES = 4  # data files written, not yet hashed and fsync'd: each holds a descriptor until then
 
 
 def write_folder(plan: Plan, dst: Path, *, overwrite: bool = False, copy_files: Iterable[Path] = (),
@@ -92,22 +95,41 @@ def build_folder(dst: Path, fill: Callable[[Path], None], *, overwrite: bool = F
     try:
         _build_folder(dst, fill, overwrite, sources)
     except OSError as exc:
-        if exc.errno in ENVIRONMENT_ERRNOS:
-            raise CannotWrite(dst, exc.strerror or str(exc)) from None
-        raise
+        error = cannot_write(dst, exc)
+        if error is None:
+            raise
+        raise error from None
+
+
+def cannot_write(dst: Path, exc: OSError) -> CannotWrite | None:
+    """The one-line error for an OS error met while writing `dst` if it is the user's environment (a full disk,
+    permissions, the folder removed or moved meanwhile), else None (a bug: let it surface)."""
+    if exc.errno in ENVIRONMENT_ERRNOS:
+        return CannotWrite(dst, exc.strerror or str(exc))
+    if exc.errno != errno.ENOENT:
+        return None
+    touched = [Path(os.fsdecode(f)) for f in (exc.filename, exc.filename2) if isinstance(f, (str, bytes))]
+    if not os.path.isdir(dst.parent) or any(is_temporary(p) for f in touched for p in f.parents):
+        return CannotWrite(dst, "its folder was removed or moved while it was being written")  # `rm -rf`, `mv`
+    if any(is_temporary(f) for f in touched):  # the temporary folder itself could not be made (/proc refuses)
+        return CannotWrite(dst, exc.strerror or str(exc))
+    return None
 
 
 def _build_folder(dst: Path, fill: Callable[[Path], None], overwrite: bool,
                   sources: Sequence[str | os.PathLike]) -> None:
     if overwrite:
         check_replaceable(dst, sources)  # first: refuse `.`, a mount point or a user's folder before anything
+    check_outside_sources(dst, sources)  # a folder source is read whole: never write into it
     remove_stale_temporaries(dst.parent, dst.name)  # first: it may put back an old folder a killed run moved aside
     if not overwrite:
         remove_stale_lock(dst)  # an overwriting run takes (and then removes) the lock anyway
+    if os.path.islink(dst):  # never followed nor replaced: --overwrite would not help
+        raise not_a_folder(dst)
     if os.path.lexists(dst) and not overwrite:  # early and friendly; the final rename decides
         raise OutputExists.for_path(dst)
     if os.path.lexists(dst) and not dst.is_dir():
-        raise ConvertError(f"{dst} exists and is not a folder")
+        raise not_a_folder(dst)
     with parents_made(dst.parent) as created, WriterLock(dst) if overwrite else contextlib.nullcontext():
         try:
             temp = TempFolder.create(dst)
@@ -148,19 +170,24 @@ def _write_contents(plan: Plan, folder: Path, copy_files: list[Path], before_sid
     metadata = {**PT_METADATA, FOLDER_ID_KEY: folder_id}
     # Each data file is hashed as it is written (OutputDigest), then fsync'd on a helper thread while the next is written.
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as finisher:
-        pending = {}
+        pending: dict[str, concurrent.futures.Future[str]] = {}
+        unfinished: collections.deque[concurrent.futures.Future[str]] = collections.deque()
         try:
             for name, entries in plan.files.items():
                 with open(folder / name, "xb+") as out:  # readable: hashed back through a dup of its fd
                     digest = OutputDigest(os.dup(out.fileno()))  # hashes it as it is written
                     try:
-                        write_safetensors(out, entries, metadata, kernel_copy_source=kernel_copy_source,
+                        write_safetensors(out, entries, {**metadata, FILE_NAME_KEY: name},
+                                          kernel_copy_source=kernel_copy_source,
                                           progress=digest.written)
                     except BaseException:
                         digest.cancel()
                         os.close(digest.fd)
                         raise
                     pending[name] = finisher.submit(_hash_and_sync, digest)
+                    unfinished.append(pending[name])
+                    while len(unfinished) > MAX_UNFINISHED_FILES:  # bounded descriptors, however many shards
+                        unfinished.popleft().result()
             digests = {name: future.result() for name, future in pending.items()}
         finally:
             for future in pending.values():  # on failure: close the fds of hashes that still run

@@ -50,7 +50,8 @@ def check_replaceable(dst: Path, sources: Sequence[str | os.PathLike] = (), *, f
     real = Path(os.path.realpath(dst))
     if os.path.ismount(real):
         raise DestinationNotOwned(f"{dst} is a mount point; refusing to replace it: write into a new folder inside it")
-    if _within(Path(os.path.realpath(os.getcwd())), real):
+    cwd = _current_folder()
+    if cwd is not None and _within(cwd, real):
         raise DestinationNotOwned(f"{dst} is the current folder (or holds it); refusing to replace it: "
                                   "name a new output folder")
     for source in sources:
@@ -65,13 +66,36 @@ def check_replaceable(dst: Path, sources: Sequence[str | os.PathLike] = (), *, f
                                       "move it away or write the output to another file")
         return
     if dst.is_symlink() or not dst.is_dir():
-        raise ConvertError(f"{dst} exists and is not a folder")
+        raise not_a_folder(dst)
     unit_sources = [Path(s) for s in sources if Path(s).is_dir()]
     in_way = _foreign_entries_of_one_folder(dst, unit_sources)
     if in_way:
         shown = ", ".join(in_way[:SHOWN]) + (f" and {len(in_way) - SHOWN} more" if len(in_way) > SHOWN else "")
         raise DestinationNotOwned(f"{dst} holds files ckpt-convert did not write ({shown}); refusing to replace it: "
                                   "move them away or write the output to another folder")
+
+
+def not_a_folder(dst: Path) -> ConvertError:
+    """The one wording of a destination in the way that is not a folder (a symlink is never followed nor replaced)."""
+    if os.path.islink(dst):
+        return ConvertError(f"{dst} is a symbolic link; it is never followed nor replaced: give the folder's own "
+                            f"path ({os.path.realpath(dst)}) or a new folder name")
+    return ConvertError(f"{dst} exists and is not a folder; give a new folder name")
+
+
+def check_outside_sources(dst: Path, sources: Sequence[str | os.PathLike] = ()) -> None:
+    """Raise ConvertError if the output folder `dst` would lie inside a source folder (paths resolved).
+
+    A folder source (HF, Trainer, DCP) is read whole, so an output inside it would be read back into
+    itself (its temporary folder copied into itself, level after level, until the path overflows), and
+    the source would be written. A file's folder is not protected here: `x.pt` → `x/` beside it is usual."""
+    real = Path(os.path.realpath(dst))
+    for source in sources:
+        held = Path(os.path.realpath(source))
+        if held.is_dir() and _within(real, held):
+            what = "is the source folder" if real == held else f"is inside the source folder {source}"
+            raise ConvertError(f"{dst} {what}; nothing under the source is written: "
+                               "write the output to a folder outside it")
 
 
 SWAP_RETRIES = 3
@@ -169,6 +193,14 @@ def is_export(path: Path) -> bool:
     weights = [p for p in entries if p.suffix == ".safetensors"]
     return bool(weights) and all(is_export(p) for p in weights) and \
         all(p.suffix == ".safetensors" or (p.name == EXPORT_INDEX_NAME and _plain_file(p)) for p in entries)
+
+
+def _current_folder() -> Path | None:
+    """The resolved current folder; None if it was deleted (a shell left in it): no destination holds it."""
+    try:
+        return Path(os.path.realpath(os.getcwd()))
+    except FileNotFoundError:
+        return None
 
 
 def _plain_file(path: Path) -> bool:

@@ -22,9 +22,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from ..errors import ConvertError
+from ..errors import ConvertError, UnsupportedValue
 from ..model.chunked import ChunkedSource
 from ..model.dtypes import ITEMSIZE_BY_CODE
+from ..model.limits import LIMITS
 from .plan import Entry
 
 CHUNK = 32 << 20  # bytes per write() from the input mapping: bounds the pages of it held at once
@@ -61,6 +62,10 @@ def header_bytes(entries: list[Entry], metadata: dict[str, str]) -> bytes:
         offset += entry.nbytes
     raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     raw += b" " * (-(len(raw) + 8) % 16)  # data starts 16-aligned (see layout)
+    if len(raw) > LIMITS.safetensors_header_bytes:  # safetensors (and the loader) would refuse to read the file
+        raise UnsupportedValue(f"a safetensors header of {len(raw)} bytes (the tensors' names, dtypes and shapes) is "
+                               f"over the {LIMITS.safetensors_header_bytes} bytes safetensors reads; use shorter names "
+                               "or split the tensors over more files (--max-shard-size)")
     return len(raw).to_bytes(8, "little") + raw
 
 
