@@ -13,6 +13,21 @@ ENVIRONMENT_ERRNOS = frozenset(code for code in (
 ) if code is not None)
 
 
+OUT_OF_MEMORY = "out of memory; free some memory or raise the limit (ulimit -v) and retry"
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line for an unexpected exception of one job among many (migrate's per-file report): memory and the
+    user's environment (disk full, permissions, too many open files...) in their own words, naming the file;
+    anything else is a bug: "internal error: ..."."""
+    if out_of_memory(exc):
+        return f"error: {OUT_OF_MEMORY}"
+    if isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"error: {where}{exc.strerror or exc}"
+    return f"internal error: {type(exc).__name__}: {exc}"
+
+
 def out_of_memory(exc: BaseException) -> bool:
     """Whether `exc` is memory running out: a MemoryError, an OSError ENOMEM (a mapping refused), or an ImportError
     whose shared library the address-space limit (`ulimit -v`) refused to map (numpy wraps the loader's error)."""

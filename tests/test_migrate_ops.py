@@ -311,3 +311,36 @@ def test_the_rerun_removes_what_a_worker_killed_mid_start_left(tmp_path):
     report = migrate(src, dst, jobs=1)
     assert report.files["a.pt"]["status"] == "converted" and not left.exists()
     assert not stale_temporaries(dst)
+
+
+# ------------------------------------------------------------------ a job's unexpected failure, in its own words
+
+@pytest.mark.parametrize("raised, expected", [
+    (MemoryError(), "error: out of memory; free some memory or raise the limit (ulimit -v) and retry"),
+    (OSError(24, "Too many open files", "/d/a.pt"), "error: /d/a.pt: Too many open files"),
+    (ValueError("a bug"), "internal error: ValueError: a bug"),
+])
+def test_a_jobs_memory_or_environment_failure_is_not_called_an_internal_error(retry_tree, tmp_path, monkeypatch,
+                                                                              raised, expected):
+    import convert.migrate.worker as worker
+
+    def fail(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(worker, "convert_checkpoint", fail)
+    job = {job.rel: job for job in find_jobs(retry_tree)[0]}["a.pt"]
+    entry = pool_job(job, str(tmp_path / "dst"))
+    assert (entry["status"], entry["reason"]) == ("failed", expected)
+
+
+@pytest.mark.parametrize("status", [False, True])
+def test_a_fifo_in_place_of_the_journal_is_one_line_not_a_hang(tmp_path, status):
+    from tests.helpers import assert_one_line_error
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    _sources(src)
+    dst.mkdir()
+    os.mkfifo(dst / JOURNAL_NAME)
+    proc = run_cli("migrate", "--status", str(dst)) if status else run_cli("migrate", str(src), str(dst))
+    assert_one_line_error(proc)
+    assert "not a regular file" in proc.stderr and JOURNAL_NAME in proc.stderr

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from .._version import __version__
-from ..errors import ENVIRONMENT_ERRNOS, ConvertError, MissingDependency, out_of_memory
+from ..errors import ENVIRONMENT_ERRNOS, OUT_OF_MEMORY, ConvertError, MissingDependency, out_of_memory
 from ..primitives.signals import Terminated, sigterm_raises
 from . import commands, hints, signing
 
@@ -24,7 +24,6 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 EXIT_TERMINATED = 143  # 128 + SIGTERM
 EXIT_INTERNAL = 70  # EX_SOFTWARE (sysexits.h): a bug in ckpt-convert, not bad input
 MIN_ADDRESS_SPACE = 128 << 20  # below this `ulimit -v`, importing numpy fails (or OpenBLAS ends the process)
-OUT_OF_MEMORY = "out of memory; free some memory or raise the limit (ulimit -v) and retry"
 TORCH_SIDE = {"torch"}  # what load/verify/inspect-folder/demo need beyond the lean install
 
 DESCRIPTION = """\

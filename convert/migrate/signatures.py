@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConvertError, SignatureInvalid, UnsignedFolder
+from ..errors import ConvertError, SignatureInvalid, UnsignedFolder, failure_reason
 from ..ops.convert import sidecars_under
 from ..ops.verify import verify_folder
 from ..sign.policy import TrustPolicy
@@ -96,6 +96,6 @@ def sign_earlier_output(job: Job, dst_root: str, private_key: str) -> dict[str, 
         entry.update(status="skipped", signature=signature_record(out, key_id(private_key)))
     except ConvertError as exc:
         entry.update(status="failed", reason=f"{exc.label}: {exc}")
-    except Exception as exc:  # a bug must not stop the whole migration
-        entry.update(status="failed", reason=f"internal error: {type(exc).__name__}: {exc}")
+    except Exception as exc:  # memory, the environment or a bug: must not stop the whole migration
+        entry.update(status="failed", reason=failure_reason(exc))
     return entry

@@ -8,7 +8,15 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConvertError, DestinationNotOwned, MissingDependency, OutputExists, UnsafeCheckpoint, require_torch
+from ..errors import (
+    ConvertError,
+    DestinationNotOwned,
+    MissingDependency,
+    OutputExists,
+    UnsafeCheckpoint,
+    failure_reason,
+    require_torch,
+)
 from ..ops.checkpoint import convert_checkpoint, verify_checkpoint
 from ..ops.convert import report_of, sidecars_under
 from ..ops.verify import verify_folder
@@ -119,8 +127,8 @@ def run_job(job: Job, dst_root: str, max_shard_size: str | None = None) -> dict[
         entry.update(status="failed", reason=f"{exc.label}: {exc}", owner=False)
     except ConvertError as exc:
         entry.update(status="failed", reason=f"{exc.label}: {exc}")
-    except Exception as exc:  # a converter bug must not stop the whole migration
-        entry.update(status="failed", reason=f"internal error: {type(exc).__name__}: {exc}")
+    except Exception as exc:  # memory, the environment, or a converter bug: must not stop the whole migration
+        entry.update(status="failed", reason=failure_reason(exc))
     entry["seconds"] = round(time.perf_counter() - start, 3)
     return entry
 
@@ -174,5 +182,5 @@ def scan_job(job: Job) -> dict[str, Any]:
     except ConvertError as exc:
         entry.update(status="failed", reason=f"{exc.label}: {exc}")
     except Exception as exc:
-        entry.update(status="failed", reason=f"internal error: {type(exc).__name__}: {exc}")
+        entry.update(status="failed", reason=failure_reason(exc))
     return entry
