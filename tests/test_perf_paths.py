@@ -89,6 +89,7 @@ def test_copy_from_an_input_that_shrank_is_refused(tmp_path):
 def test_writer_without_registered_input_matches_kernel_copy(tmp_path, rich_checkpoint):
     """Outside convert_checkpoint (no fd registered) the writer streams from the mapping: same bytes."""
     from convert.ops.pipeline import provenance
+    from convert.sidecar.integrity import FILE_NAME_KEY
     from convert.sources.file import FileSource
     from convert.write.folder import PT_METADATA
     from convert.write.plan import make_plan
@@ -101,7 +102,8 @@ def test_writer_without_registered_input_matches_kernel_copy(tmp_path, rich_chec
         for name, entries in plan.files.items():
             assert any(e.source is not None for e in entries)
             with open(tmp_path / name, "wb") as out:
-                safetensors_io.write_safetensors(out, entries, {**PT_METADATA, "folder_id": folder_id})
+                safetensors_io.write_safetensors(out, entries, {**PT_METADATA, "folder_id": folder_id,
+                                                                FILE_NAME_KEY: name})
             assert (tmp_path / name).read_bytes() == (tmp_path / "ref" / name).read_bytes()
         del plan
 
