@@ -140,6 +140,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--name", default="limits", help="results file stem (default limits)")
     ap.add_argument("--only", default="", help="comma-separated groups: big,many,scan (default all)")
     ap.add_argument("--keep", action="store_true", help="keep the generated files")
+    ap.add_argument("--convert-only", action="store_true", help="big: only the conversion's rows (cp, sha256, floor, "
+                    "convert), no loads: for sizes whose loads would not fit in memory beside the page cache")
     ap.add_argument("--baseline", type=Path, help="another checkout (e.g. the previous release): its convert and "
                     "loads are measured too, interleaved, as '(baseline)' rows")
     args = ap.parse_args(argv)
@@ -152,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         src = args.work / f"gpt2-{int(args.size_mb)}mb.pt"
         if not src.exists():
             build_gpt2(args.size_mb, src)
-        doc["tables"]["big"] = measure_big(src, args.work, args.reps, args.baseline)
+        doc["tables"]["big"] = measure_big(src, args.work, args.reps, args.baseline, args.convert_only)
     if "many" in groups and args.tensors:
         from benchmarks.perf.many_tensors import generate
 
@@ -213,11 +215,11 @@ def measure_fn(method: str, path: Path, checkout: Path | None = None):
     return fn
 
 
-def measure_big(src: Path, work: Path, reps: int, baseline: Path | None) -> dict:
+def measure_big(src: Path, work: Path, reps: int, baseline: Path | None, convert_only: bool = False) -> dict:
     size = src.stat().st_size
     print(f"GPT-2 + AdamW checkpoint {src} ({size / 1e9:.2f} GB)", flush=True)
     copy, folder = work / "copy.pt", work / "big.converted"
-    if not folder.exists():
+    if not folder.exists() and not convert_only:
         Runner.run([PY, "-m", "convert", "convert", str(src), str(folder)])
 
     def cp(durable: bool):
@@ -247,10 +249,14 @@ def measure_big(src: Path, work: Path, reps: int, baseline: Path | None) -> dict
         "load_checkpoint": measure_fn("load_ours_lazy", folder),
         "load_checkpoint mmap=False": measure_fn("load_ours_full", folder),
     }
+    if convert_only:
+        methods = {name: fn for name, fn in methods.items() if not name.startswith(("torch.load", "safetensors",
+                                                                                    "load_checkpoint"))}
     if baseline is not None:
-        methods |= {"convert (baseline)": convert_fn(src, out, checkout=baseline),
-                    "load_checkpoint (baseline)": measure_fn("load_ours_lazy", folder, baseline),
-                    "load_checkpoint mmap=False (baseline)": measure_fn("load_ours_full", folder, baseline)}
+        methods |= {"convert (baseline)": convert_fn(src, out, checkout=baseline)}
+        if not convert_only:
+            methods |= {"load_checkpoint (baseline)": measure_fn("load_ours_lazy", folder, baseline),
+                        "load_checkpoint mmap=False (baseline)": measure_fn("load_ours_full", folder, baseline)}
     runs = interleave(methods, reps)
     remove(copy)
     remove(out)
@@ -263,13 +269,16 @@ def measure_big(src: Path, work: Path, reps: int, baseline: Path | None) -> dict
         target("(bound) convert ≤ 1.3 × floor", rows["convert"]["wall"],
                rows["floor: sha256 ∥ (copy + sha256 + fsync)"]["wall"], 1.3, "wall"),
         target("convert peak RSS ≤ 300 MiB", rows["convert"]["peak_rss"] / 2**20, 300, 1.0, "MiB"),
+    ]
+    if not convert_only:
+        targets += [
         target("load_checkpoint ≤ 1.0 × torch.load mmap", rows["load_checkpoint"]["op"], rows["torch.load mmap"]["op"],
                1.0, "op"),
         target("load_checkpoint ≤ 1.0 × safetensors load_file", rows["load_checkpoint"]["op"],
                rows["safetensors load_file"]["op"], 1.0, "op"),
         target("load_checkpoint mmap=False ≤ 1.0 × torch.load", rows["load_checkpoint mmap=False"]["op"],
                rows["torch.load"]["op"], 1.0, "op"),
-    ]
+        ]
     return {"title": f"GPT-2-shaped + AdamW training checkpoint, {size / 1e9:.2f} GB", "size_bytes": size,
             "rows": rows, "targets": targets}
 
