@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable, Generator
-from types import GeneratorType
 from typing import Any
 
 from ..errors import MalformedCheckpoint, UnsupportedValue
+from ..primitives.explicit_stack import drive
 from .limits import LIMITS
 from .paths import Field, format_path
 from .records import ModuleRecord, ObjectRecord
@@ -52,7 +52,7 @@ def transform(root: Any, leaf: Callable[[Any], Any], special: Special | None = N
             return _container(value, kind, memo, depth + 1, parent, visit)
         if kind is ObjectRecord or kind is ModuleRecord:
             def recurse(v: Any, _d: int = depth + 1, _p: tuple | None = parent) -> Any:
-                return _run(visit(v, _d, _p), visit)
+                return drive(visit(v, _d, _p), visit)
             out = special(value, recurse) if special is not None else NotImplemented
             if out is NotImplemented:
                 return _record(value, memo, depth + 1, parent)
@@ -64,32 +64,12 @@ def transform(root: Any, leaf: Callable[[Any], Any], special: Special | None = N
         return out
 
     try:
-        return _run(visit(root, 0, None), visit)
+        return drive(visit(root, 0, None), visit)
     except RecursionError:  # only through a `special` that nests its own `recurse` calls
         raise MalformedCheckpoint("checkpoint nests too deeply") from None
 
 
 Walk = Generator[tuple[Any, int, "tuple | None"], Any, Any]
-
-
-def _run(top: Any, visit: Callable[[Any, int, tuple | None], Any]) -> Any:
-    """Drive the stack of generators `visit` opens, depth first, until `top` returns."""
-    if type(top) is not GeneratorType:
-        return top
-    stack, sent = [top], None
-    while True:
-        try:
-            child = stack[-1].send(sent)
-        except StopIteration as done:
-            stack.pop()
-            if not stack:
-                return done.value
-            sent = done.value
-            continue
-        sent = visit(*child)
-        if type(sent) is GeneratorType:
-            stack.append(sent)
-            sent = None
 
 
 def _container(value: Any, kind: type, memo: dict[int, Any], d: int, parent: tuple | None,

@@ -37,6 +37,7 @@ from ..model.limits import LIMITS
 from ..model.paths import KEY, Field, format_path
 from ..model.records import GlobalRef, ModuleRecord, NdArrayRef, NpDType, NpScalar, ObjectRecord, TensorRef, Unsupported
 from ..model.torch_types import DTYPES_BY_NAME, Device, DType, TorchSize, dtype_name, parse_device
+from ..primitives.explicit_stack import drive
 from .deep import json_depth
 from .schema import MAX_SIDECAR_BYTES
 
@@ -659,27 +660,7 @@ class Encoder:
         each is a generator (`_node`, or a hook's, such as a tensor's for its attributes) that yields
         `(child, path, depth)` and receives it encoded, in order. A hook that returns a whole value (a
         module's entry, a state dict's pairs) may call `value` again: one more, shallow, stack."""
-        if type(top) is not GeneratorType:
-            return top
-        stack, sent = [top], None
-        try:
-            while True:
-                try:
-                    child = stack[-1].send(sent)
-                except StopIteration as done:
-                    stack.pop()
-                    if not stack:
-                        return done.value
-                    sent = done.value
-                    continue
-                sent = self._open(*child)
-                if type(sent) is GeneratorType:
-                    stack.append(sent)
-                    sent = None
-        except BaseException:
-            for gen in reversed(stack):  # unwind as recursion would: the `open` bookkeeping of each level
-                gen.close()
-            raise
+        return drive(top, self._open)  # on an error, each open level's bookkeeping unwinds as recursion would
 
     def _open(self, v: Any, path: list, depth: int) -> Any:
         """A leaf encoded, or the generator that encodes a container (see `run`)."""
@@ -837,24 +818,7 @@ class Decoder:
         """`v` decoded, iteratively: an explicit stack of the containers being filled, at most DECODE_MAX_DEPTH
         deep (each one a generator that yields its children and receives them decoded, in order)."""
         try:
-            sent = self._open(v, depth)
-            if type(sent) is not GeneratorType:
-                return sent
-            stack = [sent]
-            sent = None
-            while True:
-                try:
-                    child, level = stack[-1].send(sent)
-                except StopIteration as done:
-                    stack.pop()
-                    sent = done.value
-                    if not stack:
-                        return sent
-                    continue
-                sent = self._open(child, level)
-                if type(sent) is GeneratorType:
-                    stack.append(sent)
-                    sent = None
+            return drive(self._open(v, depth), self._open)
         except RecursionError:  # only through a callback that decodes by calling `value` (the loader's yield instead)
             raise MalformedCheckpoint("sidecar nests too deeply") from None
 
