@@ -429,3 +429,17 @@ if leaked:
     sys.exit(99)
 sys.exit(rc)
 """
+
+
+def key_pair(folder: Path, name: str) -> tuple[Path, Path]:
+    """A fresh ECDSA P-256 key pair written as `name.pem` (private, PKCS8) and `name.pub` under `folder`."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    private, public = folder / f"{name}.pem", folder / f"{name}.pub"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
+    return private, public

@@ -195,22 +195,9 @@ def test_a_unit_output_whose_journal_line_was_lost_is_adopted_not_refused(retry_
 
 # ------------------------------------------------------------------ --sign-key over outputs of earlier runs
 
-from tests.helpers import run_cli  # noqa: E402
+from tests.helpers import key_pair, run_cli  # noqa: E402
 
 SIGNATURE = "model.sig"
-
-
-def _key_pair(folder: Path, name: str) -> tuple[Path, Path]:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    private, public = folder / f"{name}.pem", folder / f"{name}.pub"
-    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
-    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
-    return private, public
 
 
 def _signatures(dst: Path, outputs) -> dict[str, tuple[int, int]]:
@@ -220,8 +207,8 @@ def _signatures(dst: Path, outputs) -> dict[str, tuple[int, int]]:
 
 def test_a_rerun_with_a_sign_key_signs_the_outputs_earlier_runs_left_unsigned(retry_tree, tmp_path):
     pytest.importorskip("model_signing", reason="signing needs the sign extra")
-    private, public = _key_pair(tmp_path, "ours")
-    other, _ = _key_pair(tmp_path, "other")
+    private, public = key_pair(tmp_path, "ours")
+    other, _ = key_pair(tmp_path, "other")
     dst = tmp_path / "dst"
     outputs = [*NAMES, "bert"]
     assert migrate(retry_tree, dst, jobs=1).exit_code == 0
@@ -252,7 +239,7 @@ def test_a_rerun_with_a_sign_key_signs_the_outputs_earlier_runs_left_unsigned(re
 
 def test_a_damaged_earlier_output_is_not_signed(retry_tree, tmp_path):
     pytest.importorskip("model_signing", reason="signing needs the sign extra")
-    private, _ = _key_pair(tmp_path, "ours")
+    private, _ = key_pair(tmp_path, "ours")
     dst = tmp_path / "dst"
     migrate(retry_tree, dst, jobs=1)
     data = next((dst / "a.pt").glob("*.safetensors"))

@@ -27,25 +27,15 @@ from convert.ops.save import save_checkpoint  # noqa: E402
 from convert.ops.units import convert_hf_folder  # noqa: E402
 from convert.ops.verify import verify_folder  # noqa: E402
 from convert.sign import SIGNATURE_NAME, verify_signature  # noqa: E402
-from tests.helpers import REPO_ROOT, assert_equivalent, assert_one_line_error, run_cli, run_python  # noqa: E402
+from tests.helpers import REPO_ROOT, assert_equivalent, assert_one_line_error, key_pair, run_cli, run_python  # noqa: E402
 
 UPSTREAM_CLI = Path(sys.executable).with_name("model_signing")
-
-
-def _key_pair(folder: Path, name: str) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    private, public = folder / f"{name}.pem", folder / f"{name}.pub"
-    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
-    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
-    return private, public
 
 
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory):
     folder = tmp_path_factory.mktemp("keys")
-    return {"ours": _key_pair(folder, "ours"), "other": _key_pair(folder, "other")}
+    return {"ours": key_pair(folder, "ours"), "other": key_pair(folder, "other")}
 
 
 def _state(seed: int) -> dict:
