@@ -385,18 +385,13 @@ def rerun_until_no_temporaries(root, rerun, seconds: float = 300.0) -> None:
     (however slowly a loaded machine lets them exit), then re-run once: nothing may be left."""
     import time
 
-    from convert.primitives.temp import _NAME, _is_zombie, _read_marker, owner_is_gone
+    from convert.primitives.temp import _NAME, _read_marker, owner_is_gone, pid_is_gone
 
     def gone(path: Path) -> bool:
         marker = _read_marker(path)
         if marker is not None:
             return owner_is_gone(marker)
-        pid = int(_NAME.fullmatch(path.name)["pid"])  # killed before its marker was whole: the pid in the name
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        return _is_zombie(pid)
+        return pid_is_gone(int(_NAME.fullmatch(path.name)["pid"]))  # killed before its marker was whole
 
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:

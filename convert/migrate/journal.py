@@ -17,10 +17,8 @@ unique temp file, fsync'd, renamed over, folder fsync'd). The version-1 manifest
 
 from __future__ import annotations
 
-import errno
 import json
 import os
-import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +27,7 @@ from typing import Any
 from ..errors import ConvertError
 from ..primitives import faults
 from ..primitives.durable import fsync_fd, write_atomic
+from ..primitives.source import open_own_file
 
 JOURNAL_NAME = ".ckpt-convert-journal.jsonl"
 JOURNAL_VERSION = 2
@@ -119,27 +118,13 @@ def read_journal(dst: Path) -> JournalState:
     """The journal in `dst` (empty if there is none), read-only: safe while a migrate is running."""
     path = dst / JOURNAL_NAME
     try:
-        fd = _open_journal(path, os.O_RDONLY)
+        fd = open_own_file(path)  # a FIFO planted there must not hang migrate
     except FileNotFoundError:
         return JournalState()
     except OSError as exc:
         raise ConvertError(f"{path}: cannot read the migration journal: {exc.strerror}") from None
     with os.fdopen(fd, "rb") as f:
         return parse_journal(f.read())
-
-
-def _open_journal(path: Path, flags: int, mode: int = 0o644) -> int:
-    """Open the journal without blocking on a FIFO or following a symlink planted in its place; only a
-    regular file is a journal (a FIFO or anything else: OSError, worded by the caller)."""
-    fd = os.open(path, flags | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file (move it away)")
-        os.set_blocking(fd, True)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 
 class Journal:
@@ -153,7 +138,7 @@ class Journal:
         self.appended = 0
         self.started_lines = 0  # not counted in `appended`: the fault points count finished files
         try:
-            self._fd = _open_journal(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+            self._fd = open_own_file(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
             if state.torn_bytes or os.fstat(self._fd).st_size != state.good_bytes:
                 os.ftruncate(self._fd, state.good_bytes)  # cut a torn last line: the next append starts clean
             if state.good_bytes == 0:

@@ -72,6 +72,24 @@ def _environment_error(path: Path, exc: OSError, doing: str) -> ConvertError:
     return ConvertError(f"{path}: cannot {doing} ({exc.strerror or exc})")
 
 
+def open_own_file(path: Path, flags: int = os.O_RDONLY, mode: int = 0o644) -> int:
+    """Open one of the tool's own small files (a marker, a journal) without waiting and without following a
+    symlink planted in its place: a FIFO there must not block the open, only a regular file is accepted.
+
+    Returns the descriptor in blocking mode (close-on-exec). Raises OSError (a FIFO or anything but a regular
+    file: EINVAL, "not a regular file (move it away)"), which callers word for their file.
+    """
+    fd = os.open(path, flags | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file (move it away)")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def open_regular(path: Path) -> tuple[int, os.stat_result]:
     """Open `path` read-only if it is a regular file; returns (fd, fstat). Raises ConvertError otherwise.
 

@@ -26,12 +26,12 @@ import re
 import secrets
 import shutil
 import socket
-import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .durable import NAME_MAX, fit_name, rename_noreplace
+from .source import open_own_file
 
 MARKER = "owner.json"
 BUILD = "new"
@@ -109,14 +109,11 @@ def owner_marker(dst_name: str) -> dict:
 
 def _read_marker(folder: Path) -> dict | None:
     """The folder's owner marker, or None if it is missing, not a regular file, too large or not ours."""
-    try:  # O_NONBLOCK: a FIFO planted as the marker must not block the open (or the read)
-        fd = os.open(folder / MARKER, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
-                     | getattr(os, "O_CLOEXEC", 0))
+    try:  # a FIFO planted as the marker must not block the open (or the read)
+        fd = open_own_file(folder / MARKER)
     except OSError:
         return None
     with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
         raw = f.read(_MAX_MARKER + 1)
     try:
         marker = json.loads(raw.decode("utf-8"))
@@ -150,6 +147,17 @@ def owner_is_gone(marker: dict) -> bool:
     return started is not None and process_start_time(pid) not in (None, started)
 
 
+def pid_is_gone(pid: int) -> bool:
+    """No process has `pid`, or only its zombie; False if it runs or cannot be told (another user's)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return _is_zombie(pid)
+
+
 def _is_zombie(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
@@ -171,26 +179,15 @@ def _remove_unmarked_skeleton(path: Path, pid: int) -> bool:
     """A run killed inside `TempFolder.create`, between the mkdir and the marker's last byte, leaves a folder
     with no valid marker. Remove it only if it holds nothing but a marker cut short (or none: `create` writes
     owner.json before it makes new/) and the pid in its name runs no process: each entry by name, never rmtree."""
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-        if not _is_zombie(pid):
-            return False  # alive (or its pid reused): a later run decides
-    except ProcessLookupError:
-        pass
-    except OSError:
+    if pid == os.getpid() or not pid_is_gone(pid):  # alive (or its pid reused): a later run decides
         return False
     try:
         names = set(os.listdir(path))
         if not names <= {MARKER}:  # a build was started: its marker was whole, and something else changed it
             return False
         if MARKER in names:
-            fd = os.open(path / MARKER, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
-                         | getattr(os, "O_CLOEXEC", 0))  # as _read_marker: a FIFO must not block
-            with os.fdopen(fd, "rb") as f:
-                st = os.fstat(fd)
-                if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_MARKER:
+            with os.fdopen(open_own_file(path / MARKER), "rb") as f:  # as _read_marker: a FIFO must not block
+                if os.fstat(f.fileno()).st_size > _MAX_MARKER:
                     return False
                 head = f.read(len(_MARKER_HEAD))  # a marker cut short: what `create` had written of it
             if not _MARKER_HEAD.startswith(head):
