@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from .._version import __version__
-from ..errors import ENVIRONMENT_ERRNOS, OUT_OF_MEMORY, ConvertError, MissingDependency, out_of_memory
+from ..errors import ENVIRONMENT_ERRNOS, OUT_OF_MEMORY, ConvertError, MissingDependency, failure_reason, out_of_memory
 from ..primitives.signals import Terminated, sigterm_raises
 from . import commands, hints, signing
 
@@ -259,15 +259,11 @@ def _main(argv: Sequence[str] | None) -> int:
         _drop_stdout()
         return 0
     except OSError as exc:  # the user's environment (disk full, permissions...) wherever it surfaced: not a bug
-        if out_of_memory(exc) and not args.debug:  # ENOMEM: a mapping the address-space limit refused
-            print(f"ckpt-convert: error: {OUT_OF_MEMORY}", file=sys.stderr)
-            return 2
-        if args.debug or exc.errno not in ENVIRONMENT_ERRNOS:
-            if args.debug:
-                raise
+        if args.debug:
+            raise
+        if not out_of_memory(exc) and exc.errno not in ENVIRONMENT_ERRNOS:
             return _internal_error(exc)
-        where = f"{exc.filename}: " if exc.filename else ""
-        print(f"ckpt-convert: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        print(f"ckpt-convert: {failure_reason(exc)}", file=sys.stderr)  # the wording migrate's jobs report too
         return 2
     except Terminated:
         print("ckpt-convert: terminated", file=sys.stderr)
