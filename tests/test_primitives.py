@@ -55,6 +55,27 @@ def test_one_hasher_for_fd_ranges_paths_mappings_and_files_in_the_background(tmp
     assert not any(hasattr(integrity, name) for name in ("fd_sha256", "file_sha256", "mapping_sha256"))
 
 
+@pytest.mark.parametrize("file_offset", [0, 64, 4096 * 3 + 8, 4095])
+@pytest.mark.parametrize("out_position", [None, 0, 16, 64, 4096 + 31, 2048])
+def test_copy_buffer_views_keep_reads_and_writes_out_of_the_slow_distance(file_offset, out_position):
+    # AMD's kernel copy is ~4x slower when the destination lies 1-31 bytes past the source (mod 4096)
+    import ctypes
+
+    from convert.primitives.copy_buffer import PAGE, SLOW_DISTANCE, CopyBuffer
+
+    buffer = CopyBuffer(64 << 10)
+    view = buffer.view(file_offset, out_position)
+    assert len(view) == 64 << 10 and not view.readonly
+    address = ctypes.addressof(ctypes.c_char.from_buffer(view))
+    read_distance = (address - file_offset) % PAGE  # pread: page cache → buffer
+    assert not 0 < read_distance < SLOW_DISTANCE
+    if out_position is None or not 0 < (out_position - file_offset) % PAGE < SLOW_DISTANCE:
+        assert read_distance == 0  # the read lands at distance 0 where the write allows it
+    if out_position is not None:
+        assert not 0 < (out_position - address) % PAGE < SLOW_DISTANCE  # write: buffer → page cache
+    view.release()
+
+
 def test_background_hashes_of_a_missing_file_raise_when_collected(tmp_path):
     with BackgroundSha256.of_files([tmp_path / "absent"]) as hashes, pytest.raises(ConvertError, match="absent"):
         hashes.parts()

@@ -119,6 +119,7 @@ def write_one(path: Path, entries: list[Entry], meta: dict[str, str], kernel: Ke
     at = header.find(f'"{SHA_KEY}":"{PENDING_SHA256}"'.encode())
     with open(path, "xb") as out:
         write_safetensors(out, entries, meta, kernel_copy_source=kernel)
+        fsync_fd(out.fileno())  # the writeback overlaps the source's digest, still running; `seal` flushes one page
     return at + len(f'"{SHA_KEY}":"'.encode())
 
 

@@ -26,6 +26,7 @@ from ..errors import ConvertError, UnsupportedValue
 from ..model.chunked import ChunkedSource
 from ..model.dtypes import ITEMSIZE_BY_CODE
 from ..model.limits import LIMITS
+from ..primitives.copy_buffer import CopyBuffer
 from .plan import Entry
 
 CHUNK = 32 << 20  # bytes per write() from the input mapping: bounds the pages of it held at once
@@ -135,15 +136,16 @@ class _Copier:
 
     def __init__(self, fd: int, progress: Callable[[int], None] | None) -> None:
         self.fd, self.progress = fd, progress
-        self._view: memoryview | None = None
+        self._buffer: CopyBuffer | None = None
 
     def copy(self, src: int, offset: int, nbytes: int, position: int) -> None:
         """Copy nbytes of `src` from `offset`; `position` is the output's size before, for progress."""
-        if self._view is None:
-            self._view = memoryview(bytearray(COPY_CHUNK))
+        if self._buffer is None:
+            self._buffer = CopyBuffer(COPY_CHUNK)
+        view = self._buffer.view(offset, position)  # the distances stay the same as both ends advance
         done = 0
         while done < nbytes:
-            part = self._view[:min(len(self._view), nbytes - done)]
+            part = view[:min(len(view), nbytes - done)]
             n = os.preadv(src, [part], offset + done)
             if n == 0:
                 raise ConvertError("the input file shrank while it was being converted")
