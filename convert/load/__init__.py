@@ -160,10 +160,12 @@ class _Loader:
         if key not in file.entries:
             raise MalformedCheckpoint(f"{name} has no entry {key!r:.80} (tensor {tid})")
         t = plain_tensor(self._raw(name, key), file.entries[key])
+        if self.placement.fn is None and self.placement.device(self.default_location) == t.device:
+            return t  # stays where it is (the common case: the CPU, or already preloaded to its device)
         storage = self.placement.place(torch.empty(0, dtype=torch.uint8, device=t.device).set_(t.untyped_storage()),
                                        self.default_location)
         if storage.device == t.device and storage.data_ptr() == t.untyped_storage().data_ptr():
-            return t  # stays where it is (the common case: the CPU, or already preloaded to its device)
+            return t  # a map_location that kept it where it is
         return torch.empty(0, dtype=t.dtype, device=storage.device).set_(storage, 0, t.shape, t.stride())
 
     def _build_tensor(self, tid: str, info: dict) -> torch.Tensor:
