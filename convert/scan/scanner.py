@@ -13,19 +13,18 @@ Every global is classified by `verdicts.classify_global`; the file's verdict is 
 from __future__ import annotations
 
 import dataclasses
-import mmap
 import os
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConvertError, UnsafeCheckpoint, UnsupportedValue
-from ..primitives.source import open_regular
+from ..primitives.source import Identity, SourceChanged, open_regular
 from ..read import Input, read_tree
 from ..read.gadgets import EXEC
 from ..read.vm import JUDGED_AT_CALL, reading
 from .opcodes import GlobalUse, walk_stream
 from .report import ScanFinding, ScanReport
-from .sources import Sources, Stream, carve_candidates, open_sources
+from .sources import FileBytes, Sources, Stream, carve_candidates, open_sources
 from .verdicts import (
     JUDGED_CATEGORIES,
     REASONS,
@@ -70,9 +69,13 @@ def scan_file(path: str | os.PathLike) -> ScanReport:
 
         if is_dcp_folder(path.parent):  # a DCP part: read by dcp.load at the ranges its .metadata names
             return _dcp_part(path, report, scan_dcp_report)
+    opened: list[Identity] = []
     with reading() as session:
-        reader_error = _read(path, report)
-    walked_ok = _walk(path, report)
+        reader_error = _read(path, report, opened)
+    try:
+        walked_ok = _walk(path, report, opened[0] if opened else None)
+    except ConvertError as exc:  # cut short, replaced or unreadable since the reader's pass
+        return _unreadable(report, exc)
     if reader_error is None:
         _downgrade_judged(report, dict(session.accepted))
     if isinstance(reader_error, UnsafeCheckpoint):  # what only the VM sees: a call of a computed callable, ...
@@ -109,7 +112,10 @@ def _dcp_part(path: Path, report: ScanReport, scan_dcp_report: Any) -> ScanRepor
     except ConvertError as exc:
         return _unreadable(report, exc)
     report.format, report.findings, report.globals = folder.format, list(folder.findings), list(folder.globals)
-    _walk(path, report)
+    try:
+        _walk(path, report)
+    except ConvertError as exc:
+        return _unreadable(report, exc)
     report.globals = sorted({*report.globals, *folder.globals})
     report.verdict = worst([f.verdict for f in report.findings])
     return report
@@ -121,10 +127,12 @@ def _unreadable(report: ScanReport, exc: ConvertError) -> ScanReport:
     return report
 
 
-def _read(path: Path, report: ScanReport) -> ConvertError | None:
-    """Run the reader over the file; returns its error, None if it read the file through."""
+def _read(path: Path, report: ScanReport, opened: list[Identity]) -> ConvertError | None:
+    """Run the reader over the file; returns its error, None if it read the file through. The identity of
+    the file it opened is appended to `opened` (the walk must read that same file)."""
     try:
         with Input(path) as inp:
+            opened.append(inp.identity)
             report.format = read_tree(inp).format
             inp.check_unchanged()  # a file rewritten meanwhile: the verdict would be of neither version
             return None
@@ -133,27 +141,40 @@ def _read(path: Path, report: ScanReport) -> ConvertError | None:
         return exc
 
 
-def _walk(path: Path, report: ScanReport) -> bool:
-    """Walk every pickle stream in the file; True if the main stream was read through without error."""
-    with open(path, "rb") as file:
-        size = os.fstat(file.fileno()).st_size
-        if size == 0:
+def _walk(path: Path, report: ScanReport, expected: Identity | None = None) -> bool:
+    """Walk every pickle stream in the file; True if the main stream was read through without error.
+
+    SourceChanged if the file is not the `expected` one (what the reader read), or changes meanwhile: the
+    two passes must judge the same bytes.
+    """
+    fd, st = open_regular(path)
+    changed = SourceChanged(f"{path} changed while it was being scanned; scan it again once it is complete")
+    with os.fdopen(fd, "rb") as file:
+        if expected is not None and Identity.of(st) != expected:
+            raise changed
+        if st.st_size == 0:
             return False
-        with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            sources = open_sources(buf, file)
-            report.format = report.format or sources.container
-            if sources.torchscript:
-                report.findings.append(ScanFinding("TorchScript code", EXEC, UNSAFE,
-                                                   "torch.load hands the archive to torch.jit.load, which runs its code",
-                                                   member=sources.torchscript))
-            ok = bool(sources.streams) and sources.error is None
-            names: set[str] = set()
-            for stream in sources.streams:
-                uses, complete = _stream_uses(stream)
-                ok = ok and complete
-                _add_findings(report, stream, uses, names)
-            report.globals = sorted(names)
-            return ok
+        buf = FileBytes(file, path)  # pread, never a mapping: a file cut short meanwhile is no SIGBUS
+        sources = open_sources(buf)
+        report.format = report.format or sources.container
+        if sources.torchscript:
+            report.findings.append(ScanFinding("TorchScript code", EXEC, UNSAFE,
+                                               "torch.load hands the archive to torch.jit.load, which runs its code",
+                                               member=sources.torchscript))
+        ok = bool(sources.streams) and sources.error is None
+        names: set[str] = set()
+        for stream in sources.streams:
+            uses, complete = _stream_uses(stream)
+            ok = ok and complete
+            _add_findings(report, stream, uses, names)
+        report.globals = sorted(names)
+        try:  # by descriptor and by path, as the reader checks: the findings would be of neither version
+            unchanged = Identity.of(os.fstat(file.fileno())) == Identity.of(os.stat(path)) == Identity.of(st)
+        except OSError:  # the path is gone
+            unchanged = False
+        if not unchanged:
+            raise changed
+        return ok
 
 
 def _stream_uses(stream: Stream) -> tuple[list[GlobalUse], bool]:

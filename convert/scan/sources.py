@@ -13,10 +13,12 @@ import os
 import struct
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..errors import ConvertError
 from ..model.limits import LIMITS
+from ..primitives.source import SourceBytes
 from ..read.zipfile_strict import STORED, StrictZip, is_zip
 
 MAX_MEMBER = LIMITS.scan_member_bytes
@@ -45,12 +47,32 @@ class Sources:
     error: str | None = None  # why the container itself could not be read
 
 
-def open_sources(buf: Any, file: Any) -> Sources:
-    """Split the mmapped file `buf` into pickle streams.
+class FileBytes:
+    """A file's bytes, sliced like `bytes` but read with pread (`SourceBytes`) and never mapped: a file cut
+    short while it is scanned is a clean SourceChanged, not SIGBUS. `reader()` is the file itself as a
+    stream (a short read at worst)."""
+
+    def __init__(self, file: Any, path: Path) -> None:
+        self._file = file
+        self._bytes = SourceBytes(file.fileno(), os.fstat(file.fileno()).st_size, path)
+
+    def __len__(self) -> int:
+        return len(self._bytes)
+
+    def __getitem__(self, key: slice) -> bytes:
+        start, stop, _ = key.indices(len(self._bytes))
+        return self._bytes.read(start, stop - start)
+
+    def reader(self) -> Any:
+        self._file.seek(0)
+        return self._file
+
+
+def open_sources(buf: Any) -> Sources:
+    """Split the file `buf` into pickle streams.
 
     Args:
-        buf: the whole file, as an mmap (or bytes).
-        file: the same file, opened for reading (zipfile reads its directory from it).
+        buf: the whole file: a `FileBytes` (or bytes).
 
     Returns:
         Sources. A zip yields one stream per `*.pkl` member (every one, duplicates included); a gzip file
@@ -59,7 +81,7 @@ def open_sources(buf: Any, file: Any) -> Sources:
     """
     head = bytes(buf[:4])
     if is_zip(head):
-        return _zip_sources(buf, file)
+        return _zip_sources(buf)
     if head.startswith(b"\x1f\x8b"):
         return _gzip_sources(buf)
     return Sources("pickle", [Stream(_reader(buf), None, 0, carve=not _starts_like_pickle(head))])
@@ -97,7 +119,7 @@ def _starts_like_pickle(head: bytes) -> bool:
 
 
 def _reader(buf: Any) -> Any:
-    return buf if hasattr(buf, "seek") else io.BytesIO(buf)
+    return buf.reader() if isinstance(buf, FileBytes) else io.BytesIO(buf)
 
 
 def _strict_zip(buf: Any) -> StrictZip:
@@ -105,7 +127,7 @@ def _strict_zip(buf: Any) -> StrictZip:
     return StrictZip(lambda offset, n: bytes(buf[offset:offset + n]), len(buf), "zip")
 
 
-def _zip_sources(buf: Any, file: Any) -> Sources:
+def _zip_sources(buf: Any) -> Sources:
     try:
         archive = _strict_zip(buf)
     except ConvertError as exc:  # ambiguous or broken: search the whole file for pickles instead
