@@ -11,6 +11,7 @@ import torch
 from tests.helpers import (
     SIDECAR,
     assert_one_line_error,
+    handmade_os_system_pickle,
     read_sidecar,
     run_cli,
     save,
@@ -116,6 +117,20 @@ def test_scan_exit_codes(tmp_path, src_dir):
     proc = run_cli("scan", bad)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
+
+
+def test_scan_of_a_folder_in_workers_gives_the_reports_of_one_process(tmp_path, src_dir):
+    # 12 files: the worker pool (forked, as scan's CLI never imports torch); its reports must be -j 1's
+    for i in range(11):
+        save({"w": torch.full((4,), float(i)), "step": i}, src_dir / f"c{i:02d}.pt", "zip" if i % 2 else "legacy")
+    canary = tmp_path / "canary"
+    (src_dir / "evil.pt").write_bytes(handmade_os_system_pickle(canary))
+    pooled = run_cli("scan", src_dir)
+    alone = run_cli("scan", "-j", "1", src_dir)
+    assert pooled.returncode == alone.returncode == 1, pooled.stdout + pooled.stderr
+    assert pooled.stdout == alone.stdout and "os.system" in pooled.stdout
+    assert pooled.stderr == alone.stderr == ""
+    assert not canary.exists()
 
 
 def test_demo(tmp_path):

@@ -228,7 +228,7 @@ def test_scan_of_a_file_changed_between_or_during_its_passes_is_unreadable_never
                          f"os.replace(t, {str(path)!r})",
               "rewrite": f"f = open({str(path)!r}, 'r+b'); f.seek(-64, 2); f.write(bytes(64)); f.close()"}[change]
     hook = ("import os, convert.scan.scanner as s\nreal = s.open_sources\n"
-            f"def changed_then(buf):\n    {mutate}\n    return real(buf)\n"
+            f"def changed_then(*args):\n    {mutate}\n    return real(*args)\n"
             "s.open_sources = changed_then")
     done = cli("scan", str(path), pre=hook)
     assert done.returncode >= 0, done.stderr  # not killed by a signal

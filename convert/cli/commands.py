@@ -10,8 +10,6 @@ from pathlib import Path
 
 from ..errors import ConvertError
 from ..model.sizes import human_bytes
-from .safetensors_view import is_safetensors_file, render_safetensors
-from .signing import verify_signed
 
 EXIT_DIFFERENT = 3
 SHOWN_FILES = 6  # data files named on convert's summary line (1500 shards made it one 60 kB line)
@@ -58,6 +56,8 @@ def export(args: argparse.Namespace) -> int:
 def verify(args: argparse.Namespace) -> int:
     if args.dst is None:
         if args.public_key or args.certificate_root:  # the signature first: a folder not as signed is not looked into
+            from .signing import verify_signed
+
             verify_signed(Path(args.src), args.public_key, args.certificate_root)
         return verify_folder_only(Path(args.src))
     if args.public_key or args.certificate_root:
@@ -90,6 +90,8 @@ def inspect(args: argparse.Namespace) -> int:
     from ..ops.checkpoint import kind_of
 
     path = Path(args.path)
+    from .safetensors_view import is_safetensors_file, render_safetensors
+
     if is_safetensors_file(path):  # a plain safetensors file: its header, not a conversion
         print(render_safetensors(path, args.max_items))
         return 0

@@ -11,7 +11,7 @@ import shlex
 from pathlib import Path
 
 from ..errors import ConvertError, OutputExists
-from ..sidecar.schema import SIDECAR_NAME
+from ..sidecar.names import SIDECAR_NAME
 
 
 def precheck(args: argparse.Namespace) -> None:

@@ -67,6 +67,7 @@ class Input:
         fd, st = open_regular(self.path)
         self._file = os.fdopen(fd, "rb")  # owns the descriptor; every read is a pread on it
         self.identity = Identity.of(st)
+        self.archive: StrictZip | None = None  # the zip directory, once the reader has parsed and checked it
         self.size = st.st_size
         if self.size == 0:
             self._file.close()
@@ -189,7 +190,7 @@ class _ZipArchive:
 
     def __init__(self, inp: Input) -> None:
         self.inp = inp
-        self.zip = StrictZip(inp.read, inp.size, inp.name)
+        self.zip = inp.archive = StrictZip(inp.read, inp.size, inp.name)
         members = self.zip.members
         if not members:
             raise MalformedCheckpoint(f"{inp.name}: empty zip archive; not a torch checkpoint")

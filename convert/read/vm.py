@@ -14,6 +14,7 @@ import codecs
 import collections
 import contextlib
 import contextvars
+import functools
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -131,7 +132,7 @@ class PickleVM:
         self._gadgets: set[str] = set()  # qualnames of gadget globals named so far (salvage marks their calls)
         self.globals_used: dict[str, int] = {}
         self.protocol = 0
-        self._dispatch = {op: getattr(self, "op_" + name) for op, name in _OPCODES.items()}
+        self._dispatch = _handlers(type(self))
 
     # ------------------------------------------------------------------ driving
 
@@ -156,7 +157,7 @@ class PickleVM:
                 handler = dispatch.get(code)
                 if handler is None:
                     raise MalformedCheckpoint(f"unknown pickle opcode 0x{code:02x}")
-                if handler():  # only STOP returns True
+                if handler(self):  # only STOP returns True
                     break
         except ConvertError as exc:
             if self.findings and not self.salvage and not isinstance(exc, UnsafeCheckpoint):
@@ -826,6 +827,12 @@ def _set_attributes(target: collections.OrderedDict, state: Any) -> None:
         if type(name) is not str or not name.isidentifier() or name.startswith("__"):
             raise MalformedCheckpoint(f"OrderedDict attribute name {name!r:.40} is not allowed")
         target.__dict__[name] = value
+
+
+@functools.cache
+def _handlers(cls: type) -> dict[int, Callable[[Any], Any]]:
+    """opcode → the class's handler function (built once per class, not once per stream: scan runs a VM per file)."""
+    return {op: getattr(cls, "op_" + name) for op, name in _OPCODES.items()}
 
 
 _OPCODES: dict[int, str] = {

@@ -23,6 +23,7 @@ Decompression is streamed with a budget checked before anything is allocated.
 
 from __future__ import annotations
 
+import copy
 import os
 import struct
 import zlib
@@ -282,6 +283,13 @@ class StrictZip:
         raise self._bad(f"member {m.name!r}: its data descriptor disagrees with the central directory")
 
     # ------------------------------------------------------------------ members
+
+    def reading_through(self, read: Callable[[int, int], bytes]) -> StrictZip:
+        """This archive's checked directory, its members read through `read` (another descriptor on the very
+        same file: scan's opcode walk reuses the reader's parse, having checked the file's identity)."""
+        other = copy.copy(self)
+        other._read = read
+        return other
 
     def get(self, name: str) -> Member | None:
         """The member named `name`, looked up as miniz does (ignoring ASCII case)."""

@@ -6,10 +6,9 @@ Trainer/Accelerate, DCP folders) file by file, every pickle inside them included
 
 from __future__ import annotations
 
-import concurrent.futures
-import multiprocessing
 import os
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,21 +71,37 @@ def scan_many(files: list[Path], *, jobs: int | None = None, progress: bool = Fa
         One ScanReport per file.
     """
     n = max(1, jobs or os.cpu_count() or 1)
-    with _progress_bar(progress, len(files)) as advance:
-        if n == 1 or len(files) < POOL_THRESHOLD:
+    if n == 1 or len(files) < POOL_THRESHOLD:
+        with _progress_bar(progress, len(files)) as advance:
             reports = []
             for path in files:
                 reports.append(scan_file(path))
                 advance()
             return reports
-        # spawn, not fork: a forked child of a process that already imported torch can deadlock
-        ctx = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(max_workers=min(n, len(files)), mp_context=ctx) as pool:
+    import concurrent.futures  # here: a single file needs no pool (start-up time of every scan)
+
+    workers = min(n, len(files))
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=_start_method()) as pool:
+        # map submits every chunk now, so the workers start before the progress bar's refresh thread
+        results = pool.map(scan_file, files, chunksize=max(4, len(files) // (workers * 16)))
+        with _progress_bar(progress, len(files)) as advance:
             reports = []
-            for report in pool.map(scan_file, files, chunksize=4):
+            for report in results:
                 reports.append(report)
                 advance()
             return reports
+
+
+def _start_method() -> Any:
+    """fork where it is safe, spawn elsewhere. Forked workers start at once with the scanner already
+    imported (spawned ones import it again: ~0.2 s each); but a forked child of a process that imported
+    torch, or that runs other threads, can deadlock on a lock held at the fork."""
+    import multiprocessing
+
+    if "fork" in multiprocessing.get_all_start_methods() and "torch" not in sys.modules \
+            and threading.active_count() == 1:
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
 
 
 class _progress_bar:  # noqa: N801 - used as a context manager, like contextlib's

@@ -22,6 +22,7 @@ from ..primitives.source import Identity, SourceChanged, open_regular
 from ..read import Input, read_tree
 from ..read.gadgets import EXEC
 from ..read.vm import JUDGED_AT_CALL, reading
+from ..read.zipfile_strict import StrictZip
 from .opcodes import GlobalUse, walk_stream
 from .report import ScanFinding, ScanReport
 from .sources import FileBytes, Sources, Stream, carve_candidates, open_sources
@@ -69,11 +70,13 @@ def scan_file(path: str | os.PathLike) -> ScanReport:
 
         if is_dcp_folder(path.parent):  # a DCP part: read by dcp.load at the ranges its .metadata names
             return _dcp_part(path, report, scan_dcp_report)
-    opened: list[Identity] = []
+    saw = _ReaderSaw()
     with reading() as session:
-        reader_error = _read(path, report, opened)
+        reader_error = _read(path, report, saw)
+    if isinstance(reader_error, SourceChanged):  # the walk would judge another version of the file
+        return _unreadable(report, reader_error)
     try:
-        walked_ok = _walk(path, report, opened[0] if opened else None)
+        walked_ok = _walk(path, report, saw.identity, saw.archive)
     except ConvertError as exc:  # cut short, replaced or unreadable since the reader's pass
         return _unreadable(report, exc)
     if reader_error is None:
@@ -127,13 +130,24 @@ def _unreadable(report: ScanReport, exc: ConvertError) -> ScanReport:
     return report
 
 
-def _read(path: Path, report: ScanReport, opened: list[Identity]) -> ConvertError | None:
-    """Run the reader over the file; returns its error, None if it read the file through. The identity of
-    the file it opened is appended to `opened` (the walk must read that same file)."""
+@dataclasses.dataclass
+class _ReaderSaw:
+    """What the walk takes from the reader's pass: the identity of the file it read (the walk must read that
+    same file) and the zip directory it parsed and checked there (parsed once, not once per pass)."""
+
+    identity: Identity | None = None
+    archive: StrictZip | None = None
+
+
+def _read(path: Path, report: ScanReport, saw: _ReaderSaw) -> ConvertError | None:
+    """Run the reader over the file; returns its error, None if it read the file through."""
     try:
         with Input(path) as inp:
-            opened.append(inp.identity)
-            report.format = read_tree(inp).format
+            saw.identity = inp.identity
+            try:
+                report.format = read_tree(inp).format
+            finally:
+                saw.archive = inp.archive
             inp.check_unchanged()  # a file rewritten meanwhile: the verdict would be of neither version
             return None
     except ConvertError as exc:
@@ -141,11 +155,11 @@ def _read(path: Path, report: ScanReport, opened: list[Identity]) -> ConvertErro
         return exc
 
 
-def _walk(path: Path, report: ScanReport, expected: Identity | None = None) -> bool:
+def _walk(path: Path, report: ScanReport, expected: Identity | None = None, archive: StrictZip | None = None) -> bool:
     """Walk every pickle stream in the file; True if the main stream was read through without error.
 
     SourceChanged if the file is not the `expected` one (what the reader read), or changes meanwhile: the
-    two passes must judge the same bytes.
+    two passes must judge the same bytes. `archive`: the zip directory the reader parsed from that file.
     """
     fd, st = open_regular(path)
     changed = SourceChanged(f"{path} changed while it was being scanned; scan it again once it is complete")
@@ -155,7 +169,7 @@ def _walk(path: Path, report: ScanReport, expected: Identity | None = None) -> b
         if st.st_size == 0:
             return False
         buf = FileBytes(file, path)  # pread, never a mapping: a file cut short meanwhile is no SIGBUS
-        sources = open_sources(buf)
+        sources = open_sources(buf, archive)
         report.format = report.format or sources.container
         if sources.torchscript:
             report.findings.append(ScanFinding("TorchScript code", EXEC, UNSAFE,

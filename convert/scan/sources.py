@@ -68,11 +68,12 @@ class FileBytes:
         return self._file
 
 
-def open_sources(buf: Any) -> Sources:
+def open_sources(buf: Any, archive: StrictZip | None = None) -> Sources:
     """Split the file `buf` into pickle streams.
 
     Args:
         buf: the whole file: a `FileBytes` (or bytes).
+        archive: the zip directory the reader already parsed and checked from this same file, if any.
 
     Returns:
         Sources. A zip yields one stream per `*.pkl` member (every one, duplicates included); a gzip file
@@ -81,7 +82,7 @@ def open_sources(buf: Any) -> Sources:
     """
     head = bytes(buf[:4])
     if is_zip(head):
-        return _zip_sources(buf)
+        return _zip_sources(buf, archive)
     if head.startswith(b"\x1f\x8b"):
         return _gzip_sources(buf)
     return Sources("pickle", [Stream(_reader(buf), None, 0, carve=not _starts_like_pickle(head))])
@@ -127,9 +128,9 @@ def _strict_zip(buf: Any) -> StrictZip:
     return StrictZip(lambda offset, n: bytes(buf[offset:offset + n]), len(buf), "zip")
 
 
-def _zip_sources(buf: Any) -> Sources:
+def _zip_sources(buf: Any, parsed: StrictZip | None) -> Sources:
     try:
-        archive = _strict_zip(buf)
+        archive = parsed.reading_through(lambda offset, n: bytes(buf[offset:offset + n])) if parsed else _strict_zip(buf)
     except ConvertError as exc:  # ambiguous or broken: search the whole file for pickles instead
         return Sources("zip", [Stream(_reader(buf), None, 0, carve=True)], error=str(exc))
     names = [m.name for m in archive.members]

@@ -16,8 +16,8 @@ from ..model.limits import LIMITS
 from .deep import json_depth
 from .integrity import check_sidecar
 from .jsonio import strict_json
+from .names import SIDECAR_NAME  # the name every layer imports from here
 
-SIDECAR_NAME = "checkpoint.json"
 FORMAT_NAME = "ckpt-convert"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # a version-1 folder is a version-2 folder without graph references
