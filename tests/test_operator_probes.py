@@ -460,3 +460,35 @@ def test_export_key_of_a_non_dict_says_what_it_is(tmp_path, src_dir, key, what):
     proc = run_cli("export", src, tmp_path / "w.safetensors", "--key", key)
     assert_one_line_error(proc, 2)
     assert what in proc.stderr and "TensorRef" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("how", ["verify-cli", "load-verify", "load-verify-full"])
+@pytest.mark.parametrize("when", ["before-hashing", "while-hashing"])
+def test_a_data_file_cut_short_while_verified_is_a_finding_never_a_crash(tmp_path, how, when):
+    # verify hashed a data file through its mapping: a file truncated meanwhile killed it with SIGBUS (-7)
+    src = save({"w": torch.zeros(1 << 20)}, tmp_path / "m.pt", "zip")
+    out = tmp_path / "out"
+    convert_checkpoint(src, out)
+    data = out / "model.safetensors"
+    cut = f"os.truncate({str(data)!r}, 4096)"
+    if when == "before-hashing":
+        hook = ("import convert.sidecar.safetensors_file as m\nreal = m.SafetensorsFile.sha256\n"
+                f"def sha(self):\n    {cut}\n    return real(self)\nm.SafetensorsFile.sha256 = sha\n")
+    else:  # after the first chunk has been read
+        hook = ("import convert.primitives.hashing as h\nreal = os.preadv\ncalls = [0]\n"
+                f"def preadv(fd, bufs, offset):\n    calls[0] += 1\n    if calls[0] == 2:\n        {cut}\n"
+                "    return real(fd, bufs, offset)\nh.os = type('os', (), {'preadv': staticmethod(preadv)})\n")
+    action = {"verify-cli": f"from convert.cli import main\nsys.exit(main(['verify', {str(out)!r}]))",
+              "load-verify": f"from convert import load_checkpoint\nload_checkpoint({str(out)!r}, verify=True)",
+              "load-verify-full": f"from convert import load_checkpoint\nload_checkpoint({str(out)!r}, verify=True, "
+                                  "mmap=False)"}[how]
+    code = f"import os, sys\n{hook}\n{action}\n"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert done.returncode > 0, (done.returncode, done.stderr[-2000:])  # an error, not a signal, not success
+    text = done.stdout + done.stderr
+    if how == "verify-cli":
+        assert done.returncode == 3 and "NOT intact" in done.stdout and "Traceback" not in done.stderr, text
+        assert "model.safetensors" in done.stdout
+    else:  # the API raises the library's own error
+        assert "convert.errors" in text or "ConvertError" in text or "MalformedCheckpoint" in text, text

@@ -21,7 +21,6 @@ from ..errors import ConvertError, CorruptFolder, MalformedCheckpoint
 from ..model.torch_types import DTYPES_BY_NAME
 from ..model.torch_values import tensor_dtype
 from ..model.views import view_end
-from ..primitives.hashing import sha256_mapping
 from ..sidecar.integrity import check_digest, check_header, has_record
 from ..sidecar.safetensors_file import open_data_file as _open_data_file
 from ..sidecar.schema import SIDECAR_NAME, read_sidecar
@@ -88,12 +87,13 @@ class _Loader:
         return self.files[name]
 
     def verify(self) -> None:
-        """Check every data file's sha256 against the sidecar, through the mapping the tensors will use."""
+        """Check every data file's sha256 against the sidecar: of the very file the tensors will map (its
+        identity is checked), read with pread (a file cut short meanwhile is an error, never SIGBUS)."""
         if not has_record(self.sidecar):
             raise ConvertError(f"{self.folder} was written without digests (by an older ckpt-convert); "
                                "load it without verify=True, or check it against its source with verify_checkpoint")
         for name in self.sidecar["files"]:
-            problem = check_digest(self.sidecar, name, sha256_mapping(self.file(name).map))
+            problem = check_digest(self.sidecar, name, self.file(name).sha256())
             if problem is not None:
                 raise CorruptFolder(f"{self.folder}: {problem}")
 

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from ..errors import ConvertError, CorruptFolder, MalformedCheckpoint
-from ..primitives.hashing import sha256_mapping, sha256_path
+from ..primitives.hashing import sha256_path
 from ..primitives.source import not_regular
 from ..sidecar.integrity import SEAL_KEY, check_digest, check_header, has_record
 from ..sidecar.safetensors_file import open_data_file  # torch-free: `verify FOLDER` imports no torch
@@ -64,9 +64,11 @@ def _problems(folder: Path) -> list[str]:
         try:
             problem = check_header(sidecar, name, file.metadata, file.data_bytes)
             if problem is None:  # a file of another conversion fails its digest too: say the cause only
-                problem = check_digest(sidecar, name, sha256_mapping(file.map))
+                problem = check_digest(sidecar, name, file.sha256())
             if problem is not None:
                 problems.append(problem)
+        except ConvertError as exc:  # cut short or replaced while it was being hashed
+            problems.append(str(exc))
         finally:
             file.close()
     return problems

@@ -17,8 +17,9 @@ from typing import Any, TypeVar
 from ..errors import MalformedCheckpoint
 from ..model.dtypes import ITEMSIZE_BY_CODE
 from ..model.limits import LIMITS
+from ..primitives.hashing import sha256_fd
 from ..primitives.mapping import map_private
-from ..primitives.source import not_regular
+from ..primitives.source import not_regular, open_regular
 from .jsonio import strict_json
 from .schema import inside_folder
 
@@ -108,6 +109,18 @@ class SafetensorsFile:
             raise MalformedCheckpoint(f"{name}: entry {key!r:.80}: {code} of shape {shape} needs {numel * itemsize} "
                                       f"bytes, data_offsets give {nbytes}")
         return EntryInfo(code, tuple(shape), data_start + offsets[0], nbytes)
+
+    def sha256(self) -> str:
+        """The sha256 of this file's bytes, read with pread on a new descriptor (never through the mapping: a
+        file cut short meanwhile is a clean ConvertError, not SIGBUS); MalformedCheckpoint if the path now
+        holds another file or another size than the one whose header was checked."""
+        fd, st = open_regular(self.path)
+        try:
+            if (st.st_dev, st.st_ino) != self.identity or st.st_size != (len(self.map) if self.map is not None else 0):
+                raise MalformedCheckpoint(f"{self.path.name} was replaced or changed size while it was being checked")
+            return sha256_fd(fd, st.st_size, path=self.path)
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         """Let go of the mapping: unmapped now if no tensor shares it (e.g. after a check), else with the last one."""

@@ -17,6 +17,7 @@ from .deep import json_depth
 from .integrity import check_sidecar
 from .jsonio import strict_json
 from .names import SIDECAR_NAME  # the name every layer imports from here
+from .schema_compiled import UnsupportedSchema, compile_schema
 
 FORMAT_NAME = "ckpt-convert"
 FORMAT_VERSION = 2
@@ -45,8 +46,6 @@ def schema() -> dict[str, Any]:
 @functools.cache
 def _compiled() -> Any:
     """The same schema compiled to closures (seconds → milliseconds on big sidecars); None if it cannot be."""
-    from .schema_compiled import UnsupportedSchema, compile_schema
-
     try:
         return compile_schema(schema())
     except UnsupportedSchema:
