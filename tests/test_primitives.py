@@ -7,7 +7,6 @@ import collections
 import dataclasses
 import hashlib
 import json
-import mmap
 import os
 import signal
 import sys
@@ -22,7 +21,7 @@ from convert.model import tree
 from convert.model.limits import LIMITS, Limits
 from convert.model.strides import contiguous_strides, is_contiguous
 from convert.primitives import durable, faults
-from convert.primitives.hashing import BackgroundSha256, sha256_fd, sha256_mapping, sha256_path
+from convert.primitives.hashing import BackgroundSha256, sha256_fd, sha256_path
 from convert.primitives.lock import RunLock, WriterLock, lock_path
 from convert.primitives.signals import Terminated, sigterm_raises
 from convert.sidecar import codec, integrity, schema
@@ -40,12 +39,9 @@ def test_one_hasher_for_fd_ranges_paths_mappings_and_files_in_the_background(tmp
         assert sha256_fd(fd, len(data)) == want
         assert sha256_fd(fd) == want  # size None: to the end of the file
         assert sha256_fd(fd, 10) == hashlib.sha256(data[:10]).hexdigest()
-        with mmap.mmap(fd, 0, prot=mmap.PROT_READ) as m:
-            assert sha256_mapping(m) == want
     finally:
         os.close(fd)
     assert sha256_path(path) == want
-    assert sha256_mapping(None) == hashlib.sha256().hexdigest()
     other = tmp_path / "g.bin"
     other.write_bytes(b"g")
     with BackgroundSha256.of_files([path, other]) as hashes:

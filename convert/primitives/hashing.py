@@ -1,4 +1,4 @@
-"""The one sha256 hasher: of an open file's byte range, of a path, of a mapping; and on a thread.
+"""The one sha256 hasher: of an open file's byte range, of a path; and on a thread.
 
 Every sha256 of a file in the package goes through here (provenance of inputs, digests of written
 data files, verify). A file's digest is computed on a thread while the conversion runs
@@ -27,10 +27,8 @@ from typing import Any
 
 from ..errors import ConvertError
 from .copy_buffer import CopyBuffer
-from .mapping import release_pages
 from .source import open_regular
 
-CHUNK = 4 << 20  # bytes of a mapping hashed between page releases
 READ_CHUNK = 256 << 10  # bytes per pread when hashing a file
 
 
@@ -81,21 +79,6 @@ def sha256_path(path: os.PathLike | str, stop: threading.Event | None = None) ->
         return sha256_fd(fd, st.st_size, stop, path)
     finally:
         os.close(fd)
-
-
-def sha256_mapping(buffer: Any) -> str:
-    """sha256 of a whole mapping (None: empty); pages of an mmap are handed back after each chunk (RSS stays flat)."""
-    digest = hashlib.sha256()
-    if buffer is None:
-        return digest.hexdigest()
-    view = memoryview(buffer)
-    try:
-        for start in range(0, len(view), CHUNK):
-            digest.update(view[start:start + CHUNK])
-            release_pages(buffer, start, min(CHUNK, len(view) - start))
-    finally:
-        view.release()
-    return digest.hexdigest()
 
 
 def file_part(path: Path, stop: threading.Event | None = None) -> dict[str, Any]:

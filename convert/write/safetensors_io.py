@@ -14,7 +14,6 @@ tensor at a time) and pages of the input mapping touched on the way are handed b
 
 from __future__ import annotations
 
-import contextlib
 import json
 import mmap
 import os
@@ -27,6 +26,7 @@ from ..model.chunked import ChunkedSource
 from ..model.dtypes import ITEMSIZE_BY_CODE
 from ..model.limits import LIMITS
 from ..primitives.copy_buffer import CopyBuffer
+from ..primitives.mapping import release_pages
 from .plan import Entry
 
 CHUNK = 32 << 20  # bytes per write() from the input mapping: bounds the pages of it held at once
@@ -200,10 +200,8 @@ def _write_mapped(fd: int, buffer: Any, offset: int, nbytes: int) -> None:
 
 
 def _drop_pages(buffer: Any, start: int, end: int) -> None:
-    if isinstance(buffer, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
-        first = start - start % mmap.PAGESIZE
-        with contextlib.suppress(OSError, ValueError):
-            buffer.madvise(mmap.MADV_DONTNEED, first, min(end, len(buffer)) - first)
+    first = start - start % mmap.PAGESIZE
+    release_pages(buffer, first, min(end, len(buffer)) - first)
 
 
 def _write_chunks(fd: int, source: ChunkedSource, offset: int, nbytes: int) -> None:
