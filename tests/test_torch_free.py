@@ -94,7 +94,8 @@ def test_scan_and_argument_errors_load_only_what_they_use(tmp_path):
     """`scan` and a bad argument start light: neither numpy nor the writer is imported (issue 25: scan's per-file
     cost is mostly start-up; issue 24: a mistyped command answers at once). An eager import would fail this."""
     torch.save({"w": torch.ones(2)}, tmp_path / "m.pt")
-    heavy = ("numpy", "convert.write.folder", "convert.write.plan", "convert.ops.checkpoint", "convert.sidecar.codec")
+    heavy = ("numpy", "convert.write.folder", "convert.write.plan", "convert.ops.checkpoint", "convert.sidecar.codec",
+             "convert.sidecar.schema", "convert.sign", "concurrent.futures")
     script = ("import runpy, sys\nsys.argv = ['ckpt-convert', *sys.argv[1:]]\n"
               "try:\n    runpy.run_module('convert', run_name='__main__')\nexcept SystemExit as exc:\n    code = exc.code\n"
               f"print('LOADED', sorted(m for m in {heavy!r} if m in sys.modules), code)")
@@ -103,3 +104,7 @@ def test_scan_and_argument_errors_load_only_what_they_use(tmp_path):
         proc = run_python(script, *argv, cwd=tmp_path, pythonpath=[REPO_ROOT])
         last = proc.stdout.strip().splitlines()[-1]
         assert last == f"LOADED [] {code}", (argv, proc.stdout, proc.stderr)
+    # one file: no folder walker either (a folder needs it, and few files need no pool)
+    proc = run_python(script.replace(repr(heavy), repr(("convert.sources.discover", "convert.sources.dcp_metadata"))),
+                      "scan", "-q", "m.pt", cwd=tmp_path, pythonpath=[REPO_ROOT])
+    assert proc.stdout.strip().splitlines()[-1] == "LOADED [] 0", (proc.stdout, proc.stderr)

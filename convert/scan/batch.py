@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..sources.discover import WalkStats, unit_sources, walk
 from .report import ScanReport
 from .scanner import scan_file
 from .sources import looks_like_checkpoint
@@ -48,6 +47,8 @@ def select(paths: list[str | os.PathLike], *, skip_non_checkpoints: bool = False
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
+            from ..sources.discover import WalkStats, unit_sources, walk  # here: a file needs no walker
+
             stats = WalkStats()
             for found in walk(path, stats):
                 out.files += [found.path] if found.kind == "file" else unit_sources(found.kind, found.path, path)
