@@ -174,3 +174,28 @@ def test_mapped_tensors_outlive_the_loader(tmp_path):
     assert np.array_equal(ck["a"], np.arange(50))
     ck["w"] += 1  # copy-on-write: the file is not touched
     assert torch.equal(load_checkpoint(folder)["w"], torch.arange(1000.0))
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+@pytest.mark.parametrize("sig, code, word", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
+def test_a_signal_to_a_folder_scan_ends_it_and_its_workers_in_one_line(tmp_path, src_dir, sig, code, word):
+    # scan's forked pool workers share the CLI's process group, as under a terminal's Ctrl-C
+    one = save({"w": torch.randn(8)}, src_dir / "one.pt", "zip")
+    for i in range(4000):  # enough that the scan is still running when the signal comes
+        os.link(one, src_dir / f"c{i:04d}.pt")
+    proc = subprocess.Popen([sys.executable, "-m", "convert", "scan", "-q", src_dir], env=_env(), text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    children, workers, deadline = Path(f"/proc/{proc.pid}/task/{proc.pid}/children"), [], time.monotonic() + 60
+    while not workers and time.monotonic() < deadline and proc.poll() is None:  # signal once the pool runs
+        workers = [int(p) for p in children.read_text().split()] if children.exists() else []
+        time.sleep(0.01)
+    assert workers and proc.poll() is None, "the scan never started its workers"
+    time.sleep(0.1)
+    os.killpg(proc.pid, sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert err.strip() == f"ckpt-convert: {word}", err
+    time.sleep(0.5)
+    assert all(not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]
+               for pid in workers)  # no worker left running

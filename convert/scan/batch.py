@@ -7,6 +7,7 @@ Trainer/Accelerate, DCP folders) file by file, every pickle inside them included
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from .scanner import scan_file
 from .sources import looks_like_checkpoint
 
 POOL_THRESHOLD = 8  # fewer files than this are scanned in-process: a pool's start-up costs more
+MAX_CHUNK = 64  # files handed to a worker at once: what a signal waits for (tens of ms of small files)
 
 
 @dataclass
@@ -82,15 +84,24 @@ def scan_many(files: list[Path], *, jobs: int | None = None, progress: bool = Fa
     import concurrent.futures  # here: a single file needs no pool (start-up time of every scan)
 
     workers = min(n, len(files))
-    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=_start_method()) as pool:
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=_start_method(),
+                                                initializer=_worker_signals) as pool:
         # map submits every chunk now, so the workers start before the progress bar's refresh thread
-        results = pool.map(scan_file, files, chunksize=max(4, len(files) // (workers * 16)))
+        results = pool.map(scan_file, files, chunksize=min(MAX_CHUNK, max(4, len(files) // (workers * 16))))
         with _progress_bar(progress, len(files)) as advance:
             reports = []
             for report in results:
                 reports.append(report)
                 advance()
             return reports
+
+
+def _worker_signals() -> None:
+    """A worker leaves Ctrl-C and SIGTERM (both sent to the whole process group) to the CLI, which says one
+    line and stops the pool: each worker then finishes the chunk it holds (at most MAX_CHUNK files) and exits.
+    A worker that took the signal itself would print a traceback of its own, or (killed) break the pool."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _start_method() -> Any:
