@@ -107,11 +107,11 @@ def _worker_signals() -> None:
 def _start_method() -> Any:
     """fork where it is safe, spawn elsewhere. Forked workers start at once with the scanner already
     imported (spawned ones import it again: ~0.2 s each); but a forked child of a process that imported
-    torch, or that runs other threads, can deadlock on a lock held at the fork."""
+    torch, or that runs other threads, can deadlock on a lock held at the fork (and on macOS, where
+    Python itself defaults to spawn, system frameworks are not fork-safe)."""
     import multiprocessing
 
-    if "fork" in multiprocessing.get_all_start_methods() and "torch" not in sys.modules \
-            and threading.active_count() == 1:
+    if sys.platform.startswith("linux") and "torch" not in sys.modules and threading.active_count() == 1:
         return multiprocessing.get_context("fork")
     return multiprocessing.get_context("spawn")
 
