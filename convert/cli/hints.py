@@ -11,7 +11,7 @@ import shlex
 from pathlib import Path
 
 from ..errors import ConvertError, OutputExists
-from ..sidecar.names import SIDECAR_NAME
+from ..sidecar.names import FORMAT_NAME, SIDECAR_NAME
 
 
 def precheck(args: argparse.Namespace) -> None:
@@ -46,7 +46,7 @@ def _is_source(path: Path) -> bool:
     return path.is_file() or (path.is_dir() and is_dcp_folder(path))
 
 
-_SIDECAR_HEAD = b'{"format":"ckpt-convert"'  # how every checkpoint.json ckpt-convert writes begins
+_SIDECAR_HEAD = f'{{"format":"{FORMAT_NAME}"'.encode()  # how every checkpoint.json ckpt-convert writes begins
 
 
 def _is_sidecar(path: Path) -> bool:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..errors import ConvertError, DestinationBusy
 from .durable import NAME_MAX, fit_name
+from .source import open_own_file
 
 _OPEN_FLAGS = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
 
@@ -116,7 +117,7 @@ class RunLock:
     def holder_pid(folder: Path, name: str) -> int | None:
         """The pid written by the holder if the lock is held now (-1: unreadable), else None (read-only check)."""
         try:
-            fd = os.open(folder / name, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))  # a FIFO: no wait
+            fd = open_own_file(folder / name)  # as the lock itself is opened: no wait on a FIFO, no symlink followed
         except OSError:
             return None
         try:

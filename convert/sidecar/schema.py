@@ -19,7 +19,6 @@ from .jsonio import strict_json
 from .names import SIDECAR_NAME  # the name every layer imports from here
 from .schema_compiled import UnsupportedSchema, compile_schema
 
-FORMAT_NAME = "ckpt-convert"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # a version-1 folder is a version-2 folder without graph references
 EXTRA_FILE = "tensors.safetensors"

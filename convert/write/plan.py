@@ -36,7 +36,8 @@ from ..model.tensor_bytes import (
 from ..model.torch_types import CANONICAL, dtype_name
 from ..model.views import non_overlapping
 from ..sidecar.codec import MAX_NODES, EncodeHooks, Encoder, Field, Items
-from ..sidecar.schema import BARE_FILE, EXTRA_FILE, FORMAT_NAME, FORMAT_VERSION
+from ..sidecar.names import FORMAT_NAME
+from ..sidecar.schema import BARE_FILE, EXTRA_FILE, FORMAT_VERSION
 from .shards import assign_shards, index_bytes
 
 _NAME_OK = re.compile(r"[^A-Za-z0-9_.-]")
