@@ -160,7 +160,7 @@ class _Loader:
         if key not in file.entries:
             raise MalformedCheckpoint(f"{name} has no entry {key!r:.80} (tensor {tid})")
         t = plain_tensor(self._raw(name, key), file.entries[key])
-        if self.placement.fn is None and self.placement.device(self.default_location) == t.device:
+        if self.placement.keeps(self.default_location, t.device):
             return t  # stays where it is (the common case: the CPU, or already preloaded to its device)
         storage = self.placement.place(torch.empty(0, dtype=torch.uint8, device=t.device).set_(t.untyped_storage()),
                                        self.default_location)

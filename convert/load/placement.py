@@ -74,6 +74,10 @@ class Placement:
         devices = {self.device(loc) for loc in locations} or {torch.device("cpu")}
         return devices.pop() if len(devices) == 1 else None
 
+    def keeps(self, location: object, device: torch.device) -> bool:
+        """Whether a storage saved on `location`, now on `device`, stays there (no callable to ask)."""
+        return self.fn is None and self.device(location) == device
+
     def place(self, raw: torch.Tensor, location: object) -> torch.UntypedStorage:
         """The storage of `raw` (bytes as uint8) where it belongs."""
         if self.fn is not None:

@@ -123,14 +123,17 @@ def _reader(buf: Any) -> Any:
     return buf.reader() if isinstance(buf, FileBytes) else io.BytesIO(buf)
 
 
-def _strict_zip(buf: Any) -> StrictZip:
-    """The archive as torch reads it (see read/zipfile_strict.py); raises ConvertError where it is refused."""
-    return StrictZip(lambda offset, n: bytes(buf[offset:offset + n]), len(buf), "zip")
+def _strict_zip(buf: Any, parsed: StrictZip | None) -> StrictZip:
+    """The archive as torch reads it (see read/zipfile_strict.py): `parsed` (the reader's parse of this same
+    file) read through `buf`, else parsed here; raises ConvertError where it is refused."""
+    def read(offset: int, n: int) -> bytes:
+        return bytes(buf[offset:offset + n])
+    return parsed.reading_through(read) if parsed is not None else StrictZip(read, len(buf), "zip")
 
 
 def _zip_sources(buf: Any, parsed: StrictZip | None) -> Sources:
     try:
-        archive = parsed.reading_through(lambda offset, n: bytes(buf[offset:offset + n])) if parsed else _strict_zip(buf)
+        archive = _strict_zip(buf, parsed)
     except ConvertError as exc:  # ambiguous or broken: search the whole file for pickles instead
         return Sources("zip", [Stream(_reader(buf), None, 0, carve=True)], error=str(exc))
     names = [m.name for m in archive.members]
